@@ -1,0 +1,148 @@
+"""Command line of the build step; ``build_engines.py`` calls ``main``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .errors import BuildError
+from .specs import CAPABILITIES, DEFAULT_MODELS, SPECS, ShapeBounds, spec_for
+
+ROLES = (*CAPABILITIES, "detector")
+OPEN_LICENCES = {"apache-2.0", "mit"}
+
+
+def _hw(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 518x518, got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return h, w
+
+
+def _keyed(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if key not in ROLES:
+        raise argparse.ArgumentTypeError(f"unknown capability {key!r}; choose from {', '.join(ROLES)}")
+    return key, value
+
+
+def _capabilities(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CAPABILITIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown capability {', '.join(unknown) or text!r}; "
+                                         f"choose from {', '.join(CAPABILITIES)}")
+    return names
+
+
+def _model_list() -> str:
+    lines = []
+    for spec in SPECS.values():
+        default = " (default)" if DEFAULT_MODELS.get(spec.capability) == spec.name else ""
+        note = f" {spec.note}" if spec.note else ""
+        lines.append(f"  {spec.capability}={spec.name}{default}: {spec.hf_id}, {spec.licence}.{note}")
+    return "\n".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="build_engines.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Export depth, segmentation and pose models to ONNX graphs with pre- and "
+                    "post-processing inside (uint8 frames in, finished maps out), verify every "
+                    "graph against transformers, and write engines/manifest.json.",
+        epilog="models (--variant ROLE=NAME):\n" + _model_list() + "\n\nexamples:\n"
+               "  build_engines.py --weights demo --out engines          # offline, random weights\n"
+               "  build_engines.py --out engines                          # pinned Hugging Face weights\n"
+               "  build_engines.py --model depth=./my-depth --capabilities depth\n"
+               "  build_engines.py --resolution depth=518x518 --resolution depth=518x924",
+    )
+    p.add_argument("--out", type=Path, default=Path("engines"), help="output directory (default: engines)")
+    p.add_argument("--capabilities", type=_capabilities, default=list(CAPABILITIES),
+                   help=f"comma-separated subset of {','.join(CAPABILITIES)} (default: all)")
+    p.add_argument("--weights", choices=("hub", "demo"), default="hub",
+                   help="hub: Hugging Face at the pinned revision (uses the HF cache; HF_HUB_OFFLINE=1 "
+                        "for cache only). demo: the real architectures with seeded random weights, "
+                        "labelled as demo in the manifest (default: hub)")
+    p.add_argument("--model", type=_keyed, action="append", default=[], metavar="ROLE=PATH",
+                   help="load ROLE (depth, segmentation, pose, detector) from a local save_pretrained directory")
+    p.add_argument("--variant", type=_keyed, action="append", default=[], metavar="ROLE=NAME",
+                   help="pick another known model for ROLE (see the list below)")
+    p.add_argument("--resolution", type=_keyed, action="append", default=[], metavar="CAP=HxW",
+                   help="model input resolution; repeat for several graphs per capability "
+                        "(pose: the detector's input). Default: the model's own")
+    p.add_argument("--min-size", type=_hw, default=ShapeBounds.min_hw, metavar="HxW",
+                   help="smallest frame accepted (default: 64x64)")
+    p.add_argument("--max-size", type=_hw, default=ShapeBounds.max_hw, metavar="HxW",
+                   help="largest frame accepted (default: 2160x3840)")
+    p.add_argument("--max-batch", type=int, default=ShapeBounds.max_batch, help="largest batch (default: %(default)s)")
+    p.add_argument("--max-persons", type=int, default=8, help="person slots in the pose output (default: %(default)s)")
+    p.add_argument("--class-chunk", type=int, default=8,
+                   help="segmentation classes upsampled at a time; peak memory is CHUNK×H×W floats (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed for demo weights and sample frames")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    return p
+
+
+def plan_from_args(args: argparse.Namespace):
+    from .pipeline import BuildPlan  # noqa: PLC0415 (imports torch; keep --help fast)
+
+    specs = {}
+    for role, name in args.variant:
+        spec = spec_for(name)
+        if spec.capability != role:
+            raise BuildError(f"--variant {role}={name}: {name} is a {spec.capability} model")
+        specs[role] = spec
+    resolutions: dict[str, list[tuple[int, int]]] = {}
+    for cap, text in args.resolution:
+        try:
+            resolutions.setdefault(cap, []).append(_hw(text))
+        except argparse.ArgumentTypeError as err:
+            raise BuildError(f"--resolution {cap}={text}: {err}") from None
+    if args.max_batch < 1 or args.max_persons < 1 or args.class_chunk < 1:
+        raise BuildError("--max-batch, --max-persons and --class-chunk must be at least 1")
+    bounds = ShapeBounds(min_hw=args.min_size, max_hw=args.max_size, max_batch=args.max_batch,
+                         opt_hw=(min(max(512, args.min_size[0]), args.max_size[0]),
+                                 min(max(512, args.min_size[1]), args.max_size[1])))
+    if bounds.min_hw[0] > bounds.max_hw[0] or bounds.min_hw[1] > bounds.max_hw[1]:
+        raise BuildError(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")
+    return BuildPlan(out=args.out, weights=args.weights, specs=specs, local=dict(args.model),
+                     resolutions=resolutions, bounds=bounds, max_persons=args.max_persons,
+                     class_chunk=args.class_chunk, seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    log = logging.getLogger("build")
+    start = time.perf_counter()
+    try:
+        plan = plan_from_args(args)
+        from . import manifest, pipeline  # noqa: PLC0415
+
+        for role in {r for cap in args.capabilities for r in (("detector", "pose") if cap == "pose" else (cap,))}:
+            spec = plan.specs.get(role) or spec_for(DEFAULT_MODELS[role])
+            if spec.licence not in OPEN_LICENCES and role not in plan.local:
+                log.warning("%s: %s is licensed %s. %s", role, spec.name, spec.licence, spec.note)
+        if plan.weights == "demo" and len(plan.local) < len(ROLES):
+            log.warning("DEMO weights: maps will look like noise; the manifest marks them as demo")
+        entries = pipeline.build(args.capabilities, plan)
+        path = manifest.write(plan.out, entries)
+    except BuildError as err:
+        log.error("build failed: %s", err)
+        return 1
+    log.info("wrote %s (%s) in %.1f s", path, ", ".join(entries), time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

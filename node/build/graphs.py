@@ -1,0 +1,187 @@
+"""Export wrappers: the fused graphs, uint8 frames in, finished results out.
+
+Each wrapper takes its constants from the model's own image processor, so a swapped or
+fine-tuned checkpoint brings its own resolution, filter and normalisation. The reference that
+each graph must reproduce is in ``reference.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .errors import BuildError
+
+
+def processor_resolution(processor) -> tuple[int, int]:
+    """The (height, width) the processor resizes to: the model's default resolution."""
+    return int(processor.size["height"]), int(processor.size["width"])
+
+
+class _Preprocess(nn.Module):
+    """Resize + rescale + normalise, as the processor would, at a fixed model resolution."""
+
+    def __init__(self, processor, resolution: tuple[int, int]):
+        super().__init__()
+        for flag in ("do_center_crop", "do_pad", "do_reduce_labels"):
+            if getattr(processor, flag, False):
+                raise BuildError(f"{type(processor).__name__}.{flag}=True is not supported in-graph")
+        self.resolution = tuple(resolution)
+        self.filter = ops.pil_filter_name(processor.resample)
+        self.rescale = processor.rescale_factor if processor.do_rescale else 1.0
+        self.mean = processor.image_mean if processor.do_normalize else [0.0, 0.0, 0.0]
+        self.std = processor.image_std if processor.do_normalize else [1.0, 1.0, 1.0]
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = ops.resize_like_pil(frames, self.resolution, self.filter)
+        return ops.normalise(x, self.rescale, self.mean, self.std)
+
+
+class DepthGraph(nn.Module):
+    """Relative depth at the frame's size, plus each frame's min and max for normalising."""
+
+    def __init__(self, model, processor, resolution: tuple[int, int]):
+        super().__init__()
+        self.pre = _Preprocess(processor, resolution)
+        self.model = model
+
+    def forward(self, frames: torch.Tensor):
+        depth = self.model(pixel_values=self.pre(frames)).predicted_depth
+        # post_process_depth_estimation: bicubic (a = -0.75, torch's) to the frame's size.
+        depth = F.interpolate(depth[:, None], size=frames.shape[1:3], mode="bicubic", align_corners=False)[:, 0]
+        flat = depth.flatten(1)
+        return depth, flat.min(dim=1).values, flat.max(dim=1).values
+
+
+class SegmentationGraph(nn.Module):
+    """uint8 class ids at the frame's size (bilinear logits upsampling, then argmax)."""
+
+    def __init__(self, model, processor, resolution: tuple[int, int], class_chunk: int):
+        super().__init__()
+        if model.config.num_labels > 256:
+            raise BuildError(f"{model.config.num_labels} classes do not fit the uint8 class map")
+        self.pre = _Preprocess(processor, resolution)
+        self.model = model
+        self.class_chunk = class_chunk
+
+    def forward(self, frames: torch.Tensor):
+        logits = self.model(pixel_values=self.pre(frames)).logits
+        classes = ops.chunked_upsampled_argmax(logits, frames.shape[1:3], self.class_chunk)
+        return (classes.to(torch.uint8),)
+
+
+class PoseGraph(nn.Module):
+    """Person detector + top-down ViTPose on the ``max_persons`` best person boxes.
+
+    Outputs boxes (x0, y0, x1, y1, frame pixels) with their scores, and COCO-17 keypoints
+    (x, y in frame pixels) with their scores, for every slot; clients drop slots below a
+    score threshold. The frame enters once; crops are sampled from it on the device.
+    """
+
+    NORMALIZE_FACTOR = 200.0  # VitPoseImageProcessor's box scale unit
+    PADDING = 1.25  # VitPoseImageProcessor's box padding
+    DARK_SIGMA = 0.8  # post_dark_unbiased_data_processing's Gaussian
+    DARK_KERNEL = 11  # post_process_pose_estimation's default kernel_size
+
+    def __init__(self, detector, detector_processor, pose_model, pose_processor, max_persons: int,
+                 detector_resolution: tuple[int, int] | None = None):
+        super().__init__()
+        det_res = detector_resolution or processor_resolution(detector_processor)
+        self.detect_pre = _Preprocess(detector_processor, det_res)
+        self.detector = detector
+        self.person_class = int(detector.config.label2id.get("person", 0))
+        self.pose_model = pose_model
+        self.crop_h, self.crop_w = pose_processor.size["height"], pose_processor.size["width"]
+        self.pose_rescale = pose_processor.rescale_factor
+        self.pose_mean, self.pose_std = pose_processor.image_mean, pose_processor.image_std
+        self.max_persons = min(max_persons, detector.config.num_queries)
+        self.num_keypoints = pose_model.config.num_labels
+
+    def person_boxes(self, frames: torch.Tensor):
+        """The ``max_persons`` highest-scoring person boxes, xyxy in frame pixels."""
+        out = self.detector(pixel_values=self.detect_pre(frames))
+        scores = out.logits[:, :, self.person_class].sigmoid()
+        scores, index = scores.topk(self.max_persons, dim=1)
+        cxcywh = out.pred_boxes.gather(1, index[:, :, None].expand(-1, -1, 4))
+        cx, cy, w, h = cxcywh.unbind(-1)
+        boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+        size = torch.stack([ops.dim_size(frames, 2), ops.dim_size(frames, 1)])
+        return boxes * size.repeat(2), scores
+
+    def centre_and_size(self, boxes: torch.Tensor):
+        """box_to_center_and_scale: the box grown to the crop's aspect ratio and padded (pixels)."""
+        x0, y0, x1, y1 = boxes.unbind(-1)
+        box_w, box_h = x1 - x0, y1 - y0
+        centre = torch.stack([x0 + 0.5 * box_w, y0 + 0.5 * box_h], dim=-1)
+        aspect = self.crop_w / self.crop_h
+        wide = box_w > aspect * box_h
+        w, h = torch.where(wide, box_w, box_h * aspect), torch.where(wide, box_w / aspect, box_h)
+        return centre, torch.stack([w, h], dim=-1) * self.PADDING
+
+    def crops(self, frames: torch.Tensor, centre: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        """Bilinear crops as scipy_warp_affine samples them (zero outside the frame), [N*K,3,h,w]."""
+        n, k = centre.shape[:2]
+        height, width = ops.dim_size(frames, 1), ops.dim_size(frames, 2)
+        cols = torch.arange(self.crop_w, dtype=torch.float32) / (self.crop_w - 1)
+        rows = torch.arange(self.crop_h, dtype=torch.float32) / (self.crop_h - 1)
+        src_x = cols[None, None, None, :] * size[..., 0, None, None] + (centre[..., 0] - 0.5 * size[..., 0])[..., None, None]
+        src_y = rows[None, None, :, None] * size[..., 1, None, None] + (centre[..., 1] - 0.5 * size[..., 1])[..., None, None]
+        src_x, src_y = torch.broadcast_tensors(src_x, src_y)  # N,K,h,w
+        inside = (src_x >= 0) & (src_x <= width - 1) & (src_y >= 0) & (src_y <= height - 1)
+        grid = torch.stack([src_x / (width - 1) * 2 - 1, src_y / (height - 1) * 2 - 1], dim=-1)
+        grid = grid.reshape(n, k * self.crop_h, self.crop_w, 2)
+        image = frames.permute(0, 3, 1, 2).float()
+        sampled = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        sampled = sampled.reshape(n, 3, k, self.crop_h, self.crop_w).permute(0, 2, 1, 3, 4)
+        sampled = torch.floor(sampled + 0.5) * inside[:, :, None].float()  # scipy writes uint8, rounded
+        return sampled.reshape(n * k, 3, self.crop_h, self.crop_w)
+
+    def keypoints(self, heatmaps: torch.Tensor, centre: torch.Tensor, size: torch.Tensor):
+        """get_keypoint_predictions + DARK refinement + transform_preds, for [B,17,h,w] heatmaps."""
+        b, j, h, w = heatmaps.shape
+        score, index = heatmaps.reshape(b, j, h * w).max(dim=-1)
+        px, py = (index % w).float(), torch.div(index, w, rounding_mode="floor").float()
+        found = score > 0
+        px, py = torch.where(found, px, -torch.ones_like(px)), torch.where(found, py, -torch.ones_like(py))
+
+        logmap = ops.gaussian_blur(heatmaps, self.DARK_SIGMA, (self.DARK_KERNEL - 1) // 2).clamp(0.001, 50).log()
+        # Index the padded maps of the whole batch as one flat array, exactly as the reference
+        # does: a keypoint with no positive heatmap value sits at (-1, -1) and its neighbours
+        # then come from the previous map (numpy wraps index -1 to the end of the array).
+        plane = (h + 2) * (w + 2)
+        logmap = F.pad(logmap, (1, 1, 1, 1), mode="replicate").reshape(-1)
+        centre_index = (px + 1 + (py + 1) * (w + 2)).long() + torch.arange(b * j).reshape(b, j) * plane
+
+        def at(dx: int, dy: int) -> torch.Tensor:
+            index = centre_index + (dx + dy * (w + 2))
+            return logmap[torch.where(index < 0, index + b * j * plane, index)]
+
+        i_, ix1, ix1_, iy1, iy1_ = at(0, 0), at(1, 0), at(-1, 0), at(0, 1), at(0, -1)
+        ix1y1, ix1_y1_ = at(1, 1), at(-1, -1)
+        dx, dy = 0.5 * (ix1 - ix1_), 0.5 * (iy1 - iy1_)
+        dxx, dyy = ix1 - 2 * i_ + ix1_, iy1 - 2 * i_ + iy1_
+        dxy = 0.5 * (ix1y1 - ix1 - iy1 + i_ + i_ - ix1_ - iy1_ + ix1_y1_)
+        eps = torch.finfo(torch.float32).eps
+        a, d = dxx + eps, dyy + eps
+        det = a * d - dxy * dxy
+        px = px - (d * dx - dxy * dy) / det
+        py = py - (-dxy * dx + a * dy) / det
+
+        size = size.reshape(b, 1, 2)
+        origin = centre.reshape(b, 1, 2) - 0.5 * size
+        x = px * size[..., 0] / (w - 1.0) + origin[..., 0]
+        y = py * size[..., 1] / (h - 1.0) + origin[..., 1]
+        return torch.stack([x, y], dim=-1), score
+
+    def forward(self, frames: torch.Tensor):
+        n = frames.shape[0]
+        boxes, box_scores = self.person_boxes(frames)
+        centre, size = self.centre_and_size(boxes)
+        crops = ops.normalise(self.crops(frames, centre, size), self.pose_rescale, self.pose_mean, self.pose_std)
+        heatmaps = self.pose_model(pixel_values=crops).heatmaps
+        keypoints, scores = self.keypoints(heatmaps, centre, size)
+        # Python ints (not traced sizes) keep the person and keypoint dims static in the graph.
+        k, j = self.max_persons, self.num_keypoints
+        return boxes, box_scores, keypoints.reshape(n, k, j, 2), scores.reshape(n, k, j)

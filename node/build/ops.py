@@ -1,0 +1,139 @@
+"""Torch building blocks that are traced into the exported graphs.
+
+Everything here works on dynamic frame sizes (the ONNX exporter records the shape
+arithmetic) and uses only operators that ONNX Runtime and TensorRT both run: MatMul,
+elementwise maths, Resize, GridSample, ArgMax/ReduceMax, Gather.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# PIL's filters (src/libImaging/Resample.c): bicubic uses a = -0.5, bilinear is a triangle.
+_PIL_FILTERS = {"bicubic": 2.0, "bilinear": 1.0}
+_PIL_RESAMPLE_IDS = {2: "bilinear", 3: "bicubic"}
+
+
+def pil_filter_name(resample) -> str:
+    """Map a transformers/PIL ``resample`` value (int or enum) to a filter name."""
+    name = _PIL_RESAMPLE_IDS.get(int(resample))
+    if name is None:
+        raise ValueError(f"resample={resample!r} is not supported in-graph (only bilinear=2, bicubic=3)")
+    return name
+
+
+def dim_size(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x.shape[dim]`` as a float tensor that stays dynamic in the exported graph.
+
+    While tracing, shape entries are tensors and ``as_tensor`` keeps them so (the tracer's
+    "registered as constants" warning does not apply: the graph computes it from ``Shape``).
+    """
+    return torch.as_tensor(x.shape[dim]).float()
+
+
+def _pil_kernel(x: torch.Tensor, name: str) -> torch.Tensor:
+    ax = x.abs()
+    if name == "bilinear":
+        return torch.clamp(1.0 - ax, min=0.0)
+    a = -0.5
+    near = ((a + 2.0) * ax - (a + 3.0)) * ax * ax + 1.0
+    far = (((ax - 5.0) * ax + 8.0) * ax - 4.0) * a
+    return torch.where(ax < 1.0, near, torch.where(ax < 2.0, far, torch.zeros_like(ax)))
+
+
+def pil_resample_matrix(in_size: torch.Tensor, out_size: int, name: str) -> torch.Tensor:
+    """Dense ``[out_size, in_size]`` weights of PIL's antialiased resampling along one axis.
+
+    Mirrors ``precompute_coeffs`` in Pillow: when shrinking, the filter is stretched by the
+    scale (that is the antialiasing), each output sample uses the window PIL uses, and every
+    row is normalised to sum to one. ``in_size`` comes from ``dim_size`` so it stays dynamic.
+    """
+    support = _PIL_FILTERS[name]
+    src = torch.arange(in_size, dtype=torch.float32)
+    scale = in_size / out_size
+    filter_scale = torch.clamp(scale, min=1.0)
+    centre = (torch.arange(out_size, dtype=torch.float32)[:, None] + 0.5) * scale
+    reach = support * filter_scale
+    in_window = (src[None, :] >= torch.floor(centre - reach + 0.5)) & (src[None, :] < torch.floor(centre + reach + 0.5))
+    weights = _pil_kernel((src[None, :] - centre + 0.5) / filter_scale, name) * in_window.float()
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def resize_like_pil(frames: torch.Tensor, size: tuple[int, int], name: str) -> torch.Tensor:
+    """Resize uint8-valued NHWC frames to ``size`` (h, w) the way Pillow does; returns NCHW float.
+
+    Pillow resamples horizontally, rounds to uint8, then vertically and rounds again; doing the
+    same (rounding half up, as its fixed-point maths does) keeps the graph within a rounding step of the reference image processor. Both passes
+    are matrix products, which TensorRT runs on tensor cores.
+    """
+    n, h, w, c = frames.shape
+    out_h, out_w = size
+    x = frames.float().permute(0, 1, 3, 2)  # N,H,C,W
+    x = torch.matmul(x, pil_resample_matrix(dim_size(frames, 2), out_w, name).t())  # N,H,C,out_w
+    x = torch.clamp(torch.floor(x + 0.5), 0.0, 255.0)
+    x = x.reshape(n, h, c * out_w)
+    x = torch.matmul(pil_resample_matrix(dim_size(frames, 1), out_h, name), x)  # N,out_h,C*out_w
+    x = torch.clamp(torch.floor(x + 0.5), 0.0, 255.0)
+    return x.reshape(n, out_h, c, out_w).permute(0, 2, 1, 3)
+
+
+def normalise(x: torch.Tensor, rescale: float, mean, std) -> torch.Tensor:
+    """``(x * rescale - mean) / std`` folded into one multiply-add per channel (NCHW)."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return x * (rescale / std_t) - mean_t / std_t
+
+
+def chunked_upsampled_argmax(logits: torch.Tensor, size, chunk: int) -> torch.Tensor:
+    """``argmax(interpolate(logits, size, bilinear), dim=1)`` without the full C×H×W tensor.
+
+    Classes are interpolated ``chunk`` at a time and folded into a running (best score,
+    best class) pair, so peak memory is ``chunk × H × W`` floats instead of ``C × H × W``
+    (150 classes at 3840×2160 would be 5 GB). Strict ``>`` keeps the first class on ties,
+    as ``argmax`` does, so the result is identical.
+    """
+    num_classes = logits.shape[1]
+    best_score = best_class = None
+    for start in range(0, num_classes, chunk):
+        part = F.interpolate(logits[:, start : start + chunk], size=size, mode="bilinear", align_corners=False)
+        score, index = part.max(dim=1)
+        index = index + start
+        if best_score is None:
+            best_score, best_class = score, index
+        else:
+            better = score > best_score
+            best_score = torch.where(better, score, best_score)
+            best_class = torch.where(better, index, best_class)
+    return best_class
+
+
+def gaussian_kernel_1d(sigma: float, radius: int) -> torch.Tensor:
+    """scipy.ndimage's truncated, normalised Gaussian."""
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).float()
+
+
+def reflect_index(n: int, radius: int) -> torch.Tensor:
+    """Indices that pad an axis of length ``n`` the way scipy's ``mode='reflect'`` does (d c b a | a b c d)."""
+    idx = []
+    for i in range(-radius, n + radius):
+        j = i
+        while j < 0 or j >= n:
+            j = -j - 1 if j < 0 else 2 * n - j - 1
+        idx.append(j)
+    return torch.tensor(idx, dtype=torch.long)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur of ``[B, C, H, W]`` maps, scipy ``gaussian_filter`` semantics."""
+    b, c, h, w = maps.shape
+    kernel = gaussian_kernel_1d(sigma, radius)
+    x = maps.reshape(b * c, 1, h, w)
+    x = x.index_select(3, reflect_index(w, radius))
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = x.index_select(2, reflect_index(h, radius))
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+    return x.reshape(b, c, h, w)
+

@@ -1,0 +1,89 @@
+"""build_engines.py as an operator runs it: help, clear errors, a local save_pretrained model."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from node.build import manifest, weights
+from node.build.errors import BuildError
+from node.build.specs import ShapeBounds
+from tests.conftest import TINY_ROLES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_engines(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, str(ROOT / "build_engines.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def test_help_lists_options_and_models():
+    result = build_engines("--help")
+    assert result.returncode == 0
+    for text in ("--weights {hub,demo}", "--model ROLE=PATH", "--resolution CAP=HxW", "depth-anything-v2-base",
+                 "cc-by-nc-4.0"):
+        assert text in result.stdout
+
+
+def test_unknown_capability_is_refused():
+    result = build_engines("--capabilities", "depth,normals")
+    assert result.returncode == 2 and "unknown capability 'normals'" in result.stderr
+
+
+def test_missing_model_directory_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = build_engines("--model", f"depth={missing}", "--capabilities", "depth", "--out", str(tmp_path / "e"))
+    assert result.returncode == 1
+    assert f"model directory {missing} does not exist" in result.stderr
+    assert not (tmp_path / "e" / manifest.MANIFEST_NAME).exists()
+
+
+def test_unreachable_hub_says_so_and_points_to_demo(tmp_path):
+    # An empty cache with HF_HUB_OFFLINE is what an unreachable hub looks like, minus the retries.
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = build_engines("--capabilities", "segmentation", "--out", str(tmp_path / "e"), env=env)
+    assert result.returncode == 1
+    assert "cannot load nvidia/segformer-b0-finetuned-ade-512-512 from the Hugging Face hub" in result.stderr
+    assert "use --weights demo" in result.stderr
+
+
+def test_local_save_pretrained_directory_builds_and_verifies(tmp_path):
+    loaded = weights.load_demo(TINY_ROLES["segmentation"])
+    model_dir = tmp_path / "my-segformer"
+    loaded.model.save_pretrained(model_dir)
+    loaded.processor.save_pretrained(model_dir)
+    out = tmp_path / "engines"
+    result = build_engines("--model", f"segmentation={model_dir}", "--capabilities", "segmentation",
+                           "--out", str(out), "--max-size", "720x1280")
+    assert result.returncode == 0, result.stderr
+    entry = manifest.load(out)["capabilities"]["segmentation"]
+    assert entry["models"][0]["weights"] == "local" and entry["models"][0]["path"] == str(model_dir)
+    assert entry["demo"] is False
+    assert entry["graphs"][0]["resolution"] == [64, 64]  # taken from the saved processor config
+    assert "pixel_agreement" in result.stderr  # the verification table is printed
+
+
+def test_local_directory_without_processor_config_is_refused(tmp_path):
+    loaded = weights.load_demo(TINY_ROLES["depth"])
+    loaded.model.save_pretrained(tmp_path)
+    with pytest.raises(BuildError, match="no preprocessor_config.json"):
+        weights.load_local(TINY_ROLES["depth"], tmp_path)
+
+
+def test_shape_bounds_refuse_out_of_bounds_frames():
+    bounds = ShapeBounds()
+    bounds.check(64, 64)
+    bounds.check(2160, 3840, batch=4)
+    for h, w, n in [(63, 64, 1), (64, 3841, 1), (2161, 100, 1), (0, 0, 1), (-5, 100, 1), (100, 100, 5)]:
+        with pytest.raises(ValueError, match="outside"):
+            bounds.check(h, w, batch=n)
+
+
+def test_demo_weights_are_seeded_and_labelled():
+    a, b = weights.load_demo(TINY_ROLES["depth"], seed=1), weights.load_demo(TINY_ROLES["depth"], seed=1)
+    assert a.source == "demo" and a.revision is None
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        assert pa.equal(pb)
