@@ -16,15 +16,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_engines(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, str(ROOT / "build_engines.py"), *args], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "build_engines.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def test_help_lists_options_and_models():
     result = build_engines("--help")
     assert result.returncode == 0
-    for text in ("--weights {hub,demo}", "--model ROLE=PATH", "--resolution CAP=HxW", "depth-anything-v2-base",
-                 "cc-by-nc-4.0"):
+    for text in (
+        "--weights {hub,demo}",
+        "--model ROLE=PATH",
+        "--resolution CAP=HxW",
+        "depth-anything-v2-base",
+        "cc-by-nc-4.0",
+    ):
         assert text in result.stdout
 
 
@@ -56,8 +67,16 @@ def test_local_save_pretrained_directory_builds_and_verifies(tmp_path):
     loaded.model.save_pretrained(model_dir)
     loaded.processor.save_pretrained(model_dir)
     out = tmp_path / "engines"
-    result = build_engines("--model", f"segmentation={model_dir}", "--capabilities", "segmentation",
-                           "--out", str(out), "--max-size", "720x1280")
+    result = build_engines(
+        "--model",
+        f"segmentation={model_dir}",
+        "--capabilities",
+        "segmentation",
+        "--out",
+        str(out),
+        "--max-size",
+        "720x1280",
+    )
     assert result.returncode == 0, result.stderr
     entry = manifest.load(out)["capabilities"]["segmentation"]
     assert entry["models"][0]["weights"] == "local" and entry["models"][0]["path"] == str(model_dir)

@@ -94,6 +94,9 @@ def test_exported_graph_dims_are_named_and_dynamic(tiny_build):
     graph = entries["depth"]["graphs"][0]
     assert graph["inputs"] == [{"name": FRAME_INPUT, "dtype": "uint8", "shape": ["batch", "height", "width", 3]}]
     assert {o["name"]: o["shape"] for o in graph["outputs"]} == {
-        "depth": ["batch", "height", "width"], "depth_min": ["batch"], "depth_max": ["batch"]}
+        "depth": ["batch", "height", "width"],
+        "depth_min": ["batch"],
+        "depth_max": ["batch"],
+    }
     pose_outputs = {o["name"]: o["shape"] for o in entries["pose"]["graphs"][0]["outputs"]}
     assert pose_outputs["keypoints"] == ["batch", 3, 17, 2]

@@ -8,8 +8,11 @@ from node.build import verify
 
 def _depth(value=0.0):
     depth = np.tile(np.linspace(0, 10, 8 * 8, dtype=np.float32).reshape(1, 8, 8), (2, 1, 1))  # range 10 per frame
-    return {"depth": depth + value, "depth_min": depth.reshape(2, -1).min(1) + value,
-            "depth_max": depth.reshape(2, -1).max(1) + value}
+    return {
+        "depth": depth + value,
+        "depth_min": depth.reshape(2, -1).min(1) + value,
+        "depth_max": depth.reshape(2, -1).max(1) + value,
+    }
 
 
 def test_identical_outputs_pass():
@@ -50,8 +53,12 @@ def test_segmentation_agreement_and_every_failure_collected():
 
 def test_pose_boxes_match_up_to_order_and_keypoint_error_in_pixels():
     boxes = np.array([[[0, 0, 10, 20], [5, 5, 15, 25]]], np.float32)
-    want = {"boxes": boxes, "box_scores": np.array([[0.9, 0.8]], np.float32),
-            "keypoints": np.zeros((1, 2, 17, 2), np.float32), "keypoint_scores": np.ones((1, 2, 17), np.float32)}
+    want = {
+        "boxes": boxes,
+        "box_scores": np.array([[0.9, 0.8]], np.float32),
+        "keypoints": np.zeros((1, 2, 17, 2), np.float32),
+        "keypoint_scores": np.ones((1, 2, 17), np.float32),
+    }
     got = {**want, "boxes": boxes[:, ::-1].copy(), "keypoints": want["keypoints"] + 3.0}
     checks = {c.metric: c for c in verify.compare("pose", "1", got, want)}
     assert checks["box_err_px"].ok and checks["box_err_px"].value == 0
@@ -61,8 +68,11 @@ def test_pose_boxes_match_up_to_order_and_keypoint_error_in_pixels():
 
 
 def test_tied_detector_queries_are_reported_as_skipped_not_passed():
-    want = {"boxes": np.zeros((1, 1, 4), np.float32), "box_scores": np.ones((1, 1), np.float32),
-            "tied_queries": np.array([True])}
+    want = {
+        "boxes": np.zeros((1, 1, 4), np.float32),
+        "box_scores": np.ones((1, 1), np.float32),
+        "tied_queries": np.array([True]),
+    }
     got = {"boxes": np.full((1, 1, 4), 50, np.float32), "box_scores": np.zeros((1, 1), np.float32)}
     checks = verify.compare("pose", "1", got, want)
     assert all(c.skipped for c in checks) and "skipped" in verify.table(checks)

@@ -38,8 +38,9 @@ def _capabilities(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in CAPABILITIES]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown capability {', '.join(unknown) or text!r}; "
-                                         f"choose from {', '.join(CAPABILITIES)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown capability {', '.join(unknown) or text!r}; choose from {', '.join(CAPABILITIES)}"
+        )
     return names
 
 
@@ -57,36 +58,76 @@ def parser() -> argparse.ArgumentParser:
         prog="build_engines.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export depth, segmentation and pose models to ONNX graphs with pre- and "
-                    "post-processing inside (uint8 frames in, finished maps out), verify every "
-                    "graph against transformers, and write engines/manifest.json.",
+        "post-processing inside (uint8 frames in, finished maps out), verify every "
+        "graph against transformers, and write engines/manifest.json.",
         epilog="models (--variant ROLE=NAME):\n" + _model_list() + "\n\nexamples:\n"
-               "  build_engines.py --weights demo --out engines          # offline, random weights\n"
-               "  build_engines.py --out engines                          # pinned Hugging Face weights\n"
-               "  build_engines.py --model depth=./my-depth --capabilities depth\n"
-               "  build_engines.py --resolution depth=518x518 --resolution depth=518x924",
+        "  build_engines.py --weights demo --out engines          # offline, random weights\n"
+        "  build_engines.py --out engines                          # pinned Hugging Face weights\n"
+        "  build_engines.py --model depth=./my-depth --capabilities depth\n"
+        "  build_engines.py --resolution depth=518x518 --resolution depth=518x924",
     )
     p.add_argument("--out", type=Path, default=Path("engines"), help="output directory (default: engines)")
-    p.add_argument("--capabilities", type=_capabilities, default=list(CAPABILITIES),
-                   help=f"comma-separated subset of {','.join(CAPABILITIES)} (default: all)")
-    p.add_argument("--weights", choices=("hub", "demo"), default="hub",
-                   help="hub: Hugging Face at the pinned revision (uses the HF cache; HF_HUB_OFFLINE=1 "
-                        "for cache only). demo: the real architectures with seeded random weights, "
-                        "labelled as demo in the manifest (default: hub)")
-    p.add_argument("--model", type=_keyed, action="append", default=[], metavar="ROLE=PATH",
-                   help="load ROLE (depth, segmentation, pose, detector) from a local save_pretrained directory")
-    p.add_argument("--variant", type=_keyed, action="append", default=[], metavar="ROLE=NAME",
-                   help="pick another known model for ROLE (see the list below)")
-    p.add_argument("--resolution", type=_keyed, action="append", default=[], metavar="CAP=HxW",
-                   help="model input resolution; repeat for several graphs per capability "
-                        "(pose: the detector's input). Default: the model's own")
-    p.add_argument("--min-size", type=_hw, default=ShapeBounds.min_hw, metavar="HxW",
-                   help="smallest frame accepted (default: 64x64)")
-    p.add_argument("--max-size", type=_hw, default=ShapeBounds.max_hw, metavar="HxW",
-                   help="largest frame accepted (default: 2160x3840)")
+    p.add_argument(
+        "--capabilities",
+        type=_capabilities,
+        default=list(CAPABILITIES),
+        help=f"comma-separated subset of {','.join(CAPABILITIES)} (default: all)",
+    )
+    p.add_argument(
+        "--weights",
+        choices=("hub", "demo"),
+        default="hub",
+        help="hub: Hugging Face at the pinned revision (uses the HF cache; HF_HUB_OFFLINE=1 "
+        "for cache only). demo: the real architectures with seeded random weights, "
+        "labelled as demo in the manifest (default: hub)",
+    )
+    p.add_argument(
+        "--model",
+        type=_keyed,
+        action="append",
+        default=[],
+        metavar="ROLE=PATH",
+        help="load ROLE (depth, segmentation, pose, detector) from a local save_pretrained directory",
+    )
+    p.add_argument(
+        "--variant",
+        type=_keyed,
+        action="append",
+        default=[],
+        metavar="ROLE=NAME",
+        help="pick another known model for ROLE (see the list below)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=_keyed,
+        action="append",
+        default=[],
+        metavar="CAP=HxW",
+        help="model input resolution; repeat for several graphs per capability "
+        "(pose: the detector's input). Default: the model's own",
+    )
+    p.add_argument(
+        "--min-size",
+        type=_hw,
+        default=ShapeBounds.min_hw,
+        metavar="HxW",
+        help="smallest frame accepted (default: 64x64)",
+    )
+    p.add_argument(
+        "--max-size",
+        type=_hw,
+        default=ShapeBounds.max_hw,
+        metavar="HxW",
+        help="largest frame accepted (default: 2160x3840)",
+    )
     p.add_argument("--max-batch", type=int, default=ShapeBounds.max_batch, help="largest batch (default: %(default)s)")
     p.add_argument("--max-persons", type=int, default=8, help="person slots in the pose output (default: %(default)s)")
-    p.add_argument("--class-chunk", type=int, default=8,
-                   help="segmentation classes upsampled at a time; peak memory is CHUNK×H×W floats (default: %(default)s)")
+    p.add_argument(
+        "--class-chunk",
+        type=int,
+        default=8,
+        help="segmentation classes upsampled at a time; peak memory is CHUNK×H×W floats (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for demo weights and sample frames")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return p
@@ -109,20 +150,34 @@ def plan_from_args(args: argparse.Namespace):
             raise BuildError(f"--resolution {cap}={text}: {err}") from None
     if args.max_batch < 1 or args.max_persons < 1 or args.class_chunk < 1:
         raise BuildError("--max-batch, --max-persons and --class-chunk must be at least 1")
-    bounds = ShapeBounds(min_hw=args.min_size, max_hw=args.max_size, max_batch=args.max_batch,
-                         opt_hw=(min(max(512, args.min_size[0]), args.max_size[0]),
-                                 min(max(512, args.min_size[1]), args.max_size[1])))
+    bounds = ShapeBounds(
+        min_hw=args.min_size,
+        max_hw=args.max_size,
+        max_batch=args.max_batch,
+        opt_hw=(min(max(512, args.min_size[0]), args.max_size[0]), min(max(512, args.min_size[1]), args.max_size[1])),
+    )
     if bounds.min_hw[0] > bounds.max_hw[0] or bounds.min_hw[1] > bounds.max_hw[1]:
         raise BuildError(f"--min-size {args.min_size} is larger than --max-size {args.max_size}")
-    return BuildPlan(out=args.out, weights=args.weights, specs=specs, local=dict(args.model),
-                     resolutions=resolutions, bounds=bounds, max_persons=args.max_persons,
-                     class_chunk=args.class_chunk, seed=args.seed)
+    return BuildPlan(
+        out=args.out,
+        weights=args.weights,
+        specs=specs,
+        local=dict(args.model),
+        resolutions=resolutions,
+        bounds=bounds,
+        max_persons=args.max_persons,
+        class_chunk=args.class_chunk,
+        seed=args.seed,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     log = logging.getLogger("build")
     start = time.perf_counter()
     try:

@@ -40,8 +40,16 @@ def export(graph: torch.nn.Module, output_names: tuple[str, ...], path: Path, ex
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer chatter about Python values; the dims are checked below
-        torch.onnx.export(graph, (example,), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=[FRAME_INPUT], output_names=list(output_names), dynamic_axes=dynamic_axes)
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[FRAME_INPUT],
+            output_names=list(output_names),
+            dynamic_axes=dynamic_axes,
+        )
     check_dims(path, dynamic_axes)
 
 

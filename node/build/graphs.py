@@ -85,8 +85,15 @@ class PoseGraph(nn.Module):
     DARK_SIGMA = 0.8  # post_dark_unbiased_data_processing's Gaussian
     DARK_KERNEL = 11  # post_process_pose_estimation's default kernel_size
 
-    def __init__(self, detector, detector_processor, pose_model, pose_processor, max_persons: int,
-                 detector_resolution: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        detector,
+        detector_processor,
+        pose_model,
+        pose_processor,
+        max_persons: int,
+        detector_resolution: tuple[int, int] | None = None,
+    ):
         super().__init__()
         det_res = detector_resolution or processor_resolution(detector_processor)
         self.detect_pre = _Preprocess(detector_processor, det_res)
@@ -126,8 +133,14 @@ class PoseGraph(nn.Module):
         height, width = ops.dim_size(frames, 1), ops.dim_size(frames, 2)
         cols = torch.arange(self.crop_w, dtype=torch.float32) / (self.crop_w - 1)
         rows = torch.arange(self.crop_h, dtype=torch.float32) / (self.crop_h - 1)
-        src_x = cols[None, None, None, :] * size[..., 0, None, None] + (centre[..., 0] - 0.5 * size[..., 0])[..., None, None]
-        src_y = rows[None, None, :, None] * size[..., 1, None, None] + (centre[..., 1] - 0.5 * size[..., 1])[..., None, None]
+        src_x = (
+            cols[None, None, None, :] * size[..., 0, None, None]
+            + (centre[..., 0] - 0.5 * size[..., 0])[..., None, None]
+        )
+        src_y = (
+            rows[None, None, :, None] * size[..., 1, None, None]
+            + (centre[..., 1] - 0.5 * size[..., 1])[..., None, None]
+        )
         src_x, src_y = torch.broadcast_tensors(src_x, src_y)  # N,K,h,w
         inside = (src_x >= 0) & (src_x <= width - 1) & (src_y >= 0) & (src_y <= height - 1)
         grid = torch.stack([src_x / (width - 1) * 2 - 1, src_y / (height - 1) * 2 - 1], dim=-1)

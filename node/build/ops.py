@@ -64,8 +64,10 @@ def resize_like_pil(frames: torch.Tensor, size: tuple[int, int], name: str) -> t
     """Resize uint8-valued NHWC frames to ``size`` (h, w) the way Pillow does; returns NCHW float.
 
     Pillow resamples horizontally, rounds to uint8, then vertically and rounds again; doing the
-    same (rounding half up, as its fixed-point maths does) keeps the graph within a rounding step of the reference image processor. Both passes
-    are matrix products, which TensorRT runs on tensor cores.
+    same (rounding half up, as its fixed-point maths does) keeps the graph within a rounding
+    step of the reference image processor. Pillow 13 goes vertical-first for some size pairs;
+    there about a fifth of the pixels differ by one level (see ``verify.TOLERANCES``). Both
+    passes are matrix products, which TensorRT runs on tensor cores.
     """
     n, h, w, c = frames.shape
     out_h, out_w = size
@@ -136,4 +138,3 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, radius: int) -> torch.Tensor
     x = x.index_select(2, reflect_index(h, radius))
     x = F.conv2d(x, kernel.view(1, 1, -1, 1))
     return x.reshape(b, c, h, w)
-

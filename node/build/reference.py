@@ -21,7 +21,9 @@ def depth(model, processor, frames: np.ndarray, resolution) -> dict[str, np.ndar
     inputs = processor(images=list(frames), size=_size(resolution), keep_aspect_ratio=False, return_tensors="pt")
     out = model(**inputs)
     sizes = [frame.shape[:2] for frame in frames]
-    maps = np.stack([r["predicted_depth"].numpy() for r in processor.post_process_depth_estimation(out, target_sizes=sizes)])
+    maps = np.stack(
+        [r["predicted_depth"].numpy() for r in processor.post_process_depth_estimation(out, target_sizes=sizes)]
+    )
     flat = maps.reshape(len(maps), -1)
     return {"depth": maps, "depth_min": flat.min(1), "depth_max": flat.max(1)}
 
@@ -51,9 +53,14 @@ def person_boxes(detector, processor, frames: np.ndarray, max_persons: int, reso
     enc = out.enc_outputs_class
     sizes = [frame.shape[:2] for frame in frames]
     results = processor.post_process_object_detection(out, threshold=0.0, target_sizes=sizes)
-    return [{"boxes": r["boxes"][:max_persons].numpy(), "scores": r["scores"][:max_persons].numpy(),
-             "tied_queries": tied_query_selection(enc, detector.config.num_queries)}
-            for r, enc in zip(results, enc)]
+    return [
+        {
+            "boxes": r["boxes"][:max_persons].numpy(),
+            "scores": r["scores"][:max_persons].numpy(),
+            "tied_queries": tied_query_selection(enc, detector.config.num_queries),
+        }
+        for r, enc in zip(results, enc)
+    ]
 
 
 def tied_query_selection(encoder_class_logits: torch.Tensor, num_queries: int) -> bool:

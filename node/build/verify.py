@@ -21,7 +21,13 @@ from .specs import OUTPUTS
 TOLERANCES = {
     "depth": {"max_rel_err": 5e-2, "mean_rel_err": 5e-3},  # |Δ| / depth range of the frame
     "segmentation": {"pixel_agreement": 0.98},  # fraction of identical class ids
-    "pose": {"box_err_px": 1.0, "box_score_err": 2e-3, "keypoint_err_median_px": 0.1, "keypoints_within_1px": 0.9, "keypoint_score_err": 5e-3},
+    "pose": {
+        "box_err_px": 1.0,
+        "box_score_err": 2e-3,
+        "keypoint_err_median_px": 0.1,
+        "keypoints_within_1px": 0.9,
+        "keypoint_score_err": 5e-3,
+    },
 }
 _HIGHER_IS_BETTER = {"pixel_agreement", "keypoints_within_1px"}
 
@@ -51,8 +57,10 @@ class Check:
 class VerificationError(BuildError):
     def __init__(self, failed: list[Check]):
         self.failed = failed
-        lines = [f"{c.capability} {c.frames}: {c.metric} = {c.value:.4g} (limit {c.limit:g}) {c.detail}".rstrip()
-                 for c in failed]
+        lines = [
+            f"{c.capability} {c.frames}: {c.metric} = {c.value:.4g} (limit {c.limit:g}) {c.detail}".rstrip()
+            for c in failed
+        ]
         super().__init__("verification failed:\n  " + "\n  ".join(lines))
 
 
@@ -64,8 +72,9 @@ def _shape_checks(capability, frames, got, want) -> list[Check]:
             continue
         if actual is None or actual.shape != expected.shape:
             shape = None if actual is None else actual.shape
-            checks.append(Check(capability, frames, f"shape {name}", float("nan"), 0.0,
-                                f"got {shape}, expected {expected.shape}"))
+            checks.append(
+                Check(capability, frames, f"shape {name}", float("nan"), 0.0, f"got {shape}, expected {expected.shape}")
+            )
     return checks
 
 
@@ -79,8 +88,10 @@ def _depth(frames, got, want) -> list[Check]:
     err = np.abs(got["depth"] - want["depth"]) / span
     ends = max(np.abs(got[k] - want[k]).max() / span.min() for k in ("depth_min", "depth_max"))
     limits = TOLERANCES["depth"]
-    return [Check("depth", frames, "max_rel_err", float(max(err.max(), ends)), limits["max_rel_err"]),
-            Check("depth", frames, "mean_rel_err", float(err.mean()), limits["mean_rel_err"])]
+    return [
+        Check("depth", frames, "max_rel_err", float(max(err.max(), ends)), limits["max_rel_err"]),
+        Check("depth", frames, "mean_rel_err", float(err.mean()), limits["mean_rel_err"]),
+    ]
 
 
 def _segmentation(frames, got, want) -> list[Check]:
@@ -93,32 +104,50 @@ def _pose(frames, got, want) -> list[Check]:
     checks = []
     if "boxes" in want and want.get("tied_queries", np.zeros(1, bool)).any():
         reason = "reference detector picks its queries among tied scores (random weights)"
-        checks += [Check("pose", frames, metric, float("nan"), limits[metric], reason, skipped=True)
-                   for metric in ("box_err_px", "box_score_err")]
+        checks += [
+            Check("pose", frames, metric, float("nan"), limits[metric], reason, skipped=True)
+            for metric in ("box_err_px", "box_score_err")
+        ]
     elif "boxes" in want:
         # Scores are compared sorted and boxes by nearest match, so two near-tied persons that
         # swap places between backends are not reported as a detection error.
         box_err, score_err = 0.0, 0.0
-        for got_boxes, got_scores, ref_boxes, ref_scores in zip(got["boxes"], got["box_scores"], want["boxes"], want["box_scores"]):
+        for got_boxes, got_scores, ref_boxes, ref_scores in zip(
+            got["boxes"], got["box_scores"], want["boxes"], want["box_scores"]
+        ):
             n = min(len(got_boxes), len(ref_boxes))
             if n == 0:
                 continue
             score_err = max(score_err, float(np.abs(np.sort(got_scores)[::-1][:n] - ref_scores[:n]).max()))
             dist = np.abs(got_boxes[:n, None, :] - ref_boxes[None, :n, :]).max(-1)
             box_err = max(box_err, float(dist.min(axis=1).max()))
-        checks += [Check("pose", frames, "box_err_px", box_err, limits["box_err_px"]),
-                   Check("pose", frames, "box_score_err", score_err, limits["box_score_err"])]
+        checks += [
+            Check("pose", frames, "box_err_px", box_err, limits["box_err_px"]),
+            Check("pose", frames, "box_score_err", score_err, limits["box_score_err"]),
+        ]
     if "keypoints" in want:
         # Median and share within 1 px, with the max in the detail: DARK refinement divides by the
         # heatmap's local Hessian, and where that is near-singular (flat heatmaps of random
         # weights) float noise moves a keypoint by pixels; a real error moves all of them.
         err = np.linalg.norm(got["keypoints"] - want["keypoints"], axis=-1)
-        checks += [Check("pose", frames, "keypoint_err_median_px", float(np.median(err)),
-                         limits["keypoint_err_median_px"], f"max {err.max():.3g} px"),
-                   Check("pose", frames, "keypoints_within_1px", float((err <= 1.0).mean()),
-                         limits["keypoints_within_1px"]),
-                   Check("pose", frames, "keypoint_score_err",
-                         float(np.abs(got["keypoint_scores"] - want["keypoint_scores"]).max()), limits["keypoint_score_err"])]
+        checks += [
+            Check(
+                "pose",
+                frames,
+                "keypoint_err_median_px",
+                float(np.median(err)),
+                limits["keypoint_err_median_px"],
+                f"max {err.max():.3g} px",
+            ),
+            Check("pose", frames, "keypoints_within_1px", float((err <= 1.0).mean()), limits["keypoints_within_1px"]),
+            Check(
+                "pose",
+                frames,
+                "keypoint_score_err",
+                float(np.abs(got["keypoint_scores"] - want["keypoint_scores"]).max()),
+                limits["keypoint_score_err"],
+            ),
+        ]
     return checks
 
 
@@ -134,9 +163,17 @@ def compare(capability: str, frames: str, got: dict[str, np.ndarray], want: dict
 def table(checks: list[Check]) -> str:
     """A plain-text table of every check, failures marked."""
     rows = [("capability", "frames", "metric", "value", "limit", "")]
-    rows += [(c.capability, c.frames, c.metric, f"{c.value:.4g}", f"{c.limit:g}",
-              ("skipped: " if c.skipped else "ok " if c.ok else "FAIL ") + c.detail)
-             for c in checks]
+    rows += [
+        (
+            c.capability,
+            c.frames,
+            c.metric,
+            f"{c.value:.4g}",
+            f"{c.limit:g}",
+            ("skipped: " if c.skipped else "ok " if c.ok else "FAIL ") + c.detail,
+        )
+        for c in checks
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 

@@ -61,8 +61,10 @@ def load_local(spec: ModelSpec, path: str | os.PathLike) -> LoadedModel:
         raise BuildError(f"model directory {directory} does not exist")
     for required in ("config.json", "preprocessor_config.json"):
         if not (directory / required).is_file():
-            raise BuildError(f"{directory} has no {required}: expected a directory written by save_pretrained "
-                             "(model.save_pretrained and image_processor.save_pretrained)")
+            raise BuildError(
+                f"{directory} has no {required}: expected a directory written by save_pretrained "
+                "(model.save_pretrained and image_processor.save_pretrained)"
+            )
     model_cls, processor_cls = _classes(spec)
     try:
         model = model_cls.from_pretrained(directory)
@@ -80,8 +82,10 @@ def load_hub(spec: ModelSpec) -> LoadedModel:
         processor = processor_cls.from_pretrained(spec.hf_id, revision=spec.revision)
     except OSError as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BuildError(f"cannot load {spec.hf_id} from the Hugging Face hub ({reason}); "
-                         "use --weights demo for seeded random weights, or --model CAPABILITY=PATH "
-                         "for a local directory") from err
+        raise BuildError(
+            f"cannot load {spec.hf_id} from the Hugging Face hub ({reason}); "
+            "use --weights demo for seeded random weights, or --model CAPABILITY=PATH "
+            "for a local directory"
+        ) from err
     revision = getattr(model.config, "_commit_hash", None) or spec.revision
     return LoadedModel(spec, model.eval(), processor, "hub", revision)
