@@ -13,8 +13,6 @@ from transformers import AutoConfig
 from .errors import BuildError
 from .specs import ModelSpec
 
-WEIGHT_SOURCES = ("hub", "demo")
-
 
 @dataclass
 class LoadedModel:
