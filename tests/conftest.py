@@ -50,17 +50,13 @@ TINY_CONFIGS = {
     "vitpose-base-simple": dict(
         processor_defaults={"size": {"height": 64, "width": 48}},
         demo_config={
-            "model_type": "vitpose",
-            "use_simple_decoder": True,
-            "scale_factor": 4,
-            "num_labels": 17,
+            **SPECS["vitpose-base-simple"].demo_config,
             "backbone_config": {
-                "model_type": "vitpose_backbone",
+                **SPECS["vitpose-base-simple"].demo_config["backbone_config"],
                 "hidden_size": 32,
                 "num_hidden_layers": 2,
                 "num_attention_heads": 2,
                 "image_size": [64, 48],
-                "patch_size": [16, 16],
                 "out_indices": [2],
             },
         },
