@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from .errors import BuildError
-from .specs import CAPABILITIES, DEFAULT_MODELS, SPECS, ShapeBounds, spec_for
+from .specs import CAPABILITIES, DEFAULT_MODELS, SPECS, ShapeBounds, roles_for, spec_for
 
 ROLES = (*CAPABILITIES, "detector")
 OPEN_LICENCES = {"apache-2.0", "mit"}
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_from_args(args)
         from . import manifest, pipeline  # noqa: PLC0415
 
-        for role in {r for cap in args.capabilities for r in (("detector", "pose") if cap == "pose" else (cap,))}:
+        for role in {role for cap in args.capabilities for role in roles_for(cap)}:
             spec = plan.specs.get(role) or spec_for(DEFAULT_MODELS[role])
             if spec.licence not in OPEN_LICENCES and role not in plan.local:
                 log.warning("%s: %s is licensed %s. %s", role, spec.name, spec.licence, spec.note)

@@ -18,7 +18,7 @@ from . import export, reference, samples, verify, weights
 from .errors import BuildError
 from .graphs import DepthGraph, PoseGraph, SegmentationGraph, processor_resolution
 from .manifest import sha256
-from .specs import DEFAULT_MODELS, FRAME_INPUT, OUTPUTS, ModelSpec, ShapeBounds, spec_for
+from .specs import DEFAULT_MODELS, FRAME_INPUT, OUTPUTS, ModelSpec, ShapeBounds, roles_for, spec_for
 
 log = logging.getLogger("build")
 
@@ -135,7 +135,7 @@ def verify_graph(capability: str, path: Path, resolution, loaded, plan: BuildPla
 
 def build_capability(capability: str, plan: BuildPlan) -> dict:
     """Export and verify every graph of ``capability``; return its manifest entry."""
-    roles = ("detector", "pose") if capability == "pose" else (capability,)
+    roles = roles_for(capability)
     loaded = {role: _load(plan, role) for role in roles}
     graphs, all_checks = [], []
     for stem, resolution, graph in _graphs(capability, plan, loaded):

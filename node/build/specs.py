@@ -240,6 +240,11 @@ class ShapeBounds:
             raise ValueError(f"batch {batch} is outside 1..{self.max_batch}")
 
 
+def roles_for(capability: str) -> tuple[str, ...]:
+    """The models a capability's graph is made of: pose needs the person detector too."""
+    return ("detector", "pose") if capability == "pose" else (capability,)
+
+
 def spec_for(name: str) -> ModelSpec:
     try:
         return SPECS[name]
