@@ -118,7 +118,8 @@ def tiny_plan(out, **overrides):
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory):
     """All three capabilities built once with tiny demo models: (out dir, manifest entries)."""
-    from node.build import manifest, pipeline
+    from node import manifest
+    from node.build import pipeline
 
     logging.getLogger("build").setLevel(logging.INFO)
     out = tmp_path_factory.mktemp("engines")

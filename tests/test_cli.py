@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from node.build import manifest, weights
+from node import manifest
+from node.build import weights
 from node.build.errors import BuildError
 from node.build.specs import ShapeBounds
 from tests.conftest import TINY_ROLES

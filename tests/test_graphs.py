@@ -9,7 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from node.build import reference, samples, verify, weights
+from node import samples
+from node.build import reference, verify, weights
 from node.build.specs import FRAME_INPUT, OUTPUTS
 from tests.conftest import TINY_BOUNDS, TINY_ROLES
 

@@ -2,7 +2,7 @@
 
 import json
 
-from node.build import manifest
+from node import manifest
 from node.build.specs import CAPABILITIES
 
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from node.build import ops, samples
+from node import samples
+from node.build import ops
 
 PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 

@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         plan = plan_from_args(args)
-        from . import manifest, pipeline  # noqa: PLC0415
+        from .. import manifest
+        from . import pipeline  # noqa: PLC0415
 
         for role in {role for cap in args.capabilities for role in roles_for(cap)}:
             spec = plan.specs.get(role) or spec_for(DEFAULT_MODELS[role])

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import export, reference, samples, verify, weights
+from .. import samples
+from ..manifest import sha256
+from . import export, reference, verify, weights
 from .errors import BuildError
 from .graphs import DepthGraph, PoseGraph, SegmentationGraph, processor_resolution
-from .manifest import sha256
 from .specs import DEFAULT_MODELS, FRAME_INPUT, OUTPUTS, ModelSpec, ShapeBounds, roles_for, spec_for
 
 log = logging.getLogger("build")

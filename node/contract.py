@@ -1,0 +1,38 @@
+"""The graph contract shared by the build step and the node: names, outputs and shape bounds.
+
+Torch-free on purpose: the server imports this, never ``node.build``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CAPABILITIES = ("depth", "segmentation", "pose")
+
+# The graphs' inputs and outputs, per capability: names the server and TensorRT bind by.
+FRAME_INPUT = "frames"  # uint8 [N, H, W, 3]
+OUTPUTS = {
+    "depth": ("depth", "depth_min", "depth_max"),  # float32 [N,H,W], [N], [N]
+    "segmentation": ("classes",),  # uint8 [N,H,W]
+    "pose": ("boxes", "box_scores", "keypoints", "keypoint_scores"),  # [N,K,4] [N,K] [N,K,17,2] [N,K,17]
+}
+
+
+@dataclass(frozen=True)
+class ShapeBounds:
+    """Frame sizes and batch sizes every graph (and TensorRT profile) accepts."""
+
+    min_hw: tuple[int, int] = (64, 64)
+    max_hw: tuple[int, int] = (2160, 3840)
+    opt_hw: tuple[int, int] = (512, 512)
+    max_batch: int = 4
+
+    def check(self, height: int, width: int, batch: int = 1) -> None:
+        """Raise ``ValueError`` naming the bound that a frame shape breaks."""
+        (min_h, min_w), (max_h, max_w) = self.min_hw, self.max_hw
+        if not (min_h <= height <= max_h and min_w <= width <= max_w):
+            raise ValueError(
+                f"frame {height}x{width} (HxW) is outside the graph's bounds {min_h}..{max_h} x {min_w}..{max_w}"
+            )
+        if not 1 <= batch <= self.max_batch:
+            raise ValueError(f"batch {batch} is outside 1..{self.max_batch}")
