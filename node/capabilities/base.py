@@ -1,0 +1,77 @@
+"""What every capability shares: request options as data, and the rendered result.
+
+A capability turns the graph's outputs into what a client asked for, in two steps:
+``render`` (worker thread, right after inference, copies out of the backend's buffers into a
+small owned result) and ``encode`` (any thread: PNG, raw bytes or JSON).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+
+
+@dataclass
+class Rendered:
+    payload: Any  # a numpy map, or a JSON-able object
+    meta: dict = field(default_factory=dict)  # per-frame facts for X-Metadata (e.g. the depth range used)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    body: bytes
+    media_type: str
+    meta: dict  # e.g. {"dtype": "float32", "shape": [h, w]} for raw outputs
+
+
+def choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(name: str, value: str) -> str:
+        if value not in allowed:
+            raise InputError(f"option {name}={value!r}: expected one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def number(lo: float, hi: float, kind=float) -> Callable[[str, str], float]:
+    def parse(name: str, value: str):
+        try:
+            x = kind(value)
+        except ValueError:
+            raise InputError(f"option {name}={value!r}: not a {kind.__name__}") from None
+        if not (math.isfinite(x) and lo <= x <= hi):
+            raise InputError(f"option {name}={value!r}: expected {lo:g}..{hi:g}")
+        return x
+
+    return parse
+
+
+def value_range(name: str, value: str) -> tuple[float, float]:
+    """``lo,hi``: two finite numbers, lo < hi."""
+    try:
+        lo, hi = (float(part) for part in value.split(","))
+    except ValueError:
+        raise InputError(f"option {name}={value!r}: expected two numbers 'lo,hi'") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise InputError(f"option {name}={value!r}: expected finite lo < hi")
+    return lo, hi
+
+
+def parse_options(given: dict[str, str], parsers: dict[str, Callable], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Parse ``given`` against the capability's parsers; an unknown option is a 400 that lists the known ones."""
+    unknown = sorted(set(given) - set(parsers))
+    if unknown:
+        raise InputError(f"unknown option {', '.join(unknown)}; this capability takes: {', '.join(sorted(parsers))}")
+    return {**defaults, **{name: parsers[name](name, value) for name, value in given.items()}}
+
+
+def raw_output(array: np.ndarray) -> Encoded:
+    """Raw little-endian array bytes; X-Metadata says dtype and shape."""
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return Encoded(array.tobytes(), "application/octet-stream", {"dtype": array.dtype.name, "shape": list(array.shape)})

@@ -1,0 +1,58 @@
+"""Depth: relative depth (near = large), as a ControlNet map, a 16-bit PNG or the raw floats.
+
+Normalisation maps ``range`` (default: the frame's own min..max) to black..white, near = bright,
+as controlnet_aux does. A stream stays consistent when the client sends back, as ``range``,
+the ``depth_range`` an earlier frame's X-Metadata reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import codecs
+from .base import Encoded, Rendered, choice, parse_options, raw_output, value_range
+
+OUTPUTS = ("controlnet", "png16", "raw")
+
+
+class Depth:
+    name = "depth"
+    outputs = OUTPUTS
+    parsers = {
+        "output": choice(*OUTPUTS),
+        "channels": lambda name, value: int(choice("1", "3")(name, value)),
+        "range": value_range,
+    }
+    defaults = {"output": "controlnet", "channels": 3, "range": None}
+
+    def __init__(self, options: dict):
+        self._scratch = np.empty(0, np.float32)  # reused by the worker thread for normalisation
+
+    def parse_options(self, given: dict[str, str]) -> dict:
+        return parse_options(given, self.parsers, self.defaults)
+
+    def render(self, outputs: dict[str, np.ndarray], options: dict, frame_hw: tuple[int, int]) -> Rendered:
+        depth = outputs["depth"][0]
+        frame_range = [float(outputs["depth_min"][0]), float(outputs["depth_max"][0])]
+        if options["output"] == "raw":
+            return Rendered(depth.copy(), {"depth_range": frame_range})
+        lo, hi = options["range"] or frame_range
+        levels = 255 if options["output"] == "controlnet" else 65535
+        return Rendered(self._normalise(depth, lo, hi, levels), {"depth_range": [lo, hi]})
+
+    def _normalise(self, depth: np.ndarray, lo: float, hi: float, levels: int) -> np.ndarray:
+        """(depth - lo) / (hi - lo) * levels, clipped and rounded, in place in a reused buffer."""
+        if self._scratch.size < depth.size:
+            self._scratch = np.empty(depth.size, np.float32)
+        t = self._scratch[: depth.size].reshape(depth.shape)
+        np.subtract(depth, np.float32(lo), out=t)
+        np.multiply(t, np.float32(levels / (hi - lo) if hi > lo else 0.0), out=t)
+        np.clip(t, 0, levels, out=t)
+        np.add(t, np.float32(0.5), out=t)
+        return t.astype(np.uint8 if levels == 255 else np.uint16)
+
+    def encode(self, rendered: Rendered, options: dict, png_level: int) -> Encoded:
+        if options["output"] == "raw":
+            return raw_output(rendered.payload)
+        channels = options["channels"] if options["output"] == "controlnet" else 1
+        return Encoded(codecs.png(rendered.payload, png_level, channels=channels), "image/png", {})

@@ -1,0 +1,85 @@
+"""``python -m node``: run the node.
+
+Every ``serve`` flag is generated from ``Config``, so the flags, the ``VISION_NODE_*``
+environment variables and the defaults can never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+
+from .config import ENV_PREFIX, Config
+from .errors import StartupError
+
+log = logging.getLogger("node")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m node",
+        description="Vision node: depth, segmentation and pose conditioning maps per frame over HTTP.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the engines built by build_engines.py",
+        description="Serve the graphs in an engines directory. Every flag can also be set with the environment "
+        f"variable {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}PORT=8000); a flag wins over the variable.",
+    )
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{f.name.upper()}]"
+        if isinstance(f.default, bool):
+            serve.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            default = ",".join(f.default) or "all" if isinstance(f.default, tuple) else f.default
+            serve.add_argument(
+                flag, default=None, metavar=f.name.upper(), choices=f.metadata.get("choices"),
+                help=f"{help_text} (default: {default})",
+            )  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    try:
+        config = Config.load(os.environ, **overrides)
+    except StartupError as err:
+        print(f"python -m node {args.command}: {err}", file=sys.stderr)
+        return 2
+    return serve(config)
+
+
+def serve(config: Config) -> int:
+    import uvicorn  # noqa: PLC0415 (keeps --help fast)
+
+    from .app import create_app  # noqa: PLC0415
+
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    log.info("vision node: serving %s on http://%s:%d", config.engines, config.host, config.port)
+    app = create_app(config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            lifespan="on",  # a failed start-up stops the process
+            log_config=None,  # uvicorn's loggers go to the root handler above
+            access_log=config.access_log,
+            server_header=False,
+        )
+    )
+    node = app.state.node
+    node.on_fatal = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if not server.started or node.error:
+        log.error("stopped: the node did not start (see the error above)")
+        return 1
+    return 0

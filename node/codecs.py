@@ -1,0 +1,96 @@
+"""Frames in (JPEG, PNG, raw RGB) and maps out (PNG), with every check done before decoding.
+
+The pixel count and dimensions come from the image header, so a decompression bomb or an
+out-of-bounds frame is refused before a single pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .contract import ShapeBounds
+from .errors import FrameRejected, InputError, UnsupportedMediaType
+
+RAW = "application/octet-stream"
+IMAGE_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG"}
+ACCEPTED = (*IMAGE_FORMATS, RAW)
+
+
+def parse_content_type(value: str | None) -> tuple[str, dict[str, str]]:
+    """``type/subtype; k=v; ...`` -> (lower-case media type, parameters). Small on purpose: no multipart."""
+    if not value:
+        return "", {}
+    media_type, *params = value.split(";")
+    parsed = {}
+    for param in params:
+        key, sep, val = param.partition("=")
+        key = key.strip().lower()
+        if not key:
+            continue
+        if not sep:
+            raise InputError(f"Content-Type parameter {key!r} has no value")
+        parsed[key] = val.strip().strip('"')
+    return media_type.strip().lower(), parsed
+
+
+def decode(body: bytes | bytearray, media_type: str, width: str | None, height: str | None, bounds: ShapeBounds):
+    """The frame as uint8 [H, W, 3], or a 4xx that says what was wrong."""
+    if media_type == RAW:
+        return _raw(body, width, height, bounds)
+    fmt = IMAGE_FORMATS.get(media_type)
+    if fmt is None:
+        got = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
+        raise UnsupportedMediaType(f"{got}; send one of {', '.join(ACCEPTED)} (raw needs width= and height=)")
+    if width is not None or height is not None:
+        raise InputError("width and height are for raw frames; a JPEG or PNG carries its own size")
+    try:
+        image = Image.open(io.BytesIO(body), formats=[fmt])
+    except UnidentifiedImageError:
+        raise InputError(f"the body is not a {fmt} image (Content-Type says {media_type})") from None
+    except Image.DecompressionBombError as err:
+        raise FrameRejected(f"refused before decoding: {err}") from None
+    with image:
+        _check_size(image.height, image.width, bounds)
+        try:
+            image.draft("RGB", image.size)  # JPEG: decode straight to RGB when it can
+            image.load()
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt data
+            raise InputError(f"the {fmt} image could not be decoded: {err}") from None
+        return np.asarray(image)
+
+
+def _raw(body, width, height, bounds: ShapeBounds) -> np.ndarray:
+    if width is None or height is None:
+        raise InputError(f"a raw frame ({RAW}) needs width= and height= (Content-Type parameters or query)")
+    try:
+        w, h = int(width), int(height)
+    except ValueError:
+        raise InputError(f"raw frame size width={width!r} height={height!r}: not integers") from None
+    _check_size(h, w, bounds)
+    if len(body) != h * w * 3:
+        raise InputError(f"raw RGB frame {w}x{h} needs {h * w * 3} bytes (W*H*3), the body has {len(body)}")
+    return np.frombuffer(body, np.uint8).reshape(h, w, 3)
+
+
+def _check_size(height: int, width: int, bounds: ShapeBounds) -> None:
+    try:
+        bounds.check(height, width)
+    except ValueError as err:
+        raise FrameRejected(str(err)) from None
+
+
+def png(array: np.ndarray, level: int, palette: bytes | None = None, channels: int | None = None) -> bytes:
+    """A PNG of a uint8/uint16 map; ``palette`` makes a palette PNG, ``channels=3`` a grey RGB one."""
+    image = Image.fromarray(array)
+    if palette is not None:
+        image.putpalette(palette)
+    elif channels == 3:
+        image = image.convert("RGB")
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=level)
+    return out.getvalue()

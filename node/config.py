@@ -1,0 +1,100 @@
+"""One typed, frozen configuration for the node; every field is a flag and an environment variable.
+
+Precedence: command-line flag > ``VISION_NODE_<FIELD>`` environment variable > default. A bad
+value fails start-up with an error that names the flag or variable and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .contract import CAPABILITIES
+from .errors import StartupError
+
+ENV_PREFIX = "VISION_NODE_"
+BACKENDS = ("onnxruntime",)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _opt(default, help: str, **meta):
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class Config:
+    engines: Path = _opt(Path("engines"), "directory with manifest.json and the graphs (build_engines.py --out)")
+    host: str = _opt("127.0.0.1", "listen address (0.0.0.0 inside a container)")
+    port: int = _opt(8000, "listen port")
+    capabilities: tuple[str, ...] = _opt((), "capabilities to serve, comma-separated (default: all in the manifest)")
+    backend: str = _opt("onnxruntime", "inference backend", choices=BACKENDS)
+    device: str = _opt("auto", "ONNX Runtime device: auto takes CUDA when onnxruntime-gpu sees a GPU", choices=DEVICES)
+    threads: int = _opt(0, "ONNX Runtime intra-op threads per session (0: ONNX Runtime's default)")
+    max_body_bytes: int = _opt(32 << 20, "largest request body accepted (413 above it)")
+    queue_size: int = _opt(4, "requests that may wait per capability behind the running one (503 above it)")
+    request_timeout_s: float = _opt(10.0, "per-request deadline from arrival to result (504 after it)")
+    png_compression: int = _opt(1, "zlib level of PNG outputs, 0-9 (1: fast, a little larger)")
+    log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
+    access_log: bool = _opt(False, "log every request (off: one line per frame is noise at video rates)")
+
+    def __post_init__(self):
+        problems = []
+        if not 0 < self.port < 65536:
+            problems.append(f"port: {self.port} is not a TCP port")
+        for name in ("threads", "queue_size"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.max_body_bytes < 1024:
+            problems.append(f"max_body_bytes: {self.max_body_bytes} is too small to hold a frame")
+        if self.request_timeout_s <= 0:
+            problems.append(f"request_timeout_s: must be > 0, got {self.request_timeout_s}")
+        if not 0 <= self.png_compression <= 9:
+            problems.append(f"png_compression: must be 0-9, got {self.png_compression}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                problems.append(f"{f.name}: {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        unknown = [c for c in self.capabilities if c not in CAPABILITIES]
+        if unknown:
+            problems.append(f"capabilities: unknown {', '.join(unknown)}; known: {', '.join(CAPABILITIES)}")
+        if problems:
+            raise StartupError("invalid configuration: " + "; ".join(problems))
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides) -> Config:
+        """Defaults, then ``VISION_NODE_*`` variables, then ``overrides`` (already typed or strings)."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            env_key = ENV_PREFIX + f.name.upper()
+            if overrides.get(f.name) is not None:
+                raw, where = overrides[f.name], f"--{f.name.replace('_', '-')}"
+            elif environ and env_key in environ:
+                raw, where = environ[env_key], env_key
+            else:
+                continue
+            try:
+                values[f.name] = _convert(raw, f.default)
+            except ValueError:
+                raise StartupError(f"{where}: cannot read {raw!r} as {type(f.default).__name__}") from None
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _convert(raw, default):
+    if not isinstance(raw, str):
+        return tuple(raw) if isinstance(default, tuple) else raw
+    if isinstance(default, tuple):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if isinstance(default, bool):
+        if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError(raw)
+        return raw.lower() in ("1", "true", "yes")
+    return type(default)(raw)
+
+
+def _plain(value):
+    return str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value

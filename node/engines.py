@@ -1,0 +1,149 @@
+"""What the node serves, read from ``manifest.json`` and checked before anything is loaded.
+
+Every artefact must be inside the engines directory, exist, and match the manifest's SHA-256:
+a corrupt, truncated or replaced file stops start-up with a message naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import manifest
+from .contract import CAPABILITIES, OUTPUTS, ShapeBounds
+from .errors import StartupError
+
+log = logging.getLogger("node")
+
+
+@dataclass(frozen=True, eq=False)  # identity hash: a graph keys its backend
+class Graph:
+    """One exported graph: a fixed model resolution, any frame size within the bounds."""
+
+    path: Path
+    resolution: tuple[int, int]  # (height, width) the model runs at inside the graph
+    sha256: str
+    outputs: tuple[dict, ...]  # name, dtype, shape (ints or dimension names) from the manifest
+
+    @property
+    def aspect(self) -> float:
+        return self.resolution[0] / self.resolution[1]
+
+
+@dataclass(frozen=True)
+class ServedCapability:
+    name: str
+    graphs: tuple[Graph, ...]
+    bounds: ShapeBounds
+    models: tuple[dict, ...]
+    demo: bool
+    options: dict
+    verification: dict
+
+    def graph_for(self, height: int, width: int) -> Graph:
+        """The graph whose resolution is nearest the frame's aspect ratio (compared on a log scale)."""
+        aspect = height / width
+        return min(self.graphs, key=lambda g: abs(math.log(aspect / g.aspect)))
+
+    @property
+    def weights(self) -> str:
+        sources = sorted({m["weights"] for m in self.models})
+        return "+".join(sources)
+
+
+def load(directory: Path, wanted: tuple[str, ...] = ()) -> dict[str, ServedCapability]:
+    """Read and check the manifest; ``wanted`` empty means every capability it lists."""
+    directory = Path(directory)
+    path = directory / manifest.MANIFEST_NAME
+    if not directory.is_dir():
+        raise StartupError(
+            f"{directory}: engines directory not found (build it: python build_engines.py --out {directory})"
+        )
+    if not path.is_file():
+        raise StartupError(f"{path}: not found (build it: python build_engines.py --out {directory})")
+    try:
+        data = manifest.load(directory)
+    except (ValueError, OSError) as err:  # JSONDecodeError is a ValueError
+        raise StartupError(f"{path}: unreadable: {err}") from None
+    listed = {c: e for c, e in data.get("capabilities", {}).items() if c in CAPABILITIES}
+    missing = [c for c in wanted if c not in listed]
+    if missing:
+        raise StartupError(f"{path}: has no {', '.join(missing)} (it lists: {', '.join(listed) or 'nothing'})")
+    if not listed:
+        raise StartupError(f"{path}: lists no capability")
+    return {name: _capability(directory, name, listed[name]) for name in (wanted or tuple(listed))}
+
+
+def _capability(directory: Path, name: str, entry: dict) -> ServedCapability:
+    try:
+        graphs = tuple(_graph(directory, name, g) for g in entry["graphs"])
+        bounds = entry["bounds"]
+        served = ServedCapability(
+            name=name,
+            graphs=graphs,
+            bounds=ShapeBounds(
+                min_hw=tuple(bounds["min_hw"]),
+                max_hw=tuple(bounds["max_hw"]),
+                opt_hw=tuple(bounds["opt_hw"]),
+                max_batch=int(bounds["max_batch"]),
+            ),
+            models=tuple(entry["models"]),
+            demo=bool(entry.get("demo", False)),
+            options=dict(entry.get("options", {})),
+            verification=dict(entry.get("verification", {})),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise StartupError(f"{directory / manifest.MANIFEST_NAME}: {name}: malformed entry ({err!r})") from None
+    if not graphs:
+        raise StartupError(f"{directory / manifest.MANIFEST_NAME}: {name}: no graph passed verification at build time")
+    return served
+
+
+def _graph(directory: Path, capability: str, entry: dict) -> Graph:
+    path = (directory / entry["path"]).resolve()
+    if directory.resolve() not in path.parents:
+        raise StartupError(f"{entry['path']}: outside the engines directory {directory}; refusing to load it")
+    if not path.is_file():
+        raise StartupError(f"{path}: missing (listed in {manifest.MANIFEST_NAME}); rebuild the engines")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        raise StartupError(f"{path}: {size} bytes, the manifest says {entry['bytes']}: truncated or replaced; rebuild")
+    digest = manifest.sha256(path)
+    if digest != entry["sha256"]:
+        raise StartupError(
+            f"{path}: SHA-256 {digest[:16]}... does not match the manifest's {entry['sha256'][:16]}...: "
+            "corrupt or replaced; rebuild"
+        )
+    outputs = tuple(entry["outputs"])
+    names = tuple(o["name"] for o in outputs)
+    if names != OUTPUTS[capability]:
+        raise StartupError(f"{path}: outputs {names}, the node expects {OUTPUTS[capability]} for {capability}")
+    return Graph(path=path, resolution=tuple(entry["resolution"]), sha256=digest, outputs=outputs)
+
+
+def describe(served: ServedCapability) -> dict:
+    """The public description of a capability, for ``/capabilities`` (no local paths)."""
+    return {
+        "models": [
+            {k: m.get(k) for k in ("role", "name", "hf_id", "revision", "licence", "weights", "note", "parameters")}
+            for m in served.models
+        ],
+        "weights": served.weights,
+        "demo": served.demo,
+        "graphs": [{"file": g.path.name, "resolution": list(g.resolution), "sha256": g.sha256} for g in served.graphs],
+        "frame_bounds": {"min_hw": list(served.bounds.min_hw), "max_hw": list(served.bounds.max_hw)},
+        "verification": _verification_summary(served.verification),
+    }
+
+
+def _verification_summary(verification: dict) -> dict:
+    checks = verification.get("checks", [])
+    return {
+        "reference": verification.get("reference"),
+        "backend": verification.get("backend"),
+        "checks": len(checks),
+        "passed": sum(1 for c in checks if c.get("ok") and not c.get("skipped")),
+        "skipped": sum(1 for c in checks if c.get("skipped")),
+    }

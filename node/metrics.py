@@ -1,0 +1,50 @@
+"""Prometheus metrics of one node (its own registry, so several apps in one process never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+
+STAGES = ("decode", "queue", "infer", "encode", "total")
+# Seconds: sub-millisecond GPU frames up to CPU fallbacks of several seconds.
+BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends
+        self.latency = Histogram(
+            "vision_node_stage_seconds",
+            "Time per request stage, per capability (total = arrival to response body)",
+            ["capability", "stage"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.responses = Counter(
+            "vision_node_responses", "Responses by route and status", ["route", "status"], registry=self.registry
+        )
+        self.queue_depth = Gauge(
+            "vision_node_queue_depth", "Requests waiting per capability", ["capability"], registry=self.registry
+        )
+        self.in_flight = Gauge(
+            "vision_node_in_flight", "Requests accepted and not finished", ["capability"], registry=self.registry
+        )
+        self.ready = Gauge("vision_node_ready", "1 when every capability is warm", registry=self.registry)
+        self.memory = Gauge(
+            "vision_node_backend_memory_bytes",
+            "Memory the backends hold, by capability and kind",
+            ["capability", "kind"],
+            registry=self.registry,
+        )
+
+    def track(self, session) -> None:
+        """Queue gauges read the session's counters when scraped: nothing to update per request."""
+        self.queue_depth.labels(session.name).set_function(lambda: session.waiting)
+        self.in_flight.labels(session.name).set_function(lambda: session.pending)
+
+    def observe(self, capability: str, timings: dict[str, float]) -> None:
+        for stage, seconds in timings.items():
+            self.latency.labels(capability, stage).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Inference backends: one class each, the same contract (``runtime.base.Backend``)."""

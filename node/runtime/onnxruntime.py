@@ -1,0 +1,129 @@
+"""ONNX Runtime backend: the graph as built, on the CPU here or on CUDA with onnxruntime-gpu.
+
+Output buffers are allocated once at open time for the largest frame and batch the bounds
+allow; each call binds the input and the valid region of each output buffer through an
+``IOBinding``, so ONNX Runtime writes straight into them and nothing is allocated per frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..contract import FRAME_INPUT, ShapeBounds
+from ..errors import StartupError
+
+log = logging.getLogger("node")
+
+# Dimension names the build step gives the frame's batch, height and width.
+_FRAME_DIMS = ("batch", "height", "width")
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: Path,
+        outputs: tuple[dict, ...],
+        bounds: ShapeBounds,
+        *,
+        max_batch: int = 1,
+        device: str = "auto",
+        threads: int = 0,
+    ):
+        self.path = Path(path)
+        self.outputs = outputs  # manifest: name, dtype, shape
+        self.bounds = bounds
+        self.max_batch = min(max_batch, bounds.max_batch)
+        self.requested_device = device
+        self.threads = threads
+        self.device = "closed"
+        self._session = None
+        self._binding = None
+        self._buffers: dict[str, np.ndarray] = {}
+        self._fixed: dict[str, tuple] = {}  # each output's shape with its non-frame dimensions resolved
+
+    def __enter__(self) -> OnnxRuntimeBackend:
+        import onnxruntime as ort  # noqa: PLC0415 (only the backend in use is imported)
+
+        providers = _providers(ort, self.requested_device)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3  # errors only: ORT warns about things the build already checked
+        try:
+            self._session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as err:  # ORT raises its own exception types per failure
+            raise StartupError(f"{self.path}: ONNX Runtime could not load it: {err}") from None
+        self.device = self._session.get_providers()[0]
+        self._binding = self._session.io_binding()
+        self._resolve_fixed_dims()
+        max_h, max_w = self.bounds.max_hw
+        for out in self.outputs:
+            size = int(np.prod(self._shape(out["name"], self.max_batch, max_h, max_w)))
+            self._buffers[out["name"]] = np.empty(size, dtype=out["dtype"])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._binding = None
+        self._session = None
+        self._buffers = {}
+        self.device = "closed"
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        frames = inputs[FRAME_INPUT]
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+            raise ValueError(f"{FRAME_INPUT} must be uint8 [N, H, W, 3], got {frames.dtype} {frames.shape}")
+        n, h, w, _ = frames.shape
+        self.bounds.check(h, w)
+        if n > self.max_batch:
+            raise ValueError(f"batch {n} is above this backend's {self.max_batch}")
+        frames = np.ascontiguousarray(frames)
+        binding = self._binding
+        binding.bind_input(FRAME_INPUT, "cpu", 0, np.uint8, list(frames.shape), frames.ctypes.data)
+        results = {}
+        for out in self.outputs:
+            shape = self._shape(out["name"], n, h, w)
+            view = self._buffers[out["name"]][: int(np.prod(shape))].reshape(shape)
+            binding.bind_output(out["name"], "cpu", 0, view.dtype, list(shape), view.ctypes.data)
+            results[out["name"]] = view
+        self._session.run_with_iobinding(binding)
+        return results
+
+    def memory(self) -> dict[str, int]:
+        return {"host_buffers": sum(b.nbytes for b in self._buffers.values())}
+
+    def _shape(self, name: str, n: int, h: int, w: int) -> tuple[int, ...]:
+        frame = {"batch": n, "height": h, "width": w}
+        return tuple(frame[d] if d in frame else d for d in self._fixed[name])
+
+    def _resolve_fixed_dims(self) -> None:
+        """Run once at the bounds' optimum shape to learn dimensions the graph keeps fixed (e.g. persons K)."""
+        h, w = self.bounds.opt_hw
+        probe = np.zeros((1, h, w, 3), np.uint8)
+        got = dict(zip([o["name"] for o in self.outputs], self._session.run(None, {FRAME_INPUT: probe})))
+        for out in self.outputs:
+            dims = []
+            for axis, dim in enumerate(out["shape"]):
+                if dim in _FRAME_DIMS or isinstance(dim, int):
+                    dims.append(dim)
+                else:
+                    dims.append(int(got[out["name"]].shape[axis]))
+            self._fixed[out["name"]] = tuple(dims)
+
+
+def _providers(ort, device: str) -> list[str]:
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise StartupError(
+            "device cuda: this onnxruntime has no CUDA provider; install the gpu extra (onnxruntime-gpu) "
+            "instead of onnxruntime"
+        )
+    return ["CPUExecutionProvider"]
