@@ -44,6 +44,7 @@ class Node:
         self.open_backend = open_backend or self._onnxruntime
         self.sessions: dict[str, CapabilitySession] = {}
         self.error: str | None = None
+        self.warm = False  # set once, after every session and the codecs are warm
         self.draining = False
         self.on_fatal: Callable[[], None] = lambda: None  # the CLI makes this stop the server
 
@@ -62,9 +63,7 @@ class Node:
 
     @property
     def ready(self) -> bool:
-        return (
-            bool(self.sessions) and not self.error and not self.draining and all(s.warm for s in self.sessions.values())
-        )
+        return self.warm and not self.error and not self.draining
 
     @property
     def status(self) -> str:
@@ -109,6 +108,7 @@ class Node:
     async def _warm_up(self) -> None:
         try:
             seconds = await asyncio.gather(*(asyncio.to_thread(s.open) for s in self.sessions.values()))
+            await asyncio.to_thread(codecs.warm_up)
         except Exception as err:  # StartupError names the file; anything else also gets its traceback
             self.error = str(err) if isinstance(err, StartupError) else f"{type(err).__name__}: {err}"
             log.error("start-up failed: %s", self.error, exc_info=not isinstance(err, StartupError))
@@ -125,12 +125,13 @@ class Node:
                     session.served.weights,
                     took,
                 )
-        self.metrics.ready.set(1)
         for session in self.sessions.values():
             for kind, size in _memory(session).items():
                 self.metrics.memory.labels(session.name, kind).set(size)
         age = process_age()
         log.info("ready: %s%s", ", ".join(self.sessions), f" ({age:.2f} s after process start)" if age else "")
+        self.warm = True
+        self.metrics.ready.set(1)
 
     def _close(self) -> None:
         for session in self.sessions.values():
@@ -209,6 +210,7 @@ async def infer(request: Request) -> Response:
     session = node.session(request.path_params["capability"])
     capability = session.capability
     media_type, ct_params = codecs.parse_content_type(request.headers.get("content-type"))
+    codecs.check_media_type(media_type)
     given = _request_options(request, ct_params)
     width, height = given.pop("width", None), given.pop("height", None)
     options = capability.parse_options(given)

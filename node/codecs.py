@@ -7,6 +7,7 @@ out-of-bounds frame is refused before a single pixel is decoded.
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -17,6 +18,8 @@ from .errors import FrameRejected, InputError, UnsupportedMediaType
 RAW = "application/octet-stream"
 IMAGE_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG"}
 ACCEPTED = (*IMAGE_FORMATS, RAW)
+# What Pillow's readers raise on malformed data (its own fuzz harness catches the same set).
+_MALFORMED = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, TypeError, KeyError)
 
 
 def parse_content_type(value: str | None) -> tuple[str, dict[str, str]]:
@@ -36,14 +39,18 @@ def parse_content_type(value: str | None) -> tuple[str, dict[str, str]]:
     return media_type.strip().lower(), parsed
 
 
-def decode(body: bytes | bytearray, media_type: str, width: str | None, height: str | None, bounds: ShapeBounds):
-    """The frame as uint8 [H, W, 3], or a 4xx that says what was wrong."""
-    if media_type == RAW:
-        return _raw(body, width, height, bounds)
-    fmt = IMAGE_FORMATS.get(media_type)
-    if fmt is None:
+def check_media_type(media_type: str) -> None:
+    if media_type not in ACCEPTED:
         got = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
         raise UnsupportedMediaType(f"{got}; send one of {', '.join(ACCEPTED)} (raw needs width= and height=)")
+
+
+def decode(body: bytes | bytearray, media_type: str, width: str | None, height: str | None, bounds: ShapeBounds):
+    """The frame as uint8 [H, W, 3], or a 4xx that says what was wrong."""
+    check_media_type(media_type)
+    if media_type == RAW:
+        return _raw(body, width, height, bounds)
+    fmt = IMAGE_FORMATS[media_type]
     if width is not None or height is not None:
         raise InputError("width and height are for raw frames; a JPEG or PNG carries its own size")
     try:
@@ -52,6 +59,8 @@ def decode(body: bytes | bytearray, media_type: str, width: str | None, height: 
         raise InputError(f"the body is not a {fmt} image (Content-Type says {media_type})") from None
     except Image.DecompressionBombError as err:
         raise FrameRejected(f"refused before decoding: {err}") from None
+    except _MALFORMED as err:
+        raise InputError(f"the {fmt} image could not be decoded: {err}") from None
     with image:
         _check_size(image.height, image.width, bounds)
         try:
@@ -59,7 +68,7 @@ def decode(body: bytes | bytearray, media_type: str, width: str | None, height: 
             image.load()
             if image.mode != "RGB":
                 image = image.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt data
+        except _MALFORMED as err:  # truncated or corrupt data
             raise InputError(f"the {fmt} image could not be decoded: {err}") from None
         return np.asarray(image)
 
@@ -94,3 +103,13 @@ def png(array: np.ndarray, level: int, palette: bytes | None = None, channels: i
     out = io.BytesIO()
     image.save(out, format="PNG", compress_level=level)
     return out.getvalue()
+
+
+def warm_up() -> None:
+    """Encode and decode one small JPEG and PNG, so the first request does not pay for loading the codecs."""
+    frame = np.zeros((64, 64, 3), np.uint8)
+    for media_type, fmt in IMAGE_FORMATS.items():
+        out = io.BytesIO()
+        Image.fromarray(frame).save(out, format=fmt)
+        decode(out.getvalue(), media_type, None, None, ShapeBounds(min_hw=(1, 1)))
+    png(frame[..., 0], 1, channels=3)

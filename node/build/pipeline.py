@@ -63,6 +63,11 @@ def _load(plan: BuildPlan, role: str) -> weights.LoadedModel:
         return weights.load_hub(spec)
 
 
+def load_models(capability: str, plan: BuildPlan) -> dict[str, weights.LoadedModel]:
+    """Every model a capability's graph is made of, by role."""
+    return {role: _load(plan, role) for role in roles_for(capability)}
+
+
 def _model_entry(role: str, loaded: weights.LoadedModel) -> dict:
     spec = loaded.spec
     return {
@@ -98,7 +103,8 @@ def _graphs(capability: str, plan: BuildPlan, loaded: dict[str, weights.LoadedMo
         yield f"{capability}-{res[0]}x{res[1]}", res, graph
 
 
-def _reference(capability: str, loaded, frames: np.ndarray, resolution, got: dict) -> dict[str, np.ndarray]:
+def reference_outputs(capability: str, loaded, frames: np.ndarray, resolution, got: dict) -> dict[str, np.ndarray]:
+    """What transformers makes of ``frames`` (``got``: the graph's outputs; pose keypoints use its boxes)."""
     if capability == "depth":
         return reference.depth(loaded["depth"].model, loaded["depth"].processor, frames, resolution)
     if capability == "segmentation":
@@ -129,7 +135,7 @@ def verify_graph(capability: str, path: Path, resolution, loaded, plan: BuildPla
         frames = samples.frames(h, w, batch, seed=plan.seed + i)
         got = dict(zip(names, session.run(list(names), {FRAME_INPUT: frames})))
         checks += verify.compare(
-            capability, f"{batch}x{h}x{w}", got, _reference(capability, loaded, frames, resolution, got)
+            capability, f"{batch}x{h}x{w}", got, reference_outputs(capability, loaded, frames, resolution, got)
         )
     return checks
 
@@ -137,7 +143,7 @@ def verify_graph(capability: str, path: Path, resolution, loaded, plan: BuildPla
 def build_capability(capability: str, plan: BuildPlan) -> dict:
     """Export and verify every graph of ``capability``; return its manifest entry."""
     roles = roles_for(capability)
-    loaded = {role: _load(plan, role) for role in roles}
+    loaded = load_models(capability, plan)
     graphs, all_checks = [], []
     for stem, resolution, graph in _graphs(capability, plan, loaded):
         path = plan.out / f"{stem}.onnx"

@@ -1,0 +1,105 @@
+"""Helpers for the server tests: a TestClient that waits for readiness, frames as bodies, a gated backend."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from contextlib import contextmanager
+
+import numpy as np
+from PIL import Image
+from starlette.testclient import TestClient
+
+from node import samples
+from node.app import create_app
+from node.config import Config
+from node.runtime.onnxruntime import OnnxRuntimeBackend
+
+
+def wait_ready(client, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/ready").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not ready after {timeout} s: {client.get('/health').json()}")
+
+
+@contextmanager
+def node_client(engines, open_backend=None, wait: bool = True, **settings):
+    """The real app with its lifespan running (``with TestClient``), ready unless ``wait`` is False."""
+    app = create_app(Config(engines=engines, **settings), open_backend)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        if wait:
+            wait_ready(client)
+        yield client
+
+
+def jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(frame).save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def png(frame: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(frame).save(out, format="PNG")
+    return out.getvalue()
+
+
+def raw_type(frame: np.ndarray, **params) -> str:
+    extra = "".join(f"; {k}={v}" for k, v in params.items())
+    return f"application/octet-stream; width={frame.shape[1]}; height={frame.shape[0]}{extra}"
+
+
+def metadata(response) -> dict:
+    return json.loads(response.headers["x-metadata"])
+
+
+def image(response) -> Image.Image:
+    return Image.open(io.BytesIO(response.content))
+
+
+def frame(h: int = 120, w: int = 160, seed: int = 3) -> np.ndarray:
+    return samples.frame(h, w, seed)
+
+
+class GatedBackend:
+    """Test double around the real ONNX Runtime backend: ``infer`` waits while ``gate`` is clear.
+
+    It only holds frames in flight (to observe loading, queueing and deadlines); the results
+    are the real backend's.
+    """
+
+    def __init__(self, inner: OnnxRuntimeBackend, gate: threading.Event):
+        self.inner, self.gate = inner, gate
+        self.name = inner.name
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    def __enter__(self):
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.inner.__exit__(*exc)
+
+    def infer(self, inputs):
+        self.gate.wait()
+        return self.inner.infer(inputs)
+
+    def memory(self):
+        return self.inner.memory()
+
+
+def gated(gate: threading.Event):
+    """An ``open_backend`` for ``create_app`` that wraps each real backend in a ``GatedBackend``."""
+
+    def for_capability(served):
+        return lambda graph: GatedBackend(OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds), gate)
+
+    return for_capability

@@ -1,0 +1,232 @@
+"""End to end: ``python -m node serve`` as a real uvicorn process on a loopback port, real frames over HTTP.
+
+Results must equal the in-process backend's exactly and the transformers reference's (same
+seeded weights) within the build step's tolerances.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from node.build import pipeline, verify
+from node.contract import FRAME_INPUT
+from node.engines import load
+from node.runtime.onnxruntime import OnnxRuntimeBackend
+from tests.conftest import tiny_plan
+from tests.nodes import frame, jpeg, png, raw_type
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(engines, log_path, **env):
+    port = free_port()
+    environ = {**os.environ, "VISION_NODE_ENGINES": str(engines), "VISION_NODE_PORT": str(port), **env}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "node", "serve"], cwd=ROOT, env=environ, stdout=log, stderr=log)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop(proc) -> int:
+    proc.terminate()
+    try:
+        return proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+@pytest.fixture(scope="module")
+def node_url(tiny_build, tmp_path_factory):
+    """A node process; while it starts, /ready is polled beside /health and must never be 200 early."""
+    log = tmp_path_factory.mktemp("node") / "node.log"
+    proc, url = start_node(tiny_build[0], log, VISION_NODE_QUEUE_SIZE="2")
+    try:
+        _wait_ready(proc, url, log)
+        yield url
+    finally:
+        code = stop(proc)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: the exit status is -SIGTERM
+    assert code in (0, -signal.SIGTERM), log.read_text()
+    assert "Finished server process" in log.read_text()
+
+
+def _wait_ready(proc, url, log):
+    seen = []
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=url, timeout=5) as client:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            try:  # /ready first: the node may turn ready between the two calls, never back
+                ready = client.get("/ready").status_code
+                health = client.get("/health").json()["status"]
+            except httpx.TransportError:
+                time.sleep(0.02)
+                continue
+            seen.append((health, ready))
+            if ready == 200:
+                break
+    assert seen and seen[-1][1] == 200, log.read_text()
+    assert ("LOADING", 200) not in seen
+    assert seen[0] == ("LOADING", 503), seen[:3]
+    assert "ready: depth, segmentation, pose" in log.read_text()
+
+
+@pytest.fixture(scope="module")
+def http(node_url):
+    with httpx.Client(base_url=node_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def in_process(tiny_build):
+    served = load(tiny_build[0])
+    backends = {}
+    for name, entry in served.items():
+        graph = entry.graphs[0]
+        backends[name] = (OnnxRuntimeBackend(graph.path, graph.outputs, entry.bounds).__enter__(), graph.resolution)
+    yield backends
+    for backend, _ in backends.values():
+        backend.__exit__()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The same seeded demo models the tiny build exported: the transformers reference."""
+    plan = tiny_plan(tmp_path_factory.mktemp("unused"))
+    return {cap: pipeline.load_models(cap, plan) for cap in ("depth", "segmentation", "pose")}
+
+
+def as_graph_outputs(capability: str, response) -> dict[str, np.ndarray]:
+    """The HTTP result in the graph's output layout, so the build step's checks apply unchanged."""
+    meta = json.loads(response.headers["x-metadata"])
+    if capability == "depth":
+        h, w = meta["shape"]
+        lo, hi = meta["depth_range"]
+        depth = np.frombuffer(response.content, "<f4").reshape(1, h, w)
+        return {"depth": depth, "depth_min": np.array([lo], np.float32), "depth_max": np.array([hi], np.float32)}
+    if capability == "segmentation":
+        return {"classes": np.frombuffer(response.content, np.uint8).reshape(1, *meta["shape"])}
+    people = response.json()["people"]
+    return {
+        "boxes": np.array([[p["box"] for p in people]], np.float32),
+        "box_scores": np.array([[p["score"] for p in people]], np.float32),
+        "keypoints": np.array([[np.array(p["keypoints"])[:, :2] for p in people]], np.float32),
+        "keypoint_scores": np.array([[np.array(p["keypoints"])[:, 2] for p in people]], np.float32),
+    }
+
+
+ROUTES = {"depth": "/infer/depth/raw", "segmentation": "/infer/segmentation/raw", "pose": "/infer/pose"}
+OPTIONS = {"depth": "", "segmentation": "", "pose": "; person_threshold=0"}
+
+
+@pytest.mark.parametrize("capability", ["depth", "segmentation", "pose"])
+@pytest.mark.parametrize("kind", ["raw", "png", "jpeg"])
+def test_http_results_equal_in_process_backend_and_transformers(http, in_process, models, capability, kind):
+    f = frame(150, 200, seed=11)
+    if kind == "raw":
+        body, media = f.tobytes(), raw_type(f)
+    elif kind == "png":
+        body, media = png(f), "image/png"
+    else:
+        body, media = jpeg(f), "image/jpeg"
+        f = np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))  # what the node decodes
+    r = http.post(ROUTES[capability], content=body, headers={"content-type": media + OPTIONS[capability]})
+    assert r.status_code == 200, r.text
+    got = as_graph_outputs(capability, r)
+
+    backend, resolution = in_process[capability]
+    direct = backend.infer({FRAME_INPUT: f[None]})
+    for name, value in got.items():
+        if capability == "pose":  # JSON rounds to 0.01 px (boxes) and 0.001 (keypoints)
+            np.testing.assert_allclose(value, direct[name], atol=0.006, err_msg=name)
+        else:
+            np.testing.assert_array_equal(value, direct[name], err_msg=name)
+
+    # Pose keypoints are judged on the boxes the graph used (the JSON rounds them to 0.01 px, and
+    # random-weight heatmaps are flat enough for that to move a keypoint).
+    used = {**got, "boxes": direct["boxes"]} if capability == "pose" else got
+    want = pipeline.reference_outputs(capability, models[capability], f[None], resolution, used)
+    checks = verify.compare(capability, f"http {kind} 1x150x200", got, want)
+    assert checks and all(c.ok for c in checks), verify.table(checks)
+
+
+def test_overload_gives_503_with_retry_after_and_no_other_5xx(node_url):
+    f = frame(360, 640)
+    body, media = f.tobytes(), raw_type(f)
+
+    def one(_):
+        with httpx.Client(base_url=node_url, timeout=30) as client:
+            r = client.post("/infer/segmentation/raw", content=body, headers={"content-type": media})
+            return r.status_code, r.headers.get("retry-after")
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
+    statuses = [s for s, _ in results]
+    assert 503 in statuses and 200 in statuses, statuses
+    assert set(statuses) <= {200, 503}, statuses
+    assert all(retry == "1" for s, retry in results if s == 503)
+
+
+def test_start_up_stops_with_the_file_named_when_an_artefact_is_corrupt(tiny_build, tmp_path):
+    engines = tmp_path / "engines"
+    shutil.copytree(tiny_build[0], engines)
+    target = engines / "segmentation-64x64.onnx"
+    data = bytearray(target.read_bytes())
+    data[-10] ^= 0xFF
+    target.write_bytes(data)
+    proc, _ = start_node(engines, tmp_path / "log")
+    assert proc.wait(30) != 0
+    text = (tmp_path / "log").read_text()
+    assert "segmentation-64x64.onnx: SHA-256" in text and "start-up failed" in text
+
+
+def test_a_graph_onnx_runtime_cannot_load_stops_the_process(tiny_build, tmp_path):
+    """The hash matches (the manifest was rewritten) but the file is not a model: warm-up fails, exit 1."""
+    from node import manifest
+
+    engines = tmp_path / "engines"
+    shutil.copytree(tiny_build[0], engines)
+    target = engines / "depth-98x98.onnx"
+    target.write_bytes(b"not an onnx model")
+    data = manifest.load(engines)
+    graph = data["capabilities"]["depth"]["graphs"][0]
+    graph["sha256"], graph["bytes"] = manifest.sha256(target), target.stat().st_size
+    (engines / "manifest.json").write_text(json.dumps(data))
+    proc, url = start_node(engines, tmp_path / "log")
+    assert proc.wait(60) == 1
+    text = (tmp_path / "log").read_text()
+    assert "depth-98x98.onnx: ONNX Runtime could not load it" in text
+
+
+def test_serving_never_imports_torch_or_the_build_code(tiny_build):
+    script = f"""
+import sys
+from tests.nodes import node_client, frame, raw_type
+with node_client({str(tiny_build[0])!r}) as c:
+    f = frame()
+    assert c.post("/infer/pose", content=f.tobytes(), headers={{"content-type": raw_type(f)}}).status_code == 200
+leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "transformers", "node.build")))
+assert not leaked, leaked
+"""
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=120)

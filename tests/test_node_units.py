@@ -1,0 +1,238 @@
+"""Unit tests of the node's parts that need no server: codecs, capabilities' rendering, config, engines."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from node import codecs, manifest
+from node.capabilities.base import Rendered
+from node.capabilities.depth import Depth
+from node.capabilities.pose import COCO17, COLOURS, LIMBS, OPENPOSE18, Pose, openpose18
+from node.config import Config
+from node.contract import ShapeBounds
+from node.engines import load
+from node.errors import FrameRejected, InputError, StartupError, UnsupportedMediaType
+
+BOUNDS = ShapeBounds(min_hw=(8, 8), max_hw=(100, 200))
+
+
+# ---------------------------------------------------------------- codecs
+
+
+def test_content_type_parameters_are_parsed():
+    assert codecs.parse_content_type('Application/Octet-Stream; width=4; Height="3"') == (
+        "application/octet-stream",
+        {"width": "4", "height": "3"},
+    )
+    assert codecs.parse_content_type(None) == ("", {})
+    with pytest.raises(InputError, match="no value"):
+        codecs.parse_content_type("image/png; output")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16", "LA"])
+def test_png_of_any_mode_decodes_to_rgb_uint8(mode):
+    img = Image.new("RGB", (30, 20), (200, 100, 50)).convert(mode)
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    frame = codecs.decode(out.getvalue(), "image/png", None, None, BOUNDS)
+    assert frame.shape == (20, 30, 3) and frame.dtype == np.uint8
+    np.testing.assert_array_equal(frame, np.asarray(img.convert("RGB")))
+
+
+def test_cmyk_jpeg_decodes_to_rgb():
+    out = io.BytesIO()
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(out, format="JPEG")
+    frame = codecs.decode(out.getvalue(), "image/jpeg", None, None, BOUNDS)
+    assert frame.shape == (16, 16, 3) and frame[..., 0].mean() > 200 and frame[..., 1].mean() < 50
+
+
+def test_raw_frame_is_a_zero_copy_view_of_the_body():
+    body = bytearray(np.arange(10 * 12 * 3, dtype=np.uint8).tobytes())
+    frame = codecs.decode(body, codecs.RAW, "12", "10", BOUNDS)
+    assert frame.shape == (10, 12, 3) and np.shares_memory(frame, np.frombuffer(body, np.uint8))
+
+
+def test_decode_errors_map_to_their_statuses():
+    with pytest.raises(UnsupportedMediaType):
+        codecs.decode(b"x", "text/plain", None, None, BOUNDS)
+    with pytest.raises(FrameRejected, match="outside"):
+        codecs.decode(b"\0" * 30, codecs.RAW, "5", "2", BOUNDS)
+    with pytest.raises(InputError, match="300 bytes"):
+        codecs.decode(b"\0" * 30, codecs.RAW, "10", "10", BOUNDS)
+
+
+def test_png_encoder_modes():
+    ids = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    assert Image.open(io.BytesIO(codecs.png(ids, 1))).mode == "L"
+    assert Image.open(io.BytesIO(codecs.png(ids, 1, channels=3))).mode == "RGB"
+    assert Image.open(io.BytesIO(codecs.png(ids, 1, palette=bytes(768)))).mode == "P"
+    deep = Image.open(io.BytesIO(codecs.png(ids.astype(np.uint16) * 5000, 1)))
+    np.testing.assert_array_equal(np.asarray(deep), ids.astype(np.uint16) * 5000)
+
+
+# ---------------------------------------------------------------- capabilities
+
+
+def test_depth_flat_frame_does_not_divide_by_zero():
+    depth = Depth({})
+    outputs = {"depth": np.full((1, 4, 5), 3.0, np.float32), "depth_min": np.array([3.0]), "depth_max": np.array([3.0])}
+    rendered = depth.render(outputs, depth.parse_options({}), (4, 5))
+    assert rendered.payload.dtype == np.uint8 and not rendered.payload.any()
+
+
+def test_openpose18_reorders_coco17_and_adds_the_neck():
+    kps = np.arange(17 * 2, dtype=np.float32).reshape(1, 17, 2)
+    scores = np.linspace(0.1, 0.9, 17, dtype=np.float32)[None]
+    xy, s = openpose18(kps, scores)
+    assert xy.shape == (1, 18, 2) and s.shape == (1, 18)
+    for j, name in enumerate(OPENPOSE18):
+        if name == "neck":
+            np.testing.assert_allclose(xy[0, j], (kps[0, 5] + kps[0, 6]) / 2)
+            assert s[0, j] == pytest.approx(min(scores[0, 5], scores[0, 6]))
+        else:
+            np.testing.assert_array_equal(xy[0, j], kps[0, COCO17.index(name)])
+
+
+def _person(points: dict[str, tuple[float, float]]):
+    kps = np.zeros((1, 17, 2), np.float32)
+    scores = np.zeros((1, 17), np.float32)
+    for name, xy in points.items():
+        kps[0, COCO17.index(name)] = xy
+        scores[0, COCO17.index(name)] = 0.9
+    return {
+        "boxes": np.array([[0, 0, 100, 100]], np.float32),
+        "box_scores": np.array([0.9], np.float32),
+        "keypoints": kps,
+        "keypoint_scores": scores,
+        "frame_hw": (100, 120),
+    }
+
+
+def test_skeleton_draws_openpose_colours_limbs_at_60_percent_and_skips_invisible_points():
+    people = _person({"left_shoulder": (80.0, 40.0), "right_shoulder": (40.0, 40.0), "nose": (60.0, 20.0)})
+    pose = Pose({})
+    encoded = pose.encode(Rendered(people), pose.parse_options({"output": "skeleton"}), 1)
+    img = np.asarray(Image.open(io.BytesIO(encoded.body)))
+    assert img.shape == (100, 120, 3)
+    neck = OPENPOSE18.index("neck")
+    assert tuple(img[40, 60]) == COLOURS[neck]  # the neck disc at the shoulders' midpoint
+    assert tuple(img[40, 80]) == COLOURS[OPENPOSE18.index("left_shoulder")]
+    limb = LIMBS.index((neck, OPENPOSE18.index("right_shoulder")))
+    assert tuple(img[40, 50]) == tuple(int(c * 0.6) for c in COLOURS[limb])  # neck-right shoulder limb
+    assert not img[90:, :].any() and not img[:, :30].any()  # nothing drawn where no keypoint is
+
+
+def test_pose_json_zeroes_invisible_openpose_keypoints():
+    people = _person({"nose": (10.0, 12.0)})
+    pose = Pose({})
+    body = json.loads(pose.encode(Rendered(people), pose.parse_options({}), 1).body)
+    openpose = np.array(body["people"][0]["pose_keypoints_2d"]).reshape(18, 3)
+    np.testing.assert_allclose(openpose[0], [10.0, 12.0, 0.9], atol=1e-3)
+    assert not openpose[1:].any()
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_reads_environment_and_flags_win():
+    env = {"VISION_NODE_PORT": "9000", "VISION_NODE_CAPABILITIES": "depth,pose", "VISION_NODE_ACCESS_LOG": "true"}
+    config = Config.load(env)
+    assert config.port == 9000 and config.capabilities == ("depth", "pose") and config.access_log is True
+    assert Config.load(env, port="9100").port == 9100
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.port = 1
+
+
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"VISION_NODE_PORT": "eighty"}, ["VISION_NODE_PORT", "'eighty'"]),
+        ({"VISION_NODE_PORT": "70000"}, ["port"]),
+        ({"VISION_NODE_CAPABILITIES": "depth,flow"}, ["capabilities", "flow"]),
+        ({"VISION_NODE_DEVICE": "tpu"}, ["device", "tpu"]),
+        ({"VISION_NODE_ACCESS_LOG": "maybe"}, ["VISION_NODE_ACCESS_LOG"]),
+    ],
+)
+def test_bad_configuration_names_the_key(env, words):
+    with pytest.raises(StartupError) as err:
+        Config.load(env)
+    for word in words:
+        assert word in str(err.value)
+
+
+# ---------------------------------------------------------------- engines
+
+
+@pytest.fixture
+def engines_copy(tiny_build, tmp_path):
+    out = tmp_path / "engines"
+    shutil.copytree(tiny_build[0], out)
+    return out
+
+
+def test_engines_load_checks_and_describes_every_graph(engines_copy):
+    served = load(engines_copy)
+    assert list(served) == ["depth", "segmentation", "pose"]
+    assert served["pose"].weights == "demo" and served["depth"].bounds.max_hw == (720, 1280)
+    assert load(engines_copy, ("pose",)).keys() == {"pose"}
+
+
+def test_a_flipped_byte_stops_start_up_naming_the_file(engines_copy):
+    path = engines_copy / "depth-98x98.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(data)
+    with pytest.raises(StartupError, match=r"depth-98x98\.onnx: SHA-256"):
+        load(engines_copy)
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda d: (d / "pose-128x128-3p.onnx").unlink(), ["pose-128x128-3p.onnx", "missing"]),
+        (lambda d: (d / "segmentation-64x64.onnx").write_bytes(b"x"), ["segmentation-64x64.onnx", "bytes"]),
+        (lambda d: (d / "manifest.json").unlink(), ["manifest.json", "not found", "build_engines.py"]),
+        (lambda d: (d / "manifest.json").write_text("{"), ["manifest.json", "unreadable"]),
+        (lambda d: shutil.rmtree(d), ["engines directory not found"]),
+    ],
+)
+def test_missing_or_damaged_artefacts_stop_start_up_with_a_reason(engines_copy, damage, words):
+    damage(engines_copy)
+    with pytest.raises(StartupError) as err:
+        load(engines_copy)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_manifest_paths_outside_the_engines_directory_are_refused(engines_copy):
+    data = json.loads((engines_copy / "manifest.json").read_text())
+    data["capabilities"]["depth"]["graphs"][0]["path"] = "../../etc/passwd"
+    (engines_copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(StartupError, match="outside the engines directory"):
+        load(engines_copy)
+
+
+def test_a_capability_missing_from_the_manifest_is_named(engines_copy):
+    data = manifest.load(engines_copy)
+    del data["capabilities"]["pose"]
+    (engines_copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(StartupError, match="has no pose"):
+        load(engines_copy, ("depth", "pose"))
+
+
+def test_graph_for_picks_the_nearest_aspect_ratio(engines_copy):
+    served = load(engines_copy)["depth"]
+    square = served.graphs[0]
+    wide = dataclasses.replace(square, resolution=(518, 924))
+    tall = dataclasses.replace(square, resolution=(924, 518))
+    served = dataclasses.replace(served, graphs=(square, wide, tall))
+    assert served.graph_for(720, 1280) is wide
+    assert served.graph_for(1280, 720) is tall
+    assert served.graph_for(500, 560) is square
