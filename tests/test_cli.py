@@ -107,3 +107,12 @@ def test_demo_weights_are_seeded_and_labelled():
     assert a.source == "demo" and a.revision is None
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         assert pa.equal(pb)
+
+
+def test_tiny_build_needs_demo_weights_and_names_its_models_tiny(tmp_path):
+    refused = build_engines("--tiny", "--out", str(tmp_path / "no"))
+    assert refused.returncode == 1 and "--tiny" in refused.stderr and "--weights demo" in refused.stderr
+    built = build_engines("--weights", "demo", "--tiny", "--capabilities", "segmentation", "--out", str(tmp_path))
+    assert built.returncode == 0, built.stderr
+    entry = manifest.load(tmp_path)["capabilities"]["segmentation"]
+    assert entry["demo"] is True and [m["name"] for m in entry["models"]] == ["segformer-b0-ade-tiny"]

@@ -91,7 +91,7 @@ def test_capabilities_describe_models_backend_and_limits(client):
     assert body["limits"]["max_body_bytes"] == 32 << 20
     assert set(body["capabilities"]) == {"depth", "segmentation", "pose"}
     depth = body["capabilities"]["depth"]
-    assert depth["models"][0]["name"] == "depth-anything-v2-small"
+    assert depth["models"][0]["name"] == "depth-anything-v2-small-tiny"
     assert depth["models"][0]["licence"] == "apache-2.0"
     assert depth["weights"] == "demo" and depth["demo"] is True
     assert depth["backend"]["name"] == "onnxruntime"
@@ -133,7 +133,7 @@ def test_depth_raw_equals_the_in_process_backend(client, backends):
     np.testing.assert_array_equal(got, want["depth"][0])
     assert meta["depth_range"] == [float(want["depth_min"][0]), float(want["depth_max"][0])]
     assert set(meta["timings_ms"]) == {"decode", "queue", "infer", "encode", "total"}
-    assert meta["model"] == "depth-anything-v2-small" and meta["backend"] == "onnxruntime"
+    assert meta["model"] == "depth-anything-v2-small-tiny" and meta["backend"] == "onnxruntime"
     assert meta["weights"] == "demo" and meta["frame"] == [130, 170]
 
 

@@ -62,6 +62,7 @@ def parser() -> argparse.ArgumentParser:
         "graph against transformers, and write engines/manifest.json.",
         epilog="models (--variant ROLE=NAME):\n" + _model_list() + "\n\nexamples:\n"
         "  build_engines.py --weights demo --out engines          # offline, random weights\n"
+        "  build_engines.py --weights demo --tiny --out /tmp/tiny # seconds: tests and overhead benchmarks\n"
         "  build_engines.py --out engines                          # pinned Hugging Face weights\n"
         "  build_engines.py --model depth=./my-depth --capabilities depth\n"
         "  build_engines.py --resolution depth=518x518 --resolution depth=518x924",
@@ -129,6 +130,12 @@ def parser() -> argparse.ArgumentParser:
         help="segmentation classes upsampled at a time; peak memory is CHUNK×H×W floats (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for demo weights and sample frames")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="tiny configurations of the same architectures with demo weights, built in seconds: "
+        "for tests, CI and measuring the node's own overhead, never for serving maps",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     return p
 
@@ -148,6 +155,13 @@ def plan_from_args(args: argparse.Namespace):
             resolutions.setdefault(cap, []).append(_hw(text))
         except argparse.ArgumentTypeError as err:
             raise BuildError(f"--resolution {cap}={text}: {err}") from None
+    verify_sizes = {}
+    if args.tiny:
+        from .tiny import TINY_ROLES, TINY_VERIFY_SIZES  # noqa: PLC0415
+
+        if args.model or args.variant or args.weights != "demo":
+            raise BuildError("--tiny builds its own demo models: use it with --weights demo, without --model/--variant")
+        specs, verify_sizes = dict(TINY_ROLES), {"verify_sizes": TINY_VERIFY_SIZES}
     if args.max_batch < 1 or args.max_persons < 1 or args.class_chunk < 1:
         raise BuildError("--max-batch, --max-persons and --class-chunk must be at least 1")
     bounds = ShapeBounds(
@@ -168,6 +182,7 @@ def plan_from_args(args: argparse.Namespace):
         max_persons=args.max_persons,
         class_chunk=args.class_chunk,
         seed=args.seed,
+        **verify_sizes,
     )
 
 
