@@ -222,7 +222,11 @@ async def infer(request: Request) -> Response:
     decoded = time.perf_counter()
     outcome = await session.run(frame, options, deadline)
     inferred = time.perf_counter()
-    encoded = await run_in_threadpool(capability.encode, outcome.rendered, options, node.config.png_compression)
+    encode_args = (outcome.rendered, options, node.config.png_compression)
+    if options["output"] == "raw":  # no work to move off the loop: the bytes are the rendered array
+        encoded = capability.encode(*encode_args)
+    else:
+        encoded = await run_in_threadpool(capability.encode, *encode_args)
     done = time.perf_counter()
 
     timings = {

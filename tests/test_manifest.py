@@ -33,3 +33,15 @@ def test_writing_one_capability_keeps_the_others(tmp_path, tiny_build):
     manifest.write(tmp_path, {"depth": {**entries["depth"], "graphs": []}})
     merged = json.loads((tmp_path / manifest.MANIFEST_NAME).read_text())["capabilities"]
     assert merged["depth"]["graphs"] == [] and merged["pose"] == json.loads(json.dumps(entries["pose"]))
+
+
+def test_every_output_dimension_is_a_frame_dimension_or_fixed(tiny_build):
+    """The server sizes its buffers from these; pose's person slots must be the number, not a name."""
+    _, entries = tiny_build
+    for capability, entry in entries.items():
+        for graph in entry["graphs"]:
+            for out in graph["outputs"]:
+                for dim in out["shape"]:
+                    assert isinstance(dim, int) or dim in ("batch", "height", "width"), (capability, out)
+    pose = entries["pose"]["graphs"][0]["outputs"]
+    assert [o["shape"] for o in pose] == [["batch", 3, 4], ["batch", 3], ["batch", 3, 17, 2], ["batch", 3, 17]]

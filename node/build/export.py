@@ -50,7 +50,26 @@ def export(graph: torch.nn.Module, output_names: tuple[str, ...], path: Path, ex
             output_names=list(output_names),
             dynamic_axes=dynamic_axes,
         )
+        fixed_shapes = [tuple(out.shape) for out in graph(example)]
+    pin_fixed_dims(path, dynamic_axes, dict(zip(output_names, fixed_shapes)))
     check_dims(path, dynamic_axes)
+
+
+def pin_fixed_dims(path: Path, dynamic_axes: dict[str, dict[int, str]], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Write the value of every output dimension that is not dynamic (e.g. pose's person slots K).
+
+    The legacy exporter leaves some of them symbolic ("TopKbox_scores_dim_1"); a static value lets
+    the server size its buffers from the manifest and TensorRT plan for it.
+    """
+    model = onnx.load(str(path))
+    changed = False
+    for value in model.graph.output:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if axis not in dynamic_axes.get(value.name, {}) and dim.dim_param:
+                dim.dim_value = shapes[value.name][axis]  # a oneof: clears dim_param
+                changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 def check_dims(path: Path, dynamic_axes: dict[str, dict[int, str]]) -> None:
@@ -64,8 +83,11 @@ def check_dims(path: Path, dynamic_axes: dict[str, dict[int, str]]) -> None:
             if axis >= len(dims) or dims[axis].dim_param != name:
                 got = "missing" if axis >= len(dims) else (dims[axis].dim_param or dims[axis].dim_value)
                 problems.append(f"{value.name}[{axis}] should be dynamic '{name}', is {got}")
+        for axis, dim in enumerate(dims):
+            if axis not in dynamic_axes.get(value.name, {}) and dim.dim_param:
+                problems.append(f"{value.name}[{axis}] should be fixed, is '{dim.dim_param}'")
     if problems:
-        raise BuildError(f"exported graph {path.name} has static dimensions: " + "; ".join(problems))
+        raise BuildError(f"exported graph {path.name} has wrong dimensions: " + "; ".join(problems))
 
 
 def io_signature(path: Path) -> dict[str, list[dict]]:

@@ -35,7 +35,14 @@ class OnnxRuntimeBackend:
         threads: int = 0,
     ):
         self.path = Path(path)
-        self.outputs = outputs  # manifest: name, dtype, shape
+        self.outputs = outputs  # manifest: name, dtype, shape (frame dimension names or ints)
+        for out in outputs:
+            unknown = [d for d in out["shape"] if not isinstance(d, int) and d not in _FRAME_DIMS]
+            if unknown:
+                raise StartupError(
+                    f"{self.path}: output {out['name']} has unresolved dimensions {unknown}; "
+                    "rebuild it with this version of build_engines.py"
+                )
         self.bounds = bounds
         self.max_batch = min(max_batch, bounds.max_batch)
         self.requested_device = device
@@ -44,7 +51,6 @@ class OnnxRuntimeBackend:
         self._session = None
         self._binding = None
         self._buffers: dict[str, np.ndarray] = {}
-        self._fixed: dict[str, tuple] = {}  # each output's shape with its non-frame dimensions resolved
 
     def __enter__(self) -> OnnxRuntimeBackend:
         import onnxruntime as ort  # noqa: PLC0415 (only the backend in use is imported)
@@ -60,10 +66,9 @@ class OnnxRuntimeBackend:
             raise StartupError(f"{self.path}: ONNX Runtime could not load it: {err}") from None
         self.device = self._session.get_providers()[0]
         self._binding = self._session.io_binding()
-        self._resolve_fixed_dims()
         max_h, max_w = self.bounds.max_hw
         for out in self.outputs:
-            size = int(np.prod(self._shape(out["name"], self.max_batch, max_h, max_w)))
+            size = int(np.prod(_shape(out, self.max_batch, max_h, max_w)))
             self._buffers[out["name"]] = np.empty(size, dtype=out["dtype"])
         return self
 
@@ -86,7 +91,7 @@ class OnnxRuntimeBackend:
         binding.bind_input(FRAME_INPUT, "cpu", 0, np.uint8, list(frames.shape), frames.ctypes.data)
         results = {}
         for out in self.outputs:
-            shape = self._shape(out["name"], n, h, w)
+            shape = _shape(out, n, h, w)
             view = self._buffers[out["name"]][: int(np.prod(shape))].reshape(shape)
             binding.bind_output(out["name"], "cpu", 0, view.dtype, list(shape), view.ctypes.data)
             results[out["name"]] = view
@@ -96,23 +101,11 @@ class OnnxRuntimeBackend:
     def memory(self) -> dict[str, int]:
         return {"host_buffers": sum(b.nbytes for b in self._buffers.values())}
 
-    def _shape(self, name: str, n: int, h: int, w: int) -> tuple[int, ...]:
-        frame = {"batch": n, "height": h, "width": w}
-        return tuple(frame[d] if d in frame else d for d in self._fixed[name])
 
-    def _resolve_fixed_dims(self) -> None:
-        """Run once at the bounds' optimum shape to learn dimensions the graph keeps fixed (e.g. persons K)."""
-        h, w = self.bounds.opt_hw
-        probe = np.zeros((1, h, w, 3), np.uint8)
-        got = dict(zip([o["name"] for o in self.outputs], self._session.run(None, {FRAME_INPUT: probe})))
-        for out in self.outputs:
-            dims = []
-            for axis, dim in enumerate(out["shape"]):
-                if dim in _FRAME_DIMS or isinstance(dim, int):
-                    dims.append(dim)
-                else:
-                    dims.append(int(got[out["name"]].shape[axis]))
-            self._fixed[out["name"]] = tuple(dims)
+def _shape(output: dict, n: int, h: int, w: int) -> tuple[int, ...]:
+    """An output's shape for a batch of n frames of h x w."""
+    frame = {"batch": n, "height": h, "width": w}
+    return tuple(frame.get(d, d) for d in output["shape"])
 
 
 def _providers(ort, device: str) -> list[str]:

@@ -1,0 +1,1 @@
+"""Latency reports for the vision node: ``python -m benchmarks --help``. Never imported by the node."""
