@@ -70,7 +70,9 @@ class CapabilitySession:
         for graph in self.served.graphs:
             backend = self._stack.enter_context(self.open_backend(graph))
             self.backends[graph] = backend
-            h, w = graph.resolution
+            # The smallest frame the bounds allow: the model runs at its full resolution either way,
+            # while resizing and upsampling stay cheap, which shortens start-up on a CPU.
+            h, w = self.served.bounds.min_hw
             try:
                 outputs = backend.infer({FRAME_INPUT: samples.frames(h, w)})
             except Exception as err:

@@ -230,3 +230,26 @@ leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch."
 assert not leaked, leaked
 """
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=120)
+
+
+def readme_calls() -> list[str]:
+    """The shell lines of the README's "Calling the node" block."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Calling the node", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line for line in block.strip().splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_curl_examples_work_against_the_node(node_url, tmp_path):
+    lines = readme_calls()
+    assert sum(line.count("curl ") for line in lines) >= 8
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for line in lines:
+        done = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", line.replace("http://127.0.0.1:8000", node_url)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+    assert Image.open(tmp_path / "depth.png").size == (640, 480)
+    assert Image.open(tmp_path / "seg.png").mode == "P"
+    assert "people" in json.loads((tmp_path / "pose.json").read_text())
+    assert (tmp_path / "depth.f32").stat().st_size == 640 * 480 * 4

@@ -236,3 +236,31 @@ def test_graph_for_picks_the_nearest_aspect_ratio(engines_copy):
     assert served.graph_for(720, 1280) is wide
     assert served.graph_for(1280, 720) is tall
     assert served.graph_for(500, 560) is square
+
+
+def test_backend_refuses_a_manifest_with_unresolved_output_dimensions(tiny_build):
+    from node.runtime.onnxruntime import OnnxRuntimeBackend
+
+    outputs = ({"name": "boxes", "dtype": "float32", "shape": ["batch", "TopKbox_scores_dim_1", 4]},)
+    with pytest.raises(StartupError, match=r"pose\.onnx: output boxes has unresolved dimensions.*rebuild"):
+        OnnxRuntimeBackend(tiny_build[0] / "pose.onnx", outputs, BOUNDS)
+
+
+def test_backend_outputs_are_views_into_buffers_allocated_once(tiny_build):
+    from node.contract import FRAME_INPUT
+    from node.runtime.onnxruntime import OnnxRuntimeBackend
+    from node.samples import frames
+
+    served = load(tiny_build[0], ("segmentation",))["segmentation"]
+    graph = served.graphs[0]
+    with OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds) as backend:
+        buffer = backend._buffers["classes"]
+        assert buffer.size == 720 * 1280  # the largest frame the bounds allow, batch 1
+        small = backend.infer({FRAME_INPUT: frames(64, 80)})["classes"]
+        large = backend.infer({FRAME_INPUT: frames(200, 300)})["classes"]
+        assert small.shape == (1, 64, 80) and large.shape == (1, 200, 300)
+        assert np.shares_memory(large, buffer) and backend._buffers["classes"] is buffer
+        with pytest.raises(ValueError, match="outside"):
+            backend.infer({FRAME_INPUT: frames(32, 32)})
+    assert backend.device == "closed"
+    backend.__exit__(None, None, None)  # closing twice is safe
