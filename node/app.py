@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -67,10 +68,13 @@ class Node:
 
     @property
     def status(self) -> str:
-        """The ai-runner health vocabulary: LOADING until warm, then IDLE or OK (busy); ERROR after a fatal fault."""
+        """The ai-runner health vocabulary: LOADING until warm, then IDLE or OK (busy); ERROR after a fatal fault.
+
+        Draining keeps IDLE/OK (the process still finishes its work); ``/ready`` is what turns 503.
+        """
         if self.error:
             return "ERROR"
-        if not self.ready:
+        if not self.warm:
             return "LOADING"
         return "OK" if any(s.pending for s in self.sessions.values()) else "IDLE"
 
@@ -149,8 +153,6 @@ def _memory(session: CapabilitySession) -> dict[str, int]:
 def process_age() -> float | None:
     """Seconds since this process started (Linux /proc), for the start-up log line."""
     try:
-        import os  # noqa: PLC0415
-
         with open("/proc/self/stat") as f:
             start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
         with open("/proc/uptime") as f:
@@ -175,7 +177,8 @@ def _request_options(request: Request, ct_params: dict[str, str]) -> dict[str, s
         ("Content-Type", {k: v for k, v in ct_params.items() if k not in _IGNORED_PARAMS}),
         ("query", dict(request.query_params)),
     ]
-    if len(request.query_params) != len(request.query_params.keys()):
+    repeated = {k for k, _ in request.query_params.multi_items()}
+    if len(repeated) != len(request.query_params.multi_items()):
         raise InputError("an option is repeated in the query")
     for where, options in sources:
         for name, value in options.items():

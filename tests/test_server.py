@@ -280,6 +280,7 @@ def test_options_from_path_content_type_and_query_are_equivalent(client):
         ("/infer/depth", {"range": "nan,1"}, ["range"]),
         ("/infer/depth", {"colour": "red"}, ["unknown option colour", "channels, output, range"]),
         ("/infer/depth/raw?output=png16", {}, ["output given twice"]),
+        ("/infer/depth?channels=1&channels=3", {}, ["repeated in the query"]),
         ("/infer/pose", {"person_threshold": "2"}, ["person_threshold", "0..1"]),
         ("/infer/pose", {"keypoint_threshold": "x"}, ["keypoint_threshold"]),
     ],
