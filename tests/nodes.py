@@ -15,7 +15,22 @@ from starlette.testclient import TestClient
 from node import samples
 from node.app import create_app
 from node.config import Config
+from node.engines import load
 from node.runtime.onnxruntime import OnnxRuntimeBackend
+
+
+@contextmanager
+def in_process_backends(engines):
+    """{capability: (open backend, its first graph)}: what results over HTTP must equal."""
+    opened = {}
+    for name, entry in load(engines).items():
+        graph = entry.graphs[0]
+        opened[name] = (OnnxRuntimeBackend(graph.path, graph.outputs, entry.bounds).__enter__(), graph)
+    try:
+        yield opened
+    finally:
+        for backend, _ in opened.values():
+            backend.__exit__(None, None, None)
 
 
 def wait_ready(client, timeout: float = 60.0) -> None:

@@ -25,10 +25,8 @@ from PIL import Image
 
 from node.build import pipeline, verify
 from node.contract import FRAME_INPUT
-from node.engines import load
-from node.runtime.onnxruntime import OnnxRuntimeBackend
 from tests.conftest import tiny_plan
-from tests.nodes import frame, jpeg, png, raw_type
+from tests.nodes import frame, in_process_backends, jpeg, png, raw_type
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,14 +98,8 @@ def http(node_url):
 
 @pytest.fixture(scope="module")
 def in_process(tiny_build):
-    served = load(tiny_build[0])
-    backends = {}
-    for name, entry in served.items():
-        graph = entry.graphs[0]
-        backends[name] = (OnnxRuntimeBackend(graph.path, graph.outputs, entry.bounds).__enter__(), graph.resolution)
-    yield backends
-    for backend, _ in backends.values():
-        backend.__exit__()
+    with in_process_backends(tiny_build[0]) as opened:
+        yield {name: (backend, graph.resolution) for name, (backend, graph) in opened.items()}
 
 
 @pytest.fixture(scope="module")

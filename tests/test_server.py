@@ -16,9 +16,7 @@ from PIL import Image
 from node.capabilities.pose import COLOURS
 from node.capabilities.segmentation import ADE20K_PALETTE
 from node.contract import FRAME_INPUT
-from node.engines import load
-from node.runtime.onnxruntime import OnnxRuntimeBackend
-from tests.nodes import frame, gated, image, jpeg, metadata, node_client, png, raw_type
+from tests.nodes import frame, gated, image, in_process_backends, jpeg, metadata, node_client, png, raw_type
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +27,8 @@ def client(tiny_build):
 
 @pytest.fixture(scope="module")
 def backends(tiny_build):
-    """The in-process backend per capability: what HTTP results must equal."""
-    served = load(tiny_build[0])
-    opened = {}
-    for name, entry in served.items():
-        graph = entry.graphs[0]
-        opened[name] = OnnxRuntimeBackend(graph.path, graph.outputs, entry.bounds).__enter__()
-    yield opened
-    for backend in opened.values():
-        backend.__exit__(None, None, None)
+    with in_process_backends(tiny_build[0]) as opened:
+        yield {name: backend for name, (backend, _) in opened.items()}
 
 
 def run(backend, f):
