@@ -1,6 +1,9 @@
-"""Summary statistics of latency samples (seconds in, milliseconds out)."""
+"""Latency statistics: percentiles, and the stability rule that decides when a measurement is done."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -16,3 +19,47 @@ def summarise(seconds) -> dict[str, float]:
     summary.update({f"p{p}": float(np.percentile(ms, p)) for p in PERCENTILES})
     summary["max"] = float(ms.max())
     return summary
+
+
+def is_stable(window_medians: list[float], windows: int = 3, tolerance: float = 0.1) -> bool:
+    """perf_analyzer's rule: the last ``windows`` window medians all lie within ±tolerance of their mean."""
+    if len(window_medians) < windows:
+        return False
+    last = np.asarray(window_medians[-windows:], dtype=np.float64)
+    centre = last.mean()
+    return bool(centre > 0 and np.all(np.abs(last - centre) <= tolerance * centre))
+
+
+def measure(
+    run: Callable[[], float | None],
+    *,
+    warmup: int = 5,
+    window: int = 20,
+    max_seconds: float = 60.0,
+    iterations: int | None = None,
+    tolerance: float = 0.1,
+) -> tuple[list[float], bool]:
+    """Call ``run`` (returns its own latency in seconds, or None to be timed here) until stable.
+
+    With ``iterations`` it runs exactly that many; otherwise window after window until the
+    stability rule holds or ``max_seconds`` pass. Returns (all timed samples, stable?).
+    """
+
+    def once() -> float:
+        start = time.perf_counter()
+        own = run()
+        return own if own is not None else time.perf_counter() - start
+
+    for _ in range(warmup):
+        once()
+    if iterations is not None:
+        return [once() for _ in range(iterations)], True
+    samples, medians, deadline = [], [], time.perf_counter() + max_seconds
+    while True:
+        batch = [once() for _ in range(window)]
+        samples += batch
+        medians.append(float(np.median(batch)))
+        if is_stable(medians, tolerance=tolerance):
+            return samples, True
+        if time.perf_counter() > deadline:
+            return samples, False

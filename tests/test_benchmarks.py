@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import report
-from benchmarks.stats import summarise
+from benchmarks import load, report
+from benchmarks.stats import is_stable, measure, summarise
+from tests.nodes import frame, raw_type
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +29,48 @@ def test_summary_percentiles_in_milliseconds():
         summarise([])
 
 
+def test_stability_rule_needs_three_windows_within_tolerance():
+    assert not is_stable([10.0, 10.0])  # too few windows
+    assert is_stable([50.0, 10.0, 10.5, 9.8])  # only the last three count
+    assert not is_stable([10.0, 10.0, 12.5])  # 12.5 is > 10 % above their mean
+    assert is_stable([10.0, 10.0, 11.0], tolerance=0.1)
+
+
+def test_measure_stops_when_stable_and_counts_exactly_when_asked():
+    calls = []
+    samples, stable = measure(lambda: calls.append(1) or 0.001, warmup=2, window=5)
+    assert stable and len(samples) == 15 and len(calls) == 17  # three equal windows after two warm-ups
+    drifting = iter(range(1, 10_000))
+    samples, stable = measure(lambda: next(drifting) * 1e-3, warmup=0, window=2, max_seconds=0.0)
+    assert not stable and len(samples) == 2  # never stable: stops at the time limit
+    samples, stable = measure(lambda: 0.002, warmup=0, iterations=7)
+    assert samples == [0.002] * 7 and stable
+
+
+def test_closed_and_open_loop_count_statuses_and_node_stages(tiny_build):
+    """A real node process with a queue of one; the load clients talk to it over loopback."""
+    import tempfile
+
+    from benchmarks import nodeproc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        node = nodeproc.spawn(tiny_build[0], Path(tmp) / "log", queue_size=1)
+        try:
+            nodeproc.wait_ready(node)
+            url = f"http://127.0.0.1:{node.port}"
+            f = frame(96, 128)
+            closed = load.closed_loop(url, "/infer/segmentation/raw", f.tobytes(), raw_type(f), 4, 1.0)
+            assert closed["requests"] == sum(closed["statuses"].values()) and closed["ok"] > 0
+            assert set(closed["statuses"]) <= {200, 503}  # 4 clients against a queue of 1: some refused
+            assert set(closed["server_p50_ms"]) == set(load.STAGES)
+            opened = load.open_loop(url, "/infer/segmentation/raw", f.tobytes(), raw_type(f), 10, 1.0)
+            assert opened["requests"] == 10 and opened["client"]["n"] == opened["ok"]
+            bad = load.closed_loop(url, "/infer/segmentation", b"x", "image/png", 1, 0.3)
+            assert bad["ok"] == 0 and set(bad["statuses"]) == {400}
+        finally:
+            node.stop()
+
+
 def test_table_and_markdown_hold_every_row_and_the_provenance():
     rows = [{"scenario": "raw", "p50 ms": 1.234}, {"scenario": "jpeg", "p50 ms": 10.0}]
     text = report.table(rows)
@@ -36,6 +79,20 @@ def test_table_and_markdown_hold_every_row_and_the_provenance():
     assert prov["command"].startswith("python -m benchmarks") and "python" in prov["versions"]
     md = report.markdown("Title", rows, prov, ["a note"])
     assert "| scenario | p50 ms |" in md and "| jpeg | 10.00 |" in md and "- a note" in md and prov["machine"] in md
+
+
+def test_engine_command_reports_graph_and_transformers_baseline(tiny_build, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "engine", "--engines", str(tiny_build[0]), "--capabilities", "depth",
+         "--sizes", "96x128", "--batches", "1,2", "--iterations", "2", "--warmup", "1", "--json", f"{tmp_path}/e.json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    graphs = [r for r in rows if r["backend"].startswith("onnxruntime")]
+    baselines = [r for r in rows if r["backend"].startswith("transformers")]
+    assert [r["frames"] for r in graphs] == [r["frames"] for r in baselines] == ["1x96x128", "2x96x128"]
+    assert all(r["n"] == 2 and r["baseline / graph p50"] > 0 for r in graphs)
 
 
 def test_overhead_and_coldstart_run_against_a_node_they_start(tiny_build, tmp_path):

@@ -1,0 +1,99 @@
+"""In-process latency of each graph on a backend, beside what a user would run instead.
+
+The baseline is the same architecture through transformers in PyTorch eager (image processor +
+model + post-processing, as ``node.build.reference`` runs it), on the same frames, in the same
+run. Its weights are the architecture's seeded demo weights: latency depends on shapes, not values.
+"""
+
+from __future__ import annotations
+
+from node import samples
+from node.contract import FRAME_INPUT
+from node.engines import load
+from node.runtime.onnxruntime import OnnxRuntimeBackend
+
+from .machine import rss_bytes
+from .stats import measure, summarise
+
+
+def graph_rows(engines, capability: str, sizes, batches, progress, **measuring) -> list[dict]:
+    served = load(engines, (capability,))[capability]
+    rows = []
+    for h, w in sizes:
+        graph = served.graph_for(h, w)
+        for batch in batches:
+            frames = samples.frames(h, w, batch)
+            with OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds, max_batch=batch) as backend:
+                progress(f"{capability} {batch}x{h}x{w}: {graph.path.name} on {backend.name} ({backend.device})")
+                timed, stable = measure(lambda f=frames, b=backend: b.infer({FRAME_INPUT: f}) and None, **measuring)
+                rows.append(_row(capability, f"{backend.name} ({backend.device})", batch, h, w, timed, stable))
+                rows[-1]["graph"] = graph.path.name
+                rows[-1]["resolution"] = graph.resolution
+    return rows
+
+
+def baseline_rows(engines, capability: str, sizes, batches, progress, **measuring) -> list[dict]:
+    """transformers in PyTorch eager on the same frames; needs the export extra (torch, transformers)."""
+    import torch  # noqa: PLC0415
+
+    from node.build import reference  # noqa: PLC0415
+
+    served = load(engines, (capability,))[capability]
+    models = {m["role"]: _demo_model(m["name"]) for m in served.models}
+    max_persons = served.options.get("max_persons", 8)
+    rows = []
+    for h, w in sizes:
+        resolution = served.graph_for(h, w).resolution
+        for batch in batches:
+            frames = samples.frames(h, w, batch)
+            progress(f"{capability} {batch}x{h}x{w}: transformers eager (PyTorch {torch.__version__})")
+
+            def run(frames=frames, resolution=resolution):
+                if capability == "pose":
+                    det, pose = models["detector"], models["pose"]
+                    people = reference.person_boxes(det.model, det.processor, frames, max_persons, resolution)
+                    boxes = [p["boxes"] for p in people]
+                    reference.keypoints(pose.model, pose.processor, frames, _stack(boxes, max_persons))
+                else:
+                    fn = reference.depth if capability == "depth" else reference.segmentation
+                    fn(models[capability].model, models[capability].processor, frames, resolution)
+
+            timed, stable = measure(run, **measuring)
+            rows.append(
+                _row(capability, f"transformers eager (torch {torch.__version__}, CPU)", batch, h, w, timed, stable)
+            )
+    return rows
+
+
+def _demo_model(name: str):
+    from node.build import weights  # noqa: PLC0415
+    from node.build.specs import SPECS  # noqa: PLC0415
+    from node.build.tiny import TINY_SPECS  # noqa: PLC0415
+
+    spec = TINY_SPECS[name.removesuffix("-tiny")] if name.endswith("-tiny") else SPECS[name]
+    return weights.load_demo(spec)
+
+
+def _stack(boxes, k):
+    import numpy as np  # noqa: PLC0415
+
+    padded = [np.concatenate([b, np.tile([[0, 0, 1, 1]], (k - len(b), 1))]) if len(b) < k else b[:k] for b in boxes]
+    return np.stack(padded).astype(np.float32)
+
+
+def _row(capability, backend, batch, h, w, timed, stable) -> dict:
+    s = summarise(timed)
+    return {
+        "capability": capability,
+        "backend": backend,
+        "frames": f"{batch}x{h}x{w}",
+        "p50 ms": s["p50"],
+        "p90 ms": s["p90"],
+        "p95 ms": s["p95"],
+        "p99 ms": s["p99"],
+        "max ms": s["max"],
+        "frames/s": batch * 1000 / s["mean"],
+        "RSS MiB": rss_bytes() / 2**20,
+        "n": s["n"],
+        "stable": "yes" if stable else "no",
+    }
