@@ -54,7 +54,7 @@ def run_engine(args) -> int:
                     row["baseline / graph p50"] = twin["p50 ms"] / row["p50 ms"]
             rows += base
     columns = ["capability", "backend", "frames", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "frames/s",
-               "baseline / graph p50", "RSS MiB", "n", "stable"]  # fmt: skip
+               "baseline / graph p50", "process RSS MiB", "n", "stable"]  # fmt: skip
     table_rows = [{c: row.get(c, "") for c in columns} for row in rows]
     notes = [
         "graph: the exported graph (pre- and post-processing inside) through the node's backend, in this process",
@@ -63,6 +63,7 @@ def run_engine(args) -> int:
         "stable: the last 3 windows' medians within 10 % of each other (perf_analyzer's rule)"
         if args.iterations is None
         else f"fixed count: {args.iterations} iterations after {args.warmup} warm-up",
+        "process RSS: the benchmark process after the row (cumulative: torch loads once the baselines start)",
     ]
     report.write(
         {"provenance": report.provenance({"engines": str(args.engines)}), "rows": rows},

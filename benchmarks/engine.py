@@ -93,7 +93,7 @@ def _row(capability, backend, batch, h, w, timed, stable) -> dict:
         "p99 ms": s["p99"],
         "max ms": s["max"],
         "frames/s": batch * 1000 / s["mean"],
-        "RSS MiB": rss_bytes() / 2**20,
+        "process RSS MiB": rss_bytes() / 2**20,
         "n": s["n"],
-        "stable": "yes" if stable else "no",
+        "stable": {True: "yes", False: "no", None: "fixed count"}[stable],
     }

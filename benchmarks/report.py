@@ -10,6 +10,8 @@ import sys
 from datetime import datetime, timezone
 from importlib import metadata
 
+from . import machine
+
 PACKAGES = ("onnxruntime", "onnxruntime-gpu", "numpy", "pillow", "starlette", "uvicorn", "httptools", "uvloop")
 
 
@@ -24,6 +26,7 @@ def provenance(extra: dict | None = None) -> dict:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, {_cpu_model()}",
+        "gpu": machine.gpu(),
         "versions": versions,
         **(extra or {}),
     }

@@ -38,11 +38,11 @@ def measure(
     max_seconds: float = 60.0,
     iterations: int | None = None,
     tolerance: float = 0.1,
-) -> tuple[list[float], bool]:
+) -> tuple[list[float], bool | None]:
     """Call ``run`` (returns its own latency in seconds, or None to be timed here) until stable.
 
-    With ``iterations`` it runs exactly that many; otherwise window after window until the
-    stability rule holds or ``max_seconds`` pass. Returns (all timed samples, stable?).
+    With ``iterations`` it runs exactly that many (stability not judged: None); otherwise window
+    after window until the stability rule holds or ``max_seconds`` pass. Returns (samples, stable).
     """
 
     def once() -> float:
@@ -53,7 +53,7 @@ def measure(
     for _ in range(warmup):
         once()
     if iterations is not None:
-        return [once() for _ in range(iterations)], True
+        return [once() for _ in range(iterations)], None
     samples, medians, deadline = [], [], time.perf_counter() + max_seconds
     while True:
         batch = [once() for _ in range(window)]

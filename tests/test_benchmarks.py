@@ -44,7 +44,7 @@ def test_measure_stops_when_stable_and_counts_exactly_when_asked():
     samples, stable = measure(lambda: next(drifting) * 1e-3, warmup=0, window=2, max_seconds=0.0)
     assert not stable and len(samples) == 2  # never stable: stops at the time limit
     samples, stable = measure(lambda: 0.002, warmup=0, iterations=7)
-    assert samples == [0.002] * 7 and stable
+    assert samples == [0.002] * 7 and stable is None  # a fixed count is not judged
 
 
 def test_closed_and_open_loop_count_statuses_and_node_stages(tiny_build):

@@ -1,0 +1,143 @@
+"""TensorRT backend: one engine, buffers allocated once, a checked per-frame call sequence.
+
+Per frame: copy into the pinned input buffer, async H2D, set the input shape (only when it
+changed), ``execute_async_v3`` on the node's stream, async D2H of only the valid region of each
+output, one synchronise. Device buffers are sized for the profile's largest shape and their
+addresses bound once. The activation memory is the node's shared scratch (``cuda.SharedScratch``).
+``tensorrt`` and ``pycuda`` are imported only when this backend is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..contract import FRAME_INPUT, ShapeBounds
+from ..errors import StartupError
+from .cuda import BufferPair, SharedScratch, checked
+
+log = logging.getLogger("node")
+
+
+def load_tensorrt():
+    try:
+        import tensorrt as trt  # noqa: PLC0415
+    except ImportError as err:
+        raise StartupError(
+            f"the TensorRT backend is unavailable ({err}): install the trt extra (pip install -e '.[trt]') "
+            "on a machine with an NVIDIA GPU, or serve with --backend onnxruntime"
+        ) from None
+    return trt
+
+
+class TensorRTBackend:
+    name = "tensorrt"
+
+    def __init__(self, plan: Path, bounds: ShapeBounds, scratch: SharedScratch, trt, cuda, max_batch: int = 1):
+        self.plan, self.bounds, self.scratch = Path(plan), bounds, scratch
+        self.trt, self.cuda = trt, cuda
+        self.max_batch = max_batch
+        self.device = "closed"
+        self.engine = self.context = None
+        self.buffers: dict[str, BufferPair] = {}
+        self.outputs: list[str] = []
+        self.shapes: dict[str, tuple[int, ...]] = {}  # output shapes for the bound input shape
+        self.input_shape: tuple[int, ...] | None = None
+        self.stages_ms: dict[str, float] = {}  # copy in / compute / copy out of the last frame (CUDA events)
+
+    def __enter__(self) -> TensorRTBackend:
+        with self.scratch.current():
+            return self._open()
+
+    def _open(self) -> TensorRTBackend:
+        trt = self.trt
+        runtime = checked("Runtime", trt.Runtime, trt.Logger(trt.Logger.WARNING), returns=True)
+        self._runtime = runtime
+        self.engine = checked(
+            f"deserialize_cuda_engine({self.plan.name})", runtime.deserialize_cuda_engine, self.plan.read_bytes(),
+            returns=True,
+        )  # fmt: skip
+        self.context = checked(
+            "create_execution_context(USER_MANAGED)",
+            self.engine.create_execution_context,
+            trt.ExecutionContextAllocationStrategy.USER_MANAGED,
+            returns=True,
+        )
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        max_h, max_w = self.bounds.max_hw
+        largest = (self.max_batch, max_h, max_w, 3)
+        checked(f"set_input_shape({FRAME_INPUT}, {largest})", self.context.set_input_shape, FRAME_INPUT, largest)
+        for name in names:
+            shape = tuple(self.context.get_tensor_shape(name))
+            dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+            self.buffers[name] = BufferPair(self.cuda, int(np.prod(shape)) * dtype.itemsize, dtype)
+            checked(
+                f"set_tensor_address({name})", self.context.set_tensor_address, name, int(self.buffers[name].device)
+            )
+        self.events = [checked("Event", self.cuda.Event, returns=True) for _ in range(4)]
+        self.device = "cuda"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self.scratch.current():
+            for pair in self.buffers.values():
+                pair.free()
+        self.buffers = {}
+        self.context = self.engine = None
+        self.device = "closed"
+
+    @property
+    def scratch_need(self) -> int:
+        engine = self.engine
+        size = getattr(engine, "device_memory_size_v2", None)
+        return int(size if size is not None else engine.device_memory_size)
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        frames = inputs[FRAME_INPUT]
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+            raise ValueError(f"{FRAME_INPUT} must be uint8 [N, H, W, 3], got {frames.dtype} {frames.shape}")
+        n, h, w, _ = frames.shape
+        self.bounds.check(h, w)
+        if n > self.max_batch:
+            raise ValueError(f"batch {n} is above this engine's {self.max_batch}")
+        cuda, stream, start, copied, computed, done = self.cuda, self.scratch.stream, *self.events
+        frame_in = self.buffers[FRAME_INPUT]
+        with self.scratch.lock:
+            self.scratch.bind(self.context, self.scratch_need)
+            np.copyto(frame_in.host_view(frames.shape), frames)
+            start.record(stream)
+            checked(
+                "memcpy_htod_async", cuda.memcpy_htod_async, frame_in.device, frame_in.host_view(frames.shape), stream
+            )
+            copied.record(stream)
+            if frames.shape != self.input_shape:
+                checked(f"set_input_shape({frames.shape})", self.context.set_input_shape, FRAME_INPUT, frames.shape)
+                self.input_shape = frames.shape
+                self.shapes = {name: tuple(self.context.get_tensor_shape(name)) for name in self.outputs}
+            checked("execute_async_v3", self.context.execute_async_v3, stream.handle)
+            computed.record(stream)
+            results = {}
+            for name in self.outputs:
+                view = self.buffers[name].host_view(self.shapes[name])
+                checked(f"memcpy_dtoh_async({name})", cuda.memcpy_dtoh_async, view, self.buffers[name].device, stream)
+                results[name] = view
+            done.record(stream)
+            checked("Stream.synchronize", stream.synchronize)
+        self.stages_ms = {
+            "copy_in": copied.time_since(start),
+            "compute": computed.time_since(copied),
+            "copy_out": done.time_since(computed),
+        }
+        return results
+
+    def memory(self) -> dict[str, int]:
+        device = sum(pair.nbytes for name, pair in self.buffers.items())
+        return {
+            "device_buffers": device,
+            "host_pinned": device,
+            "device_weights_approx": self.plan.stat().st_size,  # the plan is mostly weights
+            "scratch_need": self.scratch_need if self.engine is not None else 0,
+        }

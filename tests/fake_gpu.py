@@ -1,0 +1,159 @@
+"""FAKES of TensorRT and pycuda, for CPU tests of the TensorRT backend's own logic.
+
+They prove our call sequence, buffer sizes, copies of the valid region and the shared scratch
+handling, NOT TensorRT: the fake "engine" is the ONNX graph run by ONNX Runtime on "device"
+memory that is host numpy arrays. TensorRT itself is proven by ``python -m node selftest`` on a GPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import onnxruntime as ort
+
+
+class FakeCuda:
+    """The slice of ``pycuda.driver`` the backend uses; every call is logged in ``calls``."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.memory: dict[int, np.ndarray] = {}
+        self._addresses = itertools.count(0x1000, 0x1000)
+        cuda = self
+
+        class Allocation:
+            def __init__(self, nbytes):
+                self.address, self.nbytes = next(cuda._addresses), nbytes
+                cuda.memory[self.address] = np.zeros(nbytes, np.uint8)
+
+            def __int__(self):
+                return self.address
+
+            def free(self):
+                cuda.calls.append(("free", self.address))
+                cuda.memory.pop(self.address, None)
+
+        class Stream:
+            handle = 0xABC
+
+            def synchronize(self):
+                cuda.calls.append(("synchronize",))
+
+        class Event:
+            def record(self, stream):
+                pass
+
+            def time_since(self, other):
+                return 0.0
+
+        self.Allocation, self.Stream, self.Event = Allocation, Stream, Event
+        self.Context = SimpleNamespace(pop=lambda: None)
+
+    def mem_alloc(self, nbytes):
+        self.calls.append(("mem_alloc", nbytes))
+        return self.Allocation(nbytes)
+
+    def pagelocked_empty(self, count, dtype):
+        self.calls.append(("pagelocked_empty", count))
+        return np.empty(count, dtype)
+
+    def memcpy_htod_async(self, dest, src, stream):
+        self.calls.append(("htod", int(dest), src.nbytes))
+        self.memory[int(dest)][: src.nbytes] = np.frombuffer(np.ascontiguousarray(src).tobytes(), np.uint8)
+
+    def memcpy_dtoh_async(self, dest, src, stream):
+        self.calls.append(("dtoh", int(src), dest.nbytes))
+        dest.reshape(-1).view(np.uint8)[:] = self.memory[int(src)][: dest.nbytes]
+
+
+class FakeTensorRT:
+    """The slice of the ``tensorrt`` module the backend uses. A "plan" file here is an ONNX graph."""
+
+    Logger = SimpleNamespace(WARNING=2)
+    TensorIOMode = SimpleNamespace(INPUT="input", OUTPUT="output")
+    ExecutionContextAllocationStrategy = SimpleNamespace(USER_MANAGED="user_managed")
+
+    def __init__(self, cuda: FakeCuda, scratch_need: int = 1 << 20, fail_execute: bool = False):
+        self.cuda, self.scratch_need, self.fail_execute = cuda, scratch_need, fail_execute
+        fake = self
+
+        class Logger:
+            WARNING = 2
+
+            def __init__(self, severity):
+                pass
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, plan: bytes):
+                return Engine(plan) if plan.startswith(b"\x08") else None  # ONNX protobuf starts with field 1
+
+        class Engine:
+            def __init__(self, plan):
+                self.session = ort.InferenceSession(plan, providers=["CPUExecutionProvider"])
+                self.names = ["frames"] + [o.name for o in self.session.get_outputs()]
+                self.num_io_tensors = len(self.names)
+                self.device_memory_size_v2 = fake.scratch_need
+
+            def get_tensor_name(self, i):
+                return self.names[i]
+
+            def get_tensor_mode(self, name):
+                return fake.TensorIOMode.INPUT if name == "frames" else fake.TensorIOMode.OUTPUT
+
+            def get_tensor_dtype(self, name):
+                if name == "frames":
+                    return np.uint8
+                out = next(o for o in self.session.get_outputs() if o.name == name)
+                return {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}[out.type]
+
+            def create_execution_context(self, strategy):
+                fake.cuda.calls.append(("create_execution_context", strategy))
+                return Context(self)
+
+        class Context:
+            def __init__(self, engine):
+                self.engine, self.addresses, self.shape, self.device_memory_at = engine, {}, None, None
+                self._shapes = {}
+
+            def set_input_shape(self, name, shape):
+                fake.cuda.calls.append(("set_input_shape", tuple(shape)))
+                self.shape = tuple(shape)
+                if self.shape not in self._shapes:  # TensorRT infers these; the fake asks ONNX Runtime
+                    outs = self.engine.session.run(None, {"frames": np.zeros(self.shape, np.uint8)})
+                    self._shapes[self.shape] = {n: o.shape for n, o in zip(self.engine.names[1:], outs)}
+                return True
+
+            def get_tensor_shape(self, name):
+                return self.shape if name == "frames" else self._shapes[self.shape][name]
+
+            def set_tensor_address(self, name, address):
+                self.addresses[name] = address
+                return True
+
+            def set_device_memory(self, address, size):
+                fake.cuda.calls.append(("set_device_memory", address, size))
+                self.device_memory_at = address
+
+            def execute_async_v3(self, stream_handle):
+                fake.cuda.calls.append(("execute_async_v3", stream_handle))
+                if fake.fail_execute:
+                    return False
+                assert self.device_memory_at is not None, "executed without scratch memory"
+                count = int(np.prod(self.shape))
+                frames = fake.cuda.memory[self.addresses["frames"]][:count].reshape(self.shape)
+                outs = self.engine.session.run(None, {"frames": frames})
+                for name, out in zip(self.engine.names[1:], outs):
+                    raw = np.ascontiguousarray(out).view(np.uint8).reshape(-1)
+                    fake.cuda.memory[self.addresses[name]][: raw.size] = raw
+                return True
+
+        self.Logger, self.Runtime = Logger, Runtime
+
+    @staticmethod
+    def nptype(dtype):
+        return dtype
