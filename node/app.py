@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -27,7 +28,9 @@ from .capabilities import CAPABILITY_CLASSES
 from .config import Config
 from .errors import InputError, NodeError, NotFound, NotReady, PayloadTooLarge, StartupError
 from .metrics import Metrics
+from .runtime.cuda import SharedScratch, gpu_identity, load_pycuda
 from .runtime.onnxruntime import OnnxRuntimeBackend
+from .runtime.tensorrt import TensorRTBackend, load_tensorrt
 from .session import CapabilitySession
 
 log = logging.getLogger("node")
@@ -42,7 +45,9 @@ class Node:
     def __init__(self, config: Config, open_backend: Callable | None = None):
         self.config = config
         self.metrics = Metrics()
-        self.open_backend = open_backend or self._onnxruntime
+        self.open_backend = open_backend or (self._tensorrt if config.backend == "tensorrt" else self._onnxruntime)
+        self._gpu = None  # TensorRT: (trt, cuda, identity, shared scratch), made once on first use
+        self._gpu_lock = threading.Lock()
         self.sessions: dict[str, CapabilitySession] = {}
         self.error: str | None = None
         self.warm = False  # set once, after every session and the codecs are warm
@@ -61,6 +66,26 @@ class Node:
             )
 
         return open_graph
+
+    def _tensorrt(self, served: engines.ServedCapability) -> Callable:
+        def open_graph(graph: engines.Graph):
+            trt, cuda, gpu, scratch = self._gpu_runtime()
+            return TensorRTBackend.for_graph(graph, served.bounds, trt, cuda, gpu, scratch)
+
+        return open_graph
+
+    def _gpu_runtime(self):
+        with self._gpu_lock:
+            if self._gpu is None:
+                trt = load_tensorrt()
+                cuda, cuda_context = load_pycuda()
+                cuda_context.push()
+                try:
+                    gpu = gpu_identity(cuda)
+                finally:
+                    cuda.Context.pop()
+                self._gpu = (trt, cuda, gpu, SharedScratch(cuda, cuda_context))
+            return self._gpu
 
     @property
     def ready(self) -> bool:

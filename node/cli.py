@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .config import ENV_PREFIX, Config
 from .errors import StartupError
@@ -41,11 +42,26 @@ def _parser() -> argparse.ArgumentParser:
                 flag, default=None, metavar=f.name.upper(), choices=f.metadata.get("choices"),
                 help=f"{help_text} (default: {default})",
             )  # fmt: skip
+    selftest = commands.add_parser(
+        "selftest",
+        help="check every TensorRT engine against ONNX Runtime on this GPU; report GPU time and VRAM",
+        description="Run the sample frames through each TensorRT engine and through ONNX Runtime (fp32), print the "
+        "agreement table, GPU time per frame and the VRAM the node holds. Exit 1 on disagreement, 2 without "
+        "TensorRT or a GPU.",
+    )
+    selftest.add_argument("--engines", type=Path, default=Path("engines"), help="engines directory (default: engines)")
+    selftest.add_argument("--capabilities", default="", help="comma-separated subset (default: all)")
+    selftest.add_argument("--iterations", type=int, default=200, help="timed frames per engine (default: 200)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "selftest":
+        from . import selftest  # noqa: PLC0415
+
+        logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+        return selftest.run(args.engines, [c for c in args.capabilities.split(",") if c], args.iterations)
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
         config = Config.load(os.environ, **overrides)

@@ -15,7 +15,7 @@ from .contract import CAPABILITIES
 from .errors import StartupError
 
 ENV_PREFIX = "VISION_NODE_"
-BACKENDS = ("onnxruntime",)
+BACKENDS = ("onnxruntime", "tensorrt")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -29,7 +29,11 @@ class Config:
     host: str = _opt("127.0.0.1", "listen address (0.0.0.0 inside a container)")
     port: int = _opt(8000, "listen port")
     capabilities: tuple[str, ...] = _opt((), "capabilities to serve, comma-separated (default: all in the manifest)")
-    backend: str = _opt("onnxruntime", "inference backend", choices=BACKENDS)
+    backend: str = _opt(
+        "onnxruntime",
+        "inference backend: tensorrt needs the trt extra, a GPU and engines built for it",
+        choices=BACKENDS,
+    )
     device: str = _opt("auto", "ONNX Runtime device: auto takes CUDA when onnxruntime-gpu sees a GPU", choices=DEVICES)
     threads: int = _opt(0, "ONNX Runtime intra-op threads per session (0: ONNX Runtime's default)")
     max_body_bytes: int = _opt(32 << 20, "largest request body accepted (413 above it)")

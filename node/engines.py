@@ -26,6 +26,7 @@ class Graph:
     resolution: tuple[int, int]  # (height, width) the model runs at inside the graph
     sha256: str
     outputs: tuple[dict, ...]  # name, dtype, shape (ints or dimension names) from the manifest
+    tensorrt: tuple[dict, ...] = ()  # engines built from this graph, one per GPU / TensorRT version
 
     @property
     def aspect(self) -> float:
@@ -120,7 +121,13 @@ def _graph(directory: Path, capability: str, entry: dict) -> Graph:
     names = tuple(o["name"] for o in outputs)
     if names != OUTPUTS[capability]:
         raise StartupError(f"{path}: outputs {names}, the node expects {OUTPUTS[capability]} for {capability}")
-    return Graph(path=path, resolution=tuple(entry["resolution"]), sha256=digest, outputs=outputs)
+    return Graph(
+        path=path,
+        resolution=tuple(entry["resolution"]),
+        sha256=digest,
+        outputs=outputs,
+        tensorrt=tuple(entry.get("tensorrt", ())),
+    )
 
 
 def describe(served: ServedCapability) -> dict:

@@ -48,7 +48,23 @@ class FakeCuda:
             def time_since(self, other):
                 return 0.0
 
-        self.Allocation, self.Stream, self.Event = Allocation, Stream, Event
+        class Device:
+            def __init__(self, index):
+                pass
+
+            def name(self):
+                return "FAKE GPU"
+
+            def compute_capability(self):
+                return (9, 0)
+
+            def total_memory(self):
+                return 80 << 30
+
+            def retain_primary_context(self):
+                return SimpleNamespace(push=lambda: None)
+
+        self.Allocation, self.Stream, self.Event, self.Device = Allocation, Stream, Event, Device
         self.Context = SimpleNamespace(pop=lambda: None)
 
     def mem_alloc(self, nbytes):
@@ -70,6 +86,8 @@ class FakeCuda:
 
 class FakeTensorRT:
     """The slice of the ``tensorrt`` module the backend uses. A "plan" file here is an ONNX graph."""
+
+    __version__ = "0.0-fake"
 
     Logger = SimpleNamespace(WARNING=2)
     TensorIOMode = SimpleNamespace(INPUT="input", OUTPUT="output")
@@ -157,3 +175,24 @@ class FakeTensorRT:
     @staticmethod
     def nptype(dtype):
         return dtype
+
+
+def engines_with_fake_plans(source, target) -> None:
+    """Copy an engines directory and list, for each graph, a FAKE TensorRT "plan" for the FAKE GPU."""
+    import json  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from node import manifest  # noqa: PLC0415
+    from node.runtime import engine_cache  # noqa: PLC0415
+
+    shutil.copytree(source, target)
+    data = manifest.load(target)
+    gpu = {"name": "FAKE GPU", "compute_capability": "9.0"}
+    for entry in data["capabilities"].values():
+        for graph in entry["graphs"]:
+            facts = engine_cache.wanted(graph["sha256"], gpu, FakeTensorRT.__version__, {"max_batch": 1})
+            plan = engine_cache.engine_path(Path(target), Path(graph["path"]).stem, facts)
+            shutil.copy(Path(target) / graph["path"], plan)  # the fake engine runs the ONNX graph
+            graph["tensorrt"] = [{**facts, "plan": plan.name, "sha256": manifest.sha256(plan)}]
+    (Path(target) / "manifest.json").write_text(json.dumps(data))

@@ -7,6 +7,9 @@ prove is TensorRT itself: that is ``python -m node selftest`` on a GPU.
 
 from __future__ import annotations
 
+import json
+import time
+
 import numpy as np
 import pytest
 
@@ -18,6 +21,7 @@ from node.runtime.cuda import SharedScratch
 from node.runtime.onnxruntime import OnnxRuntimeBackend
 from node.samples import frames
 from tests.fake_gpu import FakeCuda, FakeTensorRT
+from tests.nodes import frame, in_process_backends, node_client, raw_type
 
 
 @pytest.fixture
@@ -123,3 +127,127 @@ def test_without_tensorrt_the_error_says_which_extra_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tensorrt)
     with pytest.raises(StartupError, match=r"TensorRT backend is unavailable.*\.\[trt\]"):
         trt_backend.load_tensorrt()
+
+
+# ---------------------------------------------------------------- engine cache and build decisions (pure)
+
+
+def test_profile_spans_the_bounds_with_the_serving_batch():
+    from node.contract import ShapeBounds
+    from node.runtime.engine_cache import profile_shapes
+
+    bounds = ShapeBounds(min_hw=(64, 64), opt_hw=(512, 512), max_hw=(2160, 3840), max_batch=4)
+    assert profile_shapes(bounds, 1) == {"frames": ((1, 64, 64, 3), (1, 512, 512, 3), (1, 2160, 3840, 3))}
+    assert profile_shapes(bounds, 8)["frames"][2] == (4, 2160, 3840, 3)  # never above the graph's bounds
+
+
+def test_engine_files_are_keyed_by_graph_gpu_version_and_options(tmp_path):
+    from node.runtime import engine_cache as ec
+
+    gpu = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    facts = ec.wanted("ab" * 32, gpu, "10.13.0", {"precision": "fp16", "max_batch": 1})
+    path = ec.engine_path(tmp_path, "depth-518x518", facts)
+    assert path.name.startswith("depth-518x518.NVIDIA-H100-80GB-HBM3.sm90.trt10.13.0.") and path.suffix == ".plan"
+    for change in ({"tensorrt": "10.14.1"}, {"gpu": "NVIDIA L40S"}, {"onnx_sha256": "cd" * 32}):
+        assert ec.engine_path(tmp_path, "depth-518x518", {**facts, **change}) != path
+    assert ec.decide(None, facts)[0] == "build"
+    assert ec.decide(dict(facts), facts) == ("reuse", "built for this graph, GPU, TensorRT version and options")
+    decision, why = ec.decide({**facts, "tensorrt": "10.8.0"}, facts)
+    assert decision == "build" and "foreign engine" in why and "10.8.0" in why
+
+
+def test_pick_finds_this_machines_engine_or_says_what_exists():
+    from node.runtime.engine_cache import pick
+
+    h100 = {"onnx_sha256": "x", "gpu": "H100", "compute_capability": "9.0", "tensorrt": "10.13.0", "plan": "a.plan"}
+    l40s = {**h100, "gpu": "L40S", "compute_capability": "8.9", "plan": "b.plan"}
+    assert pick([l40s, h100], "x", {"name": "H100", "compute_capability": "9.0"}, "10.13.0") == (h100, "")
+    entry, why = pick([l40s], "x", {"name": "H100", "compute_capability": "9.0"}, "10.13.0")
+    assert entry is None and "L40S sm8.9 TensorRT 10.13.0" in why
+    assert pick([h100], "y", {"name": "H100", "compute_capability": "9.0"}, "10.13.0")[0] is None  # graph changed
+    assert pick([], "x", {"name": "H100", "compute_capability": "9.0"}, "10.13.0")[1].startswith("no TensorRT engine")
+
+
+def test_fp32_levels_pin_norms_then_pre_and_post_processing():
+    from node.build.tensorrt import fp32_layers
+
+    layers = [
+        ("/pre/MatMul", "MATRIX_MULTIPLY"),
+        ("/model/backbone/encoder/layer.0/norm1/LayerNormalization", "NORMALIZATION"),
+        ("/model/backbone/encoder/layer.0/attention/Softmax", "SOFTMAX"),
+        ("/model/backbone/encoder/layer.0/attention/MatMul", "MATRIX_MULTIPLY"),
+        ("/Resize", "RESIZE"),
+    ]
+    assert fp32_layers(layers, "none") == []
+    assert fp32_layers(layers, "norms") == [layers[1][0], layers[2][0]]
+    assert fp32_layers(layers, "norms+prepost") == ["/pre/MatMul", layers[1][0], layers[2][0], "/Resize"]
+    with pytest.raises(ValueError):
+        fp32_layers(layers, "everything")
+
+
+# ---------------------------------------------------------------- the server and the self-test on FAKE TensorRT
+
+
+@pytest.fixture
+def fake_gpu_node(tiny_build, tmp_path, monkeypatch):
+    """The real server and self-test code paths with FAKE TensorRT/pycuda patched in where they are loaded."""
+    from node import app, selftest
+    from tests.fake_gpu import engines_with_fake_plans
+
+    cuda = FakeCuda()
+    trt = FakeTensorRT(cuda)
+    for module in (app, selftest):
+        monkeypatch.setattr(module, "load_tensorrt", lambda: trt)
+        monkeypatch.setattr(module, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
+    engines_with_fake_plans(tiny_build[0], tmp_path / "engines")
+    return tmp_path / "engines", cuda
+
+
+def test_server_serves_through_the_tensorrt_backend_path(fake_gpu_node, tiny_build):
+    engines, cuda = fake_gpu_node
+    with node_client(engines, backend="tensorrt") as client, in_process_backends(tiny_build[0]) as direct:
+        caps = client.get("/capabilities").json()["capabilities"]
+        assert caps["depth"]["backend"]["name"] == "tensorrt" and caps["depth"]["backend"]["device"] == "cuda"
+        assert caps["depth"]["backend"]["memory_bytes"]["device_buffers"] > 0
+        f = frame(120, 160)
+        r = client.post("/infer/segmentation/raw", content=f.tobytes(), headers={"content-type": raw_type(f)})
+        assert r.status_code == 200, r.text
+        want = direct["segmentation"][0].infer({FRAME_INPUT: f[None]})["classes"][0]
+        np.testing.assert_array_equal(np.frombuffer(r.content, np.uint8).reshape(want.shape), want)
+        scratch_allocations = [c for c in cuda.calls if c[0] == "set_device_memory"]
+        assert len({c[1] for c in scratch_allocations[-3:]}) == 1  # every engine on the one shared scratch
+
+
+def test_server_refuses_engines_built_for_another_machine(fake_gpu_node):
+    engines, _ = fake_gpu_node
+    data = json.loads((engines / "manifest.json").read_text())
+    for graph in data["capabilities"]["depth"]["graphs"]:
+        for entry in graph["tensorrt"]:
+            entry["gpu"] = "NVIDIA L40S"
+    (engines / "manifest.json").write_text(json.dumps(data))
+    with node_client(engines, wait=False, backend="tensorrt") as client:
+        deadline = time.monotonic() + 30
+        while client.get("/health").json()["status"] == "LOADING":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert client.get("/health").json() == {"status": "ERROR"}
+        assert client.get("/ready").status_code == 503
+        detail = client.get("/ready").json()["detail"]
+        assert "NVIDIA L40S" in detail and "FAKE GPU" in detail and "--tensorrt-only" in detail
+
+
+def test_selftest_agrees_on_fake_engines_and_reports_time_and_vram(fake_gpu_node, capsys):
+    from node import selftest
+
+    engines, _ = fake_gpu_node
+    assert selftest.run(engines, ["depth", "segmentation"], iterations=3) == 0
+    out = capsys.readouterr().out
+    assert "GPU: FAKE GPU (sm9.0), TensorRT 0.0-fake" in out
+    assert "GPU time per frame" in out and "shared activation scratch" in out and "OK:" in out
+
+
+def test_selftest_without_tensorrt_exits_2_saying_what_to_install(tiny_build, capsys):
+    from node import selftest
+
+    assert selftest.run(tiny_build[0]) == 2
+    assert ".[trt]" in capsys.readouterr().err

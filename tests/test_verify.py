@@ -76,3 +76,26 @@ def test_tied_detector_queries_are_reported_as_skipped_not_passed():
     got = {"boxes": np.full((1, 1, 4), 50, np.float32), "box_scores": np.zeros((1, 1), np.float32)}
     checks = verify.compare("pose", "1", got, want)
     assert all(c.skipped for c in checks) and "skipped" in verify.table(checks)
+
+
+def test_fp16_tolerances_replace_the_limits_not_the_metrics():
+    rng = np.random.default_rng(0)
+    want = {"classes": rng.integers(0, 150, (1, 40, 50)).astype(np.uint8)}
+    got = {"classes": want["classes"].copy()}
+    got["classes"][0, :1, :] = 0  # 2 % of pixels differ
+    default = verify.compare("segmentation", "1x40x50", got, want)
+    fp16 = verify.compare("segmentation", "1x40x50", got, want, verify.FP16_TOLERANCES)
+    assert [c.metric for c in default] == [c.metric for c in fp16] and default[0].value == fp16[0].value
+    pose_limits = {c.metric: c.limit for c in verify.compare("pose", "f", *_pose_pair(), verify.FP16_TOLERANCES)}
+    assert pose_limits == verify.FP16_TOLERANCES["pose"]
+
+
+def _pose_pair():
+    boxes = np.array([[[10, 10, 50, 80]]], np.float32)
+    got = {
+        "boxes": boxes,
+        "box_scores": np.array([[0.9]], np.float32),
+        "keypoints": np.zeros((1, 1, 17, 2), np.float32),
+        "keypoint_scores": np.full((1, 1, 17), 0.5, np.float32),
+    }
+    return got, {k: v.copy() for k, v in got.items()}

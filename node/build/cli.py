@@ -130,6 +130,24 @@ def parser() -> argparse.ArgumentParser:
         help="segmentation classes upsampled at a time; peak memory is CHUNK×H×W floats (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for demo weights and sample frames")
+    trt = p.add_argument_group("TensorRT (needs the trt extra and an NVIDIA GPU)")
+    trt.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="also build an engine per graph for this GPU, kept only if it agrees with ONNX Runtime",
+    )
+    trt.add_argument(
+        "--tensorrt-only",
+        action="store_true",
+        help="build engines for the graphs already in --out (no export; e.g. at a container's first start)",
+    )
+    trt.add_argument("--trt-workspace-gib", type=float, default=4.0, help="builder workspace limit (default: 4)")
+    trt.add_argument(
+        "--trt-max-batch",
+        type=int,
+        default=1,
+        help="largest batch in the engine profile; activation memory grows with it (default: 1, what the node sends)",
+    )
     p.add_argument(
         "--tiny",
         action="store_true",
@@ -195,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     log = logging.getLogger("build")
     start = time.perf_counter()
+    if args.tensorrt_only:
+        return _tensorrt(args, args.capabilities, log, start)
     try:
         plan = plan_from_args(args)
         from .. import manifest
@@ -212,6 +232,23 @@ def main(argv: list[str] | None = None) -> int:
         log.error("build failed: %s", err)
         return 1
     log.info("wrote %s (%s) in %.1f s", path, ", ".join(entries), time.perf_counter() - start)
+    return _tensorrt(args, list(entries), log, start) if args.tensorrt else 0
+
+
+def _tensorrt(args, capabilities: list[str], log, start: float) -> int:
+    from .. import manifest  # noqa: PLC0415
+    from ..errors import EngineError, StartupError  # noqa: PLC0415
+    from . import tensorrt  # noqa: PLC0415
+
+    try:
+        entries = tensorrt.build_engines(
+            args.out, capabilities, workspace_gib=args.trt_workspace_gib, max_batch=args.trt_max_batch
+        )
+    except (BuildError, StartupError, EngineError, FileNotFoundError) as err:
+        log.error("TensorRT engines not built: %s", err)
+        return 1
+    path = manifest.write(args.out, entries)
+    log.info("wrote %s with TensorRT engines (%s) in %.1f s", path, ", ".join(entries), time.perf_counter() - start)
     return 0
 
 

@@ -29,6 +29,20 @@ TOLERANCES = {
         "keypoint_score_err": 5e-3,
     },
 }
+# TensorRT fp16 against ONNX Runtime fp32 (the engine accuracy gate and the self-test). Looser
+# where fp16 rounding moves values (scores, sub-pixel keypoints); set before any GPU measured
+# them, so the self-test prints every value beside its limit for operators to report.
+FP16_TOLERANCES = {
+    "depth": {"max_rel_err": 5e-2, "mean_rel_err": 1e-2},
+    "segmentation": {"pixel_agreement": 0.98},
+    "pose": {
+        "box_err_px": 2.0,
+        "box_score_err": 1e-2,
+        "keypoint_err_median_px": 0.5,
+        "keypoints_within_1px": 0.8,
+        "keypoint_score_err": 2e-2,
+    },
+}
 _HIGHER_IS_BETTER = {"pixel_agreement", "keypoints_within_1px"}
 
 
@@ -154,10 +168,18 @@ def _pose(frames, got, want) -> list[Check]:
 _METRICS = {"depth": _depth, "segmentation": _segmentation, "pose": _pose}
 
 
-def compare(capability: str, frames: str, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> list[Check]:
+def compare(
+    capability: str, frames: str, got: dict[str, np.ndarray], want: dict[str, np.ndarray], tolerances=None
+) -> list[Check]:
     """Every check for one batch of frames; shape and NaN/Inf problems stop the numeric ones."""
     fatal = _shape_checks(capability, frames, got, want) + _finite(capability, frames, got)
-    return fatal or _METRICS[capability](frames, got, want)
+    if fatal:
+        return fatal
+    checks = _METRICS[capability](frames, got, want)
+    limits = (tolerances or TOLERANCES)[capability]
+    for check in checks:
+        check.limit = limits.get(check.metric, check.limit)
+    return checks
 
 
 def table(checks: list[Check]) -> str:

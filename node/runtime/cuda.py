@@ -25,6 +25,13 @@ def load_pycuda():
     return cuda, cuda.Device(0).retain_primary_context()
 
 
+def gpu_identity(cuda) -> dict:
+    """GPU 0's name, compute capability and memory: what an engine is keyed by."""
+    device = cuda.Device(0)
+    major, minor = device.compute_capability()
+    return {"name": device.name(), "compute_capability": f"{major}.{minor}", "memory_bytes": device.total_memory()}
+
+
 def checked(what: str, call, *args, returns: bool = False):
     """Run one CUDA or TensorRT call and name it in the error when it raises or returns False
     (``execute_async_v3``, ``set_input_shape``), or None where a result is due (``returns=True``:

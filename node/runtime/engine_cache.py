@@ -58,3 +58,16 @@ def decide(found: dict | None, want: dict) -> tuple[str, str]:
         return "reuse", "built for this graph, GPU, TensorRT version and options"
     why = "; ".join(f"{name}: engine has {found.get(name)!r}, here {want[name]!r}" for name in differ)
     return "build", f"foreign engine ({why})"
+
+
+def pick(entries: list[dict], onnx_sha256: str, gpu: dict, tensorrt_version: str) -> tuple[dict | None, str]:
+    """The manifest's engine entry for this graph on this machine, or None and what was there instead."""
+    here = {"onnx_sha256": onnx_sha256, "gpu": gpu["name"], "compute_capability": gpu["compute_capability"],
+            "tensorrt": tensorrt_version}  # fmt: skip
+    for entry in entries:
+        if all(entry.get(k) == v for k, v in here.items()):
+            return entry, ""
+    if not entries:
+        return None, "no TensorRT engine was built for this graph"
+    seen = "; ".join(f"{e.get('gpu')} sm{e.get('compute_capability')} TensorRT {e.get('tensorrt')}" for e in entries)
+    return None, f"engines exist only for other machines or an older graph ({seen})"

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import manifest
 from ..contract import FRAME_INPUT, ShapeBounds
 from ..errors import StartupError
+from . import engine_cache
 from .cuda import BufferPair, SharedScratch, checked
 
 log = logging.getLogger("node")
@@ -46,6 +48,20 @@ class TensorRTBackend:
         self.shapes: dict[str, tuple[int, ...]] = {}  # output shapes for the bound input shape
         self.input_shape: tuple[int, ...] | None = None
         self.stages_ms: dict[str, float] = {}  # copy in / compute / copy out of the last frame (CUDA events)
+
+    @classmethod
+    def for_graph(cls, graph, bounds: ShapeBounds, trt, cuda, gpu: dict, scratch: SharedScratch) -> TensorRTBackend:
+        """The backend for ``graph``'s engine built for this GPU and TensorRT version, checked against the manifest."""
+        entry, why = engine_cache.pick(list(graph.tensorrt), graph.sha256, gpu, trt.__version__)
+        if entry is None:
+            raise StartupError(
+                f"{graph.path}: {why}; this machine: {gpu['name']} sm{gpu['compute_capability']} TensorRT "
+                f"{trt.__version__}. Build them here: python build_engines.py --tensorrt-only --out {graph.path.parent}"
+            )
+        plan = graph.path.parent / entry["plan"]
+        if not plan.is_file() or manifest.sha256(plan) != entry["sha256"]:
+            raise StartupError(f"{plan}: missing, or not the engine the manifest lists (SHA-256); rebuild it")
+        return cls(plan, bounds, scratch, trt, cuda, max_batch=entry["options"]["max_batch"])
 
     def __enter__(self) -> TensorRTBackend:
         with self.scratch.current():
