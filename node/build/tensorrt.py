@@ -82,12 +82,17 @@ def build_plan(trt, onnx_path: Path, plan_path: Path, shapes: dict, options: dic
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options["workspace_gib"] * (1 << 30)))
     if options["precision"] == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
-        layers = [(network.get_layer(i).name, network.get_layer(i).type.name) for i in range(network.num_layers)]
-        pinned = set(fp32_layers(layers, options["fp32_level"]))
+        floats = (trt.float32, trt.float16)
+        # Only layers that compute in floating point can be pinned (not shape, index or uint8 layers).
+        candidates = [
+            network.get_layer(i)
+            for i in range(network.num_layers)
+            if all(network.get_layer(i).get_output(j).dtype in floats for j in range(network.get_layer(i).num_outputs))
+        ]
+        pinned = set(fp32_layers([(layer.name, layer.type.name) for layer in candidates], options["fp32_level"]))
         if pinned:
             config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            for i in range(network.num_layers):
-                layer = network.get_layer(i)
+            for layer in candidates:
                 if layer.name in pinned:
                     layer.precision = trt.float32
                     for j in range(layer.num_outputs):
