@@ -251,3 +251,44 @@ def test_selftest_without_tensorrt_exits_2_saying_what_to_install(tiny_build, ca
 
     assert selftest.run(tiny_build[0]) == 2
     assert ".[trt]" in capsys.readouterr().err
+
+
+def test_engine_build_reuses_escalates_precision_and_refuses(tiny_build, tmp_path, monkeypatch):
+    """The build's decisions with FAKE TensorRT: its builder is replaced, the gate runs the fake engine."""
+    import shutil
+    from types import SimpleNamespace
+
+    from node.build import tensorrt as build_trt
+    from node.build.errors import BuildError
+    from node.build.verify import Check
+
+    cuda = FakeCuda()
+    trt = FakeTensorRT(cuda)
+    trt.BuilderFlag = SimpleNamespace(FP16="fp16")  # what TensorRT 10 has
+    monkeypatch.setattr(build_trt, "load_tensorrt", lambda: trt)
+    monkeypatch.setattr(build_trt, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
+    built = []
+
+    def fake_build_plan(trt_, onnx_path, plan_path, shapes, options, timing_cache):
+        built.append(options["fp32_level"])
+        shutil.copy(onnx_path, plan_path)  # FAKE: the "engine" is the graph itself
+
+    monkeypatch.setattr(build_trt, "build_plan", fake_build_plan)
+    engines = tmp_path / "engines"
+    shutil.copytree(tiny_build[0], engines)
+
+    entries = build_trt.build_engines(engines, ["segmentation"])
+    record = entries["segmentation"]["graphs"][0]["tensorrt"][0]
+    assert built == ["none"] and record["gpu"] == "FAKE GPU" and record["options"]["precision"] == "fp16"
+    assert record["gate"] and all(c["ok"] for c in record["gate"])
+    assert (engines / record["plan"]).is_file() and (engines / record["plan"]).with_suffix(".json").is_file()
+
+    build_trt.build_engines(engines, ["segmentation"])
+    assert built == ["none"]  # the engine on disk matches: reused, not rebuilt
+
+    miss = [Check("segmentation", "1x64x64", "pixel_agreement", 0.5, 0.98)]
+    monkeypatch.setattr(build_trt, "gate", lambda *args: miss)
+    with pytest.raises(BuildError, match="no TensorRT engine agreed"):
+        build_trt.build_engines(engines, ["segmentation"])
+    assert built == ["none", "norms", "norms+prepost"]  # escalated, then refused
+    assert not list(engines.glob("segmentation-*.plan"))  # nothing that disagreed is kept

@@ -165,7 +165,7 @@ def build_engines(directory: Path, capabilities: list[str], *, workspace_gib: fl
             entries[capability] = entry
         return entries
     finally:
-        cuda_context.pop()
+        cuda.Context.pop()
 
 
 def _engine_for(directory, capability, graph, bounds, gpu, trt, cuda, cuda_context, base) -> list[dict]:
