@@ -1,20 +1,15 @@
 """The HTTP face of the node: routes, limits, health, readiness and metrics (Starlette).
 
-The lifespan checks the manifest and every artefact's hash before the socket accepts
-anything; the backends then load and warm up in the background while ``/health`` says
-LOADING, and only then does ``/ready`` answer 200.
+The node's state and lifespan live in ``service.Node``; this module turns requests into its
+calls and its errors into JSON.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable
-from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -26,165 +21,13 @@ from starlette.routing import Route
 from . import __version__, codecs, engines
 from .capabilities import CAPABILITY_CLASSES
 from .config import Config
-from .errors import InputError, NodeError, NotFound, NotReady, PayloadTooLarge, StartupError
-from .metrics import Metrics
-from .runtime.cuda import SharedScratch, gpu_identity, load_pycuda
-from .runtime.onnxruntime import OnnxRuntimeBackend
-from .runtime.tensorrt import TensorRTBackend, load_tensorrt
-from .session import CapabilitySession
+from .errors import InputError, NodeError, NotReady, PayloadTooLarge
+from .service import Node, backend_memory
 
 log = logging.getLogger("node")
 
 # Content-Type parameters that are not options.
 _IGNORED_PARAMS = {"charset"}
-
-
-class Node:
-    """The node's state at run time: served capabilities, their sessions, health."""
-
-    def __init__(self, config: Config, open_backend: Callable | None = None):
-        self.config = config
-        self.metrics = Metrics()
-        self.open_backend = open_backend or (self._tensorrt if config.backend == "tensorrt" else self._onnxruntime)
-        self._gpu = None  # TensorRT: (trt, cuda, identity, shared scratch), made once on first use
-        self._gpu_lock = threading.Lock()
-        self.sessions: dict[str, CapabilitySession] = {}
-        self.error: str | None = None
-        self.warm = False  # set once, after every session and the codecs are warm
-        self.draining = False
-        self.on_fatal: Callable[[], None] = lambda: None  # the CLI makes this stop the server
-
-    def _onnxruntime(self, served: engines.ServedCapability) -> Callable:
-        def open_graph(graph: engines.Graph):
-            return OnnxRuntimeBackend(
-                graph.path,
-                graph.outputs,
-                served.bounds,
-                max_batch=1,
-                device=self.config.device,
-                threads=self.config.threads,
-            )
-
-        return open_graph
-
-    def _tensorrt(self, served: engines.ServedCapability) -> Callable:
-        def open_graph(graph: engines.Graph):
-            trt, cuda, gpu, scratch = self._gpu_runtime()
-            return TensorRTBackend.for_graph(graph, served.bounds, trt, cuda, gpu, scratch)
-
-        return open_graph
-
-    def _gpu_runtime(self):
-        with self._gpu_lock:
-            if self._gpu is None:
-                trt = load_tensorrt()
-                cuda, cuda_context = load_pycuda()
-                cuda_context.push()
-                try:
-                    gpu = gpu_identity(cuda)
-                finally:
-                    cuda.Context.pop()
-                self._gpu = (trt, cuda, gpu, SharedScratch(cuda, cuda_context))
-            return self._gpu
-
-    @property
-    def ready(self) -> bool:
-        return self.warm and not self.error and not self.draining
-
-    @property
-    def status(self) -> str:
-        """The ai-runner health vocabulary: LOADING until warm, then IDLE or OK (busy); ERROR after a fatal fault.
-
-        Draining keeps IDLE/OK (the process still finishes its work); ``/ready`` is what turns 503.
-        """
-        if self.error:
-            return "ERROR"
-        if not self.warm:
-            return "LOADING"
-        return "OK" if any(s.pending for s in self.sessions.values()) else "IDLE"
-
-    def session(self, name: str) -> CapabilitySession:
-        session = self.sessions.get(name)
-        if session is None:
-            raise NotFound(f"no capability {name!r}; this node serves: {', '.join(self.sessions) or 'nothing yet'}")
-        if not self.ready:
-            raise NotReady(f"{name}: the node is {self.status.lower()}" if not self.draining else "shutting down")
-        return session
-
-    @asynccontextmanager
-    async def lifespan(self, app):
-        try:
-            served = await asyncio.to_thread(engines.load, self.config.engines, self.config.capabilities)
-        except StartupError as err:
-            log.error("start-up failed: %s", err)
-            raise
-        for name, entry in served.items():
-            capability = CAPABILITY_CLASSES[name](entry.options)
-            session = CapabilitySession(entry, capability, self.open_backend(entry), self.config.queue_size)
-            self.sessions[name] = session
-            self.metrics.track(session)
-            if entry.demo:
-                log.warning("%s: DEMO weights (seeded random, not a trained model): its maps mean nothing", name)
-        warm_up = asyncio.create_task(self._warm_up())
-        try:
-            yield {"node": self}
-        finally:
-            self.draining = True
-            self.metrics.ready.set(0)
-            await warm_up
-            await asyncio.to_thread(self._close)
-
-    async def _warm_up(self) -> None:
-        try:
-            seconds = await asyncio.gather(*(asyncio.to_thread(s.open) for s in self.sessions.values()))
-            await asyncio.to_thread(codecs.warm_up)
-        except Exception as err:  # StartupError names the file; anything else also gets its traceback
-            self.error = str(err) if isinstance(err, StartupError) else f"{type(err).__name__}: {err}"
-            log.error("start-up failed: %s", self.error, exc_info=not isinstance(err, StartupError))
-            self.on_fatal()
-            return
-        for session, took in zip(self.sessions.values(), seconds):
-            for graph, backend in session.backends.items():
-                log.info(
-                    "%s: %s ready on %s (%s, %s weights) in %.2f s",
-                    session.name,
-                    graph.path.name,
-                    backend.device,
-                    backend.name,
-                    session.served.weights,
-                    took,
-                )
-        for session in self.sessions.values():
-            for kind, size in _memory(session).items():
-                self.metrics.memory.labels(session.name, kind).set(size)
-        age = process_age()
-        log.info("ready: %s%s", ", ".join(self.sessions), f" ({age:.2f} s after process start)" if age else "")
-        self.warm = True
-        self.metrics.ready.set(1)
-
-    def _close(self) -> None:
-        for session in self.sessions.values():
-            session.close()
-
-
-def _memory(session: CapabilitySession) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for backend in session.backends.values():
-        for kind, size in backend.memory().items():
-            total[kind] = total.get(kind, 0) + size
-    return total
-
-
-def process_age() -> float | None:
-    """Seconds since this process started (Linux /proc), for the start-up log line."""
-    try:
-        with open("/proc/self/stat") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 # ---------------------------------------------------------------------------------------- routes
@@ -312,7 +155,7 @@ async def capabilities(request: Request) -> Response:
             "backend": {
                 "name": backends[0].name if backends else config.backend,
                 "device": backends[0].device if backends else None,
-                "memory_bytes": _memory(session),
+                "memory_bytes": backend_memory(session),
             },
             "route": f"/infer/{name}",
             "outputs": list(cap.outputs),
@@ -320,7 +163,12 @@ async def capabilities(request: Request) -> Response:
         }
     return JSONResponse(
         {
-            "node": {"version": __version__, "status": node.status},
+            "node": {
+                "version": __version__,
+                "status": node.status,
+                "backend": config.backend,
+                "shared_scratch_bytes": node.shared_scratch_bytes,
+            },
             "limits": {
                 "max_body_bytes": config.max_body_bytes,
                 "queue_size": config.queue_size,

@@ -191,12 +191,12 @@ def test_fp32_levels_pin_norms_then_pre_and_post_processing():
 @pytest.fixture
 def fake_gpu_node(tiny_build, tmp_path, monkeypatch):
     """The real server and self-test code paths with FAKE TensorRT/pycuda patched in where they are loaded."""
-    from node import app, selftest
+    from node import selftest, service
     from tests.fake_gpu import engines_with_fake_plans
 
     cuda = FakeCuda()
     trt = FakeTensorRT(cuda)
-    for module in (app, selftest):
+    for module in (service, selftest):
         monkeypatch.setattr(module, "load_tensorrt", lambda: trt)
         monkeypatch.setattr(module, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
     engines_with_fake_plans(tiny_build[0], tmp_path / "engines")
@@ -206,7 +206,13 @@ def fake_gpu_node(tiny_build, tmp_path, monkeypatch):
 def test_server_serves_through_the_tensorrt_backend_path(fake_gpu_node, tiny_build):
     engines, cuda = fake_gpu_node
     with node_client(engines, backend="tensorrt") as client, in_process_backends(tiny_build[0]) as direct:
-        caps = client.get("/capabilities").json()["capabilities"]
+        described = client.get("/capabilities").json()
+        caps = described["capabilities"]
+        assert described["node"]["backend"] == "tensorrt" and described["node"]["shared_scratch_bytes"] == 1 << 20
+        assert (
+            'vision_node_backend_memory_bytes{capability="node",kind="shared_scratch"} 1.048576e+06'
+            in client.get("/metrics").text
+        )
         assert caps["depth"]["backend"]["name"] == "tensorrt" and caps["depth"]["backend"]["device"] == "cuda"
         assert caps["depth"]["backend"]["memory_bytes"]["device_buffers"] > 0
         f = frame(120, 160)
