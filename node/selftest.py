@@ -41,11 +41,7 @@ def run(engines_dir, capabilities=(), iterations: int = 200) -> int:
             for graph in entry.graphs:
                 with TensorRTBackend.for_graph(graph, entry.bounds, trt, cuda, gpu, scratch) as engine, \
                         OnnxRuntimeBackend(graph.path, graph.outputs, entry.bounds) as reference:  # fmt: skip
-                    for i, (h, w) in enumerate(samples.VERIFY_SIZES):
-                        frames = samples.frames(h, w, seed=i)
-                        got = {k: v.copy() for k, v in engine.infer({FRAME_INPUT: frames}).items()}
-                        want = reference.infer({FRAME_INPUT: frames})
-                        checks += verify.compare(name, f"1x{h}x{w}", got, want, verify.FP16_TOLERANCES)
+                    checks += verify.agreement(name, engine, reference, entry.bounds, verify.FP16_TOLERANCES)
                     frames = samples.frames(*entry.bounds.opt_hw)
                     stages = []
                     for _ in range(iterations):

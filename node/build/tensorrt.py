@@ -15,8 +15,8 @@ import logging
 import time
 from pathlib import Path
 
-from .. import manifest, samples
-from ..contract import FRAME_INPUT, ShapeBounds
+from .. import manifest
+from ..contract import ShapeBounds
 from ..runtime import engine_cache
 from ..runtime.cuda import SharedScratch, gpu_identity, load_pycuda
 from ..runtime.onnxruntime import OnnxRuntimeBackend
@@ -114,19 +114,12 @@ def build_plan(trt, onnx_path: Path, plan_path: Path, shapes: dict, options: dic
 
 def gate(capability: str, plan: Path, onnx_path: Path, outputs, bounds: ShapeBounds, trt, cuda, cuda_context):
     """The engine against ONNX Runtime fp32 on the sample frames: every check, fp16 tolerances."""
-    checks = []
     scratch = SharedScratch(cuda, cuda_context)
     with (
         TensorRTBackend(plan, bounds, scratch, trt, cuda) as engine,
         OnnxRuntimeBackend(onnx_path, outputs, bounds, device="cpu") as reference,
     ):
-        for i, (h, w) in enumerate(samples.VERIFY_SIZES):
-            if not (bounds.min_hw[0] <= h <= bounds.max_hw[0] and bounds.min_hw[1] <= w <= bounds.max_hw[1]):
-                continue
-            frames = samples.frames(h, w, seed=i)
-            got = {k: v.copy() for k, v in engine.infer({FRAME_INPUT: frames}).items()}
-            want = reference.infer({FRAME_INPUT: frames})
-            checks += verify.compare(capability, f"1x{h}x{w}", got, want, verify.FP16_TOLERANCES)
+        checks = verify.agreement(capability, engine, reference, bounds, verify.FP16_TOLERANCES)
     scratch.free()
     return checks
 

@@ -204,3 +204,19 @@ def judge(checks: list[Check]) -> None:
     failed = [c for c in checks if not c.ok]
     if failed:
         raise VerificationError(failed)
+
+
+def agreement(capability: str, engine, reference, bounds, tolerances=None) -> list[Check]:
+    """Run the sample frames (those the bounds admit) through two backends and compare them."""
+    from .. import samples  # noqa: PLC0415
+    from ..contract import FRAME_INPUT  # noqa: PLC0415
+
+    checks = []
+    for i, (h, w) in enumerate(samples.VERIFY_SIZES):
+        if not (bounds.min_hw[0] <= h <= bounds.max_hw[0] and bounds.min_hw[1] <= w <= bounds.max_hw[1]):
+            continue
+        frames = samples.frames(h, w, seed=i)
+        got = {k: v.copy() for k, v in engine.infer({FRAME_INPUT: frames}).items()}
+        want = reference.infer({FRAME_INPUT: frames})
+        checks += compare(capability, f"1x{h}x{w}", got, want, tolerances)
+    return checks

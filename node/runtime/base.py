@@ -12,6 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ..contract import FRAME_INPUT, ShapeBounds
+
 
 class Backend(Protocol):
     name: str  # "onnxruntime", "tensorrt"
@@ -26,3 +28,13 @@ class Backend(Protocol):
     def memory(self) -> dict[str, int]:
         """Bytes this backend holds, by kind (e.g. ``{"host_buffers": ...}``)."""
         ...
+
+
+def check_frames(frames: np.ndarray, bounds: ShapeBounds, max_batch: int) -> None:
+    """Refuse what no backend may be handed: not uint8 [N, H, W, 3], outside the bounds, over the batch."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+        raise ValueError(f"{FRAME_INPUT} must be uint8 [N, H, W, 3], got {frames.dtype} {frames.shape}")
+    n, h, w, _ = frames.shape
+    bounds.check(h, w)
+    if n > max_batch:
+        raise ValueError(f"batch {n} is above this backend's {max_batch}")

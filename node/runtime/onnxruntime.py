@@ -14,6 +14,7 @@ import numpy as np
 
 from ..contract import FRAME_INPUT, ShapeBounds
 from ..errors import StartupError
+from .base import check_frames
 
 log = logging.getLogger("node")
 
@@ -80,12 +81,8 @@ class OnnxRuntimeBackend:
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         frames = inputs[FRAME_INPUT]
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
-            raise ValueError(f"{FRAME_INPUT} must be uint8 [N, H, W, 3], got {frames.dtype} {frames.shape}")
+        check_frames(frames, self.bounds, self.max_batch)
         n, h, w, _ = frames.shape
-        self.bounds.check(h, w)
-        if n > self.max_batch:
-            raise ValueError(f"batch {n} is above this backend's {self.max_batch}")
         frames = np.ascontiguousarray(frames)
         binding = self._binding
         binding.bind_input(FRAME_INPUT, "cpu", 0, np.uint8, list(frames.shape), frames.ctypes.data)

@@ -18,6 +18,7 @@ from .. import manifest
 from ..contract import FRAME_INPUT, ShapeBounds
 from ..errors import StartupError
 from . import engine_cache
+from .base import check_frames
 from .cuda import BufferPair, SharedScratch, checked
 
 log = logging.getLogger("node")
@@ -113,12 +114,8 @@ class TensorRTBackend:
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         frames = inputs[FRAME_INPUT]
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
-            raise ValueError(f"{FRAME_INPUT} must be uint8 [N, H, W, 3], got {frames.dtype} {frames.shape}")
+        check_frames(frames, self.bounds, self.max_batch)
         n, h, w, _ = frames.shape
-        self.bounds.check(h, w)
-        if n > self.max_batch:
-            raise ValueError(f"batch {n} is above this engine's {self.max_batch}")
         cuda, stream, start, copied, computed, done = self.cuda, self.scratch.stream, *self.events
         frame_in = self.buffers[FRAME_INPUT]
         with self.scratch.lock:
