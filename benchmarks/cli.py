@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from node import samples
+from node.errors import StartupError
 
 from . import coldstart, engine, load, nodeproc, overhead, report
 from .overhead import bodies, progress
@@ -36,8 +37,17 @@ def _measuring(args) -> dict:
 
 def run_engine(args) -> int:
     rows = []
+    backends = list(args.backends)
+    if "tensorrt" in backends:
+        try:
+            engine.load_tensorrt()
+        except StartupError as err:
+            progress(f"TensorRT rows skipped: {err}")
+            backends.remove("tensorrt")
     for capability in args.capabilities:
-        rows += engine.graph_rows(args.engines, capability, args.sizes, args.batches, progress, **_measuring(args))
+        rows += engine.graph_rows(
+            args.engines, capability, args.sizes, args.batches, progress, backends, **_measuring(args)
+        )
         if args.baseline:
             try:
                 base = engine.baseline_rows(
@@ -55,6 +65,8 @@ def run_engine(args) -> int:
             rows += base
     columns = ["capability", "backend", "frames", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "frames/s",
                "baseline / graph p50", "process RSS MiB", "n", "stable"]  # fmt: skip
+    if any("compute p50 ms" in row for row in rows):
+        columns[8:8] = ["copy_in p50 ms", "compute p50 ms", "copy_out p50 ms"]
     table_rows = [{c: row.get(c, "") for c in columns} for row in rows]
     notes = [
         "graph: the exported graph (pre- and post-processing inside) through the node's backend, in this process",
@@ -169,6 +181,13 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--iterations", type=int, help="exactly this many timed runs (default: until stable)")
     e.add_argument("--max-seconds", type=float, default=30.0, help="give up on stability after this (default: 30)")
     e.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip transformers eager")
+    e.add_argument(
+        "--backends",
+        type=_list(str),
+        default=["onnxruntime"],
+        metavar="NAME,...",
+        help="onnxruntime and/or tensorrt (engines built with build_engines.py --tensorrt; default: onnxruntime)",
+    )
     e.set_defaults(run=run_engine)
 
     h = commands.add_parser("http", help="closed-loop concurrency sweep and open-loop rates over HTTP")

@@ -7,29 +7,59 @@ run. Its weights are the architecture's seeded demo weights: latency depends on 
 
 from __future__ import annotations
 
+import numpy as np
+
 from node import samples
 from node.contract import FRAME_INPUT
 from node.engines import load
+from node.runtime.cuda import SharedScratch, gpu_identity, load_pycuda
 from node.runtime.onnxruntime import OnnxRuntimeBackend
+from node.runtime.tensorrt import TensorRTBackend, load_tensorrt
 
 from .machine import rss_bytes
 from .stats import measure, summarise
 
 
-def graph_rows(engines, capability: str, sizes, batches, progress, **measuring) -> list[dict]:
+def graph_rows(
+    engines, capability: str, sizes, batches, progress, backends=("onnxruntime",), **measuring
+) -> list[dict]:
+    """Each graph on each backend; TensorRT rows add the GPU stage split (copy in, compute, copy out)."""
     served = load(engines, (capability,))[capability]
     rows = []
-    for h, w in sizes:
-        graph = served.graph_for(h, w)
-        for batch in batches:
-            frames = samples.frames(h, w, batch)
-            with OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds, max_batch=batch) as backend:
-                progress(f"{capability} {batch}x{h}x{w}: {graph.path.name} on {backend.name} ({backend.device})")
-                timed, stable = measure(lambda f=frames, b=backend: b.infer({FRAME_INPUT: f}) and None, **measuring)
-                rows.append(_row(capability, f"{backend.name} ({backend.device})", batch, h, w, timed, stable))
-                rows[-1]["graph"] = graph.path.name
-                rows[-1]["resolution"] = graph.resolution
+    for backend_name in backends:
+        for h, w in sizes:
+            graph = served.graph_for(h, w)
+            for batch in batches:
+                frames = samples.frames(h, w, batch)
+                with _open(backend_name, graph, served.bounds, batch) as backend:
+                    progress(f"{capability} {batch}x{h}x{w}: {graph.path.name} on {backend.name} ({backend.device})")
+                    stages = []
+
+                    def run(f=frames, b=backend, kept=stages):
+                        b.infer({FRAME_INPUT: f})
+                        if getattr(b, "stages_ms", None):
+                            kept.append(dict(b.stages_ms))
+
+                    timed, stable = measure(run, **measuring)
+                    row = _row(capability, f"{backend.name} ({backend.device})", batch, h, w, timed, stable)
+                    for stage in ("copy_in", "compute", "copy_out"):
+                        if stages:
+                            row[f"{stage} p50 ms"] = float(np.median([s[stage] for s in stages]))
+                    rows.append({**row, "graph": graph.path.name, "resolution": graph.resolution})
     return rows
+
+
+def _open(backend_name: str, graph, bounds, batch: int):
+    if backend_name == "onnxruntime":
+        return OnnxRuntimeBackend(graph.path, graph.outputs, bounds, max_batch=batch)
+    trt = load_tensorrt()
+    cuda, cuda_context = load_pycuda()
+    cuda_context.push()
+    try:
+        gpu = gpu_identity(cuda)
+    finally:
+        cuda.Context.pop()
+    return TensorRTBackend.for_graph(graph, bounds, trt, cuda, gpu, SharedScratch(cuda, cuda_context))
 
 
 def baseline_rows(engines, capability: str, sizes, batches, progress, **measuring) -> list[dict]:
@@ -75,8 +105,6 @@ def _demo_model(name: str):
 
 
 def _stack(boxes, k):
-    import numpy as np  # noqa: PLC0415
-
     padded = [np.concatenate([b, np.tile([[0, 0, 1, 1]], (k - len(b), 1))]) if len(b) < k else b[:k] for b in boxes]
     return np.stack(padded).astype(np.float32)
 

@@ -117,3 +117,20 @@ def test_overhead_and_coldstart_run_against_a_node_they_start(tiny_build, tmp_pa
     runs = json.loads((tmp_path / "c.json").read_text())["runs"]
     assert len(runs) == 1 and set(runs[0]["first_inference_s"]) == {"depth", "segmentation", "pose"}
     assert runs[0]["ready_s"] < min(runs[0]["first_inference_s"].values())
+
+
+def test_engine_rows_on_fake_tensorrt_carry_the_gpu_stage_split(tiny_build, tmp_path, monkeypatch):
+    """With FAKE TensorRT/pycuda (tests/fake_gpu.py): the rows and columns an operator gets on a GPU."""
+    from benchmarks import engine
+    from tests.fake_gpu import FakeCuda, FakeTensorRT, engines_with_fake_plans
+
+    cuda = FakeCuda()
+    monkeypatch.setattr(engine, "load_tensorrt", lambda: FakeTensorRT(cuda))
+    monkeypatch.setattr(engine, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
+    engines_with_fake_plans(tiny_build[0], tmp_path / "engines")
+    rows = engine.graph_rows(
+        tmp_path / "engines", "depth", [(96, 128)], [1], lambda _: None, ("onnxruntime", "tensorrt"),
+        warmup=0, iterations=2,
+    )  # fmt: skip
+    assert [r["backend"] for r in rows] == ["onnxruntime (CPUExecutionProvider)", "tensorrt (cuda)"]
+    assert "compute p50 ms" not in rows[0] and {"copy_in p50 ms", "compute p50 ms", "copy_out p50 ms"} <= set(rows[1])
