@@ -6,6 +6,7 @@ calls and its errors into JSON.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from starlette.routing import Route
 from . import __version__, codecs, engines
 from .capabilities import CAPABILITY_CLASSES
 from .config import Config
-from .errors import InputError, NodeError, NotReady, PayloadTooLarge
+from .errors import Forbidden, InputError, NodeError, NotReady, PayloadTooLarge
 from .service import Node, backend_memory
 
 log = logging.getLogger("node")
@@ -74,9 +75,19 @@ async def _read_body(request: Request, limit: int) -> bytearray:
     return body
 
 
+def _check_token(request: Request, token: str) -> None:
+    """With a token configured, /infer needs ``Authorization: Bearer <token>``: 403 otherwise, never 401
+    (an orchestrator drops a capability whose container answers 401)."""
+    given = request.headers.get("authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise Forbidden("this node needs Authorization: Bearer <token> (the token given at registration)")
+
+
 async def infer(request: Request) -> Response:
     arrived = time.perf_counter()
     node: Node = request.state.node
+    if node.config.token:
+        _check_token(request, node.config.token)
     deadline = time.monotonic() + node.config.request_timeout_s
     session = node.session(request.path_params["capability"])
     capability = session.capability

@@ -42,6 +42,17 @@ class Config:
     png_compression: int = _opt(1, "zlib level of PNG outputs, 0-9 (1: fast, a little larger)")
     log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
     access_log: bool = _opt(False, "log every request (off: one line per frame is noise at video rates)")
+    # Livepeer BYOC registration (see README "Registering with a Livepeer orchestrator").
+    orchestrator_url: str = _opt("", "orchestrator to register every capability with once warm (empty: none)")
+    orchestrator_secret: str = _opt("", "the orchestrator's secret, sent raw in Authorization as go-livepeer expects")
+    node_url: str = _opt("", "URL at which the orchestrator reaches this node (needed to register)")
+    capability_names: tuple[str, ...] = _opt((), "CAP=NAME,...: register a capability under another name")
+    capacity: int = _opt(1, "concurrent jobs the orchestrator may send per capability")
+    price_per_unit: int = _opt(0, "price per second of work, in --currency units")
+    price_scaling: int = _opt(1, "price divisor (price = price_per_unit / price_scaling)")
+    currency: str = _opt("wei", "currency of the price: wei or eth (or empty)")
+    token: str = _opt("", "Bearer token /infer requires (403 otherwise); sent to the orchestrator at registration")
+    register_interval_s: float = _opt(30.0, "re-register this often: the orchestrator forgets on restart")
 
     def __post_init__(self):
         problems = []
@@ -60,6 +71,20 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 problems.append(f"{f.name}: {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        if self.orchestrator_url and not (self.node_url and self.orchestrator_secret):
+            problems.append("orchestrator_url: registering also needs node_url and orchestrator_secret")
+        for name in ("capacity", "price_scaling"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.register_interval_s <= 0:
+            problems.append(f"register_interval_s: must be > 0, got {self.register_interval_s}")
+        bad_names = [
+            n for n in self.capability_names if n.partition("=")[0] not in CAPABILITIES or not n.partition("=")[2]
+        ]
+        if bad_names:
+            problems.append(
+                f"capability_names: expected CAP=NAME with CAP one of {', '.join(CAPABILITIES)}: {bad_names}"
+            )
         unknown = [c for c in self.capabilities if c not in CAPABILITIES]
         if unknown:
             problems.append(f"capabilities: unknown {', '.join(unknown)}; known: {', '.join(CAPABILITIES)}")
@@ -84,8 +109,8 @@ class Config:
                 raise StartupError(f"{where}: cannot read {raw!r} as {type(f.default).__name__}") from None
         return cls(**values)
 
-    def as_dict(self) -> dict:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+    def registered_name(self, capability: str) -> str:
+        return dict(n.split("=", 1) for n in self.capability_names).get(capability, capability)
 
 
 def _convert(raw, default):
@@ -98,7 +123,3 @@ def _convert(raw, default):
             raise ValueError(raw)
         return raw.lower() in ("1", "true", "yes")
     return type(default)(raw)
-
-
-def _plain(value):
-    return str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from . import codecs, engines
+from .byoc import Registrar
 from .capabilities import CAPABILITY_CLASSES
 from .config import Config
 from .errors import NotFound, NotReady, StartupError
@@ -41,6 +42,7 @@ class Node:
         self.warm = False  # set once, after every session and the codecs are warm
         self.draining = False
         self.on_fatal: Callable[[], None] = lambda: None  # the CLI makes this stop the server
+        self.registrar: Registrar | None = None
 
     def _onnxruntime(self, served: engines.ServedCapability) -> Callable:
         def open_graph(graph: engines.Graph):
@@ -120,6 +122,8 @@ class Node:
             self.draining = True
             self.metrics.ready.set(0)
             await warm_up
+            if self.registrar is not None:
+                await self.registrar.stop()  # unregister: the orchestrator stops routing here
             await asyncio.to_thread(self._close)
 
     async def _warm_up(self) -> None:
@@ -150,6 +154,9 @@ class Node:
         log.info("ready: %s%s", ", ".join(self.sessions), f" ({age:.2f} s after process start)" if age else "")
         self.warm = True
         self.metrics.ready.set(1)
+        if self.config.orchestrator_url:  # registered only once warm: a registered node must answer
+            self.registrar = Registrar(self.config, list(self.sessions))
+            self.registrar.start()
 
     @property
     def shared_scratch_bytes(self) -> int:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -17,6 +22,8 @@ from node.app import create_app
 from node.config import Config
 from node.engines import load
 from node.runtime.onnxruntime import OnnxRuntimeBackend
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
@@ -118,3 +125,27 @@ def gated(gate: threading.Event):
         return lambda graph: GatedBackend(OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds), gate)
 
     return for_capability
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(engines, log_path, **env):
+    """``python -m node serve`` as its own process; ``VISION_NODE_*`` settings in ``env``."""
+    port = int(env.pop("VISION_NODE_PORT", 0)) or free_port()
+    environ = {**os.environ, "VISION_NODE_ENGINES": str(engines), "VISION_NODE_PORT": str(port), **env}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "node", "serve"], cwd=ROOT, env=environ, stdout=log, stderr=log)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop(proc) -> int:
+    proc.terminate()
+    try:
+        return proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,32 +25,9 @@ from PIL import Image
 from node.build import pipeline, verify
 from node.contract import FRAME_INPUT
 from tests.conftest import tiny_plan
-from tests.nodes import frame, in_process_backends, jpeg, png, raw_type
+from tests.nodes import frame, in_process_backends, jpeg, png, raw_type, start_node, stop
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_node(engines, log_path, **env):
-    port = free_port()
-    environ = {**os.environ, "VISION_NODE_ENGINES": str(engines), "VISION_NODE_PORT": str(port), **env}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "node", "serve"], cwd=ROOT, env=environ, stdout=log, stderr=log)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def stop(proc) -> int:
-    proc.terminate()
-    try:
-        return proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
 
 
 @pytest.fixture(scope="module")
