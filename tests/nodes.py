@@ -149,3 +149,19 @@ def stop(proc) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+def wait_for_http(url: str, proc, log_path, timeout: float = 60.0) -> None:
+    """Poll ``url`` until it answers 200; fail with the process's log if it exits or times out."""
+    import httpx  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, Path(log_path).read_text()
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{url} not 200 after {timeout} s:\n{Path(log_path).read_text()}")

@@ -214,7 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("build")
     start = time.perf_counter()
     if args.tensorrt_only:
-        return _tensorrt(args, args.capabilities, log, start)
+        from .. import manifest  # noqa: PLC0415
+
+        try:
+            listed = manifest.load(args.out)["capabilities"]
+        except (OSError, ValueError) as err:
+            log.error("--tensorrt-only: no manifest to build engines for in %s (%s)", args.out, err)
+            return 1
+        return _tensorrt(args, [c for c in args.capabilities if c in listed], log, start)
     try:
         plan = plan_from_args(args)
         from .. import manifest

@@ -1,0 +1,17 @@
+#!/bin/sh
+# Start the vision node in its container. Each step is a plain shell step too (README, "Docker").
+set -eu
+IMAGE_ENGINES="${IMAGE_ENGINES:-/opt/vision-node/engines}"          # graphs exported at image build
+export VISION_NODE_ENGINES="${VISION_NODE_ENGINES:-/cache/engines}"  # volume: engines kept per GPU
+export VISION_NODE_HOST="${VISION_NODE_HOST:-0.0.0.0}"
+export VISION_NODE_BACKEND="${VISION_NODE_BACKEND:-tensorrt}"
+APP="${APP:-/opt/vision-node}"
+
+# 1. The image's graphs into the cache; engines of unchanged graphs are kept.
+python -m node.build.sync "$IMAGE_ENGINES" "$VISION_NODE_ENGINES"
+# 2. Engines for this GPU: reused when they match, built (and checked against ONNX Runtime) otherwise.
+if [ "$VISION_NODE_BACKEND" = tensorrt ]; then
+    python "$APP/build_engines.py" --tensorrt-only --out "$VISION_NODE_ENGINES"
+fi
+# 3. Serve; registers with the orchestrator once warm when VISION_NODE_ORCHESTRATOR_URL is set.
+exec python -m node serve

@@ -1,0 +1,44 @@
+"""``python -m node.build.sync IMAGE_DIR CACHE_DIR``: bring a container image's graphs into the engine cache.
+
+The image carries the ONNX graphs and their manifest; the cache (a mounted volume) keeps the
+TensorRT engines between starts. A graph whose SHA-256 changed is copied over and loses its
+engine entries (they were built from the old graph); an unchanged one keeps them, so the next
+start only deserialises. Torch-free: it runs in the runtime image.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from .. import manifest
+
+
+def sync(source: Path, target: Path) -> list[str]:
+    """Copy what changed; return the graph files copied."""
+    source, target = Path(source), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    image = manifest.load(source)
+    try:
+        cached = manifest.load(target)["capabilities"]
+    except (OSError, ValueError):
+        cached = {}
+    kept = {g["sha256"]: g.get("tensorrt", []) for c in cached.values() for g in c.get("graphs", [])}
+    copied = []
+    for entry in image["capabilities"].values():
+        for graph in entry["graphs"]:
+            path = target / graph["path"]
+            if not path.exists() or manifest.sha256(path) != graph["sha256"]:
+                shutil.copyfile(source / graph["path"], path)
+                copied.append(graph["path"])
+            graph["tensorrt"] = kept.get(graph["sha256"], [])
+    manifest.write(target, image["capabilities"])
+    return copied
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m node.build.sync IMAGE_ENGINES_DIR CACHE_ENGINES_DIR")
+    changed = sync(Path(sys.argv[1]), Path(sys.argv[2]))
+    print(f"engine cache {sys.argv[2]}: {', '.join(changed) or 'graphs unchanged'}")
