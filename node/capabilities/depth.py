@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import codecs
+from ..errors import InputError
 from .base import Encoded, Rendered, choice, parse_options, raw_output, value_range
 
 OUTPUTS = ("controlnet", "png16", "raw")
@@ -18,6 +19,7 @@ OUTPUTS = ("controlnet", "png16", "raw")
 class Depth:
     name = "depth"
     outputs = OUTPUTS
+    stream_outputs = ("controlnet",)  # image-shaped: what a video stream can carry
     parsers = {
         "output": choice(*OUTPUTS),
         "channels": lambda name, value: int(choice("1", "3")(name, value)),
@@ -50,6 +52,13 @@ class Depth:
         np.clip(t, 0, levels, out=t)
         np.add(t, np.float32(0.5), out=t)
         return t.astype(np.uint8 if levels == 255 else np.uint16)
+
+    def image(self, rendered: Rendered, options: dict) -> np.ndarray:
+        """The 8-bit map as an image array (1 or 3 channels), for streams (pytrickle)."""
+        if options["output"] != "controlnet":
+            raise InputError("a stream carries 8-bit images: depth needs output=controlnet")
+        grey = rendered.payload[..., None]
+        return np.repeat(grey, 3, axis=2) if options["channels"] == 3 else grey
 
     def encode(self, rendered: Rendered, options: dict, png_level: int) -> Encoded:
         if options["output"] == "raw":

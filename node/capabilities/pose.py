@@ -14,6 +14,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import InputError
 from .base import Encoded, Rendered, choice, number, parse_options
 
 OUTPUTS = ("json", "skeleton")
@@ -57,6 +58,7 @@ def openpose18(keypoints: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
 class Pose:
     name = "pose"
     outputs = OUTPUTS
+    stream_outputs = ("skeleton",)  # image-shaped: what a video stream can carry
     parsers = {
         "output": choice(*OUTPUTS),
         "person_threshold": number(0.0, 1.0),
@@ -105,22 +107,33 @@ class Pose:
 
     @staticmethod
     def _skeleton(people: dict, options: dict, png_level: int) -> bytes:
-        height, width = people["frame_hw"]
-        xy, score = openpose18(people["keypoints"], people["keypoint_scores"])
-        visible = score >= options["keypoint_threshold"]
-        canvas = Image.new("RGB", (width, height))
-        draw = ImageDraw.Draw(canvas)
-        for (a, b), colour in zip(LIMBS, COLOURS):
-            dim = tuple(int(c * 0.6) for c in colour)
-            for p in np.flatnonzero(visible[:, a] & visible[:, b]):
-                draw.polygon(_limb(xy[p, a], xy[p, b]), fill=dim)
-        r = STICK_WIDTH
-        for j, colour in enumerate(COLOURS):
-            for x, y in xy[visible[:, j], j]:
-                draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
         out = io.BytesIO()
-        canvas.save(out, format="PNG", compress_level=png_level)
+        draw_skeleton(people, options).save(out, format="PNG", compress_level=png_level)
         return out.getvalue()
+
+    def image(self, rendered: Rendered, options: dict) -> np.ndarray:
+        """The skeleton as an RGB array, for streams (pytrickle)."""
+        if options["output"] != "skeleton":
+            raise InputError("a stream carries images: pose needs output=skeleton")
+        return np.array(draw_skeleton(rendered.payload, options))  # owned and writable: torch wraps it
+
+
+def draw_skeleton(people: dict, options: dict) -> Image.Image:
+    """OpenPose-style skeletons of ``people`` on black at the frame's size."""
+    height, width = people["frame_hw"]
+    xy, score = openpose18(people["keypoints"], people["keypoint_scores"])
+    visible = score >= options["keypoint_threshold"]
+    canvas = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(canvas)
+    for (a, b), colour in zip(LIMBS, COLOURS):
+        dim = tuple(int(c * 0.6) for c in colour)
+        for p in np.flatnonzero(visible[:, a] & visible[:, b]):
+            draw.polygon(_limb(xy[p, a], xy[p, b]), fill=dim)
+    r = STICK_WIDTH
+    for j, colour in enumerate(COLOURS):
+        for x, y in xy[visible[:, j], j]:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+    return canvas
 
 
 def _limb(p: np.ndarray, q: np.ndarray, steps: int = 36) -> list[tuple[float, float]]:

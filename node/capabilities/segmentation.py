@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import codecs
+from ..errors import InputError
 from .base import Encoded, Rendered, choice, parse_options, raw_output
 
 OUTPUTS = ("palette", "classes", "raw")
@@ -36,12 +37,15 @@ ADE20K_PALETTE = (
     (25, 194, 194), (102, 255, 0), (92, 0, 255),
 )  # fmt: skip
 # Ids past the palette (none for ADE20K models) draw black.
-_PALETTE_BYTES = bytes(np.array(ADE20K_PALETTE, np.uint8).ravel()) + bytes(3 * (256 - len(ADE20K_PALETTE)))
+_PALETTE = np.zeros((256, 3), np.uint8)
+_PALETTE[: len(ADE20K_PALETTE)] = ADE20K_PALETTE
+_PALETTE_BYTES = _PALETTE.tobytes()
 
 
 class Segmentation:
     name = "segmentation"
     outputs = OUTPUTS
+    stream_outputs = ("palette", "classes")  # image-shaped: what a video stream can carry
     parsers = {"output": choice(*OUTPUTS)}
     defaults = {"output": "palette"}
 
@@ -53,6 +57,14 @@ class Segmentation:
 
     def render(self, outputs: dict[str, np.ndarray], options: dict, frame_hw: tuple[int, int]) -> Rendered:
         return Rendered(outputs["classes"][0].copy())
+
+    def image(self, rendered: Rendered, options: dict) -> np.ndarray:
+        """The map as an image array, for streams (pytrickle): ADE20K colours, or class ids in one channel."""
+        if options["output"] == "palette":
+            return _PALETTE[rendered.payload]
+        if options["output"] == "classes":
+            return rendered.payload[..., None]
+        raise InputError("a stream carries images: segmentation needs output=palette or classes")
 
     def encode(self, rendered: Rendered, options: dict, png_level: int) -> Encoded:
         if options["output"] == "raw":
