@@ -116,3 +116,13 @@ def test_tiny_build_needs_demo_weights_and_names_its_models_tiny(tmp_path):
     assert built.returncode == 0, built.stderr
     entry = manifest.load(tmp_path)["capabilities"]["segmentation"]
     assert entry["demo"] is True and [m["name"] for m in entry["models"]] == ["segformer-b0-ade-tiny"]
+
+
+def test_revision_pins_a_roles_hub_weights():
+    from node.build.cli import parser, plan_from_args
+
+    args = parser().parse_args(["--revision", "depth=0123abc", "--variant", "segmentation=segformer-b2-ade",
+                                "--revision", "segmentation=v1.0"])  # fmt: skip
+    plan = plan_from_args(args)
+    assert plan.specs["depth"].revision == "0123abc" and plan.specs["depth"].name == "depth-anything-v2-small"
+    assert plan.specs["segmentation"].revision == "v1.0" and plan.specs["segmentation"].name == "segformer-b2-ade"

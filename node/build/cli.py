@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -99,6 +100,14 @@ def parser() -> argparse.ArgumentParser:
         help="pick another known model for ROLE (see the list below)",
     )
     p.add_argument(
+        "--revision",
+        type=_keyed,
+        action="append",
+        default=[],
+        metavar="ROLE=REV",
+        help="pin ROLE's Hugging Face weights to a commit (or tag); the manifest records the resolved commit",
+    )
+    p.add_argument(
         "--resolution",
         type=_keyed,
         action="append",
@@ -167,6 +176,8 @@ def plan_from_args(args: argparse.Namespace):
         if spec.capability != role:
             raise BuildError(f"--variant {role}={name}: {name} is a {spec.capability} model")
         specs[role] = spec
+    for role, revision in args.revision:
+        specs[role] = dataclasses.replace(specs.get(role) or spec_for(DEFAULT_MODELS[role]), revision=revision)
     resolutions: dict[str, list[tuple[int, int]]] = {}
     for cap, text in args.resolution:
         try:
