@@ -46,12 +46,13 @@ def load(directory: Path) -> dict:
     return manifest
 
 
-def write(directory: Path, capabilities: dict[str, dict]) -> Path:
-    """Merge ``capabilities`` into the directory's manifest (others are kept) and write it atomically."""
+def write(directory: Path, capabilities: dict[str, dict], merge: bool = True) -> Path:
+    """Merge ``capabilities`` into the directory's manifest (others are kept unless ``merge`` is False)
+    and write it atomically."""
     directory = Path(directory)
     path = directory / MANIFEST_NAME
     previous = {}
-    if path.exists():
+    if merge and path.exists():
         try:
             previous = load(directory).get("capabilities", {})
         except (ValueError, json.JSONDecodeError):

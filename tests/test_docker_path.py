@@ -34,6 +34,10 @@ def test_sync_keeps_engines_of_unchanged_graphs_and_drops_the_rest(tiny_build, t
     assert sync(image, cache) == [graph["path"]]
     after = manifest.load(cache)["capabilities"]
     assert after["depth"]["graphs"][0]["tensorrt"] == [] and after["pose"]["graphs"][0]["tensorrt"]
+    del changed["capabilities"]["pose"]
+    (image / "manifest.json").write_text(json.dumps(changed))
+    sync(image, cache)
+    assert set(manifest.load(cache)["capabilities"]) == {"depth", "segmentation"}  # gone from the image: gone
 
 
 def test_entrypoint_serves_the_image_graphs_from_the_cache_volume(tiny_build, tmp_path):

@@ -33,7 +33,7 @@ def sync(source: Path, target: Path) -> list[str]:
                 shutil.copyfile(source / graph["path"], path)
                 copied.append(graph["path"])
             graph["tensorrt"] = kept.get(graph["sha256"], [])
-    manifest.write(target, image["capabilities"])
+    manifest.write(target, image["capabilities"], merge=False)  # exactly the image's capabilities
     return copied
 
 
