@@ -37,10 +37,11 @@ def _parser() -> argparse.ArgumentParser:
         if isinstance(f.default, bool):
             serve.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            default = ",".join(f.default) or "all" if isinstance(f.default, tuple) else f.default
+            default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+            shown = f" (default: {default})" if default not in ("", None) else ""  # the help says what empty means
             serve.add_argument(
                 flag, default=None, metavar=f.name.upper(), choices=f.metadata.get("choices"),
-                help=f"{help_text} (default: {default})",
+                help=help_text + shown,
             )  # fmt: skip
     selftest = commands.add_parser(
         "selftest",
