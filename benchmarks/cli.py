@@ -14,6 +14,7 @@ from pathlib import Path
 
 from node import samples
 from node.errors import StartupError
+from node.runtime.tensorrt import load_tensorrt
 
 from . import coldstart, engine, load, nodeproc, overhead, report
 from .overhead import bodies, progress
@@ -40,7 +41,7 @@ def run_engine(args) -> int:
     backends = list(args.backends)
     if "tensorrt" in backends:
         try:
-            engine.load_tensorrt()
+            load_tensorrt()
         except StartupError as err:
             progress(f"TensorRT rows skipped: {err}")
             backends.remove("tensorrt")

@@ -12,9 +12,8 @@ import numpy as np
 from node import samples
 from node.contract import FRAME_INPUT
 from node.engines import load
-from node.runtime.cuda import SharedScratch, gpu_identity, load_pycuda
 from node.runtime.onnxruntime import OnnxRuntimeBackend
-from node.runtime.tensorrt import TensorRTBackend, load_tensorrt
+from node.runtime.tensorrt import TensorRTBackend, gpu_runtime
 
 from .machine import rss_bytes
 from .stats import measure, summarise
@@ -52,14 +51,8 @@ def graph_rows(
 def _open(backend_name: str, graph, bounds, batch: int):
     if backend_name == "onnxruntime":
         return OnnxRuntimeBackend(graph.path, graph.outputs, bounds, max_batch=batch)
-    trt = load_tensorrt()
-    cuda, cuda_context = load_pycuda()
-    cuda_context.push()
-    try:
-        gpu = gpu_identity(cuda)
-    finally:
-        cuda.Context.pop()
-    return TensorRTBackend.for_graph(graph, bounds, trt, cuda, gpu, SharedScratch(cuda, cuda_context))
+    trt, cuda, gpu, scratch = gpu_runtime()
+    return TensorRTBackend.for_graph(graph, bounds, trt, cuda, gpu, scratch)
 
 
 def baseline_rows(engines, capability: str, sizes, batches, progress, **measuring) -> list[dict]:

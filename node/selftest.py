@@ -16,27 +16,22 @@ from . import samples
 from .contract import FRAME_INPUT
 from .engines import load
 from .errors import EngineError, StartupError
-from .runtime.cuda import SharedScratch, gpu_identity, load_pycuda
 from .runtime.onnxruntime import OnnxRuntimeBackend
-from .runtime.tensorrt import TensorRTBackend, load_tensorrt
+from .runtime.tensorrt import TensorRTBackend, gpu_runtime
 
 
 def run(engines_dir, capabilities=(), iterations: int = 200) -> int:
     from .build import verify  # noqa: PLC0415 (torch-free: the build's comparison and tolerances)
 
     try:
-        trt = load_tensorrt()
-        cuda, cuda_context = load_pycuda()
+        trt, cuda, gpu, scratch = gpu_runtime()
         served = load(engines_dir, tuple(capabilities))
     except StartupError as err:
         print(f"selftest: {err}", file=sys.stderr)
         return 2
-    cuda_context.push()
+    print(f"GPU: {gpu['name']} (sm{gpu['compute_capability']}), TensorRT {trt.__version__}\n")
+    checks, timing, memory = [], [], {}
     try:
-        gpu = gpu_identity(cuda)
-        print(f"GPU: {gpu['name']} (sm{gpu['compute_capability']}), TensorRT {trt.__version__}\n")
-        scratch = SharedScratch(cuda, cuda_context)
-        checks, timing, memory = [], [], {}
         for name, entry in served.items():
             for graph in entry.graphs:
                 with TensorRTBackend.for_graph(graph, entry.bounds, trt, cuda, gpu, scratch) as engine, \
@@ -52,8 +47,6 @@ def run(engines_dir, capabilities=(), iterations: int = 200) -> int:
     except (StartupError, EngineError) as err:
         print(f"selftest: {err}", file=sys.stderr)
         return 1
-    finally:
-        cuda.Context.pop()
     print(verify.table(checks), "\n")
     print("GPU time per frame, ms (CUDA events), p50 / p99:")
     for name, file, (h, w), stages in timing:

@@ -20,9 +20,8 @@ from .capabilities import CAPABILITY_CLASSES
 from .config import Config
 from .errors import NotFound, NotReady, StartupError
 from .metrics import Metrics
-from .runtime.cuda import SharedScratch, gpu_identity, load_pycuda
 from .runtime.onnxruntime import OnnxRuntimeBackend
-from .runtime.tensorrt import TensorRTBackend, load_tensorrt
+from .runtime.tensorrt import TensorRTBackend, gpu_runtime
 from .session import CapabilitySession
 
 log = logging.getLogger("node")
@@ -67,14 +66,7 @@ class Node:
     def _gpu_runtime(self):
         with self._gpu_lock:
             if self._gpu is None:
-                trt = load_tensorrt()
-                cuda, cuda_context = load_pycuda()
-                cuda_context.push()
-                try:
-                    gpu = gpu_identity(cuda)
-                finally:
-                    cuda.Context.pop()
-                self._gpu = (trt, cuda, gpu, SharedScratch(cuda, cuda_context))
+                self._gpu = gpu_runtime()
             return self._gpu
 
     @property

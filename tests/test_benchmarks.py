@@ -125,8 +125,10 @@ def test_engine_rows_on_fake_tensorrt_carry_the_gpu_stage_split(tiny_build, tmp_
     from tests.fake_gpu import FakeCuda, FakeTensorRT, engines_with_fake_plans
 
     cuda = FakeCuda()
-    monkeypatch.setattr(engine, "load_tensorrt", lambda: FakeTensorRT(cuda))
-    monkeypatch.setattr(engine, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
+    from node.runtime import tensorrt
+
+    monkeypatch.setattr(tensorrt, "load_tensorrt", lambda: FakeTensorRT(cuda))
+    monkeypatch.setattr(tensorrt, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
     engines_with_fake_plans(tiny_build[0], tmp_path / "engines")
     rows = engine.graph_rows(
         tmp_path / "engines", "depth", [(96, 128)], [1], lambda _: None, ("onnxruntime", "tensorrt"),

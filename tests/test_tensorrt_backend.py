@@ -191,14 +191,12 @@ def test_fp32_levels_pin_norms_then_pre_and_post_processing():
 @pytest.fixture
 def fake_gpu_node(tiny_build, tmp_path, monkeypatch):
     """The real server and self-test code paths with FAKE TensorRT/pycuda patched in where they are loaded."""
-    from node import selftest, service
     from tests.fake_gpu import engines_with_fake_plans
 
     cuda = FakeCuda()
     trt = FakeTensorRT(cuda)
-    for module in (service, selftest):
-        monkeypatch.setattr(module, "load_tensorrt", lambda: trt)
-        monkeypatch.setattr(module, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
+    monkeypatch.setattr(trt_backend, "load_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_backend, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
     engines_with_fake_plans(tiny_build[0], tmp_path / "engines")
     return tmp_path / "engines", cuda
 

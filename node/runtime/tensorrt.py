@@ -19,7 +19,7 @@ from ..contract import FRAME_INPUT, ShapeBounds
 from ..errors import StartupError
 from . import engine_cache
 from .base import check_frames
-from .cuda import BufferPair, SharedScratch, checked
+from .cuda import BufferPair, SharedScratch, checked, gpu_identity, load_pycuda
 
 log = logging.getLogger("node")
 
@@ -33,6 +33,19 @@ def load_tensorrt():
             "on a machine with an NVIDIA GPU, or serve with --backend onnxruntime"
         ) from None
     return trt
+
+
+def gpu_runtime():
+    """(tensorrt, pycuda.driver, GPU 0's identity, a SharedScratch on its primary context): what every
+    TensorRT user of the node needs once; clear StartupErrors without the trt extra or a GPU."""
+    trt = load_tensorrt()
+    cuda, cuda_context = load_pycuda()
+    cuda_context.push()
+    try:
+        gpu = gpu_identity(cuda)
+    finally:
+        cuda.Context.pop()
+    return trt, cuda, gpu, SharedScratch(cuda, cuda_context)
 
 
 class TensorRTBackend:
