@@ -165,3 +165,20 @@ def wait_for_http(url: str, proc, log_path, timeout: float = 60.0) -> None:
             pass
         time.sleep(0.05)
     raise AssertionError(f"{url} not 200 after {timeout} s:\n{Path(log_path).read_text()}")
+
+
+def post(client, path, f, kind="raw", **params):
+    if kind == "raw":
+        return client.post(path, content=f.tobytes(), headers={"content-type": raw_type(f, **params)})
+    body, media = (jpeg(f), "image/jpeg") if kind == "jpeg" else (png(f), "image/png")
+    extra = "".join(f"; {k}={v}" for k, v in params.items())
+    return client.post(path, content=body, headers={"content-type": media + extra})
+
+
+def assert_error(response, status, code, *words):
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code
+    for word in words:
+        assert word in body["detail"], body["detail"]
+    return body
