@@ -15,11 +15,8 @@ import numpy as np
 from PIL import Image
 
 from node import samples
-from node.contract import FRAME_INPUT
-from node.engines import load
-from node.runtime.onnxruntime import OnnxRuntimeBackend
 
-from . import nodeproc, report
+from . import engine, nodeproc, report
 from .stats import summarise
 
 
@@ -83,20 +80,6 @@ def _echo_floor(cases: dict, requests: int, warmup: int) -> dict:
         proc.wait()
 
 
-def _in_process(engines: Path, capability: str, frame: np.ndarray, n: int) -> list[float]:
-    served = load(engines, (capability,))[capability]
-    graph = served.graph_for(*frame.shape[:2])
-    with OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds) as backend:
-        for _ in range(5):
-            backend.infer({FRAME_INPUT: frame[None]})
-        times = []
-        for _ in range(n):
-            start = time.perf_counter()
-            backend.infer({FRAME_INPUT: frame[None]})
-            times.append(time.perf_counter() - start)
-    return times
-
-
 def run(args) -> int:
     frame = samples.frame(*args.size)
     payloads = bodies(frame)
@@ -125,7 +108,9 @@ def run(args) -> int:
     rows, raw = [], {}
     for capability in args.capabilities:
         progress(f"{capability}: {args.requests} in-process inferences on the same frame")
-        direct = summarise(_in_process(args.engines, capability, frame, args.requests))
+        direct = engine.graph_rows(
+            args.engines, capability, [args.size], [1], progress, warmup=5, iterations=args.requests
+        )[0]  # the same sample frame through the same backend class, in this process
         for scenario in payloads:
             samples_ = results[(capability, scenario)]
             client = [s for s, _, _ in samples_]
@@ -141,7 +126,7 @@ def run(args) -> int:
                     "scenario": scenario,
                     "HTTP p50 ms": http_["p50"],
                     "HTTP p99 ms": http_["p99"],
-                    "in-process p50 ms": direct["p50"],
+                    "in-process p50 ms": direct["p50 ms"],
                     "overhead p50 ms": over["p50"],
                     "overhead p99 ms": over["p99"],
                     "echo floor p50 ms": floors[(capability, scenario)]["p50"],
