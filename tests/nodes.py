@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image
 from starlette.testclient import TestClient
 
+from benchmarks.nodeproc import free_port  # noqa: F401 (shared with the tests)
 from node import samples
 from node.app import create_app
 from node.config import Config
@@ -125,12 +125,6 @@ def gated(gate: threading.Event):
         return lambda graph: GatedBackend(OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds), gate)
 
     return for_capability
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_node(engines, log_path, **env):

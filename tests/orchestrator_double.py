@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import threading
 import time
 
@@ -22,6 +21,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+
+from benchmarks.nodeproc import free_port
 
 FIELDS = {"name": str, "description": str, "url": str, "capacity": int, "price_per_unit": int,
           "price_scaling": int, "currency": str}  # fmt: skip
@@ -42,9 +43,7 @@ class OrchestratorDouble:
                 Route("/process/request/{route:path}", self.job, methods=["POST"]),
             ]
         )
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
