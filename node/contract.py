@@ -27,6 +27,16 @@ class ShapeBounds:
     opt_hw: tuple[int, int] = (512, 512)
     max_batch: int = 4
 
+    @classmethod
+    def from_dict(cls, data: dict) -> ShapeBounds:
+        """From the manifest's ``bounds`` (lists in JSON)."""
+        return cls(
+            min_hw=tuple(data["min_hw"]),
+            max_hw=tuple(data["max_hw"]),
+            opt_hw=tuple(data["opt_hw"]),
+            max_batch=int(data["max_batch"]),
+        )
+
     def check(self, height: int, width: int, batch: int = 1) -> None:
         """Raise ``ValueError`` naming the bound that a frame shape breaks."""
         (min_h, min_w), (max_h, max_w) = self.min_hw, self.max_hw

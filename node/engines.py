@@ -80,16 +80,10 @@ def load(directory: Path, wanted: tuple[str, ...] = ()) -> dict[str, ServedCapab
 def _capability(directory: Path, name: str, entry: dict) -> ServedCapability:
     try:
         graphs = tuple(_graph(directory, name, g) for g in entry["graphs"])
-        bounds = entry["bounds"]
         served = ServedCapability(
             name=name,
             graphs=graphs,
-            bounds=ShapeBounds(
-                min_hw=tuple(bounds["min_hw"]),
-                max_hw=tuple(bounds["max_hw"]),
-                opt_hw=tuple(bounds["opt_hw"]),
-                max_batch=int(bounds["max_batch"]),
-            ),
+            bounds=ShapeBounds.from_dict(entry["bounds"]),
             models=tuple(entry["models"]),
             demo=bool(entry.get("demo", False)),
             options=dict(entry.get("options", {})),

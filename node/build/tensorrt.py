@@ -136,25 +136,19 @@ def build_engines(directory: Path, capabilities: list[str], *, workspace_gib: fl
             log.warning(
                 "TensorRT %s builds strongly typed networks only: these fp32 graphs give fp32 engines", trt.__version__
             )
+        base = {"precision": precision, "workspace_gib": workspace_gib, "max_batch": max_batch}
         data = manifest.load(directory)
         entries = {}
         for capability in capabilities:
             entry = data["capabilities"][capability]
-            bounds = ShapeBounds(**{k: tuple(v) if k != "max_batch" else v for k, v in entry["bounds"].items()})
+            bounds = ShapeBounds.from_dict(entry["bounds"])
             for graph in entry["graphs"]:
-                graph["tensorrt"] = _engine_for(
-                    directory,
-                    capability,
-                    graph,
-                    bounds,
-                    gpu,
-                    trt,
-                    cuda,
-                    cuda_context,
-                    {"precision": precision, "workspace_gib": workspace_gib, "max_batch": max_batch},
-                ) + [
-                    e for e in graph.get("tensorrt", []) if e["gpu"] != gpu["name"] or e["tensorrt"] != trt.__version__
+                here = _engine_for(directory, capability, graph, bounds, gpu, trt, cuda, cuda_context, base)
+                # Engines of other GPUs or TensorRT versions (a shared cache volume) stay listed.
+                others = [
+                    e for e in graph.get("tensorrt", []) if (e["gpu"], e["tensorrt"]) != (gpu["name"], trt.__version__)
                 ]
+                graph["tensorrt"] = here + others
             entries[capability] = entry
         return entries
     finally:
