@@ -15,14 +15,14 @@ from collections.abc import Callable
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import __version__, codecs, engines
 from .capabilities import CAPABILITY_CLASSES
 from .config import Config
-from .errors import Forbidden, InputError, NodeError, NotReady, PayloadTooLarge
+from .errors import Forbidden, InputError, NodeError, NotReady, PayloadTooLarge, RequestTimeout
 from .service import Node, backend_memory
 
 log = logging.getLogger("node")
@@ -68,10 +68,13 @@ async def _read_body(request: Request, limit: int) -> bytearray:
         if int(declared) > limit:
             raise PayloadTooLarge(f"body of {declared} bytes is above the limit of {limit}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"body passed the limit of {limit} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise PayloadTooLarge(f"body passed the limit of {limit} bytes")
+    except ClientDisconnect:  # gone, or closed by the receive deadline (node.protocol): nobody reads the reply
+        raise RequestTimeout("the body did not arrive") from None
     return body
 
 

@@ -62,9 +62,12 @@ class Registrar:
         self._task = asyncio.create_task(self._keep_registered())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        """Stop re-registering and unregister every capability; later calls do nothing."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await asyncio.gather(*(asyncio.to_thread(self._unregister, c) for c in self.capabilities))
 
     async def _keep_registered(self) -> None:

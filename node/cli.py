@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from .config import ENV_PREFIX, Config
@@ -72,31 +75,56 @@ def main(argv: list[str] | None = None) -> int:
     return serve(config)
 
 
-def serve(config: Config) -> int:
+FATAL_EXIT_S = 4.0  # a broken device can block a clean exit; the supervisor wants us gone within 5 s
+
+
+def serve(config: Config, open_backend=None) -> int:
+    """Run the node until SIGTERM/SIGINT (drain, exit 0), a fatal fault or a failed start-up (exit 1)."""
     import uvicorn  # noqa: PLC0415 (keeps --help fast)
 
     from .app import create_app  # noqa: PLC0415
+    from .server import DrainingServer, GuardedHttpToolsProtocol  # noqa: PLC0415
 
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     log.info("vision node: serving %s on http://%s:%d", config.engines, config.host, config.port)
-    app = create_app(config)
-    server = uvicorn.Server(
+    app = create_app(config, open_backend)
+    node = app.state.node
+    server = DrainingServer(
         uvicorn.Config(
             app,
             host=config.host,
             port=config.port,
+            http=functools.partial(GuardedHttpToolsProtocol, node=node),
             lifespan="on",  # a failed start-up stops the process
             log_config=None,  # uvicorn's loggers go to the root handler above
             access_log=config.access_log,
             server_header=False,
-        )
+            timeout_graceful_shutdown=config.shutdown_grace_s,
+        ),
+        node,
     )
-    node = app.state.node
-    node.on_fatal = lambda: setattr(server, "should_exit", True)
+
+    def stop_for_restart() -> None:  # any thread
+        log.error("the node cannot go on: exiting with status 1 so that its supervisor restarts it")
+        server.should_exit = True
+        threading.Thread(target=_exit_soon, name="fatal-exit", daemon=True).start()
+
+    node.on_fatal = stop_for_restart
     server.run()
     if not server.started or node.error:
-        log.error("stopped: the node did not start (see the error above)")
+        log.error("stopped: %s", node.error or "the node did not start (see the error above)")
+        if node.error and node.warm:  # a worker thread may be stuck in the device: do not wait to join it
+            logging.shutdown()
+            os._exit(1)
         return 1
+    log.info("stopped after draining")
     return 0
+
+
+def _exit_soon() -> None:
+    time.sleep(FATAL_EXIT_S)
+    log.error("still running %.0f s after a fatal fault: exiting now", FATAL_EXIT_S)
+    logging.shutdown()
+    os._exit(1)

@@ -39,6 +39,20 @@ class Config:
     max_body_bytes: int = _opt(32 << 20, "largest request body accepted (413 above it)")
     queue_size: int = _opt(4, "requests that may wait per capability behind the running one (503 above it)")
     request_timeout_s: float = _opt(10.0, "per-request deadline from arrival to result (504 after it)")
+    receive_timeout_s: float = _opt(
+        10.0, "a request's head and body must arrive within this many seconds of its first byte (408 after it)"
+    )
+    max_header_bytes: int = _opt(16384, "largest request line + headers accepted (431 above it)")
+    hang_timeout_s: float = _opt(
+        60.0, "an inference still running after this many seconds is a hung device: the node exits for a restart"
+    )
+    max_consecutive_failures: int = _opt(
+        3, "backend failures in a row on one capability that count as a broken device (the node exits)"
+    )
+    drain_delay_s: float = _opt(
+        0.0, "on SIGTERM, keep serving this long after unregistering (/ready is 503) before closing the listener"
+    )
+    shutdown_grace_s: float = _opt(30.0, "on SIGTERM, how long requests in flight may take to finish")
     png_compression: int = _opt(1, "zlib level of PNG outputs, 0-9 (1: fast, a little larger)")
     log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
     access_log: bool = _opt(False, "log every request (off: one line per frame is noise at video rates)")
@@ -65,6 +79,15 @@ class Config:
             problems.append(f"max_body_bytes: {self.max_body_bytes} is too small to hold a frame")
         if self.request_timeout_s <= 0:
             problems.append(f"request_timeout_s: must be > 0, got {self.request_timeout_s}")
+        for name in ("receive_timeout_s", "hang_timeout_s", "shutdown_grace_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.drain_delay_s < 0:
+            problems.append(f"drain_delay_s: must be >= 0, got {self.drain_delay_s}")
+        if self.max_header_bytes < 1024:
+            problems.append(f"max_header_bytes: {self.max_header_bytes} is too small for ordinary headers")
+        if self.max_consecutive_failures < 1:
+            problems.append(f"max_consecutive_failures: must be >= 1, got {self.max_consecutive_failures}")
         if not 0 <= self.png_compression <= 9:
             problems.append(f"png_compression: must be 0-9, got {self.png_compression}")
         for f in dataclasses.fields(self):

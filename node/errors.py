@@ -22,6 +22,12 @@ class InputError(NodeError):
     status, code = 400, "bad_request"
 
 
+class RequestTimeout(NodeError):
+    """The request did not arrive in time (``--receive-timeout-s``): a slow or stalled client."""
+
+    status, code = 408, "request_timeout"
+
+
 class Forbidden(NodeError):
     status, code = 403, "forbidden"  # never 401: an orchestrator drops a capability that answers 401
 
@@ -54,6 +60,20 @@ class Overloaded(NodeError):
 class NotReady(NodeError):
     status, code = 503, "not_ready"
     headers = {"Retry-After": "1"}
+
+
+class BackendOutOfMemory(NodeError):
+    """A transient failure (out of memory): only this request fails; retry, here or elsewhere."""
+
+    status, code = 503, "backend_out_of_memory"
+    headers = {"Retry-After": "1"}
+
+
+class BackendFailed(NodeError):
+    """The device or runtime is broken; the node stops being ready and exits for its supervisor."""
+
+    status, code = 503, "backend_failed"
+    headers = {"Retry-After": "5"}
 
 
 class DeadlineExceeded(NodeError):

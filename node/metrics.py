@@ -29,6 +29,12 @@ class Metrics:
         self.in_flight = Gauge(
             "vision_node_in_flight", "Requests accepted and not finished", ["capability"], registry=self.registry
         )
+        self.refused_connections = Counter(
+            "vision_node_refused_connections",
+            "Connections answered and closed before the request reached a route (408 slow, 431 headers too large)",
+            ["status"],
+            registry=self.registry,
+        )
         self.ready = Gauge("vision_node_ready", "1 when every capability is warm", registry=self.registry)
         self.memory = Gauge(
             "vision_node_backend_memory_bytes",

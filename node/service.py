@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
@@ -39,8 +40,8 @@ class Node:
         self.sessions: dict[str, CapabilitySession] = {}
         self.error: str | None = None
         self.warm = False  # set once, after every session and the codecs are warm
-        self.draining = False
-        self.on_fatal: Callable[[], None] = lambda: None  # the CLI makes this stop the server
+        self.draining = False  # SIGTERM: not ready, unregistered, still finishing (and taking) requests
+        self.on_fatal: Callable[[], None] = lambda: None  # the CLI makes this stop the process
         self.registrar: Registrar | None = None
 
     def _onnxruntime(self, served: engines.ServedCapability) -> Callable:
@@ -86,12 +87,30 @@ class Node:
         return "OK" if any(s.pending for s in self.sessions.values()) else "IDLE"
 
     def session(self, name: str) -> CapabilitySession:
+        """The capability's session; while draining it still takes requests until the listener closes."""
         session = self.sessions.get(name)
         if session is None:
             raise NotFound(f"no capability {name!r}; this node serves: {', '.join(self.sessions) or 'nothing yet'}")
-        if not self.ready:
-            raise NotReady(f"{name}: the node is {self.status.lower()}" if not self.draining else "shutting down")
+        if not self.warm or self.error:
+            raise NotReady(f"{name}: the node is {self.status.lower()}" + (f": {self.error}" if self.error else ""))
         return session
+
+    def fail(self, reason: str) -> None:
+        """A fault the node cannot recover from (callers log it): not ready from now on, and the process stops.
+
+        Safe to call from any thread."""
+        if self.error:
+            return
+        self.error = reason
+        self.metrics.ready.set(0)
+        self.on_fatal()
+
+    async def drain(self) -> None:
+        """SIGTERM's first step: ``/ready`` turns 503 and the orchestrator is told we are leaving."""
+        self.draining = True
+        self.metrics.ready.set(0)
+        if self.registrar is not None:
+            await self.registrar.stop()
 
     @asynccontextmanager
     async def lifespan(self, app):
@@ -102,30 +121,53 @@ class Node:
             raise
         for name, entry in served.items():
             capability = CAPABILITY_CLASSES[name](entry.options)
-            session = CapabilitySession(entry, capability, self.open_backend(entry), self.config.queue_size)
+            session = CapabilitySession(
+                entry,
+                capability,
+                self.open_backend(entry),
+                self.config.queue_size,
+                max_failures=self.config.max_consecutive_failures,
+                on_fatal=self.fail,
+            )
             self.sessions[name] = session
             self.metrics.track(session)
             if entry.demo:
                 log.warning("%s: DEMO weights (seeded random, not a trained model): its maps mean nothing", name)
         warm_up = asyncio.create_task(self._warm_up())
+        watch = asyncio.create_task(self._watch_for_hangs())
         try:
             yield {"node": self}
         finally:
-            self.draining = True
-            self.metrics.ready.set(0)
+            watch.cancel()
             await warm_up
-            if self.registrar is not None:
-                await self.registrar.stop()  # unregister: the orchestrator stops routing here
-            await asyncio.to_thread(self._close)
+            await self.drain()  # unregister (once): the orchestrator stops routing here
+            if self.error and self.warm:
+                log.warning("not closing the backends: after a fatal fault only the process exit frees them safely")
+            else:
+                await asyncio.to_thread(self._close)
+
+    async def _watch_for_hangs(self) -> None:
+        """A frame that never returns is a hung device (no exception will come): fail the node."""
+        limit = self.config.hang_timeout_s
+        while not self.error:
+            await asyncio.sleep(min(1.0, limit / 4))
+            now = time.monotonic()
+            for session in self.sessions.values():
+                since = session.running_since
+                if since is not None and now - since > limit:
+                    reason = f"{session.name}: an inference has not returned for {now - since:.1f} s: the device hangs"
+                    log.error("%s", reason)
+                    self.fail(reason)
+                    return
 
     async def _warm_up(self) -> None:
         try:
             seconds = await asyncio.gather(*(asyncio.to_thread(s.open) for s in self.sessions.values()))
             await asyncio.to_thread(codecs.warm_up)
         except Exception as err:  # StartupError names the file; anything else also gets its traceback
-            self.error = str(err) if isinstance(err, StartupError) else f"{type(err).__name__}: {err}"
-            log.error("start-up failed: %s", self.error, exc_info=not isinstance(err, StartupError))
-            self.on_fatal()
+            reason = str(err) if isinstance(err, StartupError) else f"{type(err).__name__}: {err}"
+            log.error("start-up failed: %s", reason, exc_info=not isinstance(err, StartupError))
+            self.fail(reason)
             return
         for session, took in zip(self.sessions.values(), seconds):
             for graph, backend in session.backends.items():
@@ -146,7 +188,7 @@ class Node:
         log.info("ready: %s%s", ", ".join(self.sessions), f" ({age:.2f} s after process start)" if age else "")
         self.warm = True
         self.metrics.ready.set(1)
-        if self.config.orchestrator_url:  # registered only once warm: a registered node must answer
+        if self.config.orchestrator_url and not self.draining:  # only once warm: a registered node must answer
             self.registrar = Registrar(self.config, list(self.sessions))
             self.registrar.start()
 

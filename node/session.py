@@ -3,6 +3,8 @@
 Frames for a capability run one at a time on its worker thread, never on the event loop.
 At most ``queue_size`` requests wait behind the running one; the next is refused at once
 (503, retryable). A request whose deadline passes while it waits is dropped before it runs.
+A backend failure is classified (``runtime.faults``): out of memory fails only its request
+(503); a broken device, or ``max_failures`` failures in a row, is reported through ``on_fatal``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 from . import samples
 from .contract import FRAME_INPUT
 from .engines import Graph, ServedCapability
-from .errors import DeadlineExceeded, EngineError, Overloaded, StartupError
+from .errors import BackendFailed, BackendOutOfMemory, DeadlineExceeded, EngineError, Overloaded, StartupError
+from .runtime import faults
 
 log = logging.getLogger("node")
 
@@ -44,14 +47,25 @@ class Outcome:
 
 
 class CapabilitySession:
-    def __init__(self, served: ServedCapability, capability, open_backend: Callable[[Graph], object], queue_size: int):
+    def __init__(
+        self,
+        served: ServedCapability,
+        capability,
+        open_backend: Callable[[Graph], object],
+        queue_size: int,
+        max_failures: int = 3,
+        on_fatal: Callable[[str], None] = lambda reason: None,
+    ):
         self.served = served
         self.capability = capability
         self.open_backend = open_backend
         self.queue_size = queue_size
+        self.max_failures = max_failures
+        self.on_fatal = on_fatal  # called from the worker thread
         self.backends: dict[Graph, object] = {}
         self.pending = 0  # accepted, not finished (changed on the event loop only)
-        self.running = False
+        self.running_since: float | None = None  # time.monotonic() when the running frame started
+        self.failures = 0  # backend failures in a row (worker thread only)
         self.warm = False
         self._stack = ExitStack()
         self._executor: ThreadPoolExecutor | None = None
@@ -62,7 +76,7 @@ class CapabilitySession:
 
     @property
     def waiting(self) -> int:
-        return self.pending - int(self.running)
+        return self.pending - int(self.running_since is not None)
 
     def open(self) -> float:
         """Load every graph and run a warm-up frame through each (blocking); returns the seconds it took."""
@@ -119,14 +133,34 @@ class CapabilitySession:
             return None
         h, w = job.frame.shape[:2]
         graph = self.served.graph_for(h, w)
-        self.running = True
+        self.running_since = time.monotonic()
         try:
             outputs = self.backends[graph].infer({FRAME_INPUT: job.frame[None]})
-            inferred = time.perf_counter()
-            rendered = self.capability.render(outputs, job.options, (h, w))
         except Exception as err:
-            log.exception("%s: inference failed on a %dx%d frame", self.name, w, h)
-            raise EngineError(f"{self.name}: the backend failed on this frame: {err}") from err
+            raise self._backend_failed(err, f"a {w}x{h} frame") from err
         finally:
-            self.running = False
+            self.running_since = None
+        self.failures = 0
+        inferred = time.perf_counter()
+        try:
+            rendered = self.capability.render(outputs, job.options, (h, w))
+        except Exception as err:  # our rendering, not the device: this request only
+            log.exception("%s: rendering failed on a %dx%d frame", self.name, w, h)
+            raise EngineError(f"{self.name}: rendering failed on this frame: {err}") from err
         return Outcome(rendered, graph, started - job.submitted, inferred - started, time.perf_counter() - inferred)
+
+    def _backend_failed(self, err: Exception, what: str) -> Exception:
+        """The error for this request; a broken device is also reported to the node."""
+        kind = faults.classify(err)
+        if kind == faults.TRANSIENT:
+            log.warning("%s: out of memory on %s (only this request fails): %s", self.name, what, err)
+            return BackendOutOfMemory(f"{self.name}: the backend ran out of memory on this frame; retry")
+        self.failures += 1
+        if kind == faults.FATAL or self.failures >= self.max_failures:
+            why = "a broken device" if kind == faults.FATAL else f"{self.failures} failures in a row"
+            reason = f"{self.name}: {why}: {type(err).__name__}: {err}"
+            log.error("%s", reason, exc_info=err)
+            self.on_fatal(reason)
+            return BackendFailed(f"{self.name}: the backend failed and the node is restarting: {err}")
+        log.exception("%s: the backend failed on %s", self.name, what, exc_info=err)
+        return EngineError(f"{self.name}: the backend failed on this frame: {err}")

@@ -127,12 +127,13 @@ def gated(gate: threading.Event):
     return for_capability
 
 
-def start_node(engines, log_path, **env):
-    """``python -m node serve`` as its own process; ``VISION_NODE_*`` settings in ``env``."""
+def start_node(engines, log_path, *argv, module="node", **env):
+    """``python -m node serve`` (or ``python -m MODULE ARGV...``) as its own process; ``VISION_NODE_*`` in ``env``."""
     port = int(env.pop("VISION_NODE_PORT", 0)) or free_port()
     environ = {**os.environ, "VISION_NODE_ENGINES": str(engines), "VISION_NODE_PORT": str(port), **env}
+    command = [sys.executable, "-m", module, *(argv or ["serve"])]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "node", "serve"], cwd=ROOT, env=environ, stdout=log, stderr=log)
+        proc = subprocess.Popen(command, cwd=ROOT, env=environ, stdout=log, stderr=log)
     return proc, f"http://127.0.0.1:{port}"
 
 

@@ -117,7 +117,7 @@ def test_infer_without_the_token_is_403_never_401(registered):
 
 def test_unregisters_every_capability_on_sigterm(registered):
     double, proc, _, log = registered
-    assert stop(proc) in (0, -15)
+    assert stop(proc) == 0
     assert set(double.unregistered) >= {"vision-depth", "segmentation", "pose"}
     assert not double.registry
     assert "unregister pose at" in log.read_text()
