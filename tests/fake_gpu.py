@@ -62,10 +62,10 @@ class FakeCuda:
                 return 80 << 30
 
             def retain_primary_context(self):
-                return SimpleNamespace(push=lambda: None)
+                return SimpleNamespace(push=lambda: cuda.calls.append(("push",)))
 
         self.Allocation, self.Stream, self.Event, self.Device = Allocation, Stream, Event, Device
-        self.Context = SimpleNamespace(pop=lambda: None)
+        self.Context = SimpleNamespace(pop=lambda: cuda.calls.append(("pop",)))
 
     def mem_alloc(self, nbytes):
         self.calls.append(("mem_alloc", nbytes))

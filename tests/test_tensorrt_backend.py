@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from node.contract import FRAME_INPUT
 from node.engines import load
 from node.errors import EngineError, StartupError
+from node.runtime import faults
 from node.runtime import tensorrt as trt_backend
 from node.runtime.cuda import SharedScratch
 from node.runtime.onnxruntime import OnnxRuntimeBackend
@@ -53,8 +55,9 @@ def test_outputs_equal_the_graph_for_every_frame_size(tiny_build, fakes, capabil
 
 
 def test_per_frame_sequence_copies_valid_regions_and_allocates_nothing(tiny_build, fakes):
-    backend, _, scratch = open_backend(tiny_build, "segmentation", fakes)
     cuda = fakes[1]
+    scratch = SharedScratch(cuda, cuda.Device(0).retain_primary_context())
+    backend, _, scratch = open_backend(tiny_build, "segmentation", fakes, scratch)
     opened = list(cuda.calls)
     assert ("create_execution_context", "user_managed") in opened
     allocations = [c for c in opened if c[0] in ("mem_alloc", "pagelocked_empty")]
@@ -64,6 +67,7 @@ def test_per_frame_sequence_copies_valid_regions_and_allocates_nothing(tiny_buil
     backend.infer({FRAME_INPUT: frames(120, 160)})
     first = [c[0] for c in cuda.calls]
     assert first == [
+        "push",  # the node's CUDA context, current on the calling (worker) thread
         "mem_alloc",  # the shared scratch, on the first run only
         "set_device_memory",
         "htod",
@@ -71,14 +75,17 @@ def test_per_frame_sequence_copies_valid_regions_and_allocates_nothing(tiny_buil
         "execute_async_v3",
         "dtoh",
         "synchronize",
+        "pop",
     ]
-    assert cuda.calls[2][2] == 120 * 160 * 3 and cuda.calls[5][2] == 120 * 160  # only the valid bytes move
+    assert cuda.calls[3][2] == 120 * 160 * 3 and cuda.calls[6][2] == 120 * 160  # only the valid bytes move
     cuda.calls.clear()
     backend.infer({FRAME_INPUT: frames(120, 160, seed=1)})
-    assert [c[0] for c in cuda.calls] == ["htod", "execute_async_v3", "dtoh", "synchronize"]  # same shape: no rebind
+    same_shape = ["push", "htod", "execute_async_v3", "dtoh", "synchronize", "pop"]  # no rebind, no shape change
+    assert [c[0] for c in cuda.calls] == same_shape
     cuda.calls.clear()
     backend.infer({FRAME_INPUT: frames(200, 100)})
-    assert [c[0] for c in cuda.calls] == ["htod", "set_input_shape", "execute_async_v3", "dtoh", "synchronize"]
+    assert [c[0] for c in cuda.calls] == ["push", "htod", "set_input_shape", "execute_async_v3", "dtoh", "synchronize",
+                                          "pop"]  # fmt: skip
 
 
 def test_engines_share_one_scratch_sized_to_the_largest(tiny_build):
@@ -296,3 +303,21 @@ def test_engine_build_reuses_escalates_precision_and_refuses(tiny_build, tmp_pat
         build_trt.build_engines(engines, ["segmentation"])
     assert built == ["none", "norms", "norms+prepost"]  # escalated, then refused
     assert not list(engines.glob("segmentation-*.plan"))  # nothing that disagreed is kept
+
+
+def test_a_scratch_growth_that_runs_out_of_memory_changes_nothing():
+    """The failed allocation is transient (503 for that frame); the scratch must still say what it holds."""
+    cuda = FakeCuda()
+    scratch = SharedScratch(cuda)
+    context = SimpleNamespace(set_device_memory=lambda address, size: True)
+    scratch.bind(context, 1 << 20)
+    held = scratch.allocation
+
+    def out_of_memory(nbytes):
+        raise RuntimeError("cuMemAlloc failed: out of memory")  # pycuda's text (seen on an H100)
+
+    cuda.mem_alloc = out_of_memory
+    with pytest.raises(EngineError) as failed:
+        scratch.bind(context, 1 << 40)
+    assert faults.classify(failed.value) == faults.TRANSIENT
+    assert scratch.size == 1 << 20 and scratch.allocation is held

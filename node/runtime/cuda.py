@@ -100,11 +100,11 @@ class SharedScratch:
     def bind(self, context, nbytes: int) -> None:
         """Make ``context`` use the scratch, growing it to ``nbytes`` first. Call with ``lock`` held."""
         if self.allocation is None or nbytes > self.size:
-            old, self.size = self.allocation, max(self.size, int(nbytes), 1)
-            self.allocation = checked("mem_alloc", self.cuda.mem_alloc, self.size, returns=True)
-            if old is not None:
-                old.free()
-            self._bound = {}
+            size = max(self.size, int(nbytes), 1)
+            grown = checked("mem_alloc", self.cuda.mem_alloc, size, returns=True)  # may fail (OOM): nothing changes
+            if self.allocation is not None:
+                self.allocation.free()
+            self.allocation, self.size, self._bound = grown, size, {}
         if self._bound.get(id(context)) is not self.allocation:
             if hasattr(context, "set_device_memory"):  # TensorRT >= 10.1
                 checked("set_device_memory", context.set_device_memory, int(self.allocation), self.size)

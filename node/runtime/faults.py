@@ -20,9 +20,9 @@ FATAL = "fatal"  # the device or its context is broken: not ready, exit so the s
 _FATAL = re.compile(
     r"illegal memory access|illegal address|illegal instruction|misaligned address|unspecified launch failure"
     r"|launch timed out|device-side assert|hardware stack error|uncorrectable ECC|ECC error"
-    r"|context is destroyed|fallen off the bus|GPU is lost|device has been lost"
+    r"|context is destroyed|invalid device context|fallen off the bus|GPU is lost|device has been lost"
     r"|CUDA_ERROR_(?:ILLEGAL_ADDRESS|ILLEGAL_INSTRUCTION|MISALIGNED_ADDRESS|LAUNCH_FAILED|LAUNCH_TIMEOUT|ASSERT"
-    r"|HARDWARE_STACK_ERROR|ECC_UNCORRECTABLE|CONTEXT_IS_DESTROYED)"
+    r"|HARDWARE_STACK_ERROR|ECC_UNCORRECTABLE|CONTEXT_IS_DESTROYED|INVALID_CONTEXT)"
     r"|cudaError(?:IllegalAddress|IllegalInstruction|MisalignedAddress|LaunchFailure|LaunchTimeout|Assert"
     r"|HardwareStackError|ECCUncorrectable|DevicesUnavailable)",
     re.IGNORECASE,

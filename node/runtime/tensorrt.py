@@ -131,7 +131,8 @@ class TensorRTBackend:
         n, h, w, _ = frames.shape
         cuda, stream, start, copied, computed, done = self.cuda, self.scratch.stream, *self.events
         frame_in = self.buffers[FRAME_INPUT]
-        with self.scratch.lock:
+        # The node's CUDA context is per thread in pycuda: the session's worker and warm-up threads push it here.
+        with self.scratch.lock, self.scratch.current():
             self.scratch.bind(self.context, self.scratch_need)
             np.copyto(frame_in.host_view(frames.shape), frames)
             start.record(stream)
