@@ -9,7 +9,8 @@ does (settings from ``VISION_NODE_*``), with each real ONNX Runtime backend wrap
 - ``illegal-address``: raise it with the text of a CUDA illegal memory access (sticky, like
   CUDA's own: every frame after fails the same way);
 - ``error``: raise it with an ordinary node failure text (once);
-- ``hang``: block forever (a hung kernel).
+- ``hang``: block forever (a hung kernel);
+- ``slow S``: take S seconds more per frame (a slower device), while the file says so.
 
 A GPU cannot fail on demand here; the texts are the runtimes' (see ``node/runtime/faults.py``).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
@@ -69,6 +71,8 @@ class FaultInjectingBackend:
             raise RuntimeException(ILLEGAL_ADDRESS)
         if fault == "hang":
             threading.Event().wait()
+        if fault.startswith("slow "):
+            time.sleep(float(fault.split()[1]))
         return self.inner.infer(inputs)
 
 

@@ -34,6 +34,7 @@ class OrchestratorDouble:
         self.registry: dict[str, dict] = {}
         self.registrations: list[dict] = []  # every accepted registration body, in order
         self.unregistered: list[str] = []
+        self.unregistered_at: list[float] = []  # time.monotonic() of each unregistration
         self.rejected = 0
         self.forwarded_headers: list[dict] = []
         app = Starlette(
@@ -80,6 +81,7 @@ class OrchestratorDouble:
         name = (await request.body()).decode()
         self.registry.pop(name, None)
         self.unregistered.append(name)
+        self.unregistered_at.append(time.monotonic())
         return PlainTextResponse("ok")
 
     async def job(self, request: Request) -> Response:
