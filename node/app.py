@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import __version__, codecs, engines
+from . import __version__, codecs, engines, openapi
 from .capabilities import CAPABILITY_CLASSES
 from .config import Config
 from .errors import Forbidden, InputError, NodeError, NotReady, PayloadTooLarge, RequestTimeout
@@ -194,6 +194,13 @@ async def capabilities(request: Request) -> Response:
     )
 
 
+async def openapi_document(request: Request) -> Response:
+    node: Node = request.state.node
+    if node.openapi is None:  # the sessions are known from start-up on; the document never changes after
+        node.openapi = openapi.document(node)
+    return JSONResponse(node.openapi)
+
+
 async def metrics(request: Request) -> Response:
     return Response(request.state.node.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -224,7 +231,7 @@ async def _unexpected(request: Request, err: Exception) -> JSONResponse:
 class _CountResponses:
     """ASGI middleware: count responses by route and status (route labels are bounded: no raw paths)."""
 
-    KNOWN = ("/health", "/ready", "/capabilities", "/metrics")
+    KNOWN = ("/health", "/ready", "/capabilities", "/metrics", "/openapi.json")
 
     def __init__(self, app, node: Node):
         self.app, self.node = app, node
@@ -258,10 +265,12 @@ def create_app(config: Config, open_backend: Callable | None = None) -> Starlett
             Route("/ready", ready, methods=["GET"]),
             Route("/capabilities", capabilities, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi_document, methods=["GET"]),
         ],
         lifespan=node.lifespan,
         exception_handlers={NodeError: _node_error, HTTPException: _http_error, Exception: _unexpected},
     )
+    app.router.redirect_slashes = False  # only the documented paths answer: /health/ is 404, not a redirect
     app.state.node = node
     app.add_middleware(_CountResponses, node=node)
     return app

@@ -40,8 +40,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.node = node
         self._deadline: asyncio.TimerHandle | None = None
-        self._in_head = False
-        self._head_bytes = 0
+        self._in_head = False  # a request's line and headers are arriving
+        self._head_bytes = 0  # bytes read while the head was incomplete
+        self._parsed_bytes = 0  # the head's bytes as parsed so far
+        self._refused = False  # answered 408/431 and closing
 
     # -- the deadline runs from a request's first byte until its last
 
@@ -63,27 +65,50 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing: the rest is not read
         self._arm()  # the first bytes of a request on a kept-alive connection
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
-            self._head_bytes += len(data)
-            if self._head_bytes > self.node.config.max_header_bytes:
-                self._refuse(
-                    431,
-                    "Request Header Fields Too Large",
-                    "headers_too_large",
-                    f"request line and headers passed {self.node.config.max_header_bytes} bytes",
-                )
+        if self._in_head:  # the head is still incomplete, so all of this chunk was head
+            self._head_bytes += len(data)  # (httptools holds a header that is still arriving)
+            self._check_head()
+
+    # -- the head is counted exactly as it is parsed, and across reads while it is incomplete
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._head_bytes, self._parsed_bytes = True, 0, 0
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed_bytes += len(url)
+        if not self._check_head():
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed_bytes += len(name) + len(value) + 4
+        if not self._check_head():
+            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        super().on_headers_complete()
+        if not self._refused:
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def _check_head(self) -> bool:
+        """Refuse (431) once the head passes the cap; True when this connection is refused."""
+        limit = self.node.config.max_header_bytes
+        if not self._refused and max(self._head_bytes, self._parsed_bytes) > limit:
+            self._refuse(431, "Request Header Fields Too Large", "headers_too_large",
+                         f"request line and headers passed {limit} bytes")  # fmt: skip
+        return self._refused
 
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         super().on_message_complete()
         self._disarm()  # all of it arrived: the request deadline (--request-timeout-s) takes over
 
@@ -104,6 +129,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, reason: str, code: str, detail: str) -> None:
         """Answer ``status`` and close. A handler waiting for the body sees a disconnect, and its reply is dropped."""
+        self._refused = True
         self._disarm()
         if self.cycle is not None and not self.cycle.response_complete:
             started = self.cycle.response_started

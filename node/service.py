@@ -43,6 +43,7 @@ class Node:
         self.draining = False  # SIGTERM: not ready, unregistered, still finishing (and taking) requests
         self.on_fatal: Callable[[], None] = lambda: None  # the CLI makes this stop the process
         self.registrar: Registrar | None = None
+        self.openapi: dict | None = None  # node.openapi.document, made on first request
 
     def _onnxruntime(self, served: engines.ServedCapability) -> Callable:
         def open_graph(graph: engines.Graph):

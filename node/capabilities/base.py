@@ -30,12 +30,16 @@ class Encoded:
     meta: dict  # e.g. {"dtype": "float32", "shape": [h, w]} for raw outputs
 
 
-def choice(*allowed: str) -> Callable[[str, str], str]:
-    def parse(name: str, value: str) -> str:
+# Each parser carries ``schema``: the option as OpenAPI describes it (node/openapi.py).
+
+
+def choice(*allowed: str, kind=str) -> Callable[[str, str], Any]:
+    def parse(name: str, value: str):
         if value not in allowed:
             raise InputError(f"option {name}={value!r}: expected one of {', '.join(allowed)}")
-        return value
+        return kind(value)
 
+    parse.schema = {"type": "integer" if kind is int else "string", "enum": [kind(a) for a in allowed]}
     return parse
 
 
@@ -49,6 +53,7 @@ def number(lo: float, hi: float, kind=float) -> Callable[[str, str], float]:
             raise InputError(f"option {name}={value!r}: expected {lo:g}..{hi:g}")
         return x
 
+    parse.schema = {"type": "integer" if kind is int else "number", "minimum": lo, "maximum": hi}
     return parse
 
 
@@ -61,6 +66,9 @@ def value_range(name: str, value: str) -> tuple[float, float]:
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise InputError(f"option {name}={value!r}: expected finite lo < hi")
     return lo, hi
+
+
+value_range.schema = {"type": "string", "description": "two finite numbers lo,hi with lo < hi", "example": "0,10"}
 
 
 def parse_options(given: dict[str, str], parsers: dict[str, Callable], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ class Depth:
     stream_outputs = ("controlnet",)  # image-shaped: what a video stream can carry
     parsers = {
         "output": choice(*OUTPUTS),
-        "channels": lambda name, value: int(choice("1", "3")(name, value)),
+        "channels": choice("1", "3", kind=int),
         "range": value_range,
     }
     defaults = {"output": "controlnet", "channels": 3, "range": None}

@@ -1,0 +1,160 @@
+"""The node's HTTP API as an OpenAPI 3.0 document (``GET /openapi.json``), built from what it serves.
+
+Options come from each capability's parsers (each carries its JSON schema), so the document
+cannot drift from what ``/infer`` accepts; schema-driven fuzzing (schemathesis) runs against it.
+Everything not in this document answers 404 or 405.
+"""
+
+from __future__ import annotations
+
+from . import __version__
+from .errors import (
+    BackendFailed,
+    BackendOutOfMemory,
+    DeadlineExceeded,
+    EngineError,
+    Forbidden,
+    FrameRejected,
+    InputError,
+    NotReady,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
+
+BINARY = {"type": "string", "format": "binary"}
+ERROR = {"$ref": "#/components/schemas/Error"}
+FRAME_MEDIA_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
+
+
+def _media_type(output: str) -> str:
+    return {"raw": "application/octet-stream", "json": "application/json"}.get(output, "image/png")
+
+
+def _error(description: str, retry_after: bool = False) -> dict:
+    response = {"description": description, "content": {"application/json": {"schema": ERROR}}}
+    if retry_after:
+        response["headers"] = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
+    return response
+
+
+def _errors(*errors) -> dict:
+    """One response per status; its description names each error code and what it means."""
+    by_status: dict[str, list] = {}
+    for err in errors:
+        by_status.setdefault(str(err.status), []).append(err)
+    return {
+        status: _error(
+            "; ".join(f"{e.code}: {' '.join((e.__doc__ or '').split())}".rstrip(": ") for e in group),
+            retry_after=any(e.headers for e in group),
+        )
+        for status, group in by_status.items()
+    }
+
+
+def _infer(name: str, capability, outputs: tuple[str, ...], token: bool) -> dict:
+    options = [
+        {"name": option, "in": "query", "required": False, "schema": parser.schema}
+        for option, parser in capability.parsers.items()
+        if option != "output"
+    ]
+    size = {"type": "integer", "minimum": 1}
+    raw_size = [
+        {"name": dim, "in": "query", "required": False, "schema": size, "description": "raw frames only"}
+        for dim in ("width", "height")
+    ]
+    media = {_media_type(o) for o in outputs}
+    operation = {
+        "summary": f"{name}: conditioning map of one frame",
+        "description": "The frame is the body: JPEG, PNG or raw RGB (application/octet-stream with width and "
+        "height, as query or Content-Type parameters). Options may also be Content-Type parameters. "
+        "X-Metadata (JSON) carries the model, backend, timings and per-frame facts.",
+        "parameters": options + raw_size,
+        "requestBody": {"required": True, "content": {m: {"schema": BINARY} for m in FRAME_MEDIA_TYPES}},
+        "responses": {
+            "200": {
+                "description": f"the map ({', '.join(outputs)})",
+                "headers": {"X-Metadata": {"schema": {"type": "string"}, "description": "JSON"}},
+                "content": {m: {"schema": {"type": "object"} if m.endswith("json") else BINARY} for m in sorted(media)},
+            },
+            **_errors(
+                InputError,
+                RequestTimeout,
+                PayloadTooLarge,
+                UnsupportedMediaType,
+                FrameRejected,
+                EngineError,
+                Overloaded,
+                NotReady,
+                BackendOutOfMemory,
+                BackendFailed,
+                DeadlineExceeded,
+                *([Forbidden] if token else []),
+            ),  # fmt: skip
+        },
+    }
+    if token:
+        operation["security"] = [{"bearer": []}]
+    return {"post": operation}
+
+
+def document(node) -> dict:
+    """The document for this node: its served capabilities and its limits."""
+    token = bool(node.config.token)
+    paths = {}
+    for name, session in node.sessions.items():
+        capability = session.capability
+        paths[f"/infer/{name}"] = _infer(name, capability, capability.outputs, token)
+        with_output = _infer(name, capability, capability.outputs, token)
+        with_output["post"]["parameters"].insert(
+            0, {"name": "output", "in": "path", "required": True, "schema": capability.parsers["output"].schema}
+        )
+        paths[f"/infer/{name}/{{output}}"] = with_output
+        paths[f"/infer/{name}"]["post"]["parameters"].insert(
+            0, {"name": "output", "in": "query", "required": False, "schema": capability.parsers["output"].schema}
+        )
+
+    def get(summary: str, content: dict, **errors) -> dict:
+        return {"get": {"summary": summary, "responses": {"200": {"description": "ok", "content": content}, **errors}}}
+
+    json_object = {"application/json": {"schema": {"type": "object"}}}
+    paths["/health"] = get(
+        "LOADING until warm, then IDLE or OK (busy); ERROR after a fatal fault (the process is exiting)",
+        {"application/json": {"schema": {
+            "type": "object", "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": ["LOADING", "IDLE", "OK", "ERROR"]}},
+        }}},
+    )  # fmt: skip
+    paths["/ready"] = get(
+        "200 once every capability is warm; 503 while loading, draining (SIGTERM) or failed",
+        json_object,
+        **{"503": _error("not_ready: loading, shutting down or failed", retry_after=True)},
+    )
+    paths["/capabilities"] = get("models, licences, graphs, backend, bounds, options and limits", json_object)
+    paths["/metrics"] = get("Prometheus metrics", {"text/plain": {"schema": {"type": "string"}}})
+    paths["/openapi.json"] = get("this document", json_object)
+    doc = {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "vision node",
+            "version": __version__,
+            "description": "Depth, segmentation and pose conditioning maps per frame. Every error is JSON "
+            '{"error": code, "detail": message}. A request whose line and headers pass '
+            f"{node.config.max_header_bytes} bytes gets 431; one that does not arrive whole within "
+            f"{node.config.receive_timeout_s:g} s gets 408.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+                }
+            }
+        },
+    }
+    if token:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    return doc
