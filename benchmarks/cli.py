@@ -4,6 +4,9 @@ engine     in-process latency per capability, frame size and batch, beside trans
 http       load over HTTP: closed-loop concurrency sweep and/or open-loop fixed rates
 overhead   node overhead = HTTP latency - in-process inference, raw and JPEG/PNG, beside the bare HTTP floor
 coldstart  process start -> /ready and -> first successful inference, over several starts
+overload   open-loop load at multiples of the measured capacity: accepted latency, 503s, memory
+slow-clients  normal latency without and beside sockets that trickle a byte a second
+soak       many mixed good and malformed requests: statuses and memory growth
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from node import samples
 from node.errors import StartupError
 from node.runtime.tensorrt import load_tensorrt
 
-from . import coldstart, engine, load, nodeproc, overhead, report
+from . import coldstart, engine, load, nodeproc, overhead, overload, report, slowclients, soak
 from .overhead import bodies, progress
 
 
@@ -164,7 +167,10 @@ def parser() -> argparse.ArgumentParser:
         "  python -m benchmarks http --engines engines/tiny --capability segmentation --concurrency 1,2,4,8\n"
         "  python -m benchmarks http --url http://127.0.0.1:8000 --capability depth --rate 5,10 --duration 20\n"
         "  python -m benchmarks overhead --engines engines/tiny\n"
-        "  python -m benchmarks coldstart --engines engines --runs 5 --markdown coldstart.md",
+        "  python -m benchmarks coldstart --engines engines --runs 5 --markdown coldstart.md\n"
+        "  python -m benchmarks overload --engines engines/tiny --multiples 0.5,1,2,4\n"
+        "  python -m benchmarks slow-clients --engines engines/tiny --sockets 200\n"
+        "  python -m benchmarks soak --engines engines/tiny --requests 100000",
     )
     commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -217,6 +223,35 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--runs", type=int, default=5, help="number of starts (default: 5)")
     c.add_argument("--size", type=_hw, default=(512, 512), metavar="HxW", help="first-inference frame size")
     c.set_defaults(run=coldstart.run)
+
+    ov = commands.add_parser("overload", help="open-loop load at multiples of capacity: latency, 503s, memory")
+    common(ov)
+    ov.add_argument("--capability", default="segmentation", choices=("depth", "segmentation", "pose"))
+    ov.add_argument("--size", type=_hw, default=(256, 256), metavar="HxW", help="frame size (default: 256x256)")
+    ov.add_argument("--multiples", type=_list(float), default=[0.5, 1, 2, 4], metavar="M,...",
+                    help="load as multiples of the measured capacity (default: 0.5,1,2,4)")  # fmt: skip
+    ov.add_argument("--duration", type=float, default=20.0, help="seconds per level (default: 20)")
+    ov.add_argument("--capacity-seconds", type=float, default=10.0, help="capacity measurement (default: 10 s)")
+    ov.add_argument("--queue-size", type=int, default=4, help="the node's queue size (default: 4, as serve)")
+    ov.add_argument("--max-batch", type=_list(int), default=[1], metavar="N,...",
+                    help="one node per value, side by side (1,4: micro-batching off and on; default: 1)")  # fmt: skip
+    ov.set_defaults(run=overload.run)
+
+    sc = commands.add_parser("slow-clients", help="normal latency without and beside trickling sockets")
+    common(sc)
+    sc.add_argument("--sockets", type=int, default=200, help="slow sockets kept open (default: 200)")
+    sc.add_argument("--duration", type=float, default=20.0, help="seconds per phase (default: 20)")
+    sc.add_argument("--size", type=_hw, default=(128, 128), metavar="HxW", help="normal frames (default: 128x128)")
+    sc.add_argument("--receive-timeout", type=float, default=10.0, help="the node's receive deadline (default: 10 s)")
+    sc.set_defaults(run=slowclients.run)
+
+    so = commands.add_parser("soak", help="mixed good and malformed requests: statuses and memory growth")
+    common(so)
+    so.add_argument("--requests", type=int, default=100_000, help="requests in all (default: 100000)")
+    so.add_argument("--clients", type=int, default=4, help="concurrent clients (default: 4)")
+    so.add_argument("--bad-share", type=float, default=0.5, help="share of malformed requests (default: 0.5)")
+    so.add_argument("--samples", type=int, default=20, help="memory samples over the run (default: 20)")
+    so.set_defaults(run=soak.run)
     return p
 
 

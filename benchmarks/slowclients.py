@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import selectors
 import socket
+import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from node import samples
+
+from . import load, nodeproc, report
+from .overhead import bodies, progress
+from .stats import summarise
 
 KINDS = ("idle", "line", "headers", "body")
 
@@ -119,3 +128,65 @@ class Trickler:
         s.sock.close()
         if self.reopen and not self._stop.is_set():
             self._open(s.kind)
+
+
+def _normal(url: str, path: str, body: bytes, content_type: str, duration_s: float) -> list[float]:
+    """Seconds per request of one keep-alive client, back to back, for ``duration_s`` (200s only)."""
+    client, took = load.Client(url), []
+    end = time.perf_counter() + duration_s
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        status, _ = client.post(path, body, content_type)
+        if status == 200:
+            took.append(time.perf_counter() - start)
+    client.close()
+    return took
+
+
+def run(args) -> int:
+    frame = samples.frame(*args.size)
+    body, content_type, _ = bodies(frame)["raw in, raw out"]
+    path = "/infer/segmentation/raw"
+    rows, phases = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        node = nodeproc.spawn(args.engines, Path(tmp) / "node.log", capabilities="segmentation",
+                              receive_timeout_s=args.receive_timeout)  # fmt: skip
+        try:
+            progress(f"started a node on port {node.port}: ready in {nodeproc.wait_ready(node):.2f} s")
+            url = f"http://127.0.0.1:{node.port}"
+            _normal(url, path, body, content_type, 2)  # warm-up
+            progress(f"baseline: one client, {args.duration:g} s")
+            phases["baseline"] = _normal(url, path, body, content_type, args.duration)
+            progress(f"beside {args.sockets} sockets trickling a byte a second (reopened when closed)")
+            with Trickler(node.port, count=args.sockets, reopen=True) as trickler:
+                time.sleep(1)
+                phases["beside slow clients"] = _normal(url, path, body, content_type, args.duration)
+                held = [s.closed - s.opened for s in trickler.sockets if s.closed]
+                statuses = Counter(s.status for s in trickler.sockets if s.closed)
+                still_open = trickler.open_count
+            progress("baseline again")
+            phases["baseline after"] = _normal(url, path, body, content_type, args.duration)
+        finally:
+            node.stop()
+    for name, took in phases.items():
+        s = summarise(took)
+        rows.append({"phase": name, "requests": s["n"], **{f"{p} ms": s[p] for p in ("p50", "p90", "p99", "max")}})
+    base_p99 = (rows[0]["p99 ms"] + rows[2]["p99 ms"]) / 2
+    ratio = rows[1]["p99 ms"] / base_p99
+    held_s = summarise(held) if held else {}
+    notes = [
+        f"POST {path}, raw {args.size[0]}x{args.size[1]}, one keep-alive client back to back, {args.duration:g} s "
+        "per phase; the two baselines bracket the attack",
+        f"p99 beside slow clients / mean baseline p99 = {ratio:.2f} (goal <= 1.2)",
+        f"slow sockets: {args.sockets} kept open (idle, request line, headers, body; a byte a second); node receive "
+        f"deadline {args.receive_timeout:g} s; {len(held)} closed by the node during the phase, held "
+        + (f"{held_s['min'] / 1000:.2f}-{held_s['max'] / 1000:.2f} s" if held else "-")
+        + f", answers {dict(statuses)}; {still_open} open at the end",
+    ]
+    report.write(
+        {"provenance": report.provenance({"engines": str(args.engines)}), "p99_ratio": ratio,
+         "slow_sockets_held_s": held_s, "slow_socket_answers": {str(k): v for k, v in statuses.items()},
+         "phases": {k: summarise(v) for k, v in phases.items()}},
+        "Slow clients: normal latency without and beside them", rows, notes, args.json, args.markdown,
+    )  # fmt: skip
+    return 0

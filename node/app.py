@@ -131,6 +131,7 @@ async def infer(request: Request) -> Response:
         "backend": backend.name,
         "device": backend.device,
         "graph_resolution": list(outcome.graph.resolution),
+        "batch": outcome.batch,
         "frame": [int(frame.shape[0]), int(frame.shape[1])],
         "output": options["output"],
         **outcome.rendered.meta,

@@ -39,6 +39,10 @@ class Config:
     max_body_bytes: int = _opt(32 << 20, "largest request body accepted (413 above it)")
     queue_size: int = _opt(4, "requests that may wait per capability behind the running one (503 above it)")
     request_timeout_s: float = _opt(10.0, "per-request deadline from arrival to result (504 after it)")
+    max_batch: int = _opt(
+        1, "run up to this many waiting frames of the same size as one batch (1: one frame at a time)"
+    )
+    batch_window_s: float = _opt(0.0, "with --max-batch > 1, wait this long for more frames to fill a batch")
     receive_timeout_s: float = _opt(
         10.0, "a request's head and body must arrive within this many seconds of its first byte (408 after it)"
     )
@@ -82,6 +86,10 @@ class Config:
         for name in ("receive_timeout_s", "hang_timeout_s", "shutdown_grace_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.max_batch < 1:
+            problems.append(f"max_batch: must be >= 1, got {self.max_batch}")
+        if self.batch_window_s < 0:
+            problems.append(f"batch_window_s: must be >= 0, got {self.batch_window_s}")
         if self.drain_delay_s < 0:
             problems.append(f"drain_delay_s: must be >= 0, got {self.drain_delay_s}")
         if self.max_header_bytes < 1024:

@@ -51,7 +51,7 @@ class Node:
                 graph.path,
                 graph.outputs,
                 served.bounds,
-                max_batch=1,
+                max_batch=self.config.max_batch,
                 device=self.config.device,
                 threads=self.config.threads,
             )
@@ -129,6 +129,8 @@ class Node:
                 self.config.queue_size,
                 max_failures=self.config.max_consecutive_failures,
                 on_fatal=self.fail,
+                max_batch=self.config.max_batch,
+                batch_window_s=self.config.batch_window_s,
             )
             self.sessions[name] = session
             self.metrics.track(session)

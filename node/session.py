@@ -1,9 +1,11 @@
 """One capability at run time: its backends, a bounded queue and one worker thread.
 
-Frames for a capability run one at a time on its worker thread, never on the event loop.
-At most ``queue_size`` requests wait behind the running one; the next is refused at once
-(503, retryable). A request whose deadline passes while it waits is dropped before it runs.
-A backend failure is classified (``runtime.faults``): out of memory fails only its request
+Frames for a capability run on its worker thread, never on the event loop. At most
+``queue_size`` requests wait behind the running one; the next is refused at once (503,
+retryable). A request whose deadline passes while it waits is dropped before it runs.
+With ``max_batch`` > 1, the worker runs same-sized frames that are already waiting as one
+batch (waiting up to ``batch_window_s`` for more), the way Triton's dynamic batcher does.
+A backend failure is classified (``runtime.faults``): out of memory fails only its requests
 (503); a broken device, or ``max_failures`` failures in a row, is reported through ``on_fatal``.
 """
 
@@ -11,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -22,7 +25,15 @@ import numpy as np
 from . import samples
 from .contract import FRAME_INPUT
 from .engines import Graph, ServedCapability
-from .errors import BackendFailed, BackendOutOfMemory, DeadlineExceeded, EngineError, Overloaded, StartupError
+from .errors import (
+    BackendFailed,
+    BackendOutOfMemory,
+    DeadlineExceeded,
+    EngineError,
+    NotReady,
+    Overloaded,
+    StartupError,
+)
 from .runtime import faults
 
 log = logging.getLogger("node")
@@ -33,8 +44,19 @@ class Job:
     frame: np.ndarray
     options: dict
     deadline: float  # time.monotonic()
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
     submitted: float = field(default_factory=time.perf_counter)
     abandoned: bool = False
+
+    def resolve(self, outcome=None, error: Exception | None = None) -> None:
+        """Hand the result to the request's event loop (from the worker thread)."""
+        self.loop.call_soon_threadsafe(_settle, self.future, outcome, error)
+
+
+def _settle(future: asyncio.Future, outcome, error) -> None:
+    if not future.done():
+        future.set_exception(error) if error is not None else future.set_result(outcome)
 
 
 @dataclass
@@ -44,6 +66,7 @@ class Outcome:
     queue_s: float
     infer_s: float
     render_s: float
+    batch: int = 1
 
 
 class CapabilitySession:
@@ -55,6 +78,8 @@ class CapabilitySession:
         queue_size: int,
         max_failures: int = 3,
         on_fatal: Callable[[str], None] = lambda reason: None,
+        max_batch: int = 1,
+        batch_window_s: float = 0.0,
     ):
         self.served = served
         self.capability = capability
@@ -66,9 +91,14 @@ class CapabilitySession:
         self.pending = 0  # accepted, not finished (changed on the event loop only)
         self.running_since: float | None = None  # time.monotonic() when the running frame started
         self.failures = 0  # backend failures in a row (worker thread only)
+        self.max_batch = max_batch
+        self.batch_window_s = batch_window_s
         self.warm = False
         self._stack = ExitStack()
-        self._executor: ThreadPoolExecutor | None = None
+        self._jobs: deque[Job] = deque()
+        self._wake = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._closing = False
 
     @property
     def name(self) -> str:
@@ -94,27 +124,39 @@ class CapabilitySession:
             bad = [name for name, v in outputs.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
             if bad:
                 raise StartupError(f"{graph.path}: warm-up produced NaN/Inf in {', '.join(bad)}")
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{self.name}")
+        # What every graph's backend can take (a TensorRT engine's profile, ONNX Runtime's buffers).
+        self.max_batch = min(self.max_batch, *(getattr(b, "max_batch", 1) for b in self.backends.values()))
+        self._worker = threading.Thread(target=self._serve, name=f"infer-{self.name}", daemon=True)
+        self._worker.start()
         self.warm = True
         return time.perf_counter() - start
 
     def close(self) -> None:
         self.warm = False
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)  # the running frame finishes before its buffers go
-            self._executor = None
+        if self._worker is not None:
+            with self._wake:
+                self._closing = True
+                self._wake.notify()
+            self._worker.join()  # the running frame finishes before its buffers go
+            self._worker = None
+        for job in self._jobs:
+            job.resolve(error=NotReady(f"{self.name}: the node is shutting down"))
+        self._jobs.clear()
         self._stack.close()
         self.backends = {}
 
     async def run(self, frame: np.ndarray, options: dict, deadline: float) -> Outcome:
         if self.pending > self.queue_size:
             raise Overloaded(f"{self.name}: {self.waiting} requests already waiting (queue size {self.queue_size})")
-        job = Job(frame, options, deadline)
+        loop = asyncio.get_running_loop()
+        job = Job(frame, options, deadline, loop.create_future(), loop)
         self.pending += 1
-        future = asyncio.get_running_loop().run_in_executor(self._executor, self._work, job)
-        future.add_done_callback(self._finished)
+        job.future.add_done_callback(self._finished)
+        with self._wake:
+            self._jobs.append(job)
+            self._wake.notify()
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(future), max(deadline - time.monotonic(), 0))
+            outcome = await asyncio.wait_for(asyncio.shield(job.future), max(deadline - time.monotonic(), 0))
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
             job.abandoned = True
             raise DeadlineExceeded(f"{self.name}: no result within the request deadline") from None
@@ -127,27 +169,70 @@ class CapabilitySession:
         if not future.cancelled():
             future.exception()  # retrieved here too, so an abandoned job's error is not reported twice
 
-    def _work(self, job: Job) -> Outcome | None:
+    # -- the worker thread
+
+    def _serve(self) -> None:
+        while True:
+            with self._wake:
+                while not self._jobs and not self._closing:
+                    self._wake.wait()
+                if self._closing:
+                    return
+                batch = self._take()
+            if batch:
+                self._work(batch)
+
+    def _take(self) -> list[Job]:
+        """The next job and, up to ``max_batch``, waiting jobs of the same frame size. Call with ``_wake`` held."""
+        while self._jobs:
+            first = self._jobs.popleft()
+            if first.abandoned or time.monotonic() >= first.deadline:
+                first.resolve(None)  # its deadline passed while it waited: not run
+                continue
+            break
+        else:
+            return []
+        batch = [first]
+        until = time.monotonic() + self.batch_window_s
+        while len(batch) < self.max_batch:
+            same = next((j for j in self._jobs if j.frame.shape == first.frame.shape and not j.abandoned), None)
+            if same is not None:
+                self._jobs.remove(same)
+                batch.append(same)
+                continue
+            left = until - time.monotonic()
+            if left <= 0 or self._closing:
+                break
+            self._wake.wait(left)
+        return batch
+
+    def _work(self, batch: list[Job]) -> None:
         started = time.perf_counter()
-        if job.abandoned or time.monotonic() >= job.deadline:
-            return None
-        h, w = job.frame.shape[:2]
+        h, w = batch[0].frame.shape[:2]
         graph = self.served.graph_for(h, w)
+        frames = batch[0].frame[None] if len(batch) == 1 else np.stack([job.frame for job in batch])
         self.running_since = time.monotonic()
         try:
-            outputs = self.backends[graph].infer({FRAME_INPUT: job.frame[None]})
+            outputs = self.backends[graph].infer({FRAME_INPUT: frames})
         except Exception as err:
-            raise self._backend_failed(err, f"a {w}x{h} frame") from err
+            error = self._backend_failed(err, f"{len(batch)} {w}x{h} frame(s)")
+            for job in batch:
+                job.resolve(error=error)
+            return
         finally:
             self.running_since = None
         self.failures = 0
         inferred = time.perf_counter()
-        try:
-            rendered = self.capability.render(outputs, job.options, (h, w))
-        except Exception as err:  # our rendering, not the device: this request only
-            log.exception("%s: rendering failed on a %dx%d frame", self.name, w, h)
-            raise EngineError(f"{self.name}: rendering failed on this frame: {err}") from err
-        return Outcome(rendered, graph, started - job.submitted, inferred - started, time.perf_counter() - inferred)
+        for i, job in enumerate(batch):
+            mine = {name: value[i : i + 1] for name, value in outputs.items()}
+            try:
+                rendered = self.capability.render(mine, job.options, (h, w))
+            except Exception as err:  # our rendering, not the device: this request only
+                log.exception("%s: rendering failed on a %dx%d frame", self.name, w, h)
+                job.resolve(error=EngineError(f"{self.name}: rendering failed on this frame: {err}"))
+                continue
+            job.resolve(Outcome(rendered, graph, started - job.submitted, inferred - started,
+                                time.perf_counter() - inferred, len(batch)))  # fmt: skip
 
     def _backend_failed(self, err: Exception, what: str) -> Exception:
         """The error for this request; a broken device is also reported to the node."""
@@ -162,5 +247,5 @@ class CapabilitySession:
             log.error("%s", reason, exc_info=err)
             self.on_fatal(reason)
             return BackendFailed(f"{self.name}: the backend failed and the node is restarting: {err}")
-        log.exception("%s: the backend failed on %s", self.name, what, exc_info=err)
+        log.error("%s: the backend failed on %s", self.name, what, exc_info=err)
         return EngineError(f"{self.name}: the backend failed on this frame: {err}")

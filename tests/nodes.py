@@ -20,6 +20,7 @@ from benchmarks.nodeproc import free_port  # noqa: F401 (shared with the tests)
 from node import samples
 from node.app import create_app
 from node.config import Config
+from node.contract import FRAME_INPUT
 from node.engines import load
 from node.runtime.onnxruntime import OnnxRuntimeBackend
 
@@ -98,6 +99,9 @@ class GatedBackend:
     def __init__(self, inner: OnnxRuntimeBackend, gate: threading.Event):
         self.inner, self.gate = inner, gate
         self.name = inner.name
+        self.max_batch = inner.max_batch
+        self.batches: list[int] = []  # the batch size of each frame run
+        self.waiting = threading.Event()  # set when a frame is held at the gate
 
     @property
     def device(self):
@@ -111,18 +115,27 @@ class GatedBackend:
         self.inner.__exit__(*exc)
 
     def infer(self, inputs):
+        self.waiting.set()
         self.gate.wait()
+        self.batches.append(len(inputs[FRAME_INPUT]))
         return self.inner.infer(inputs)
 
     def memory(self):
         return self.inner.memory()
 
 
-def gated(gate: threading.Event):
-    """An ``open_backend`` for ``create_app`` that wraps each real backend in a ``GatedBackend``."""
+def gated(gate: threading.Event, max_batch: int = 1, opened: list | None = None):
+    """An ``open_backend`` for ``create_app``: each real backend in a ``GatedBackend`` (listed in ``opened``)."""
 
     def for_capability(served):
-        return lambda graph: GatedBackend(OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds), gate)
+        def open_graph(graph):
+            inner = OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds, max_batch=max_batch)
+            backend = GatedBackend(inner, gate)
+            if opened is not None:
+                opened.append(backend)
+            return backend
+
+        return open_graph
 
     return for_capability
 

@@ -139,3 +139,29 @@ def test_engine_rows_on_fake_tensorrt_carry_the_gpu_stage_split(tiny_build, tmp_
     )  # fmt: skip
     assert [r["backend"] for r in rows] == ["onnxruntime (CPUExecutionProvider)", "tensorrt (cuda)"]
     assert "compute p50 ms" not in rows[0] and {"copy_in p50 ms", "compute p50 ms", "copy_out p50 ms"} <= set(rows[1])
+
+
+def test_overload_slow_clients_and_soak_commands_report_their_figures(tiny_build, tmp_path):
+    """Short runs of the hardening benchmarks (the long ones are in the README): each prints its figure."""
+    run = [sys.executable, "-m", "benchmarks"]
+    engines = ["--engines", str(tiny_build[0])]
+
+    def bench(*argv):
+        out = tmp_path / f"{argv[0]}.json"
+        done = subprocess.run([*run, *argv, *engines, "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(out.read_text()), done.stdout
+
+    result, _ = bench("overload", "--multiples", "1,4", "--duration", "3", "--capacity-seconds", "2", "--size", "96x96")
+    assert result["capacity_rps"] > 0 and [lv["load"] for lv in result["levels"]] == ["1x", "4x"]
+    four = result["levels"][1]
+    assert four["503"] > 0 and four["other"] == 0  # 4x capacity: refusals, nothing else
+
+    result, stdout = bench("slow-clients", "--sockets", "20", "--duration", "3", "--receive-timeout", "1")
+    assert result["p99_ratio"] > 0 and "p99 beside slow clients / mean baseline p99" in stdout
+    assert set(result["slow_socket_answers"]) <= {"408", "None"} and result["slow_socket_answers"]
+
+    result, stdout = bench("soak", "--requests", "400", "--samples", "4")
+    assert result["five_xx"] == 0 and result["alive"] and "growth" in stdout
+    assert sum(result["statuses"]["good"].values()) + sum(result["statuses"]["malformed"].values()) == 400

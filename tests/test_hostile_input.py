@@ -162,9 +162,9 @@ def test_schema_driven_fuzzing_finds_no_server_error_and_conforms_to_the_publish
     url, *_ = node
     done = subprocess.run(
         [Path(sys.executable).with_name("schemathesis"), "run", f"{url}/openapi.json", "--checks", "all",
-         "--exclude-checks", "positive_data_acceptance,missing_required_header", "--workers", "1", "--max-examples", "40",
-         "--request-timeout", "30", "--suppress-health-check", "all", "--header", f"Authorization: Bearer {TOKEN}",
-         "--seed", "7"],
+         "--exclude-checks", "positive_data_acceptance,missing_required_header", "--workers", "1",
+         "--max-examples", "40", "--request-timeout", "30", "--suppress-health-check", "all",
+         "--header", f"Authorization: Bearer {TOKEN}", "--seed", "7"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     summary = [line for line in done.stdout.splitlines() if "generated" in line or "passed" in line]

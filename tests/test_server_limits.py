@@ -9,9 +9,21 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
-from tests.nodes import assert_error, frame, gated, jpeg, node_client, png, post, raw_type
+from tests.nodes import (
+    assert_error,
+    frame,
+    gated,
+    in_process_backends,
+    jpeg,
+    metadata,
+    node_client,
+    png,
+    post,
+    raw_type,
+)
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +178,37 @@ def test_deadline_gives_504_and_the_next_request_succeeds(tiny_build):
         assert time.monotonic() - started < 2
         gate.set()
         assert post(c, "/infer/depth", frame()).status_code == 200
+
+
+def test_waiting_frames_of_one_size_run_as_one_batch_with_the_results_of_single_frames(tiny_build):
+    """--max-batch 4: what waits behind a running frame runs together when it has the same size."""
+    gate, opened = threading.Event(), []
+    gate.set()
+    with (
+        node_client(tiny_build[0], gated(gate, max_batch=4, opened=opened), capabilities=("segmentation",),
+                    max_batch=4, queue_size=8) as c,
+        in_process_backends(tiny_build[0]) as single,
+    ):  # fmt: skip
+        backend = opened[0]
+        backend.batches.clear()
+        gate.clear()  # the first frame holds the worker; the rest wait
+        frames = [frame(seed=i) for i in range(4)] + [frame(100, 140, seed=9)]
+        with ThreadPoolExecutor(5) as pool:
+            backend.waiting.clear()
+            first = pool.submit(post, c, "/infer/segmentation/raw", frames[0])
+            assert backend.waiting.wait(30)  # the worker holds the first frame
+            rest = [pool.submit(post, c, "/infer/segmentation/raw", f) for f in frames[1:]]
+            while _in_flight(c) < 5:
+                time.sleep(0.01)
+            gate.set()
+            results = [first.result()] + [f.result() for f in rest]
+        wanted = [single["segmentation"][0].infer({"frames": f[None]})["classes"][0].copy() for f in frames]
+    assert backend.batches == [1, 3, 1], backend.batches  # the 120x160 frames together; the other alone
+    assert [metadata(r)["batch"] for r in results] == [1, 3, 3, 3, 1]
+    for want, r in zip(wanted, results):
+        np.testing.assert_array_equal(np.frombuffer(r.content, np.uint8).reshape(want.shape), want)
+
+
+def _in_flight(client) -> float:
+    metrics = client.get("/metrics").text
+    return float(next(line for line in metrics.splitlines() if line.startswith("vision_node_in_flight{")).split()[-1])
