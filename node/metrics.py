@@ -29,6 +29,12 @@ class Metrics:
         self.in_flight = Gauge(
             "vision_node_in_flight", "Requests accepted and not finished", ["capability"], registry=self.registry
         )
+        self.backend_failures = Counter(
+            "vision_node_backend_failures",
+            "Backend failures by capability and kind (frame: 500; transient: out of memory, 503; fatal: exit)",
+            ["capability", "kind"],
+            registry=self.registry,
+        )
         self.refused_connections = Counter(
             "vision_node_refused_connections",
             "Connections answered and closed before the request reached a route (408 slow, 431 headers too large)",

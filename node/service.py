@@ -131,6 +131,7 @@ class Node:
                 on_fatal=self.fail,
                 max_batch=self.config.max_batch,
                 batch_window_s=self.config.batch_window_s,
+                on_failure=lambda kind, name=name: self.metrics.backend_failures.labels(name, kind).inc(),
             )
             self.sessions[name] = session
             self.metrics.track(session)

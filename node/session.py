@@ -80,6 +80,7 @@ class CapabilitySession:
         on_fatal: Callable[[str], None] = lambda reason: None,
         max_batch: int = 1,
         batch_window_s: float = 0.0,
+        on_failure: Callable[[str], None] = lambda kind: None,
     ):
         self.served = served
         self.capability = capability
@@ -87,6 +88,7 @@ class CapabilitySession:
         self.queue_size = queue_size
         self.max_failures = max_failures
         self.on_fatal = on_fatal  # called from the worker thread
+        self.on_failure = on_failure  # every backend failure's kind (runtime.faults), for the metrics
         self.backends: dict[Graph, object] = {}
         self.pending = 0  # accepted, not finished (changed on the event loop only)
         self.running_since: float | None = None  # time.monotonic() when the running frame started
@@ -237,6 +239,7 @@ class CapabilitySession:
     def _backend_failed(self, err: Exception, what: str) -> Exception:
         """The error for this request; a broken device is also reported to the node."""
         kind = faults.classify(err)
+        self.on_failure(kind)
         if kind == faults.TRANSIENT:
             log.warning("%s: out of memory on %s (only this request fails): %s", self.name, what, err)
             return BackendOutOfMemory(f"{self.name}: the backend ran out of memory on this frame; retry")

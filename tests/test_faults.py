@@ -70,6 +70,8 @@ def test_out_of_memory_fails_only_that_request_and_the_next_100_succeed(faulty):
     statuses = [post().status_code for _ in range(100)]
     assert statuses == [200] * 100
     assert client.get("/ready").status_code == 200 and proc.poll() is None
+    metrics = client.get("/metrics").text
+    assert 'vision_node_backend_failures_total{capability="segmentation",kind="transient"} 1.0' in metrics
 
 
 def test_a_frame_error_is_500_and_the_node_stays_ready(faulty):
