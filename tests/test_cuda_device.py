@@ -11,6 +11,7 @@ the driver's own error texts that ``node.runtime.faults`` reads.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -18,7 +19,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -33,11 +36,14 @@ except Exception as err:  # a missing driver or device, however pycuda reports i
 if shutil.which("nvcc") is None:
     pytest.skip("GPU test: nvcc is not on PATH (it compiles the stand-in engine's kernel)", allow_module_level=True)
 
-from benchmarks.cuda_copies import BOUNDS, compile_kernel, open_backend, reference  # noqa: E402
-from node.contract import FRAME_INPUT  # noqa: E402
+from benchmarks.cuda_copies import BOUNDS, PLAN, StandInTensorRT, compile_kernel, open_backend, reference  # noqa: E402
+from node.contract import FRAME_INPUT, ShapeBounds  # noqa: E402
+from node.engines import Graph, ServedCapability  # noqa: E402
 from node.errors import EngineError  # noqa: E402
 from node.runtime import faults  # noqa: E402
 from node.runtime.cuda import SharedScratch, checked, load_pycuda  # noqa: E402
+from node.runtime.tensorrt import TensorRTBackend  # noqa: E402
+from node.session import CapabilitySession  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
@@ -291,3 +297,40 @@ def test_infer_on_a_thread_where_no_context_is_current(opened):
               f"{type(err.__cause__).__name__}; classify: {faults.classify(err)}")  # fmt: skip
     assert err is None, f"infer on a thread without a current CUDA context: {err}"
     np.testing.assert_array_equal(result["out"]["inverted"], reference(frames)["inverted"])
+
+
+def test_session_runs_waiting_frames_as_batches_on_its_worker_thread(gpu, tmp_path):
+    """The node's CapabilitySession (queue, worker thread, --max-batch 4) over the stand-in engine on real CUDA:
+    frames queued behind a running one go to the GPU together, from a thread the node's context is pushed on."""
+    context, kernel = gpu
+    scratch = SharedScratch(cuda, context)
+    bounds = ShapeBounds(min_hw=(64, 64), max_hw=(1080, 1920), opt_hw=(512, 512), max_batch=4)
+    plan = tmp_path / "stand-in.plan"
+    plan.write_bytes(PLAN)
+    trt = StandInTensorRT(scratch.stream, kernel)
+    graph = Graph(plan, (64, 64), "stand-in", ())
+    served = ServedCapability("stand-in", (graph,), bounds, (), True, {}, {})
+    capability = SimpleNamespace(render=lambda outputs, options, hw: {k: v.copy() for k, v in outputs.items()})
+    session = CapabilitySession(
+        served, capability, lambda g: TensorRTBackend(plan, bounds, scratch, trt, cuda, max_batch=4), queue_size=16,
+        max_batch=4, batch_window_s=0.05,  # a GPU frame is faster than the event loop queues nine requests
+    )  # fmt: skip
+    session.open()
+    frames = [frame(360, 640, seed=i)[0] for i in range(9)]
+
+    async def submit():
+        deadline = time.monotonic() + 60
+        return await asyncio.gather(*(session.run(f, {}, deadline) for f in frames))
+
+    try:
+        outcomes = asyncio.run(submit())
+    finally:
+        session.close()
+        scratch.free()
+    batches = [o.batch for o in outcomes]
+    print(f"9 frames queued at once ran in batches {batches}")
+    assert sorted(set(batches)) == [1, 4] and session.max_batch == 4  # [4, 4, 4, 4, 4, 4, 4, 4, 1]
+    for f, outcome in zip(frames, outcomes):
+        want = reference(f[None])
+        np.testing.assert_array_equal(outcome.rendered["inverted"], want["inverted"])
+        np.testing.assert_allclose(outcome.rendered["mean"], want["mean"], rtol=0, atol=1e-5)
