@@ -112,7 +112,10 @@ def serve(config: Config, open_backend=None) -> int:
         threading.Thread(target=_exit_soon, name="fatal-exit", daemon=True).start()
 
     node.on_fatal = stop_for_restart
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's own exit (status 3) when the lifespan's start-up failed: logged above
+        pass
     if not server.started or node.error:
         log.error("stopped: %s", node.error or "the node did not start (see the error above)")
         if node.error and node.warm:  # a worker thread may be stuck in the device: do not wait to join it

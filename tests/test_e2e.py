@@ -162,7 +162,7 @@ def test_start_up_stops_with_the_file_named_when_an_artefact_is_corrupt(tiny_bui
     data[-10] ^= 0xFF
     target.write_bytes(data)
     proc, _ = start_node(engines, tmp_path / "log")
-    assert proc.wait(30) != 0
+    assert proc.wait(30) == 1
     text = (tmp_path / "log").read_text()
     assert "segmentation-64x64.onnx: SHA-256" in text and "start-up failed" in text
 
