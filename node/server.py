@@ -157,6 +157,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.node = node
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task | None = None
 
     async def startup(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -168,7 +169,10 @@ class DrainingServer(uvicorn.Server):
             self.force_exit = self.node.draining  # the second signal: stop waiting for requests in flight
             return
         self.node.draining = True  # /ready is 503 from this instant
-        self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain(sig)))
+        self._loop.call_soon_threadsafe(self._start_drain, sig)
+
+    def _start_drain(self, sig: int) -> None:
+        self._drain_task = asyncio.ensure_future(self._drain(sig))  # held: the loop keeps only weak references
 
     async def _drain(self, sig: int) -> None:
         node = self.node

@@ -39,19 +39,18 @@ from .runtime import faults
 log = logging.getLogger("node")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a job is found in the queue by itself, never by comparing frames
 class Job:
     frame: np.ndarray
     options: dict
     deadline: float  # time.monotonic()
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future  # on the request's event loop
     submitted: float = field(default_factory=time.perf_counter)
     abandoned: bool = False
 
     def resolve(self, outcome=None, error: Exception | None = None) -> None:
         """Hand the result to the request's event loop (from the worker thread)."""
-        self.loop.call_soon_threadsafe(_settle, self.future, outcome, error)
+        self.future.get_loop().call_soon_threadsafe(_settle, self.future, outcome, error)
 
 
 def _settle(future: asyncio.Future, outcome, error) -> None:
@@ -150,8 +149,7 @@ class CapabilitySession:
     async def run(self, frame: np.ndarray, options: dict, deadline: float) -> Outcome:
         if self.pending > self.queue_size:
             raise Overloaded(f"{self.name}: {self.waiting} requests already waiting (queue size {self.queue_size})")
-        loop = asyncio.get_running_loop()
-        job = Job(frame, options, deadline, loop.create_future(), loop)
+        job = Job(frame, options, deadline, asyncio.get_running_loop().create_future())
         self.pending += 1
         job.future.add_done_callback(self._finished)
         with self._wake:
@@ -174,15 +172,19 @@ class CapabilitySession:
     # -- the worker thread
 
     def _serve(self) -> None:
-        while True:
-            with self._wake:
-                while not self._jobs and not self._closing:
-                    self._wake.wait()
-                if self._closing:
-                    return
-                batch = self._take()
-            if batch:
-                self._work(batch)
+        try:
+            while True:
+                with self._wake:
+                    while not self._jobs and not self._closing:
+                        self._wake.wait()
+                    if self._closing:
+                        return
+                    batch = self._take()
+                if batch:
+                    self._work(batch)
+        except Exception as err:  # a bug here would leave every request waiting for its deadline
+            log.exception("%s: the worker thread stopped", self.name)
+            self.on_fatal(f"{self.name}: the worker thread stopped: {type(err).__name__}: {err}")
 
     def _take(self) -> list[Job]:
         """The next job and, up to ``max_batch``, waiting jobs of the same frame size. Call with ``_wake`` held."""

@@ -212,3 +212,16 @@ def test_waiting_frames_of_one_size_run_as_one_batch_with_the_results_of_single_
 def _in_flight(client) -> float:
     metrics = client.get("/metrics").text
     return float(next(line for line in metrics.splitlines() if line.startswith("vision_node_in_flight{")).split()[-1])
+
+
+def test_a_worker_thread_that_stops_fails_the_node_instead_of_leaving_requests_waiting(tiny_build):
+    with node_client(tiny_build[0], capabilities=("segmentation",), request_timeout_s=1.0) as c:
+        session = c.app.state.node.sessions["segmentation"]
+
+        def broken_take():
+            raise RuntimeError("a bug in the queue")
+
+        session._take = broken_take  # stands for any bug in the worker's loop
+        assert_error(post(c, "/infer/segmentation/raw", frame()), 504, "deadline_exceeded")
+        body = assert_error(c.get("/ready"), 503, "not_ready", "worker thread stopped", "a bug in the queue")
+        assert c.get("/health").json() == {"status": "ERROR"}, body
