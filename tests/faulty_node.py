@@ -28,6 +28,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 from node.cli import serve
 from node.config import Config
 from node.runtime.onnxruntime import OnnxRuntimeBackend
+from tests.nodes import WrappedBackend
 
 OOM = (
     "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "
@@ -41,25 +42,11 @@ ILLEGAL_ADDRESS = (
 ERROR = "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Add node."
 
 
-class FaultInjectingBackend:
+class FaultInjectingBackend(WrappedBackend):
     def __init__(self, inner: OnnxRuntimeBackend, control: Path):
-        self.inner, self.control = inner, control
-        self.name = inner.name
+        super().__init__(inner)
+        self.control = control
         self.broken = False
-
-    @property
-    def device(self):
-        return self.inner.device
-
-    def __enter__(self):
-        self.inner.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.inner.__exit__(*exc)
-
-    def memory(self):
-        return self.inner.memory()
 
     def infer(self, inputs):
         fault = self.control.read_text().strip() if self.control.exists() else ""

@@ -89,19 +89,12 @@ def frame(h: int = 120, w: int = 160, seed: int = 3) -> np.ndarray:
     return samples.frame(h, w, seed)
 
 
-class GatedBackend:
-    """Test double around the real ONNX Runtime backend: ``infer`` waits while ``gate`` is clear.
+class WrappedBackend:
+    """A real backend with the same face; test doubles subclass it and change ``infer``."""
 
-    It only holds frames in flight (to observe loading, queueing and deadlines); the results
-    are the real backend's.
-    """
-
-    def __init__(self, inner: OnnxRuntimeBackend, gate: threading.Event):
-        self.inner, self.gate = inner, gate
-        self.name = inner.name
-        self.max_batch = inner.max_batch
-        self.batches: list[int] = []  # the batch size of each frame run
-        self.waiting = threading.Event()  # set when a frame is held at the gate
+    def __init__(self, inner: OnnxRuntimeBackend):
+        self.inner = inner
+        self.name, self.max_batch = inner.name, inner.max_batch
 
     @property
     def device(self):
@@ -115,13 +108,30 @@ class GatedBackend:
         self.inner.__exit__(*exc)
 
     def infer(self, inputs):
-        self.waiting.set()
-        self.gate.wait()
-        self.batches.append(len(inputs[FRAME_INPUT]))
         return self.inner.infer(inputs)
 
     def memory(self):
         return self.inner.memory()
+
+
+class GatedBackend(WrappedBackend):
+    """Test double around the real ONNX Runtime backend: ``infer`` waits while ``gate`` is clear.
+
+    It only holds frames in flight (to observe loading, queueing, batching and deadlines); the
+    results are the real backend's.
+    """
+
+    def __init__(self, inner: OnnxRuntimeBackend, gate: threading.Event):
+        super().__init__(inner)
+        self.gate = gate
+        self.batches: list[int] = []  # the batch size of each frame run
+        self.waiting = threading.Event()  # set when a frame is held at the gate
+
+    def infer(self, inputs):
+        self.waiting.set()
+        self.gate.wait()
+        self.batches.append(len(inputs[FRAME_INPUT]))
+        return self.inner.infer(inputs)
 
 
 def gated(gate: threading.Event, max_batch: int = 1, opened: list | None = None):
