@@ -73,7 +73,7 @@ async def _read_body(request: Request, limit: int) -> bytearray:
             body += chunk
             if len(body) > limit:
                 raise PayloadTooLarge(f"body passed the limit of {limit} bytes")
-    except ClientDisconnect:  # gone, or closed by the receive deadline (node.protocol): nobody reads the reply
+    except ClientDisconnect:  # gone, or closed by the receive deadline (node/server.py): nobody reads the reply
         raise RequestTimeout("the body did not arrive") from None
     return body
 
