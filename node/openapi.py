@@ -53,12 +53,14 @@ def _errors(*errors) -> dict:
     }
 
 
-def _infer(name: str, capability, outputs: tuple[str, ...], token: bool) -> dict:
+def _infer(name: str, capability, token: bool, output_in: str) -> dict:
+    """POST /infer/{name} (``output_in="query"``) or /infer/{name}/{output} (``"path"``)."""
+    outputs = capability.outputs
     options = [
-        {"name": option, "in": "query", "required": False, "schema": parser.schema}
+        {"name": option, "in": output_in if option == "output" else "query", "required": option == "output"
+         and output_in == "path", "schema": parser.schema}
         for option, parser in capability.parsers.items()
-        if option != "output"
-    ]
+    ]  # fmt: skip
     size = {"type": "integer", "minimum": 1}
     raw_size = [
         {"name": dim, "in": "query", "required": False, "schema": size, "description": "raw frames only"}
@@ -104,16 +106,8 @@ def document(node) -> dict:
     token = bool(node.config.token)
     paths = {}
     for name, session in node.sessions.items():
-        capability = session.capability
-        paths[f"/infer/{name}"] = _infer(name, capability, capability.outputs, token)
-        with_output = _infer(name, capability, capability.outputs, token)
-        with_output["post"]["parameters"].insert(
-            0, {"name": "output", "in": "path", "required": True, "schema": capability.parsers["output"].schema}
-        )
-        paths[f"/infer/{name}/{{output}}"] = with_output
-        paths[f"/infer/{name}"]["post"]["parameters"].insert(
-            0, {"name": "output", "in": "query", "required": False, "schema": capability.parsers["output"].schema}
-        )
+        paths[f"/infer/{name}"] = _infer(name, session.capability, token, output_in="query")
+        paths[f"/infer/{name}/{{output}}"] = _infer(name, session.capability, token, output_in="path")
 
     def get(summary: str, content: dict, **errors) -> dict:
         return {"get": {"summary": summary, "responses": {"200": {"description": "ok", "content": content}, **errors}}}
