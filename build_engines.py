@@ -3,7 +3,7 @@
 
 import sys
 
-from node.build.cli import main
+from node.builder.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 """In-process latency of each graph on a backend, beside what a user would run instead.
 
 The baseline is the same architecture through transformers in PyTorch eager (image processor +
-model + post-processing, as ``node.build.reference`` runs it), on the same frames, in the same
+model + post-processing, as ``node.builder.reference`` runs it), on the same frames, in the same
 run. Its weights are the architecture's seeded demo weights: latency depends on shapes, not values.
 """
 
@@ -59,7 +59,7 @@ def baseline_rows(engines, capability: str, sizes, batches, progress, **measurin
     """transformers in PyTorch eager on the same frames; needs the export extra (torch, transformers)."""
     import torch  # noqa: PLC0415
 
-    from node.build import reference  # noqa: PLC0415
+    from node.builder import reference  # noqa: PLC0415
 
     served = load(engines, (capability,))[capability]
     models = {m["role"]: _demo_model(m["name"]) for m in served.models}
@@ -89,9 +89,9 @@ def baseline_rows(engines, capability: str, sizes, batches, progress, **measurin
 
 
 def _demo_model(name: str):
-    from node.build import weights  # noqa: PLC0415
-    from node.build.specs import SPECS  # noqa: PLC0415
-    from node.build.tiny import TINY_SPECS  # noqa: PLC0415
+    from node.builder import weights  # noqa: PLC0415
+    from node.builder.specs import SPECS  # noqa: PLC0415
+    from node.builder.tiny import TINY_SPECS  # noqa: PLC0415
 
     spec = TINY_SPECS[name.removesuffix("-tiny")] if name.endswith("-tiny") else SPECS[name]
     return weights.load_demo(spec)

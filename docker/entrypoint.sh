@@ -8,7 +8,7 @@ export VISION_NODE_BACKEND="${VISION_NODE_BACKEND:-tensorrt}"
 APP="${APP:-/opt/vision-node}"
 
 # 1. The image's graphs into the cache; engines of unchanged graphs are kept.
-python -m node.build.sync "$IMAGE_ENGINES" "$VISION_NODE_ENGINES"
+python -m node.builder.sync "$IMAGE_ENGINES" "$VISION_NODE_ENGINES"
 # 2. Engines for this GPU: reused when they match, built (and checked against ONNX Runtime) otherwise.
 if [ "$VISION_NODE_BACKEND" = tensorrt ]; then
     python "$APP/build_engines.py" --tensorrt-only --out "$VISION_NODE_ENGINES"

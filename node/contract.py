@@ -1,6 +1,6 @@
 """The graph contract shared by the build step and the node: names, outputs and shape bounds.
 
-Torch-free on purpose: the server imports this, never ``node.build``.
+Torch-free on purpose: the server imports this, never ``node.builder``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from .runtime.tensorrt import TensorRTBackend, gpu_runtime
 
 
 def run(engines_dir, capabilities=(), iterations: int = 200) -> int:
-    from .build import verify  # noqa: PLC0415 (torch-free: the build's comparison and tolerances)
+    from .builder import verify  # noqa: PLC0415 (torch-free: the build's comparison and tolerances)
 
     try:
         trt, cuda, gpu, scratch = gpu_runtime()

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from node import manifest
-from node.build import weights
-from node.build.errors import BuildError
-from node.build.specs import ShapeBounds
+from node.builder import weights
+from node.builder.errors import BuildError
+from node.builder.specs import ShapeBounds
 from tests.conftest import TINY_ROLES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def test_tiny_build_needs_demo_weights_and_names_its_models_tiny(tmp_path):
 
 
 def test_revision_pins_a_roles_hub_weights():
-    from node.build.cli import parser, plan_from_args
+    from node.builder.cli import parser, plan_from_args
 
     args = parser().parse_args(["--revision", "depth=0123abc", "--variant", "segmentation=segformer-b2-ade",
                                 "--revision", "segmentation=v1.0"])  # fmt: skip

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 
 from node import manifest
-from node.build.sync import sync
+from node.builder.sync import sync
 from tests.nodes import ROOT, free_port, stop, wait_for_http
 
 

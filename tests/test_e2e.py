@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from node.build import pipeline, verify
+from node.builder import pipeline, verify
 from node.contract import FRAME_INPUT
 from tests.conftest import tiny_plan
 from tests.nodes import frame, in_process_backends, jpeg, png, raw_type, start_node, stop
@@ -192,7 +192,7 @@ from tests.nodes import node_client, frame, raw_type
 with node_client({str(tiny_build[0])!r}) as c:
     f = frame()
     assert c.post("/infer/pose", content=f.tobytes(), headers={{"content-type": raw_type(f)}}).status_code == 200
-leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "transformers", "node.build")))
+leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "transformers", "node.builder")))
 assert not leaked, leaked
 """
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=120)

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 from node import samples
-from node.build import reference, verify, weights
-from node.build.specs import FRAME_INPUT, OUTPUTS
+from node.builder import reference, verify, weights
+from node.builder.specs import FRAME_INPUT, OUTPUTS
 from tests.conftest import TINY_BOUNDS, TINY_ROLES
 
 # Sizes and batches beyond the build's own verification set.

@@ -3,7 +3,7 @@
 import json
 
 from node import manifest
-from node.build.specs import CAPABILITIES
+from node.builder.specs import CAPABILITIES
 
 
 def test_manifest_lists_every_artefact_with_its_hash_and_provenance(tiny_build):

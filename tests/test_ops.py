@@ -8,7 +8,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from node import samples
-from node.build import ops
+from node.builder import ops
 
 PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 

@@ -176,7 +176,7 @@ def test_pick_finds_this_machines_engine_or_says_what_exists():
 
 
 def test_fp32_levels_pin_norms_then_pre_and_post_processing():
-    from node.build.tensorrt import fp32_layers
+    from node.builder.tensorrt import fp32_layers
 
     layers = [
         ("/pre/MatMul", "MATRIX_MULTIPLY"),
@@ -269,9 +269,9 @@ def test_engine_build_reuses_escalates_precision_and_refuses(tiny_build, tmp_pat
     import shutil
     from types import SimpleNamespace
 
-    from node.build import tensorrt as build_trt
-    from node.build.errors import BuildError
-    from node.build.verify import Check
+    from node.builder import tensorrt as build_trt
+    from node.builder.errors import BuildError
+    from node.builder.verify import Check
 
     cuda = FakeCuda()
     trt = FakeTensorRT(cuda)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from node.build import verify
+from node.builder import verify
 
 
 def _depth(value=0.0):

@@ -1,4 +1,4 @@
-"""``python -m node.build.sync IMAGE_DIR CACHE_DIR``: bring a container image's graphs into the engine cache.
+"""``python -m node.builder.sync IMAGE_DIR CACHE_DIR``: bring a container image's graphs into the engine cache.
 
 The image carries the ONNX graphs and their manifest; the cache (a mounted volume) keeps the
 TensorRT engines between starts. A graph whose SHA-256 changed is copied over and loses its
@@ -39,6 +39,6 @@ def sync(source: Path, target: Path) -> list[str]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python -m node.build.sync IMAGE_ENGINES_DIR CACHE_ENGINES_DIR")
+        sys.exit("usage: python -m node.builder.sync IMAGE_ENGINES_DIR CACHE_ENGINES_DIR")
     changed = sync(Path(sys.argv[1]), Path(sys.argv[2]))
     print(f"engine cache {sys.argv[2]}: {', '.join(changed) or 'graphs unchanged'}")
