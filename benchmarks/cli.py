@@ -17,6 +17,7 @@ from pathlib import Path
 
 from node import samples
 from node.errors import StartupError
+from node.runtime.flavours import FLAVOURS
 from node.runtime.tensorrt import load_tensorrt
 
 from . import coldstart, engine, load, nodeproc, overhead, overload, report, slowclients, soak
@@ -42,12 +43,12 @@ def _measuring(args) -> dict:
 def run_engine(args) -> int:
     rows = []
     backends = list(args.backends)
-    if "tensorrt" in backends:
+    for name in [b for b in backends if b in FLAVOURS]:
         try:
-            load_tensorrt()
+            load_tensorrt(FLAVOURS[name])
         except StartupError as err:
-            progress(f"TensorRT rows skipped: {err}")
-            backends.remove("tensorrt")
+            progress(f"{name} rows skipped: {err}")
+            backends.remove(name)
     for capability in args.capabilities:
         rows += engine.graph_rows(
             args.engines, capability, args.sizes, args.batches, progress, backends, **_measuring(args)

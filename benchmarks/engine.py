@@ -12,6 +12,7 @@ import numpy as np
 from node import samples
 from node.contract import FRAME_INPUT
 from node.engines import load
+from node.runtime.flavours import flavour
 from node.runtime.onnxruntime import OnnxRuntimeBackend
 from node.runtime.tensorrt import TensorRTBackend, gpu_runtime
 
@@ -51,8 +52,7 @@ def graph_rows(
 def _open(backend_name: str, graph, bounds, batch: int):
     if backend_name == "onnxruntime":
         return OnnxRuntimeBackend(graph.path, graph.outputs, bounds, max_batch=batch)
-    trt, cuda, gpu, scratch = gpu_runtime()
-    return TensorRTBackend.for_graph(graph, bounds, trt, cuda, gpu, scratch)
+    return TensorRTBackend.for_graph(graph, bounds, gpu_runtime(flavour(backend_name), graph.path.parent))
 
 
 def baseline_rows(engines, capability: str, sizes, batches, progress, **measuring) -> list[dict]:

@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
             )  # fmt: skip
     selftest = commands.add_parser(
         "selftest",
-        help="check every TensorRT engine against ONNX Runtime on this GPU; report GPU time and VRAM",
+        help="check every TensorRT (or TensorRT for RTX) engine against ONNX Runtime on this GPU; GPU time and VRAM",
         description="Run the sample frames through each TensorRT engine and through ONNX Runtime (fp32), print the "
         "agreement table, GPU time per frame and the VRAM the node holds. Exit 1 on disagreement, 2 without "
         "TensorRT or a GPU.",
@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     selftest.add_argument("--engines", type=Path, default=Path("engines"), help="engines directory (default: engines)")
     selftest.add_argument("--capabilities", default="", help="comma-separated subset (default: all)")
     selftest.add_argument("--iterations", type=int, default=200, help="timed frames per engine (default: 200)")
+    selftest.add_argument(
+        "--backend",
+        choices=("tensorrt", "tensorrt-rtx"),
+        default="tensorrt",
+        help="which engines to check: tensorrt (built on this GPU) or tensorrt-rtx (ahead of time, for RTX cards; "
+        "the first run compiles kernels for this card) (default: tensorrt)",
+    )
     return parser
 
 
@@ -65,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         from . import selftest  # noqa: PLC0415
 
         logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
-        return selftest.run(args.engines, [c for c in args.capabilities.split(",") if c], args.iterations)
+        capabilities = [c for c in args.capabilities.split(",") if c]
+        return selftest.run(args.engines, capabilities, args.iterations, args.backend)
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
         config = Config.load(os.environ, **overrides)

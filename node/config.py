@@ -15,7 +15,7 @@ from .contract import CAPABILITIES
 from .errors import StartupError
 
 ENV_PREFIX = "VISION_NODE_"
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -31,7 +31,8 @@ class Config:
     capabilities: tuple[str, ...] = _opt((), "capabilities to serve, comma-separated (default: all in the manifest)")
     backend: str = _opt(
         "onnxruntime",
-        "inference backend: tensorrt needs the trt extra, a GPU and engines built for it",
+        "inference backend: tensorrt needs the trt extra, a GPU and engines built for it on this GPU; tensorrt-rtx "
+        "(RTX 30/40/50 cards) needs the trt-rtx extra and engines from build_engines.py --tensorrt-rtx",
         choices=BACKENDS,
     )
     device: str = _opt("auto", "ONNX Runtime device: auto takes CUDA when onnxruntime-gpu sees a GPU", choices=DEVICES)

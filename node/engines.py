@@ -27,6 +27,12 @@ class Graph:
     sha256: str
     outputs: tuple[dict, ...]  # name, dtype, shape (ints or dimension names) from the manifest
     tensorrt: tuple[dict, ...] = ()  # engines built from this graph, one per GPU / TensorRT version
+    fp16_sha256: str | None = None  # the fp16 graph beside it, which TensorRT engines are built from
+
+    @property
+    def onnx_hashes(self) -> tuple[str, ...]:
+        """The graph's ONNX files an engine may have been built from, the fp16 one first."""
+        return tuple(h for h in (self.fp16_sha256, self.sha256) if h)
 
     @property
     def aspect(self) -> float:
@@ -121,6 +127,7 @@ def _graph(directory: Path, capability: str, entry: dict) -> Graph:
         sha256=digest,
         outputs=outputs,
         tensorrt=tuple(entry.get("tensorrt", ())),
+        fp16_sha256=(entry.get("fp16") or {}).get("sha256"),
     )
 
 

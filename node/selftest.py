@@ -1,4 +1,4 @@
-"""``python -m node selftest``: prove the TensorRT engines on this GPU, as an operator runs it.
+"""``python -m node selftest``: prove the TensorRT (or TensorRT for RTX) engines on this GPU, as an operator runs it.
 
 Every engine of the engines directory and ONNX Runtime (fp32) run the same sample frames; the
 agreement table uses the build's fp16 tolerances. Then per capability: GPU time of one frame
@@ -16,25 +16,27 @@ from . import samples
 from .contract import FRAME_INPUT
 from .engines import load
 from .errors import EngineError, StartupError
+from .runtime.flavours import flavour
 from .runtime.onnxruntime import OnnxRuntimeBackend
 from .runtime.tensorrt import TensorRTBackend, gpu_runtime
 
 
-def run(engines_dir, capabilities=(), iterations: int = 200) -> int:
+def run(engines_dir, capabilities=(), iterations: int = 200, backend: str = "tensorrt") -> int:
     from .builder import verify  # noqa: PLC0415 (torch-free: the build's comparison and tolerances)
 
     try:
-        trt, cuda, gpu, scratch = gpu_runtime()
+        rt = gpu_runtime(flavour(backend), engines_dir)
         served = load(engines_dir, tuple(capabilities))
     except StartupError as err:
         print(f"selftest: {err}", file=sys.stderr)
         return 2
-    print(f"GPU: {gpu['name']} (sm{gpu['compute_capability']}), TensorRT {trt.__version__}\n")
+    gpu, scratch = rt.gpu, rt.scratch
+    print(f"GPU: {gpu['name']} (sm{gpu['compute_capability']}), {rt.flavour.module} {rt.trt.__version__}\n")
     checks, timing, memory = [], [], {}
     try:
         for name, entry in served.items():
             for graph in entry.graphs:
-                with TensorRTBackend.for_graph(graph, entry.bounds, trt, cuda, gpu, scratch) as engine, \
+                with TensorRTBackend.for_graph(graph, entry.bounds, rt) as engine, \
                         OnnxRuntimeBackend(graph.path, graph.outputs, entry.bounds) as reference:  # fmt: skip
                     checks += verify.agreement(name, engine, reference, entry.bounds, verify.FP16_TOLERANCES)
                     frames = samples.frames(*entry.bounds.opt_hw)
@@ -42,7 +44,7 @@ def run(engines_dir, capabilities=(), iterations: int = 200) -> int:
                     for _ in range(iterations):
                         engine.infer({FRAME_INPUT: frames})
                         stages.append(engine.stages_ms)
-                    timing.append((name, graph.path.name, entry.bounds.opt_hw, stages))
+                    timing.append((name, engine.plan.name, entry.bounds.opt_hw, stages))
                     memory[graph.path.name] = engine.memory()
     except (StartupError, EngineError) as err:
         print(f"selftest: {err}", file=sys.stderr)

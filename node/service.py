@@ -21,8 +21,9 @@ from .capabilities import CAPABILITY_CLASSES
 from .config import Config
 from .errors import NotFound, NotReady, StartupError
 from .metrics import Metrics
+from .runtime.flavours import flavour
 from .runtime.onnxruntime import OnnxRuntimeBackend
-from .runtime.tensorrt import TensorRTBackend, gpu_runtime
+from .runtime.tensorrt import GpuRuntime, TensorRTBackend, gpu_runtime
 from .session import CapabilitySession
 
 log = logging.getLogger("node")
@@ -34,8 +35,8 @@ class Node:
     def __init__(self, config: Config, open_backend: Callable | None = None):
         self.config = config
         self.metrics = Metrics()
-        self.open_backend = open_backend or (self._tensorrt if config.backend == "tensorrt" else self._onnxruntime)
-        self._gpu = None  # TensorRT: (trt, cuda, identity, shared scratch), made once on first use
+        self.open_backend = open_backend or (self._onnxruntime if config.backend == "onnxruntime" else self._tensorrt)
+        self._gpu: GpuRuntime | None = None  # TensorRT: module, pycuda, GPU, shared scratch; made on first use
         self._gpu_lock = threading.Lock()
         self.sessions: dict[str, CapabilitySession] = {}
         self.error: str | None = None
@@ -60,15 +61,14 @@ class Node:
 
     def _tensorrt(self, served: engines.ServedCapability) -> Callable:
         def open_graph(graph: engines.Graph):
-            trt, cuda, gpu, scratch = self._gpu_runtime()
-            return TensorRTBackend.for_graph(graph, served.bounds, trt, cuda, gpu, scratch)
+            return TensorRTBackend.for_graph(graph, served.bounds, self._gpu_runtime())
 
         return open_graph
 
     def _gpu_runtime(self):
         with self._gpu_lock:
             if self._gpu is None:
-                self._gpu = gpu_runtime()
+                self._gpu = gpu_runtime(flavour(self.config.backend), self.config.engines)
             return self._gpu
 
     @property
@@ -199,13 +199,13 @@ class Node:
     @property
     def shared_scratch_bytes(self) -> int:
         """TensorRT's one activation buffer for all engines (0 with ONNX Runtime, which keeps its own)."""
-        return self._gpu[3].size if self._gpu else 0
+        return self._gpu.scratch.size if self._gpu else 0
 
     def _close(self) -> None:
         for session in self.sessions.values():
             session.close()
         if self._gpu:
-            self._gpu[3].free()
+            self._gpu.scratch.free()
 
 
 def backend_memory(session: CapabilitySession) -> dict[str, int]:

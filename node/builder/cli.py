@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import BuildError
 from .specs import CAPABILITIES, DEFAULT_MODELS, SPECS, ShapeBounds, roles_for, spec_for
+from .tensorrt import PRECISIONS
 
 ROLES = (*CAPABILITIES, "detector")
 OPEN_LICENCES = {"apache-2.0", "mit"}
@@ -33,6 +34,14 @@ def _keyed(text: str) -> tuple[str, str]:
     if key not in ROLES:
         raise argparse.ArgumentTypeError(f"unknown capability {key!r}; choose from {', '.join(ROLES)}")
     return key, value
+
+
+def _targets(text: str) -> tuple[str, ...]:
+    targets = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in targets if not t.replace(".", "", 1).isdigit() or "." not in t]
+    if bad or not targets:
+        raise argparse.ArgumentTypeError(f"expected compute capabilities like 8.6,8.9,12.0, got {text!r}")
+    return targets
 
 
 def _capabilities(text: str) -> list[str]:
@@ -139,18 +148,63 @@ def parser() -> argparse.ArgumentParser:
         help="segmentation classes upsampled at a time; peak memory is CHUNK×H×W floats (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for demo weights and sample frames")
-    trt = p.add_argument_group("TensorRT (needs the trt extra and an NVIDIA GPU)")
+    p.add_argument(
+        "--no-fp16",
+        dest="fp16",
+        action="store_false",
+        help="skip the fp16 graphs (the network body in half precision, verified like the fp32 ones) that "
+        "TensorRT builds its fp16 engines from; ONNX Runtime serves the fp32 graphs either way",
+    )
+    trt = p.add_argument_group(
+        "TensorRT engines",
+        "Every engine is strongly typed: its precision is the graph's (the fp16 graph where one was exported). "
+        "--tensorrt needs the trt extra and the NVIDIA GPU it builds for; --tensorrt-rtx and --compile-check need "
+        "only the trt-rtx extra (TensorRT for RTX compiles ahead of time, no GPU).",
+    )
     trt.add_argument(
         "--tensorrt",
         action="store_true",
         help="also build an engine per graph for this GPU, kept only if it agrees with ONNX Runtime",
     )
     trt.add_argument(
+        "--tensorrt-rtx",
+        action="store_true",
+        help="also build an ahead-of-time TensorRT for RTX engine per graph, for RTX 30/40/50 cards "
+        "(serve with --backend tensorrt-rtx; check on the card with python -m node selftest --backend tensorrt-rtx)",
+    )
+    trt.add_argument(
+        "--compile-check",
+        action="store_true",
+        help="compile every graph, fp32 and fp16, with TensorRT for RTX's builder on this machine and keep nothing: "
+        "fails naming the node when TensorRT's parser or type rules refuse one",
+    )
+    trt.add_argument(
         "--tensorrt-only",
         action="store_true",
-        help="build engines for the graphs already in --out (no export; e.g. at a container's first start)",
+        help="no export: build engines (--tensorrt, the default, or --tensorrt-rtx) or --compile-check the graphs "
+        "already in --out (e.g. at a container's first start)",
     )
-    trt.add_argument("--trt-workspace-gib", type=float, default=4.0, help="builder workspace limit (default: 4)")
+    trt.add_argument(
+        "--trt-precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="which graph engines are built from: auto takes the fp16 graph, and falls back to the fp32 graph "
+        "when the engine misses the accuracy gate on this GPU (default: auto)",
+    )
+    trt.add_argument(
+        "--rtx-targets",
+        type=_targets,
+        default=(),
+        metavar="CC,...",
+        help="compute capabilities TensorRT for RTX engines must run on, e.g. 8.6,8.9,12.0 (default: TensorRT for "
+        "RTX's own set, Ampere and later; Turing needs 7.5 named)",
+    )
+    trt.add_argument(
+        "--trt-workspace-gib",
+        type=float,
+        metavar="GIB",
+        help="builder workspace limit (default: TensorRT's, the GPU's memory; segmentation at 4K needs over 4 GiB)",
+    )
     trt.add_argument(
         "--trt-max-batch",
         type=int,
@@ -211,6 +265,7 @@ def plan_from_args(args: argparse.Namespace):
         max_persons=args.max_persons,
         class_chunk=args.class_chunk,
         seed=args.seed,
+        fp16=args.fp16,
         **verify_sizes,
     )
 
@@ -232,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError) as err:
             log.error("--tensorrt-only: no manifest to build engines for in %s (%s)", args.out, err)
             return 1
-        return _tensorrt(args, [c for c in args.capabilities if c in listed], log, start)
+        if not (args.tensorrt_rtx or args.compile_check):
+            args.tensorrt = True  # the container's first start: engines for this GPU
+        return _engines(args, [c for c in args.capabilities if c in listed], log, start)
     try:
         plan = plan_from_args(args)
         from .. import manifest
@@ -250,24 +307,47 @@ def main(argv: list[str] | None = None) -> int:
         log.error("build failed: %s", err)
         return 1
     log.info("wrote %s (%s) in %.1f s", path, ", ".join(entries), time.perf_counter() - start)
-    return _tensorrt(args, list(entries), log, start) if args.tensorrt else 0
+    return _engines(args, list(entries), log, start)
 
 
-def _tensorrt(args, capabilities: list[str], log, start: float) -> int:
+def _engines(args, capabilities: list[str], log, start: float) -> int:
+    """What follows the export: the compile check, TensorRT for RTX engines, TensorRT engines, as asked."""
     from .. import manifest  # noqa: PLC0415
     from ..errors import EngineError, StartupError  # noqa: PLC0415
+    from ..runtime.flavours import TENSORRT, TENSORRT_RTX  # noqa: PLC0415
     from . import tensorrt  # noqa: PLC0415
 
     try:
-        entries = tensorrt.build_engines(
-            args.out, capabilities, workspace_gib=args.trt_workspace_gib, max_batch=args.trt_max_batch
-        )
+        if args.compile_check:
+            rows = tensorrt.compile_check(
+                args.out, capabilities, max_batch=args.trt_max_batch, workspace_gib=args.trt_workspace_gib
+            )
+            log.info("compile check: %d graphs compiled by TensorRT for RTX:\n%s", len(rows), _compile_table(rows))
+        for wanted, flavour in ((args.tensorrt_rtx, TENSORRT_RTX), (args.tensorrt, TENSORRT)):
+            if not wanted:
+                continue
+            entries = tensorrt.build_engines(
+                args.out,
+                capabilities,
+                flavour=flavour,
+                workspace_gib=args.trt_workspace_gib,
+                max_batch=args.trt_max_batch,
+                precision=args.trt_precision,
+                targets=args.rtx_targets,
+            )
+            path = manifest.write(args.out, entries)
+            log.info("wrote %s with %s engines (%s) in %.1f s", path, flavour.module, ", ".join(entries),
+                     time.perf_counter() - start)  # fmt: skip
     except (BuildError, StartupError, EngineError, FileNotFoundError) as err:
-        log.error("TensorRT engines not built: %s", err)
+        log.error("TensorRT: %s", err)
         return 1
-    path = manifest.write(args.out, entries)
-    log.info("wrote %s with TensorRT engines (%s) in %.1f s", path, ", ".join(entries), time.perf_counter() - start)
     return 0
+
+
+def _compile_table(rows: list[dict]) -> str:
+    lines = [f"  {'graph':<34} {'precision':<13} {'build s':>8} {'engine MB':>10}"]
+    lines += [f"  {r['graph']:<34} {r['precision']:<13} {r['seconds']:>8.1f} {r['bytes'] / 1e6:>10.1f}" for r in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

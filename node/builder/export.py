@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -103,3 +104,16 @@ def io_signature(path: Path) -> dict[str, list[dict]]:
         return out
 
     return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+
+
+def float_weights(path: Path) -> dict[str, int]:
+    """How many float weights (initializers and constants) the graph stores in each precision."""
+    model = onnx.load(str(path), load_external_data=False)
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    counts: dict[str, int] = {}
+    for tensor in tensors:
+        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            name = "float16" if tensor.data_type == onnx.TensorProto.FLOAT16 else "float32"
+            counts[name] = counts.get(name, 0) + int(np.prod(tensor.dims, dtype=np.int64))
+    return counts

@@ -7,11 +7,13 @@ each graph must reproduce is in ``reference.py``.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from . import ops, precision
 from .errors import BuildError
 
 
@@ -42,10 +44,10 @@ class _Preprocess(nn.Module):
 class DepthGraph(nn.Module):
     """Relative depth at the frame's size, plus each frame's min and max for normalising."""
 
-    def __init__(self, model, processor, resolution: tuple[int, int]):
+    def __init__(self, model, processor, resolution: tuple[int, int], rung: str = "fp32"):
         super().__init__()
         self.pre = _Preprocess(processor, resolution)
-        self.model = model
+        self.model = precision.body(model, rung)
 
     def forward(self, frames: torch.Tensor):
         depth = self.model(pixel_values=self.pre(frames)).predicted_depth
@@ -58,18 +60,55 @@ class DepthGraph(nn.Module):
 class SegmentationGraph(nn.Module):
     """uint8 class ids at the frame's size (bilinear logits upsampling, then argmax)."""
 
-    def __init__(self, model, processor, resolution: tuple[int, int], class_chunk: int):
+    def __init__(self, model, processor, resolution: tuple[int, int], class_chunk: int, rung: str = "fp32"):
         super().__init__()
         if model.config.num_labels > 256:
             raise BuildError(f"{model.config.num_labels} classes do not fit the uint8 class map")
         self.pre = _Preprocess(processor, resolution)
-        self.model = model
+        self.model = precision.body(model, rung)
         self.class_chunk = class_chunk
 
     def forward(self, frames: torch.Tensor):
         logits = self.model(pixel_values=self.pre(frames)).logits
         classes = ops.chunked_upsampled_argmax(logits, frames.shape[1:3], self.class_chunk)
-        return (classes.to(torch.uint8),)
+        # Through float: TensorRT converts to uint8 only from float32/float16 (ids < 256 are exact).
+        return (classes.float().to(torch.uint8),)
+
+
+# Modules whose output depends only on the input's size, computed in float64 by transformers
+# (RT-DETR's 2-D sine position embedding). TensorRT has no float64; at a fixed model resolution
+# their output is a constant, so the graph carries it as one (float32, as the module returns it).
+_SIZE_ONLY_MODULES = ("RTDetrSinePositionEmbedding",)
+
+
+class _Constant(nn.Module):
+    def __init__(self, value: torch.Tensor):
+        super().__init__()
+        self.register_buffer("value", value)
+
+    def forward(self, *args, dtype: torch.dtype | None = None, **kwargs) -> torch.Tensor:
+        return self.value if dtype is None else self.value.to(dtype)
+
+
+def freeze_size_only_modules(model: nn.Module, resolution: tuple[int, int]) -> nn.Module:
+    """A copy of ``model`` whose size-only modules return what they return at ``resolution``."""
+    model = copy.deepcopy(model)
+    targets = {name: m for name, m in model.named_modules() if type(m).__name__ in _SIZE_ONLY_MODULES}
+    if not targets:
+        return model
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        m.register_forward_hook(lambda _m, _args, out, name=name: seen.__setitem__(name, out.detach().clone()))
+        for name, m in targets.items()
+    ]
+    with torch.no_grad():
+        model(pixel_values=torch.zeros(1, 3, *resolution))
+    for hook in hooks:
+        hook.remove()
+    for name, value in seen.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, _Constant(value))
+    return model
 
 
 class PoseGraph(nn.Module):
@@ -93,13 +132,14 @@ class PoseGraph(nn.Module):
         pose_processor,
         max_persons: int,
         detector_resolution: tuple[int, int] | None = None,
+        rung: str = "fp32",
     ):
         super().__init__()
         det_res = detector_resolution or processor_resolution(detector_processor)
         self.detect_pre = _Preprocess(detector_processor, det_res)
-        self.detector = detector
+        self.detector = precision.body(freeze_size_only_modules(detector, det_res), rung)
         self.person_class = int(detector.config.label2id.get("person", 0))
-        self.pose_model = pose_model
+        self.pose_model = precision.body(pose_model, rung)
         self.crop_h, self.crop_w = pose_processor.size["height"], pose_processor.size["width"]
         self.pose_rescale = pose_processor.rescale_factor
         self.pose_mean, self.pose_std = pose_processor.image_mean, pose_processor.image_std
@@ -145,7 +185,7 @@ class PoseGraph(nn.Module):
         inside = (src_x >= 0) & (src_x <= width - 1) & (src_y >= 0) & (src_y <= height - 1)
         grid = torch.stack([src_x / (width - 1) * 2 - 1, src_y / (height - 1) * 2 - 1], dim=-1)
         grid = grid.reshape(n, k * self.crop_h, self.crop_w, 2)
-        image = frames.permute(0, 3, 1, 2).float()
+        image = frames.float().permute(0, 3, 1, 2)  # cast first: TensorRT takes uint8 only into a Cast
         sampled = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
         sampled = sampled.reshape(n, 3, k, self.crop_h, self.crop_w).permute(0, 2, 1, 3, 4)
         sampled = torch.floor(sampled + 0.5) * inside[:, :, None].float()  # scipy writes uint8, rounded

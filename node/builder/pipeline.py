@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import samples
 from ..manifest import sha256
-from . import export, reference, verify, weights
+from . import export, precision, reference, trt_rules, verify, weights
 from .errors import BuildError
 from .graphs import DepthGraph, PoseGraph, SegmentationGraph, processor_resolution
 from .specs import DEFAULT_MODELS, FRAME_INPUT, OUTPUTS, ModelSpec, ShapeBounds, roles_for, spec_for
@@ -36,6 +36,7 @@ class BuildPlan:
     class_chunk: int = 8
     seed: int = 0
     verify_sizes: tuple[tuple[int, int], ...] = samples.VERIFY_SIZES
+    fp16: bool = True  # also an fp16 graph per resolution, for strongly typed TensorRT builds
 
 
 @contextmanager
@@ -84,23 +85,27 @@ def _model_entry(role: str, loaded: weights.LoadedModel) -> dict:
 
 
 def _graphs(capability: str, plan: BuildPlan, loaded: dict[str, weights.LoadedModel]):
-    """(file stem, resolution, torch graph) for each graph this capability ships."""
+    """(file stem, resolution, graph maker) for each graph this capability ships; the maker takes a precision rung."""
     if capability == "pose":
         det, pose = loaded["detector"], loaded["pose"]
         for res in plan.resolutions.get("pose") or [processor_resolution(det.processor)]:
             yield (
                 f"pose-{res[0]}x{res[1]}-{plan.max_persons}p",
                 res,
-                PoseGraph(det.model, det.processor, pose.model, pose.processor, plan.max_persons, res),
+                lambda rung, res=res: PoseGraph(
+                    det.model, det.processor, pose.model, pose.processor, plan.max_persons, res, rung=rung
+                ),
             )
         return
     main = loaded[capability]
     for res in plan.resolutions.get(capability) or [processor_resolution(main.processor)]:
         if capability == "depth":
-            graph = DepthGraph(main.model, main.processor, res)
+            make = lambda rung, res=res: DepthGraph(main.model, main.processor, res, rung=rung)  # noqa: E731
         else:
-            graph = SegmentationGraph(main.model, main.processor, res, plan.class_chunk)
-        yield f"{capability}-{res[0]}x{res[1]}", res, graph
+            make = lambda rung, res=res: SegmentationGraph(  # noqa: E731
+                main.model, main.processor, res, plan.class_chunk, rung=rung
+            )
+        yield f"{capability}-{res[0]}x{res[1]}", res, make
 
 
 def reference_outputs(capability: str, loaded, frames: np.ndarray, resolution, got: dict) -> dict[str, np.ndarray]:
@@ -123,7 +128,9 @@ def reference_outputs(capability: str, loaded, frames: np.ndarray, resolution, g
     return want
 
 
-def verify_graph(capability: str, path: Path, resolution, loaded, plan: BuildPlan) -> list[verify.Check]:
+def verify_graph(
+    capability: str, path: Path, resolution, loaded, plan: BuildPlan, tolerances=None, name: str | None = None
+) -> list[verify.Check]:
     """Run the exported graph in ONNX Runtime on sample frames and compare with transformers."""
     import onnxruntime as ort  # noqa: PLC0415 (heavy; only needed once a graph exists)
 
@@ -134,37 +141,75 @@ def verify_graph(capability: str, path: Path, resolution, loaded, plan: BuildPla
     for i, (batch, (h, w)) in enumerate(batches):
         frames = samples.frames(h, w, batch, seed=plan.seed + i)
         got = dict(zip(names, session.run(list(names), {FRAME_INPUT: frames})))
-        checks += verify.compare(
-            capability, f"{batch}x{h}x{w}", got, reference_outputs(capability, loaded, frames, resolution, got)
-        )
+        want = reference_outputs(capability, loaded, frames, resolution, got)
+        checks += verify.compare(capability, f"{batch}x{h}x{w}", got, want, tolerances, graph=name or path.name)
     return checks
 
 
+def export_verified(capability: str, stem: str, rung: str, resolution, make, loaded, plan: BuildPlan):
+    """Export one graph at one precision rung, check TensorRT's rules, verify it against transformers.
+
+    Returns (manifest entry or None when it missed a tolerance, checks). The file is written under
+    a ``.partial`` name and takes its real name only once verified: an interrupted or failed build
+    never leaves a graph that looks shippable.
+    """
+    final = plan.out / f"{stem}.onnx"
+    partial = final.with_name(final.name + ".partial")
+    tolerances = verify.TOLERANCES if rung == "fp32" else verify.FP16_TOLERANCES
+    try:
+        with step(f"{capability}: exporting {final.name} ({precision.DESCRIPTIONS[rung]})"):
+            export.export(make(rung), OUTPUTS[capability], partial, example_hw=plan.bounds.opt_hw)
+        trt_rules.enforce(partial, name=final.name)
+        with step(f"{capability}: verifying {final.name} against transformers on {len(plan.verify_sizes) + 1} batches"):
+            checks = verify_graph(capability, partial, resolution, loaded, plan, tolerances, name=final.name)
+        log.info("%s verification (%s):\n%s", final.name, rung, verify.table(checks))
+        if not all(c.ok for c in checks):
+            return None, checks
+        partial.replace(final)
+    finally:
+        partial.unlink(missing_ok=True)
+    return {
+        "path": final.name,
+        "sha256": sha256(final),
+        "bytes": final.stat().st_size,
+        "precision": rung,
+        "float_weights": export.float_weights(final),
+    }, checks
+
+
+def _fp16_graph(capability: str, stem: str, resolution, make, loaded, plan: BuildPlan):
+    """The first fp16 rung whose graph passes verification, or (None, why)."""
+    misses = []
+    for rung in precision.FP16_RUNGS:
+        entry, checks = export_verified(capability, f"{stem}.fp16", rung, resolution, make, loaded, plan)
+        if entry is not None:
+            return entry, checks
+        failed = [c for c in checks if not c.ok]
+        misses.append(f"{rung}: " + "; ".join(f"{c.frames} {c.metric} {c.value:.4g} > {c.limit:g}" for c in failed[:3]))
+        log.warning("%s: the %s graph missed verification; trying the next rung", stem, rung)
+    log.warning("%s: no fp16 graph passed verification; TensorRT engines will be built from the fp32 graph", stem)
+    return None, misses
+
+
 def build_capability(capability: str, plan: BuildPlan) -> dict:
-    """Export and verify every graph of ``capability``; return its manifest entry."""
+    """Export and verify every graph of ``capability`` (fp32, then its fp16 rung); return its manifest entry."""
     roles = roles_for(capability)
     loaded = load_models(capability, plan)
     graphs, all_checks = [], []
-    for stem, resolution, graph in _graphs(capability, plan, loaded):
-        path = plan.out / f"{stem}.onnx"
-        with step(f"{capability}: exporting {path.name}"):
-            export.export(graph, OUTPUTS[capability], path, example_hw=plan.bounds.opt_hw)
-        with step(f"{capability}: verifying {path.name} against transformers on {len(plan.verify_sizes) + 1} batches"):
-            checks = verify_graph(capability, path, resolution, loaded, plan)
-        log.info("%s verification:\n%s", path.name, verify.table(checks))
+    for stem, resolution, make in _graphs(capability, plan, loaded):
+        entry, checks = export_verified(capability, stem, "fp32", resolution, make, loaded, plan)
         all_checks += checks
-        if not all(c.ok for c in checks):
-            path.unlink(missing_ok=True)  # refuse to ship a graph that disagrees with the reference
-            continue
-        graphs.append(
-            {
-                "path": path.name,
-                "sha256": sha256(path),
-                "bytes": path.stat().st_size,
-                "resolution": list(resolution),
-                **export.io_signature(path),
-            }
-        )
+        if entry is None:
+            continue  # refuse to ship a graph that disagrees with the reference; judged below
+        entry.update({"resolution": list(resolution), **export.io_signature(plan.out / entry["path"])})
+        if plan.fp16:
+            fp16, fp16_checks = _fp16_graph(capability, stem, resolution, make, loaded, plan)
+            if fp16 is not None:
+                entry["fp16"] = fp16
+                all_checks += fp16_checks
+            else:
+                entry["fp16_missed"] = fp16_checks
+        graphs.append(entry)
     verify.judge(all_checks)
     options = {"max_persons": plan.max_persons} if capability == "pose" else {}
     if capability == "segmentation":
@@ -183,7 +228,8 @@ def build_capability(capability: str, plan: BuildPlan) -> dict:
         "options": options,
         "verification": {
             "reference": "transformers (model + PIL image processor + post-processing)",
-            "backend": "onnxruntime CPUExecutionProvider fp32",
+            "backend": "onnxruntime CPUExecutionProvider (fp32 graph: fp32 tolerances; fp16 graph: fp16 tolerances)",
+            "tolerances": {"fp32": verify.TOLERANCES[capability], "fp16": verify.FP16_TOLERANCES[capability]},
             "checks": [c.as_dict() for c in all_checks],
         },
     }

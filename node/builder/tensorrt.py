@@ -1,11 +1,17 @@
-"""TensorRT engines from the verified ONNX graphs, kept only when they agree with ONNX Runtime.
+"""TensorRT engines from the verified ONNX graphs: one strongly typed build path for TensorRT 10, 11 and for RTX.
 
-For each graph: parse, one optimisation profile from the shape bounds, fp16 (TensorRT 10's
-builder flag; TensorRT 11 builds what the graph's types say, fp32 here, and says so), a
-persisted timing cache, a workspace limit, progress through ``IProgressMonitor``. Then the
-accuracy gate runs the engine and ONNX Runtime (fp32) on the sample frames; on a miss the
-engine is rebuilt with more layers pinned to fp32 (normalisation and softmax first, then the
-pre- and post-processing), and refused when even that misses. Needs the ``trt`` extra and a GPU.
+The engine's precision is the graph's (``precision``): every network is strongly typed, and no
+builder flag or per-layer setting changes a type. For each graph: parse (a refusal names the node),
+one optimisation profile spanning the frame bounds, a workspace limit, progress through
+``IProgressMonitor``, and either a timing cache (TensorRT) or compute-capability targets (TensorRT
+for RTX, which compiles ahead of time on any machine).
+
+Which graph: the fp16 one where the export made it (the network body in fp16), else the fp32 one.
+On a GPU with TensorRT the accuracy gate runs each engine against ONNX Runtime (fp32) on the sample
+frames; an fp16 engine that misses gives way to the fp32 graph, the ladder's last rung, and a graph
+with no agreeing engine is refused. TensorRT for RTX engines are specialised on the RTX card at their
+first run, so their gate is the self-test there. ``compile_check`` compiles every graph, keeps
+nothing, and is what CI runs with TensorRT for RTX on a CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from .. import manifest
 from ..contract import ShapeBounds
 from ..runtime import engine_cache
 from ..runtime.cuda import SharedScratch, gpu_identity, load_pycuda
+from ..runtime.flavours import TENSORRT, TENSORRT_RTX, Flavour
 from ..runtime.onnxruntime import OnnxRuntimeBackend
 from ..runtime.tensorrt import TensorRTBackend, load_tensorrt
 from . import verify
@@ -26,25 +33,7 @@ from .errors import BuildError
 
 log = logging.getLogger("build")
 
-# Escalation when the accuracy gate fails: which layers to pin to fp32.
-FP32_LEVELS = ("none", "norms", "norms+prepost")
-# Layers of the neural networks (the rest is our pre- and post-processing), by ONNX scope.
-_MODEL_SCOPES = ("/model/", "/detector/", "/pose_model/")
-_NORM_TYPES = {"NORMALIZATION", "SOFTMAX", "REDUCE"}  # LayerNorm, softmax, and the mean/var of unfused norms
-
-
-def fp32_layers(layers: list[tuple[str, str]], level: str) -> list[str]:
-    """Names of the layers to keep in fp32 at ``level``; ``layers`` are (name, TensorRT layer type name)."""
-    if level not in FP32_LEVELS:
-        raise ValueError(f"unknown fp32 level {level!r}")
-    chosen = []
-    for name, kind in layers:
-        in_model = name.startswith(_MODEL_SCOPES)
-        if level != "none" and kind in _NORM_TYPES:
-            chosen.append(name)
-        elif level == "norms+prepost" and not in_model:
-            chosen.append(name)
-    return chosen
+PRECISIONS = ("auto", "fp16", "fp32")  # auto: the fp16 graph, and on a gate miss the fp32 one
 
 
 def _monitor(trt):
@@ -57,7 +46,8 @@ def _monitor(trt):
 
         def phase_start(self, phase_name, parent_phase, num_steps):
             self.started[phase_name] = time.perf_counter()
-            log.info("tensorrt: %s%s (%d steps)", f"{parent_phase} / " if parent_phase else "", phase_name, num_steps)
+            if parent_phase is None:  # the top-level phases; nested ones are logged only when they take long
+                log.info("tensorrt: %s (%d steps)", phase_name, num_steps)
 
         def step_complete(self, phase_name, step):
             return True  # keep building
@@ -70,46 +60,106 @@ def _monitor(trt):
     return Progress()
 
 
-def build_plan(trt, onnx_path: Path, plan_path: Path, shapes: dict, options: dict, timing_cache: Path) -> None:
+def parser_errors(parser) -> str:
+    """The parser's refusals, each naming the node and its operator (the text's first line says why)."""
+    lines = []
+    for i in range(parser.num_errors):
+        error = parser.get_error(i)
+        reason = next((line for line in str(error.desc()).splitlines() if "cudaError" not in line), "")
+        lines.append(f"node '{error.node_name()}' ({error.node_operator()}): {error.code().name}: {reason}".rstrip())
+    return "\n  ".join(lines)
+
+
+def build_plan(
+    trt, flavour: Flavour, onnx_path: Path, shapes: dict, options: dict, timing_cache: Path | None = None
+) -> bytes:
+    """Compile one ONNX graph into a serialized engine (strongly typed); raise BuildError naming what failed."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10 and 11
+    network = builder.create_network(flavour.network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BuildError(f"{onnx_path.name}: TensorRT's ONNX parser refused it: {errors}")
+        raise BuildError(f"{onnx_path.name}: {flavour.module}'s ONNX parser refused it:\n  {parser_errors(parser)}")
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options["workspace_gib"] * (1 << 30)))
-    if options["precision"] == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-        floats = (trt.float32, trt.float16)
-        # Only layers that compute in floating point can be pinned (not shape, index or uint8 layers).
-        candidates = [
-            network.get_layer(i)
-            for i in range(network.num_layers)
-            if all(network.get_layer(i).get_output(j).dtype in floats for j in range(network.get_layer(i).num_outputs))
-        ]
-        pinned = set(fp32_layers([(layer.name, layer.type.name) for layer in candidates], options["fp32_level"]))
-        if pinned:
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            for layer in candidates:
-                if layer.name in pinned:
-                    layer.precision = trt.float32
-                    for j in range(layer.num_outputs):
-                        layer.set_output_type(j, trt.float32)
-            log.info("tensorrt: %s: %d layers pinned to fp32 (%s)", onnx_path.name, len(pinned), options["fp32_level"])
+    if options.get("workspace_gib"):  # unset: TensorRT's default, the GPU's memory
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options["workspace_gib"] * (1 << 30)))
+    try:
+        flavour.set_targets(trt, config, tuple(options.get("targets", ())))
+    except ValueError as err:
+        raise BuildError(str(err)) from None
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in shapes.items():
         profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if timing_cache is not None:
+        cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
     config.progress_monitor = _monitor(trt)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise BuildError(f"{onnx_path.name}: TensorRT could not build an engine (see its log above)")
-    plan_path.write_bytes(memoryview(plan))
-    timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
+        raise BuildError(f"{onnx_path.name}: {flavour.module} could not build an engine (see its log above)")
+    if timing_cache is not None:
+        timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    return bytes(memoryview(plan))
+
+
+def candidates(directory: Path, graph: dict, precision: str) -> list[tuple[str, Path, str]]:
+    """(rung, ONNX path, its SHA-256) to build from, in order: the fp16 graph first unless fp32 is asked for."""
+    fp16, fp32 = graph.get("fp16"), (graph.get("precision", "fp32"), directory / graph["path"], graph["sha256"])
+    if precision == "fp32":
+        return [fp32]
+    if fp16 is None:
+        if precision == "fp16":
+            raise BuildError(f"{graph['path']}: no fp16 graph was exported beside it (built with --no-fp16?)")
+        log.warning("%s: no fp16 graph beside it: the engine will be fp32", graph["path"])
+        return [fp32]
+    first = (fp16["precision"], directory / fp16["path"], fp16["sha256"])
+    return [first] if precision == "fp16" else [first, fp32]
+
+
+def _graphs(directory: Path, capabilities: list[str]):
+    """(capability, its manifest entry, bounds, graph entry) for every graph listed for ``capabilities``."""
+    data = manifest.load(directory)
+    for capability in capabilities:
+        entry = data["capabilities"][capability]
+        bounds = ShapeBounds.from_dict(entry["bounds"])
+        for graph in entry["graphs"]:
+            yield capability, entry, bounds, graph
+
+
+def compile_check(
+    directory: Path,
+    capabilities: list[str],
+    flavour: Flavour = TENSORRT_RTX,
+    max_batch: int = 1,
+    workspace_gib: float | None = None,
+) -> list[dict]:
+    """Compile every graph (fp32 and fp16) of ``capabilities`` and keep nothing; one row per graph.
+
+    Raises BuildError naming every graph that did not parse or build, after trying them all.
+    """
+    trt = load_tensorrt(flavour)
+    rows, failures = [], []
+    for capability, _, bounds, graph in _graphs(directory, capabilities):
+        shapes = engine_cache.profile_shapes(bounds, max_batch)
+        paths = [(graph.get("precision", "fp32"), directory / graph["path"])]
+        if graph.get("fp16"):
+            paths.append((graph["fp16"]["precision"], directory / graph["fp16"]["path"]))
+        for rung, path in paths:
+            started = time.perf_counter()
+            try:
+                plan = build_plan(trt, flavour, path, shapes, {"workspace_gib": workspace_gib})
+            except BuildError as err:
+                failures.append(str(err))
+                log.error("%s", err)
+                continue
+            took = time.perf_counter() - started
+            rows.append({"capability": capability, "graph": path.name, "precision": rung, "seconds": took,
+                         "bytes": len(plan)})  # fmt: skip
+            log.info("%s: %s compiled it in %.1f s (%.1f MB)", path.name, flavour.module, took, len(plan) / 1e6)
+    if failures:
+        raise BuildError("\n".join(failures))
+    return rows
 
 
 def gate(capability: str, plan: Path, onnx_path: Path, outputs, bounds: ShapeBounds, trt, cuda, cuda_context):
@@ -124,66 +174,135 @@ def gate(capability: str, plan: Path, onnx_path: Path, outputs, bounds: ShapeBou
     return checks
 
 
-def build_engines(directory: Path, capabilities: list[str], *, workspace_gib: float = 4.0, max_batch: int = 1) -> dict:
-    """Build (or reuse) an engine for every graph of ``capabilities`` in ``directory``; return the manifest entries."""
-    trt = load_tensorrt()
+def build_engines(
+    directory: Path,
+    capabilities: list[str],
+    *,
+    flavour: Flavour = TENSORRT,
+    workspace_gib: float | None = None,
+    max_batch: int = 1,
+    precision: str = "auto",
+    targets: tuple[str, ...] = (),
+) -> dict:
+    """Build (or reuse) an engine for every graph of ``capabilities`` in ``directory``; return the manifest entries.
+
+    TensorRT: for this GPU, gated. TensorRT for RTX: ahead of time for ``targets`` (its default set when
+    empty), no GPU needed, gated by the self-test on the RTX card.
+    """
+    if precision not in PRECISIONS:
+        raise BuildError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    trt = load_tensorrt(flavour)
+    base = {"workspace_gib": workspace_gib, "max_batch": max_batch}
+    if flavour is TENSORRT_RTX:
+        builder = _RtxBuilder(trt, directory, {**base, "targets": list(targets)}, precision)
+        return _build_all(directory, capabilities, builder, trt.__version__)
     cuda, cuda_context = load_pycuda()
     cuda_context.push()
     try:
         gpu = gpu_identity(cuda)
-        precision = "fp16" if hasattr(trt.BuilderFlag, "FP16") else "fp32"
-        if precision == "fp32":
-            log.warning(
-                "TensorRT %s builds strongly typed networks only: these fp32 graphs give fp32 engines", trt.__version__
-            )
-        base = {"precision": precision, "workspace_gib": workspace_gib, "max_batch": max_batch}
-        data = manifest.load(directory)
-        entries = {}
-        for capability in capabilities:
-            entry = data["capabilities"][capability]
-            bounds = ShapeBounds.from_dict(entry["bounds"])
-            for graph in entry["graphs"]:
-                here = _engine_for(directory, capability, graph, bounds, gpu, trt, cuda, cuda_context, base)
-                # Engines of other GPUs or TensorRT versions (a shared cache volume) stay listed.
-                others = [
-                    e for e in graph.get("tensorrt", []) if (e["gpu"], e["tensorrt"]) != (gpu["name"], trt.__version__)
-                ]
-                graph["tensorrt"] = here + others
-            entries[capability] = entry
-        return entries
+        builder = _GatedBuilder(trt, directory, base, precision, gpu, cuda, cuda_context)
+        return _build_all(directory, capabilities, builder, trt.__version__)
     finally:
         cuda.Context.pop()
 
 
-def _engine_for(directory, capability, graph, bounds, gpu, trt, cuda, cuda_context, base) -> list[dict]:
-    onnx_path = directory / graph["path"]
-    stem = Path(graph["path"]).stem
-    shapes = engine_cache.profile_shapes(bounds, base["max_batch"])
-    for level in FP32_LEVELS if base["precision"] == "fp16" else ("none",):
-        options = {**base, "fp32_level": level, "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}
-        facts = engine_cache.wanted(graph["sha256"], gpu, trt.__version__, options)
-        plan = engine_cache.engine_path(directory, stem, facts)
-        found = _read_sidecar(plan)
-        decision, why = engine_cache.decide(found, facts)
-        log.info("tensorrt: %s: %s (%s)", plan.name, decision, why)
+def _build_all(directory: Path, capabilities: list[str], builder, version: str) -> dict:
+    entries, failures = {}, []
+    for capability, entry, bounds, graph in _graphs(directory, capabilities):
+        try:
+            here = builder.engine_for(capability, graph, bounds)
+        except BuildError as err:
+            log.error("%s", err)
+            failures.append(str(err))
+            continue
+        # Engines of other GPUs, runtimes or versions (a shared cache volume) stay listed.
+        others = [e for e in graph.get("tensorrt", []) if not builder.same_slot(e, version)]
+        graph["tensorrt"] = [here, *others]
+        entries[capability] = entry
+    if failures:
+        raise BuildError("\n".join(failures))
+    return entries
+
+
+class _Builder:
+    """Reuse an engine whose sidecar matches, else build it; shared by both flavours."""
+
+    flavour: Flavour
+
+    def __init__(self, trt, directory: Path, base: dict, precision: str, gpu: dict | None = None):
+        self.trt, self.directory, self.base, self.precision, self.gpu = trt, directory, base, precision, gpu
+
+    def same_slot(self, entry: dict, version: str) -> bool:
+        """Whether ``entry`` is the engine this builder (re)places: same runtime, version and machine or targets."""
+        if entry.get("runtime", TENSORRT.backend) != self.flavour.backend or entry.get("tensorrt") != version:
+            return False
+        if self.flavour is TENSORRT_RTX:
+            return entry.get("options", {}).get("targets") == self.base["targets"]
+        return entry.get("gpu") == self.gpu["name"]
+
+    def _engine(self, rung: str, onnx_path: Path, onnx_sha: str, bounds: ShapeBounds) -> tuple[dict, Path, float]:
+        shapes = engine_cache.profile_shapes(bounds, self.base["max_batch"])
+        options = {**self.base, "precision": rung, "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}
+        facts = engine_cache.wanted(onnx_sha, self.flavour, self.trt.__version__, options, self.gpu)
+        plan = engine_cache.engine_path(self.directory, onnx_path.name.removesuffix(".onnx"), facts)
+        decision, why = engine_cache.decide(_read_sidecar(plan), facts)
+        log.info("%s: %s: %s (%s)", self.flavour.backend, plan.name, decision, why)
+        took = 0.0
         if decision == "build":
             started = time.perf_counter()
-            build_plan(
-                trt, onnx_path, plan, shapes, options, directory / f"timing-{facts['gpu']}.cache".replace(" ", "-")
-            )
-            log.info("tensorrt: built %s in %.0f s", plan.name, time.perf_counter() - started)
-        checks = gate(capability, plan, onnx_path, graph["outputs"], bounds, trt, cuda, cuda_context)
-        log.info("tensorrt: %s against onnxruntime fp32:\n%s", plan.name, verify.table(checks))
-        if all(c.ok for c in checks):
-            record = {**facts, "plan": plan.name, "sha256": manifest.sha256(plan), "bytes": plan.stat().st_size,
-                      "gate": [c.as_dict() for c in checks]}  # fmt: skip
-            _write_sidecar(plan, facts)
-            return [record]
-        plan.unlink(missing_ok=True)
-        log.warning("tensorrt: %s missed the accuracy gate at fp32 level %r", plan.name, level)
-    raise BuildError(
-        f"{graph['path']}: no TensorRT engine agreed with ONNX Runtime, even with {FP32_LEVELS[-1]} in fp32"
-    )
+            plan.write_bytes(build_plan(self.trt, self.flavour, onnx_path, shapes, options, self.timing_cache))
+            took = time.perf_counter() - started
+            size = plan.stat().st_size / 1e6
+            log.info("%s: built %s in %.0f s (%.1f MB)", self.flavour.backend, plan.name, took, size)
+        return facts, plan, took
+
+    @property
+    def timing_cache(self) -> Path | None:
+        return None
+
+    def _record(self, facts: dict, plan: Path, took: float, gate_checks) -> dict:
+        _write_sidecar(plan, facts)
+        return {**facts, "plan": plan.name, "sha256": manifest.sha256(plan), "bytes": plan.stat().st_size,
+                "build_seconds": round(took, 1), "gate": gate_checks}  # fmt: skip
+
+
+class _RtxBuilder(_Builder):
+    """TensorRT for RTX: ahead of time, no GPU, the first candidate graph (fp16 unless fp32 is asked for)."""
+
+    flavour = TENSORRT_RTX
+
+    def engine_for(self, capability: str, graph: dict, bounds: ShapeBounds) -> dict:
+        rung, onnx_path, onnx_sha = candidates(self.directory, graph, self.precision)[0]
+        facts, plan, took = self._engine(rung, onnx_path, onnx_sha, bounds)
+        return self._record(facts, plan, took, None)  # gate: the self-test on the RTX card
+
+
+class _GatedBuilder(_Builder):
+    """TensorRT on this GPU: each candidate is built and gated; the first that agrees is kept."""
+
+    flavour = TENSORRT
+
+    def __init__(self, trt, directory, base, precision, gpu, cuda, cuda_context):
+        super().__init__(trt, directory, base, precision, gpu)
+        self.cuda, self.cuda_context = cuda, cuda_context
+
+    @property
+    def timing_cache(self) -> Path:
+        return self.directory / f"timing-{self.gpu['name']}.cache".replace(" ", "-")
+
+    def engine_for(self, capability: str, graph: dict, bounds: ShapeBounds) -> dict:
+        reference, tried = self.directory / graph["path"], []
+        for rung, onnx_path, onnx_sha in candidates(self.directory, graph, self.precision):
+            tried.append(rung)
+            facts, plan, took = self._engine(rung, onnx_path, onnx_sha, bounds)
+            checks = gate(capability, plan, reference, graph["outputs"], bounds, self.trt, self.cuda, self.cuda_context)
+            log.info("tensorrt: %s (%s) against onnxruntime fp32:\n%s", plan.name, rung, verify.table(checks))
+            if all(c.ok for c in checks):
+                return self._record(facts, plan, took, [c.as_dict() for c in checks])
+            plan.unlink(missing_ok=True)
+            engine_cache.sidecar(plan).unlink(missing_ok=True)
+            log.warning("tensorrt: the %s engine of %s missed the accuracy gate", rung, graph["path"])
+        raise BuildError(f"{graph['path']}: no TensorRT engine agreed with ONNX Runtime (tried: {', '.join(tried)})")
 
 
 def _read_sidecar(plan: Path) -> dict | None:

@@ -55,6 +55,7 @@ class Check:
     limit: float
     detail: str = ""
     skipped: bool = False  # not comparable, with the reason in ``detail``; never hides a failure
+    graph: str = ""  # the graph file checked, where more than one is
 
     @property
     def ok(self) -> bool:
@@ -72,7 +73,7 @@ class VerificationError(BuildError):
     def __init__(self, failed: list[Check]):
         self.failed = failed
         lines = [
-            f"{c.capability} {c.frames}: {c.metric} = {c.value:.4g} (limit {c.limit:g}) {c.detail}".rstrip()
+            f"{c.graph or c.capability} {c.frames}: {c.metric} = {c.value:.4g} (limit {c.limit:g}) {c.detail}".rstrip()
             for c in failed
         ]
         super().__init__("verification failed:\n  " + "\n  ".join(lines))
@@ -169,24 +170,31 @@ _METRICS = {"depth": _depth, "segmentation": _segmentation, "pose": _pose}
 
 
 def compare(
-    capability: str, frames: str, got: dict[str, np.ndarray], want: dict[str, np.ndarray], tolerances=None
+    capability: str,
+    frames: str,
+    got: dict[str, np.ndarray],
+    want: dict[str, np.ndarray],
+    tolerances=None,
+    graph: str = "",
 ) -> list[Check]:
     """Every check for one batch of frames; shape and NaN/Inf problems stop the numeric ones."""
-    fatal = _shape_checks(capability, frames, got, want) + _finite(capability, frames, got)
-    if fatal:
-        return fatal
-    checks = _METRICS[capability](frames, got, want)
-    limits = (tolerances or TOLERANCES)[capability]
+    checks = _shape_checks(capability, frames, got, want) + _finite(capability, frames, got)
+    if not checks:
+        checks = _METRICS[capability](frames, got, want)
+        limits = (tolerances or TOLERANCES)[capability]
+        for check in checks:
+            check.limit = limits.get(check.metric, check.limit)
     for check in checks:
-        check.limit = limits.get(check.metric, check.limit)
+        check.graph = graph
     return checks
 
 
 def table(checks: list[Check]) -> str:
     """A plain-text table of every check, failures marked."""
-    rows = [("capability", "frames", "metric", "value", "limit", "")]
+    rows = [("graph", "capability", "frames", "metric", "value", "limit", "")]
     rows += [
         (
+            c.graph or "-",
             c.capability,
             c.frames,
             c.metric,

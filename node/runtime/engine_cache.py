@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from ..contract import FRAME_INPUT, ShapeBounds
+from .flavours import TENSORRT, TENSORRT_RTX, Flavour
 
 
 def profile_shapes(bounds: ShapeBounds, max_batch: int) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -23,15 +24,16 @@ def profile_shapes(bounds: ShapeBounds, max_batch: int) -> dict[str, tuple[tuple
     return {FRAME_INPUT: ((1, min_h, min_w, 3), (1, opt_h, opt_w, 3), (batch, max_h, max_w, 3))}
 
 
-def wanted(onnx_sha256: str, gpu: dict, tensorrt_version: str, options: dict) -> dict:
-    """The facts an engine must have been built with to run here."""
-    return {
-        "onnx_sha256": onnx_sha256,
-        "gpu": gpu["name"],
-        "compute_capability": gpu["compute_capability"],
-        "tensorrt": tensorrt_version,
-        "options": options,  # precision, profile, fp32 layers, workspace
-    }
+def wanted(onnx_sha256: str, flavour: Flavour, version: str, options: dict, gpu: dict | None = None) -> dict:
+    """The facts an engine must have been built with to be reused.
+
+    TensorRT: this GPU model. TensorRT for RTX: the compute capabilities it targets (in ``options``),
+    no GPU: it is built ahead of time and specialised on the card at its first run.
+    """
+    facts = {"onnx_sha256": onnx_sha256, "runtime": flavour.backend, "tensorrt": version, "options": options}
+    if flavour is TENSORRT:
+        facts.update({"gpu": gpu["name"], "compute_capability": gpu["compute_capability"]})
+    return facts
 
 
 def key(facts: dict) -> str:
@@ -39,10 +41,13 @@ def key(facts: dict) -> str:
 
 
 def engine_path(directory: Path, graph_stem: str, facts: dict) -> Path:
-    """e.g. ``depth-518x518.NVIDIA-H100-80GB-HBM3.sm90.trt10.13.0.1a2b3c4d5e6f.plan``."""
+    """e.g. ``depth-518x518.fp16.NVIDIA-H100-80GB-HBM3.sm90.trt10.13.0.1a2b3c4d5e6f.plan`` (TensorRT) or
+    ``depth-518x518.fp16.rtx1.7.1.116.1a2b3c4d5e6f.plan`` (TensorRT for RTX, any RTX card of its targets)."""
+    if _runtime(facts) == TENSORRT_RTX.backend:
+        return Path(directory) / f"{graph_stem}.{TENSORRT_RTX.tag}{facts['tensorrt']}.{key(facts)[:12]}.plan"
     gpu = re.sub(r"[^A-Za-z0-9]+", "-", facts["gpu"]).strip("-")
     cc = facts["compute_capability"].replace(".", "")
-    return Path(directory) / f"{graph_stem}.{gpu}.sm{cc}.trt{facts['tensorrt']}.{key(facts)[:12]}.plan"
+    return Path(directory) / f"{graph_stem}.{gpu}.sm{cc}.{TENSORRT.tag}{facts['tensorrt']}.{key(facts)[:12]}.plan"
 
 
 def sidecar(path: Path) -> Path:
@@ -60,14 +65,38 @@ def decide(found: dict | None, want: dict) -> tuple[str, str]:
     return "build", f"foreign engine ({why})"
 
 
-def pick(entries: list[dict], onnx_sha256: str, gpu: dict, tensorrt_version: str) -> tuple[dict | None, str]:
-    """The manifest's engine entry for this graph on this machine, or None and what was there instead."""
-    here = {"onnx_sha256": onnx_sha256, "gpu": gpu["name"], "compute_capability": gpu["compute_capability"],
-            "tensorrt": tensorrt_version}  # fmt: skip
-    for entry in entries:
-        if all(entry.get(k) == v for k, v in here.items()):
-            return entry, ""
+def _runtime(entry: dict) -> str:
+    return entry.get("runtime", TENSORRT.backend)  # engines recorded before TensorRT for RTX existed here
+
+
+def _describe(entry: dict) -> str:
+    if _runtime(entry) == TENSORRT_RTX.backend:
+        targets = entry.get("options", {}).get("targets") or ["default"]
+        return f"TensorRT for RTX {entry.get('tensorrt')} (targets {', '.join(targets)})"
+    return f"{entry.get('gpu')} sm{entry.get('compute_capability')} TensorRT {entry.get('tensorrt')}"
+
+
+def pick(
+    entries: list[dict], graph_hashes, gpu: dict, version: str, flavour: Flavour = TENSORRT
+) -> tuple[dict | None, str]:
+    """The manifest's engine entry for this graph on this machine, or None and what was there instead.
+
+    ``graph_hashes``: the SHA-256 of the graph's ONNX files (fp32 and fp16); an engine of any of them
+    will do, the fp16 one first. TensorRT: same GPU model and version. TensorRT for RTX: the same
+    version first, else the newest other; whether it runs on this card is TensorRT for RTX's own
+    verdict when it is opened (``Runtime.get_engine_validity``).
+    """
+    hashes = [graph_hashes] if isinstance(graph_hashes, str) else list(graph_hashes)
+    mine = [e for e in entries if _runtime(e) == flavour.backend and e.get("onnx_sha256") in hashes]
+    mine.sort(key=lambda e: hashes.index(e["onnx_sha256"]))
+    if flavour is TENSORRT:
+        here = {"gpu": gpu["name"], "compute_capability": gpu["compute_capability"], "tensorrt": version}
+        found = [e for e in mine if all(e.get(k) == v for k, v in here.items())]
+    else:
+        found = sorted(mine, key=lambda e: e.get("tensorrt") != version)
+    if found:
+        return found[0], ""
     if not entries:
         return None, "no TensorRT engine was built for this graph"
-    seen = "; ".join(f"{e.get('gpu')} sm{e.get('compute_capability')} TensorRT {e.get('tensorrt')}" for e in entries)
-    return None, f"engines exist only for other machines or an older graph ({seen})"
+    seen = "; ".join(_describe(e) for e in entries)
+    return None, f"engines exist only for other machines, runtimes or an older graph ({seen})"

@@ -1,15 +1,17 @@
-"""TensorRT backend: one engine, buffers allocated once, a checked per-frame call sequence.
+"""TensorRT backend (TensorRT or TensorRT for RTX): one engine, buffers allocated once, a checked call sequence.
 
 Per frame: copy into the pinned input buffer, async H2D, set the input shape (only when it
 changed), ``execute_async_v3`` on the node's stream, async D2H of only the valid region of each
 output, one synchronise. Device buffers are sized for the profile's largest shape and their
 addresses bound once. The activation memory is the node's shared scratch (``cuda.SharedScratch``).
-``tensorrt`` and ``pycuda`` are imported only when this backend is used.
+``tensorrt`` (or ``tensorrt_rtx``) and ``pycuda`` are imported only when this backend is used; what
+differs between the two TensorRTs is in ``flavours``.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,41 +22,58 @@ from ..errors import StartupError
 from . import engine_cache
 from .base import check_frames
 from .cuda import BufferPair, SharedScratch, checked, gpu_identity, load_pycuda
+from .flavours import TENSORRT, TENSORRT_RTX, Flavour, RuntimeCache
 
 log = logging.getLogger("node")
 
 
-def load_tensorrt():
-    try:
-        import tensorrt as trt  # noqa: PLC0415
-    except ImportError as err:
-        raise StartupError(
-            f"the TensorRT backend is unavailable ({err}): install the trt extra (pip install -e '.[trt]') "
-            "on a machine with an NVIDIA GPU, or serve with --backend onnxruntime"
-        ) from None
-    return trt
+def load_tensorrt(flavour: Flavour = TENSORRT):
+    """The ``tensorrt`` (or ``tensorrt_rtx``) module, or a StartupError naming the extra to install."""
+    return flavour.load()
 
 
-def gpu_runtime():
-    """(tensorrt, pycuda.driver, GPU 0's identity, a SharedScratch on its primary context): what every
-    TensorRT user of the node needs once; clear StartupErrors without the trt extra or a GPU."""
-    trt = load_tensorrt()
+@dataclass
+class GpuRuntime:
+    """What every TensorRT user of the node needs once: the module, pycuda, GPU 0, the shared scratch."""
+
+    flavour: Flavour
+    trt: object
+    cuda: object
+    gpu: dict
+    scratch: SharedScratch
+    runtime_cache: RuntimeCache | None = None  # TensorRT for RTX: its just-in-time kernels, kept on disk
+
+
+def gpu_runtime(flavour: Flavour = TENSORRT, engines_dir: Path | None = None) -> GpuRuntime:
+    """The GPU runtime on GPU 0's primary context; clear StartupErrors without the extra or a GPU."""
+    trt = load_tensorrt(flavour)
     cuda, cuda_context = load_pycuda()
     cuda_context.push()
     try:
         gpu = gpu_identity(cuda)
     finally:
         cuda.Context.pop()
-    return trt, cuda, gpu, SharedScratch(cuda, cuda_context)
+    cache = RuntimeCache(engines_dir, gpu, trt.__version__) if flavour is TENSORRT_RTX and engines_dir else None
+    return GpuRuntime(flavour, trt, cuda, gpu, SharedScratch(cuda, cuda_context), cache)
 
 
 class TensorRTBackend:
-    name = "tensorrt"
-
-    def __init__(self, plan: Path, bounds: ShapeBounds, scratch: SharedScratch, trt, cuda, max_batch: int = 1):
+    def __init__(
+        self,
+        plan: Path,
+        bounds: ShapeBounds,
+        scratch: SharedScratch,
+        trt,
+        cuda,
+        max_batch: int = 1,
+        flavour: Flavour = TENSORRT,
+        runtime_cache: RuntimeCache | None = None,
+    ):
         self.plan, self.bounds, self.scratch = Path(plan), bounds, scratch
         self.trt, self.cuda = trt, cuda
         self.max_batch = max_batch
+        self.flavour, self.runtime_cache = flavour, runtime_cache
+        self.name = flavour.backend
         self.device = "closed"
         self.engine = self.context = None
         self.buffers: dict[str, BufferPair] = {}
@@ -62,20 +81,24 @@ class TensorRTBackend:
         self.shapes: dict[str, tuple[int, ...]] = {}  # output shapes for the bound input shape
         self.input_shape: tuple[int, ...] | None = None
         self.stages_ms: dict[str, float] = {}  # copy in / compute / copy out of the last frame (CUDA events)
+        self._cache_saved = False
 
     @classmethod
-    def for_graph(cls, graph, bounds: ShapeBounds, trt, cuda, gpu: dict, scratch: SharedScratch) -> TensorRTBackend:
-        """The backend for ``graph``'s engine built for this GPU and TensorRT version, checked against the manifest."""
-        entry, why = engine_cache.pick(list(graph.tensorrt), graph.sha256, gpu, trt.__version__)
+    def for_graph(cls, graph, bounds: ShapeBounds, rt: GpuRuntime) -> TensorRTBackend:
+        """The backend for ``graph``'s engine built for this GPU and runtime, checked against the manifest."""
+        entry, why = engine_cache.pick(list(graph.tensorrt), graph.onnx_hashes, rt.gpu, rt.trt.__version__, rt.flavour)
         if entry is None:
+            rtx = " --tensorrt-rtx" if rt.flavour is TENSORRT_RTX else ""
             raise StartupError(
-                f"{graph.path}: {why}; this machine: {gpu['name']} sm{gpu['compute_capability']} TensorRT "
-                f"{trt.__version__}. Build them here: python build_engines.py --tensorrt-only --out {graph.path.parent}"
+                f"{graph.path}: {why}; this machine: {rt.gpu['name']} sm{rt.gpu['compute_capability']} "
+                f"{rt.flavour.module} {rt.trt.__version__}. Build them: "
+                f"python build_engines.py --tensorrt-only{rtx} --out {graph.path.parent}"
             )
         plan = graph.path.parent / entry["plan"]
         if not plan.is_file() or manifest.sha256(plan) != entry["sha256"]:
             raise StartupError(f"{plan}: missing, or not the engine the manifest lists (SHA-256); rebuild it")
-        return cls(plan, bounds, scratch, trt, cuda, max_batch=entry["options"]["max_batch"])
+        max_batch = entry["options"]["max_batch"]
+        return cls(plan, bounds, rt.scratch, rt.trt, rt.cuda, max_batch, rt.flavour, rt.runtime_cache)
 
     def __enter__(self) -> TensorRTBackend:
         with self.scratch.current():
@@ -85,14 +108,17 @@ class TensorRTBackend:
         trt = self.trt
         runtime = checked("Runtime", trt.Runtime, trt.Logger(trt.Logger.WARNING), returns=True)
         self._runtime = runtime
+        plan = self.plan.read_bytes()
+        self._check_validity(runtime, plan)
         self.engine = checked(
-            f"deserialize_cuda_engine({self.plan.name})", runtime.deserialize_cuda_engine, self.plan.read_bytes(),
-            returns=True,
-        )  # fmt: skip
+            f"deserialize_cuda_engine({self.plan.name})", runtime.deserialize_cuda_engine, plan, returns=True
+        )
         self.context = checked(
             "create_execution_context(USER_MANAGED)",
-            self.engine.create_execution_context,
-            trt.ExecutionContextAllocationStrategy.USER_MANAGED,
+            self.flavour.execution_context,
+            trt,
+            self.engine,
+            self.runtime_cache,
             returns=True,
         )
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -111,7 +137,22 @@ class TensorRTBackend:
         self.device = "cuda"
         return self
 
+    def _check_validity(self, runtime, plan: bytes) -> None:
+        """TensorRT for RTX says, from the plan's header, whether it runs on this GPU and driver, and why not."""
+        if not hasattr(runtime, "get_engine_validity"):
+            return
+        validity, diagnostics = runtime.get_engine_validity(plan)
+        if validity.name == "VALID":
+            return
+        reasons = [d.name for d in self.trt.EngineInvalidityDiagnostics.__members__.values() if diagnostics & int(d)]
+        why = ", ".join(reasons) or "no reason given"
+        if validity.name == "SUBOPTIMAL":
+            log.warning("%s: %s says it runs here, suboptimally (%s)", self.plan.name, self.flavour.module, why)
+            return
+        raise StartupError(f"{self.plan.name}: {self.flavour.module} says this engine cannot run on this GPU: {why}")
+
     def __exit__(self, *exc) -> None:
+        self._save_runtime_cache()
         with self.scratch.current():
             for pair in self.buffers.values():
                 pair.free()
@@ -153,12 +194,19 @@ class TensorRTBackend:
                 results[name] = view
             done.record(stream)
             checked("Stream.synchronize", stream.synchronize)
+        if not self._cache_saved:
+            self._save_runtime_cache()  # the first frame (the warm-up) compiled this shape's kernels
         self.stages_ms = {
             "copy_in": copied.time_since(start),
             "compute": computed.time_since(copied),
             "copy_out": done.time_since(computed),
         }
         return results
+
+    def _save_runtime_cache(self) -> None:
+        if self.runtime_cache is not None:
+            self.runtime_cache.save()
+        self._cache_saved = True
 
     def memory(self) -> dict[str, int]:
         device = sum(pair.nbytes for name, pair in self.buffers.items())
