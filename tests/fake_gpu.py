@@ -92,9 +92,23 @@ class FakeTensorRT:
     Logger = SimpleNamespace(WARNING=2)
     TensorIOMode = SimpleNamespace(INPUT="input", OUTPUT="output")
     ExecutionContextAllocationStrategy = SimpleNamespace(USER_MANAGED="user_managed")
+    # TensorRT for RTX's engine check (Runtime.get_engine_validity): an enum and a bit mask of reasons.
+    EngineValidity = SimpleNamespace(
+        VALID=SimpleNamespace(name="VALID"),
+        SUBOPTIMAL=SimpleNamespace(name="SUBOPTIMAL"),
+        INVALID=SimpleNamespace(name="INVALID"),
+    )
+    EngineInvalidityDiagnostics = SimpleNamespace(
+        __members__={"VERSION_MISMATCH": SimpleNamespace(name="VERSION_MISMATCH", value=1),
+                     "UNSUPPORTED_CC": SimpleNamespace(name="UNSUPPORTED_CC", value=2)}  # fmt: skip
+    )
 
-    def __init__(self, cuda: FakeCuda, scratch_need: int = 1 << 20, fail_execute: bool = False):
+    def __init__(
+        self, cuda: FakeCuda, scratch_need: int = 1 << 20, fail_execute: bool = False, validity=("VALID", 0)
+    ):
         self.cuda, self.scratch_need, self.fail_execute = cuda, scratch_need, fail_execute
+        self.validity = validity  # what get_engine_validity answers (TensorRT for RTX)
+        self.runtime_cache_blobs: list[bytes] = []  # what each FAKE runtime cache was loaded from
         fake = self
 
         class Logger:
@@ -106,6 +120,10 @@ class FakeTensorRT:
         class Runtime:
             def __init__(self, logger):
                 pass
+
+            def get_engine_validity(self, plan: bytes):
+                name, diagnostics = fake.validity
+                return getattr(fake.EngineValidity, name), diagnostics
 
             def deserialize_cuda_engine(self, plan: bytes):
                 return Engine(plan) if plan.startswith(b"\x08") else None  # ONNX protobuf starts with field 1
@@ -129,9 +147,44 @@ class FakeTensorRT:
                 out = next(o for o in self.session.get_outputs() if o.name == name)
                 return {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}[out.type]
 
-            def create_execution_context(self, strategy):
-                fake.cuda.calls.append(("create_execution_context", strategy))
+            def create_execution_context(self, strategy_or_config):
+                config = strategy_or_config
+                if isinstance(config, RuntimeConfig):  # TensorRT for RTX: the strategy travels in a config
+                    fake.cuda.calls.append(("create_execution_context", config.strategy, config.cache))
+                else:
+                    fake.cuda.calls.append(("create_execution_context", config))
                 return Context(self)
+
+            def create_runtime_config(self):
+                return RuntimeConfig()
+
+        class RuntimeCache:
+            """FAKE just-in-time kernel cache: its bytes say how many engines used it."""
+
+            def __init__(self):
+                self.used = 0
+
+            def deserialize(self, blob: bytes) -> bool:
+                fake.runtime_cache_blobs.append(bytes(blob))
+                return blob.startswith(b"fake-runtime-cache")
+
+            def serialize(self) -> bytes:
+                return b"fake-runtime-cache used by %d" % self.used
+
+        class RuntimeConfig:
+            def __init__(self):
+                self.strategy = self.cache = None
+
+            def set_execution_context_allocation_strategy(self, strategy):
+                self.strategy = strategy
+
+            def create_runtime_cache(self):
+                return RuntimeCache()
+
+            def set_runtime_cache(self, cache):
+                cache.used += 1
+                self.cache = cache
+                return True
 
         class Context:
             def __init__(self, engine):
@@ -177,22 +230,25 @@ class FakeTensorRT:
         return dtype
 
 
-def engines_with_fake_plans(source, target) -> None:
-    """Copy an engines directory and list, for each graph, a FAKE TensorRT "plan" for the FAKE GPU."""
+def engines_with_fake_plans(source, target, runtime: str = "tensorrt") -> None:
+    """Copy an engines directory and list, for each graph, a FAKE TensorRT (or TensorRT for RTX) "plan"."""
     import json  # noqa: PLC0415
     import shutil  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     from node import manifest  # noqa: PLC0415
     from node.runtime import engine_cache  # noqa: PLC0415
+    from node.runtime.flavours import flavour  # noqa: PLC0415
 
     shutil.copytree(source, target)
     data = manifest.load(target)
     gpu = {"name": "FAKE GPU", "compute_capability": "9.0"}
     for entry in data["capabilities"].values():
         for graph in entry["graphs"]:
-            facts = engine_cache.wanted(graph["sha256"], gpu, FakeTensorRT.__version__, {"max_batch": 1})
-            plan = engine_cache.engine_path(Path(target), Path(graph["path"]).stem, facts)
-            shutil.copy(Path(target) / graph["path"], plan)  # the fake engine runs the ONNX graph
+            built_from = graph.get("fp16") or graph  # as the build does: the fp16 graph where there is one
+            options = {"max_batch": 1, "precision": built_from.get("precision", "fp32")}
+            facts = engine_cache.wanted(built_from["sha256"], flavour(runtime), FakeTensorRT.__version__, options, gpu)
+            plan = engine_cache.engine_path(Path(target), Path(built_from["path"]).stem, facts)
+            shutil.copy(Path(target) / built_from["path"], plan)  # the fake engine runs the ONNX graph
             graph["tensorrt"] = [{**facts, "plan": plan.name, "sha256": manifest.sha256(plan)}]
     (Path(target) / "manifest.json").write_text(json.dumps(data))

@@ -130,7 +130,7 @@ def test_engine_rows_on_fake_tensorrt_carry_the_gpu_stage_split(tiny_build, tmp_
     cuda = FakeCuda()
     from node.runtime import tensorrt
 
-    monkeypatch.setattr(tensorrt, "load_tensorrt", lambda: FakeTensorRT(cuda))
+    monkeypatch.setattr(tensorrt, "load_tensorrt", lambda flavour=None: FakeTensorRT(cuda))
     monkeypatch.setattr(tensorrt, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
     engines_with_fake_plans(tiny_build[0], tmp_path / "engines")
     rows = engine.graph_rows(

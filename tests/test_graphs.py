@@ -103,3 +103,63 @@ def test_exported_graph_dims_are_named_and_dynamic(tiny_build):
     }
     pose_outputs = {o["name"]: o["shape"] for o in entries["pose"]["graphs"][0]["outputs"]}
     assert pose_outputs["keypoints"] == ["batch", 3, 17, 2]
+
+
+# ------------------------------------------------------- the fp16 graphs (what TensorRT engines are built from)
+
+
+def _fp16_session(out, entry):
+    return ort.InferenceSession(str(out / entry["graphs"][0]["fp16"]["path"]), providers=["CPUExecutionProvider"])
+
+
+def test_every_capability_has_an_fp16_graph_with_fp16_weights_verified_by_its_own_checks(tiny_build):
+    out, entries = tiny_build
+    for capability, entry in entries.items():
+        graph = entry["graphs"][0]
+        fp16 = graph["fp16"]
+        assert fp16["precision"] == "fp16" and (out / fp16["path"]).is_file(), capability
+        weights_ = fp16["float_weights"]
+        assert weights_["float16"] / sum(weights_.values()) > 0.95, (capability, weights_)  # the body is half
+        assert graph["float_weights"] == {"float32": sum(weights_.values())}  # the fp32 graph stays fp32
+        checks = [c for c in entry["verification"]["checks"] if c["graph"] == fp16["path"]]
+        compared = {c["frames"] for c in checks if not c["skipped"]}
+        assert compared >= {"1x90x160", "1x128x128", "1x150x100", "1x67x93", "2x90x160"}, capability
+        assert all(c["ok"] for c in checks) and checks[0]["limit"] in verify.FP16_TOLERANCES[capability].values()
+        # Same inputs, same outputs: the server and TensorRT bind either graph by the same names and types.
+        plain, half = _session(out, entry), _fp16_session(out, entry)
+        assert [(i.name, i.type) for i in plain.get_inputs()] == [(i.name, i.type) for i in half.get_inputs()]
+        assert [(o.name, o.type) for o in plain.get_outputs()] == [(o.name, o.type) for o in half.get_outputs()]
+
+
+@pytest.mark.parametrize("capability", ["depth", "segmentation", "pose"])
+def test_fp16_graphs_match_transformers_on_sizes_the_build_did_not_verify(tiny_build, capability):
+    from node.builder.pipeline import reference_outputs
+
+    out, entries = tiny_build
+    roles = ("detector", "pose") if capability == "pose" else (capability,)
+    loaded = {role: weights.load_demo(TINY_ROLES[role]) for role in roles}
+    session, resolution = _fp16_session(out, entries[capability]), entries[capability]["graphs"][0]["resolution"]
+    checks = []
+    for batch, hw in EXTRA_BATCHES:
+        frames = samples.frames(*hw, batch, seed=21)
+        got = _run(session, capability, frames)
+        want = reference_outputs(capability, loaded, frames, resolution, got)
+        checks += verify.compare(capability, f"{batch}x{hw}", got, want, verify.FP16_TOLERANCES)
+    assert all(c.ok for c in checks), verify.table(checks)
+
+
+def test_the_fp16_body_is_a_half_copy_that_leaves_the_reference_model_fp32():
+    import torch
+
+    from node.builder import precision
+
+    model = weights.load_demo(TINY_ROLES["segmentation"]).model
+    half = precision.body(model, "fp16-norms32")
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the transformers reference is untouched
+    dtypes = {type(m).__name__: next(m.parameters()).dtype for m in half.model.modules() if list(m.parameters(False))}
+    assert dtypes["Conv2d"] == torch.float16 and dtypes["LayerNorm"] == torch.float32
+    pixels = torch.rand(1, 3, 64, 64)
+    assert half(pixel_values=pixels).logits.dtype == torch.float32  # fp32 in, fp32 out: our pre/post stay fp32
+    assert precision.body(model, "fp32") is model
+    with pytest.raises(ValueError, match="unknown precision"):
+        precision.body(model, "int8")

@@ -23,7 +23,7 @@ from node.runtime.cuda import SharedScratch
 from node.runtime.onnxruntime import OnnxRuntimeBackend
 from node.samples import frames
 from tests.fake_gpu import FakeCuda, FakeTensorRT
-from tests.nodes import frame, in_process_backends, node_client, raw_type
+from tests.nodes import frame, node_client, raw_type
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def test_without_tensorrt_the_error_says_which_extra_to_install(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tensorrt)
-    with pytest.raises(StartupError, match=r"TensorRT backend is unavailable.*\.\[trt\]"):
+    with pytest.raises(StartupError, match=r"tensorrt backend is unavailable.*\.\[trt\]"):
         trt_backend.load_tensorrt()
 
 
@@ -150,46 +150,62 @@ def test_profile_spans_the_bounds_with_the_serving_batch():
 
 def test_engine_files_are_keyed_by_graph_gpu_version_and_options(tmp_path):
     from node.runtime import engine_cache as ec
+    from node.runtime.flavours import TENSORRT, TENSORRT_RTX
 
     gpu = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-    facts = ec.wanted("ab" * 32, gpu, "10.13.0", {"precision": "fp16", "max_batch": 1})
-    path = ec.engine_path(tmp_path, "depth-518x518", facts)
-    assert path.name.startswith("depth-518x518.NVIDIA-H100-80GB-HBM3.sm90.trt10.13.0.") and path.suffix == ".plan"
+    facts = ec.wanted("ab" * 32, TENSORRT, "10.13.0", {"precision": "fp16", "max_batch": 1}, gpu)
+    path = ec.engine_path(tmp_path, "depth-518x518.fp16", facts)
+    assert path.name.startswith("depth-518x518.fp16.NVIDIA-H100-80GB-HBM3.sm90.trt10.13.0.") and path.suffix == ".plan"
     for change in ({"tensorrt": "10.14.1"}, {"gpu": "NVIDIA L40S"}, {"onnx_sha256": "cd" * 32}):
-        assert ec.engine_path(tmp_path, "depth-518x518", {**facts, **change}) != path
+        assert ec.engine_path(tmp_path, "depth-518x518.fp16", {**facts, **change}) != path
     assert ec.decide(None, facts)[0] == "build"
     assert ec.decide(dict(facts), facts) == ("reuse", "built for this graph, GPU, TensorRT version and options")
     decision, why = ec.decide({**facts, "tensorrt": "10.8.0"}, facts)
     assert decision == "build" and "foreign engine" in why and "10.8.0" in why
+    # TensorRT for RTX: built ahead of time, bound to its compute-capability targets, not to a GPU model.
+    rtx = ec.wanted("ab" * 32, TENSORRT_RTX, "1.7.1.116", {"precision": "fp16", "targets": ["8.6", "8.9"]}, gpu)
+    assert "gpu" not in rtx and rtx["runtime"] == "tensorrt-rtx"
+    rtx_path = ec.engine_path(tmp_path, "depth-518x518.fp16", rtx)
+    assert rtx_path.name.startswith("depth-518x518.fp16.rtx1.7.1.116.") and "H100" not in rtx_path.name
+    other_targets = ec.wanted("ab" * 32, TENSORRT_RTX, "1.7.1.116", {"precision": "fp16", "targets": ["12.0"]})
+    assert ec.engine_path(tmp_path, "depth-518x518.fp16", other_targets) != rtx_path
 
 
 def test_pick_finds_this_machines_engine_or_says_what_exists():
     from node.runtime.engine_cache import pick
+    from node.runtime.flavours import TENSORRT_RTX
 
     h100 = {"onnx_sha256": "x", "gpu": "H100", "compute_capability": "9.0", "tensorrt": "10.13.0", "plan": "a.plan"}
     l40s = {**h100, "gpu": "L40S", "compute_capability": "8.9", "plan": "b.plan"}
-    assert pick([l40s, h100], "x", {"name": "H100", "compute_capability": "9.0"}, "10.13.0") == (h100, "")
-    entry, why = pick([l40s], "x", {"name": "H100", "compute_capability": "9.0"}, "10.13.0")
+    gpu = {"name": "H100", "compute_capability": "9.0"}
+    assert pick([l40s, h100], ["x"], gpu, "10.13.0") == (h100, "")
+    entry, why = pick([l40s], ["x"], gpu, "10.13.0")
     assert entry is None and "L40S sm8.9 TensorRT 10.13.0" in why
-    assert pick([h100], "y", {"name": "H100", "compute_capability": "9.0"}, "10.13.0")[0] is None  # graph changed
-    assert pick([], "x", {"name": "H100", "compute_capability": "9.0"}, "10.13.0")[1].startswith("no TensorRT engine")
+    assert pick([h100], ["y"], gpu, "10.13.0")[0] is None  # graph changed
+    assert pick([], ["x"], gpu, "10.13.0")[1].startswith("no TensorRT engine")
+    fp16 = {**h100, "onnx_sha256": "x16", "plan": "c.plan"}
+    assert pick([h100, fp16], ["x16", "x"], gpu, "10.13.0")[0] == fp16  # the fp16 graph's engine first
+    # TensorRT for RTX: any RTX engine of the graph, this version first; the card's verdict comes at open.
+    rtx_old = {"onnx_sha256": "x16", "runtime": "tensorrt-rtx", "tensorrt": "1.6.0", "options": {}, "plan": "d.plan"}
+    rtx = {**rtx_old, "tensorrt": "1.7.1", "plan": "e.plan"}
+    assert pick([h100, rtx_old, rtx], ["x16", "x"], gpu, "1.7.1", TENSORRT_RTX)[0] == rtx
+    assert pick([h100, rtx_old], ["x16", "x"], gpu, "1.7.1", TENSORRT_RTX)[0] == rtx_old
+    entry, why = pick([h100], ["x"], gpu, "1.7.1", TENSORRT_RTX)
+    assert entry is None and "H100 sm9.0 TensorRT 10.13.0" in why  # a TensorRT engine is no RTX engine
 
 
-def test_fp32_levels_pin_norms_then_pre_and_post_processing():
-    from node.builder.tensorrt import fp32_layers
+def test_engines_are_built_from_the_fp16_graph_then_the_fp32_one(tmp_path):
+    from node.builder.errors import BuildError
+    from node.builder.tensorrt import candidates
 
-    layers = [
-        ("/pre/MatMul", "MATRIX_MULTIPLY"),
-        ("/model/backbone/encoder/layer.0/norm1/LayerNormalization", "NORMALIZATION"),
-        ("/model/backbone/encoder/layer.0/attention/Softmax", "SOFTMAX"),
-        ("/model/backbone/encoder/layer.0/attention/MatMul", "MATRIX_MULTIPLY"),
-        ("/Resize", "RESIZE"),
-    ]
-    assert fp32_layers(layers, "none") == []
-    assert fp32_layers(layers, "norms") == [layers[1][0], layers[2][0]]
-    assert fp32_layers(layers, "norms+prepost") == ["/pre/MatMul", layers[1][0], layers[2][0], "/Resize"]
-    with pytest.raises(ValueError):
-        fp32_layers(layers, "everything")
+    graph = {"path": "d.onnx", "sha256": "32", "fp16": {"path": "d.fp16.onnx", "sha256": "16", "precision": "fp16"}}
+    assert [c[0] for c in candidates(tmp_path, graph, "auto")] == ["fp16", "fp32"]
+    assert candidates(tmp_path, graph, "fp16") == [("fp16", tmp_path / "d.fp16.onnx", "16")]
+    assert candidates(tmp_path, graph, "fp32") == [("fp32", tmp_path / "d.onnx", "32")]
+    alone = {"path": "d.onnx", "sha256": "32"}
+    assert [c[0] for c in candidates(tmp_path, alone, "auto")] == ["fp32"]  # with a warning in the log
+    with pytest.raises(BuildError, match="no fp16 graph"):
+        candidates(tmp_path, alone, "fp16")
 
 
 # ---------------------------------------------------------------- the server and the self-test on FAKE TensorRT
@@ -202,15 +218,24 @@ def fake_gpu_node(tiny_build, tmp_path, monkeypatch):
 
     cuda = FakeCuda()
     trt = FakeTensorRT(cuda)
-    monkeypatch.setattr(trt_backend, "load_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_backend, "load_tensorrt", lambda flavour=None: trt)
     monkeypatch.setattr(trt_backend, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
     engines_with_fake_plans(tiny_build[0], tmp_path / "engines")
     return tmp_path / "engines", cuda
 
 
-def test_server_serves_through_the_tensorrt_backend_path(fake_gpu_node, tiny_build):
+def fp16_graph(engines, capability):
+    """ONNX Runtime on the fp16 graph: what the FAKE engine built from it computes."""
+    served = load(engines, (capability,))[capability]
+    graph = served.graphs[0]
+    path = graph.path.parent / json.loads((engines / "manifest.json").read_text())["capabilities"][capability][
+        "graphs"][0]["fp16"]["path"]  # fmt: skip
+    return OnnxRuntimeBackend(path, graph.outputs, served.bounds).__enter__()
+
+
+def test_server_serves_through_the_tensorrt_backend_path(fake_gpu_node):
     engines, cuda = fake_gpu_node
-    with node_client(engines, backend="tensorrt") as client, in_process_backends(tiny_build[0]) as direct:
+    with node_client(engines, backend="tensorrt") as client:
         described = client.get("/capabilities").json()
         caps = described["capabilities"]
         assert described["node"]["backend"] == "tensorrt" and described["node"]["shared_scratch_bytes"] == 1 << 20
@@ -223,7 +248,7 @@ def test_server_serves_through_the_tensorrt_backend_path(fake_gpu_node, tiny_bui
         f = frame(120, 160)
         r = client.post("/infer/segmentation/raw", content=f.tobytes(), headers={"content-type": raw_type(f)})
         assert r.status_code == 200, r.text
-        want = direct["segmentation"][0].infer({FRAME_INPUT: f[None]})["classes"][0]
+        want = fp16_graph(engines, "segmentation").infer({FRAME_INPUT: f[None]})["classes"][0]
         np.testing.assert_array_equal(np.frombuffer(r.content, np.uint8).reshape(want.shape), want)
         scratch_allocations = [c for c in cuda.calls if c[0] == "set_device_memory"]
         assert len({c[1] for c in scratch_allocations[-3:]}) == 1  # every engine on the one shared scratch
@@ -253,7 +278,7 @@ def test_selftest_agrees_on_fake_engines_and_reports_time_and_vram(fake_gpu_node
     engines, _ = fake_gpu_node
     assert selftest.run(engines, ["depth", "segmentation"], iterations=3) == 0
     out = capsys.readouterr().out
-    assert "GPU: FAKE GPU (sm9.0), TensorRT 0.0-fake" in out
+    assert "GPU: FAKE GPU (sm9.0), tensorrt 0.0-fake" in out
     assert "GPU time per frame" in out and "shared activation scratch" in out and "OK:" in out
 
 
@@ -264,10 +289,9 @@ def test_selftest_without_tensorrt_exits_2_saying_what_to_install(tiny_build, ca
     assert ".[trt]" in capsys.readouterr().err
 
 
-def test_engine_build_reuses_escalates_precision_and_refuses(tiny_build, tmp_path, monkeypatch):
+def test_engine_build_reuses_falls_back_to_the_fp32_graph_and_refuses(tiny_build, tmp_path, monkeypatch):
     """The build's decisions with FAKE TensorRT: its builder is replaced, the gate runs the fake engine."""
     import shutil
-    from types import SimpleNamespace
 
     from node.builder import tensorrt as build_trt
     from node.builder.errors import BuildError
@@ -275,14 +299,13 @@ def test_engine_build_reuses_escalates_precision_and_refuses(tiny_build, tmp_pat
 
     cuda = FakeCuda()
     trt = FakeTensorRT(cuda)
-    trt.BuilderFlag = SimpleNamespace(FP16="fp16")  # what TensorRT 10 has
-    monkeypatch.setattr(build_trt, "load_tensorrt", lambda: trt)
+    monkeypatch.setattr(build_trt, "load_tensorrt", lambda flavour=None: trt)
     monkeypatch.setattr(build_trt, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
     built = []
 
-    def fake_build_plan(trt_, onnx_path, plan_path, shapes, options, timing_cache):
-        built.append(options["fp32_level"])
-        shutil.copy(onnx_path, plan_path)  # FAKE: the "engine" is the graph itself
+    def fake_build_plan(trt_, flavour, onnx_path, shapes, options, timing_cache=None):
+        built.append(onnx_path.name)
+        return onnx_path.read_bytes()  # FAKE: the "engine" is the graph itself
 
     monkeypatch.setattr(build_trt, "build_plan", fake_build_plan)
     engines = tmp_path / "engines"
@@ -290,18 +313,32 @@ def test_engine_build_reuses_escalates_precision_and_refuses(tiny_build, tmp_pat
 
     entries = build_trt.build_engines(engines, ["segmentation"])
     record = entries["segmentation"]["graphs"][0]["tensorrt"][0]
-    assert built == ["none"] and record["gpu"] == "FAKE GPU" and record["options"]["precision"] == "fp16"
+    assert built == ["segmentation-64x64.fp16.onnx"]  # the fp16 graph: no builder flag makes fp16 engines now
+    assert record["gpu"] == "FAKE GPU" and record["options"]["precision"] == "fp16" and record["runtime"] == "tensorrt"
+    assert record["onnx_sha256"] == entries["segmentation"]["graphs"][0]["fp16"]["sha256"]
     assert record["gate"] and all(c["ok"] for c in record["gate"])
     assert (engines / record["plan"]).is_file() and (engines / record["plan"]).with_suffix(".json").is_file()
 
     build_trt.build_engines(engines, ["segmentation"])
-    assert built == ["none"]  # the engine on disk matches: reused, not rebuilt
+    assert len(built) == 1  # the engine on disk matches: reused, not rebuilt
+
+    def gate_misses_fp16(capability, plan, *args):
+        ok = ".fp16." not in plan.name
+        return [Check("segmentation", "1x64x64", "pixel_agreement", 1.0 if ok else 0.5, 0.98)]
+
+    monkeypatch.setattr(build_trt, "gate", gate_misses_fp16)
+    for path in engines.glob("*.plan"):
+        path.unlink()
+    record = build_trt.build_engines(engines, ["segmentation"])["segmentation"]["graphs"][0]["tensorrt"][0]
+    assert built[1:] == ["segmentation-64x64.fp16.onnx", "segmentation-64x64.onnx"]  # fp16 missed: the fp32 graph
+    assert record["options"]["precision"] == "fp32" and not list(engines.glob("*.fp16.*.plan"))
 
     miss = [Check("segmentation", "1x64x64", "pixel_agreement", 0.5, 0.98)]
     monkeypatch.setattr(build_trt, "gate", lambda *args: miss)
-    with pytest.raises(BuildError, match="no TensorRT engine agreed"):
+    for path in engines.glob("*.plan"):
+        path.unlink()
+    with pytest.raises(BuildError, match=r"no TensorRT engine agreed.*tried: fp16, fp32"):
         build_trt.build_engines(engines, ["segmentation"])
-    assert built == ["none", "norms", "norms+prepost"]  # escalated, then refused
     assert not list(engines.glob("segmentation-*.plan"))  # nothing that disagreed is kept
 
 
@@ -321,3 +358,62 @@ def test_a_scratch_growth_that_runs_out_of_memory_changes_nothing():
         scratch.bind(context, 1 << 40)
     assert faults.classify(failed.value) == faults.TRANSIENT
     assert scratch.size == 1 << 20 and scratch.allocation is held
+
+
+# ---------------------------------------------------------------- TensorRT for RTX through the same backend (FAKE)
+
+
+@pytest.fixture
+def fake_rtx_node(tiny_build, tmp_path, monkeypatch):
+    """The server's tensorrt-rtx path with FAKE TensorRT for RTX and pycuda (its runtime config and cache)."""
+    from tests.fake_gpu import engines_with_fake_plans
+
+    cuda = FakeCuda()
+    trt = FakeTensorRT(cuda)
+    loaded = []
+    monkeypatch.setattr(trt_backend, "load_tensorrt", lambda flavour=None: loaded.append(flavour.module) or trt)
+    monkeypatch.setattr(trt_backend, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
+    engines_with_fake_plans(tiny_build[0], tmp_path / "engines", runtime="tensorrt-rtx")
+    return tmp_path / "engines", trt, loaded
+
+
+def test_rtx_backend_serves_with_a_runtime_cache_kept_in_the_engines_directory(fake_rtx_node):
+    engines, trt, loaded = fake_rtx_node
+    with node_client(engines, backend="tensorrt-rtx") as client:
+        caps = client.get("/capabilities").json()["capabilities"]
+        assert caps["depth"]["backend"]["name"] == "tensorrt-rtx" and loaded[0] == "tensorrt_rtx"
+        f = frame(120, 160)
+        r = client.post("/infer/segmentation/raw", content=f.tobytes(), headers={"content-type": raw_type(f)})
+        assert r.status_code == 200, r.text
+        want = fp16_graph(engines, "segmentation").infer({FRAME_INPUT: f[None]})["classes"][0]
+        np.testing.assert_array_equal(np.frombuffer(r.content, np.uint8).reshape(want.shape), want)
+    contexts = [c for c in trt.cuda.calls if c[0] == "create_execution_context"]
+    assert len(contexts) == 3 and all(c[1] == "user_managed" for c in contexts)  # our scratch, via a runtime config
+    assert len({id(c[2]) for c in contexts}) == 1  # one runtime cache for every engine
+    cache = engines / "runtime-cache.FAKE-GPU.sm90.rtx0.0-fake.bin"
+    assert cache.read_bytes() == b"fake-runtime-cache used by 3"  # written after warm-up and at shutdown
+    assert trt.runtime_cache_blobs == []  # nothing to load on the first start
+    with node_client(engines, backend="tensorrt-rtx"):
+        pass
+    assert trt.runtime_cache_blobs == [b"fake-runtime-cache used by 3"]  # the second start loads it
+
+
+def test_rtx_backend_refuses_an_engine_the_runtime_says_cannot_run_here(fake_rtx_node):
+    engines, trt, _ = fake_rtx_node
+    trt.validity = ("INVALID", 2)  # UNSUPPORTED_CC: e.g. an H100 (sm90), which TensorRT for RTX does not list
+    with node_client(engines, wait=False, backend="tensorrt-rtx") as client:
+        deadline = time.monotonic() + 30
+        while client.get("/health").json()["status"] == "LOADING":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        detail = client.get("/ready").json()["detail"]
+        assert "says this engine cannot run on this GPU: UNSUPPORTED_CC" in detail
+
+
+def test_selftest_runs_rtx_engines_too(fake_rtx_node, capsys):
+    from node import selftest
+
+    engines, _, _ = fake_rtx_node
+    assert selftest.run(engines, ["depth"], iterations=2, backend="tensorrt-rtx") == 0
+    out = capsys.readouterr().out
+    assert "GPU: FAKE GPU (sm9.0), tensorrt_rtx 0.0-fake" in out and ".fp16.rtx" in out and "OK:" in out

@@ -65,7 +65,9 @@ def parser_errors(parser) -> str:
     lines = []
     for i in range(parser.num_errors):
         error = parser.get_error(i)
-        reason = next((line for line in str(error.desc()).splitlines() if "cudaError" not in line), "")
+        # The description's lines, less the repeated node name and any CUDA complaint of a GPU-less builder.
+        lines = [line for line in str(error.desc()).splitlines() if line.strip() and "cudaError" not in line]
+        reason = "; ".join(line for line in lines if not line.startswith("Invalid Node")) or "; ".join(lines)
         lines.append(f"node '{error.node_name()}' ({error.node_operator()}): {error.code().name}: {reason}".rstrip())
     return "\n  ".join(lines)
 
@@ -245,9 +247,10 @@ class _Builder:
         options = {**self.base, "precision": rung, "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}
         facts = engine_cache.wanted(onnx_sha, self.flavour, self.trt.__version__, options, self.gpu)
         plan = engine_cache.engine_path(self.directory, onnx_path.name.removesuffix(".onnx"), facts)
-        decision, why = engine_cache.decide(_read_sidecar(plan), facts)
+        found = _read_sidecar(plan)
+        decision, why = engine_cache.decide(found, facts)
         log.info("%s: %s: %s (%s)", self.flavour.backend, plan.name, decision, why)
-        took = 0.0
+        took = (found or {}).get("build_seconds", 0.0)
         if decision == "build":
             started = time.perf_counter()
             plan.write_bytes(build_plan(self.trt, self.flavour, onnx_path, shapes, options, self.timing_cache))
@@ -261,7 +264,7 @@ class _Builder:
         return None
 
     def _record(self, facts: dict, plan: Path, took: float, gate_checks) -> dict:
-        _write_sidecar(plan, facts)
+        _write_sidecar(plan, {**facts, "build_seconds": round(took, 1)})
         return {**facts, "plan": plan.name, "sha256": manifest.sha256(plan), "bytes": plan.stat().st_size,
                 "build_seconds": round(took, 1), "gate": gate_checks}  # fmt: skip
 

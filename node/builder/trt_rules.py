@@ -86,8 +86,10 @@ def _type_name(elem_type: int) -> str:
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor the graph names, from shape inference, initializers and constants."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    graph = inferred.graph
+    try:
+        graph = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
+    except onnx.shape_inference.InferenceError:  # e.g. an operator of an unknown domain: check what is typed
+        graph = model.graph
     types = {
         v.name: v.type.tensor_type.elem_type
         for v in (*graph.input, *graph.output, *graph.value_info)

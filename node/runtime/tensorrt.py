@@ -144,7 +144,8 @@ class TensorRTBackend:
         validity, diagnostics = runtime.get_engine_validity(plan)
         if validity.name == "VALID":
             return
-        reasons = [d.name for d in self.trt.EngineInvalidityDiagnostics.__members__.values() if diagnostics & int(d)]
+        known = self.trt.EngineInvalidityDiagnostics.__members__.values()
+        reasons = [d.name for d in known if diagnostics & int(d.value)]
         why = ", ".join(reasons) or "no reason given"
         if validity.name == "SUBOPTIMAL":
             log.warning("%s: %s says it runs here, suboptimally (%s)", self.plan.name, self.flavour.module, why)

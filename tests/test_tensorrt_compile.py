@@ -1,0 +1,101 @@
+"""A real TensorRT builder on every graph: TensorRT for RTX compiles ahead of time on this CPU, no GPU.
+
+TensorRT for RTX has TensorRT's ONNX parser and type rules (strongly typed, like TensorRT 11), so a
+graph it refuses would be refused on users' GPUs too. Every graph the tests build, fp32 and fp16,
+of all three capabilities, goes through its parser and builder here; executing the engines needs
+an RTX card (``python -m node selftest --backend tensorrt-rtx``).
+"""
+
+import json
+import logging
+import platform
+import shutil
+import sys
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from node import manifest
+from node.builder import cli
+from node.builder import tensorrt as build_trt
+from node.builder.errors import BuildError
+from node.runtime.flavours import TENSORRT_RTX
+
+# TensorRT for RTX ships for Linux x86-64 and Windows only. Elsewhere, nothing to run; here, a missing
+# module is a failure (it is in the dev install), never a skip.
+SUPPORTED = (sys.platform.startswith("linux") and platform.machine() == "x86_64") or sys.platform == "win32"
+pytestmark = pytest.mark.skipif(not SUPPORTED, reason="TensorRT for RTX has no build for this platform")
+
+
+@pytest.fixture(scope="module")
+def trt():
+    import tensorrt_rtx  # noqa: PLC0415 (a failure here fails the test: CI installs the trt-rtx extra)
+
+    return tensorrt_rtx
+
+
+def test_every_graph_fp32_and_fp16_of_every_capability_compiles(tiny_build, trt):
+    out, entries = tiny_build
+    rows = build_trt.compile_check(out, list(entries))
+    graphs = {(r["capability"], r["precision"]) for r in rows}
+    assert graphs == {(c, p) for c in ("depth", "segmentation", "pose") for p in ("fp32", "fp16")}
+    assert all(r["bytes"] > 100_000 for r in rows), rows
+
+
+def test_a_graph_the_parser_refuses_fails_naming_its_node(tmp_path, trt):
+    frames = helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", "height", "width", 3])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("Transpose", ["frames"], ["t"], name="transpose_u8", perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", ["t"], ["out"], name="cast", to=TensorProto.FLOAT),
+    ]
+    opset = [helper.make_opsetid("", 17)]
+    model = helper.make_model(helper.make_graph(nodes, "bad", [frames], [out]), opset_imports=opset)
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, str(path))
+    shapes = {"frames": ((1, 64, 64, 3), (1, 128, 128, 3), (1, 256, 256, 3))}
+    with pytest.raises(BuildError) as refused:
+        build_trt.build_plan(trt, TENSORRT_RTX, path, shapes, {})
+    message = str(refused.value)
+    assert "bad.onnx: tensorrt_rtx's ONNX parser refused it" in message
+    assert "node 'transpose_u8' (Transpose): INVALID_NODE" in message and "UInt8" in message
+    assert "cudaError" not in message  # this CPU machine's driver complaint is not the reason
+
+
+def test_the_compile_check_of_the_cli_fails_naming_the_node(tiny_build, tmp_path, trt, caplog):
+    engines = tmp_path / "engines"
+    shutil.copytree(tiny_build[0], engines)
+    data = json.loads((engines / "manifest.json").read_text())
+    broken = engines / data["capabilities"]["depth"]["graphs"][0]["path"]
+    model = onnx.load(str(broken))
+    for node in model.graph.node:  # undo the fix: transpose the uint8 frame before casting it
+        if node.op_type == "Cast" and node.input[0] == "frames":
+            node.op_type = "Transpose"
+            del node.attribute[:]
+            node.attribute.append(helper.make_attribute("perm", [0, 1, 2, 3]))
+    onnx.save(model, str(broken))
+    caplog.set_level(logging.INFO, logger="build")
+    argv = ["--tensorrt-only", "--compile-check", "--capabilities", "depth", "--out", str(engines)]
+    assert cli.main(argv) == 1
+    assert "parser refused it" in caplog.text and "(Transpose): INVALID_NODE" in caplog.text
+
+
+def test_tensorrt_rtx_engines_are_built_ahead_of_time_from_the_fp16_graph(tiny_build, tmp_path, trt, caplog):
+    engines = tmp_path / "engines"
+    shutil.copytree(tiny_build[0], engines)
+    argv = ["--tensorrt-only", "--tensorrt-rtx", "--rtx-targets", "8.6,8.9", "--capabilities", "depth", "--out",
+            str(engines)]  # fmt: skip
+    caplog.set_level(logging.INFO, logger="build")
+    assert cli.main(argv) == 0
+    graph = manifest.load(engines)["capabilities"]["depth"]["graphs"][0]
+    record = graph["tensorrt"][0]
+    assert record["runtime"] == "tensorrt-rtx" and record["tensorrt"] == trt.__version__
+    assert record["onnx_sha256"] == graph["fp16"]["sha256"] and record["options"]["precision"] == "fp16"
+    assert record["options"]["targets"] == ["8.6", "8.9"] and record["gate"] is None  # gated on the card
+    plan = engines / record["plan"]
+    assert plan.name.startswith("depth-98x98.fp16.rtx") and manifest.sha256(plan) == record["sha256"]
+    caplog.clear()
+    assert cli.main(argv) == 0  # the same graph, version and options: reused
+    assert "reuse (built for this graph" in caplog.text
+    assert manifest.load(engines)["capabilities"]["depth"]["graphs"][0]["tensorrt"] == [record]
