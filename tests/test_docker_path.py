@@ -20,14 +20,17 @@ def test_sync_keeps_engines_of_unchanged_graphs_and_drops_the_rest(tiny_build, t
     image, cache = tmp_path / "image", tmp_path / "cache"
     shutil.copytree(tiny_build[0], image)
     assert sorted(sync(image, cache)) == sorted(p.name for p in image.glob("*.onnx"))
+    assert {p.name for p in cache.glob("*.fp16.onnx")} == {p.name for p in image.glob("*.fp16.onnx")} != set()
     data = manifest.load(cache)
     for entry in data["capabilities"].values():
-        entry["graphs"][0]["tensorrt"] = [{"plan": "x.plan"}]
+        graph = entry["graphs"][0]
+        graph["tensorrt"] = [{"plan": "x.plan", "onnx_sha256": graph["fp16"]["sha256"]}]
     (cache / "manifest.json").write_text(json.dumps(data))
     assert sync(image, cache) == []  # nothing changed: nothing copied, engines kept
-    assert manifest.load(cache)["capabilities"]["depth"]["graphs"][0]["tensorrt"] == [{"plan": "x.plan"}]
+    kept = manifest.load(cache)["capabilities"]["depth"]["graphs"][0]
+    assert kept["tensorrt"] == [{"plan": "x.plan", "onnx_sha256": kept["fp16"]["sha256"]}]
     changed = manifest.load(image)
-    graph = changed["capabilities"]["depth"]["graphs"][0]
+    graph = changed["capabilities"]["depth"]["graphs"][0]["fp16"]  # a new fp16 graph: its engines are stale
     (image / graph["path"]).write_bytes(b"new graph")
     graph["sha256"] = manifest.sha256(image / graph["path"])
     (image / "manifest.json").write_text(json.dumps(changed))

@@ -1,9 +1,9 @@
 """``python -m node.builder.sync IMAGE_DIR CACHE_DIR``: bring a container image's graphs into the engine cache.
 
-The image carries the ONNX graphs and their manifest; the cache (a mounted volume) keeps the
-TensorRT engines between starts. A graph whose SHA-256 changed is copied over and loses its
-engine entries (they were built from the old graph); an unchanged one keeps them, so the next
-start only deserialises. Torch-free: it runs in the runtime image.
+The image carries the ONNX graphs (fp32 and fp16) and their manifest; the cache (a mounted volume)
+keeps the TensorRT engines between starts. A graph whose SHA-256 changed is copied over and its
+engines are dropped from the list (they were built from the old graph); engines of unchanged graphs
+stay, so the next start only deserialises. Torch-free: it runs in the runtime image.
 """
 
 from __future__ import annotations
@@ -24,15 +24,19 @@ def sync(source: Path, target: Path) -> list[str]:
         cached = manifest.load(target)["capabilities"]
     except (OSError, ValueError):
         cached = {}
-    kept = {g["sha256"]: g.get("tensorrt", []) for c in cached.values() for g in c.get("graphs", [])}
+    engines = [e for c in cached.values() for g in c.get("graphs", []) for e in g.get("tensorrt", [])]
     copied = []
     for entry in image["capabilities"].values():
         for graph in entry["graphs"]:
-            path = target / graph["path"]
-            if not path.exists() or manifest.sha256(path) != graph["sha256"]:
-                shutil.copyfile(source / graph["path"], path)
-                copied.append(graph["path"])
-            graph["tensorrt"] = kept.get(graph["sha256"], [])
+            files = [graph] + ([graph["fp16"]] if graph.get("fp16") else [])  # the fp32 graph and its fp16 twin
+            for file in files:
+                path = target / file["path"]
+                if not path.exists() or manifest.sha256(path) != file["sha256"]:
+                    shutil.copyfile(source / file["path"], path)
+                    copied.append(file["path"])
+            # An engine stays listed while the ONNX it was built from is unchanged.
+            hashes = {file["sha256"] for file in files}
+            graph["tensorrt"] = [e for e in engines if e.get("onnx_sha256") in hashes]
     manifest.write(target, image["capabilities"], merge=False)  # exactly the image's capabilities
     return copied
 

@@ -195,7 +195,7 @@ def build_engines(
         raise BuildError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     trt = load_tensorrt(flavour)
     base = {"workspace_gib": workspace_gib, "max_batch": max_batch}
-    if flavour is TENSORRT_RTX:
+    if flavour.builds_without_gpu:
         builder = _RtxBuilder(trt, directory, {**base, "targets": list(targets)}, precision)
         return _build_all(directory, capabilities, builder, trt.__version__)
     cuda, cuda_context = load_pycuda()
@@ -261,7 +261,9 @@ class _Builder:
 
     @property
     def timing_cache(self) -> Path | None:
-        return None
+        if not self.flavour.timing_cache:
+            return None
+        return self.directory / f"timing-{self.gpu['name']}.cache".replace(" ", "-")
 
     def _record(self, facts: dict, plan: Path, took: float, gate_checks) -> dict:
         _write_sidecar(plan, {**facts, "build_seconds": round(took, 1)})
@@ -288,10 +290,6 @@ class _GatedBuilder(_Builder):
     def __init__(self, trt, directory, base, precision, gpu, cuda, cuda_context):
         super().__init__(trt, directory, base, precision, gpu)
         self.cuda, self.cuda_context = cuda, cuda_context
-
-    @property
-    def timing_cache(self) -> Path:
-        return self.directory / f"timing-{self.gpu['name']}.cache".replace(" ", "-")
 
     def engine_for(self, capability: str, graph: dict, bounds: ShapeBounds) -> dict:
         reference, tried = self.directory / graph["path"], []

@@ -32,7 +32,7 @@ log = logging.getLogger("node")
 class Flavour:
     backend: str  # --backend value, and "runtime" in the manifest's engine records
     module: str
-    extra: str
+    extra: str  # the pyproject extras that install it with pycuda
     tag: str  # in engine file names
     builds_without_gpu: bool  # ahead-of-time build on any machine
     timing_cache: bool  # a build-time timing cache worth keeping
@@ -57,7 +57,7 @@ class Flavour:
         """TensorRT for RTX: the compute capabilities the engine must run on (empty: its default set)."""
         if not targets:
             return
-        if self is not TENSORRT_RTX:
+        if not self.builds_without_gpu:
             raise ValueError("compute capability targets are a TensorRT for RTX option")
         config.num_compute_capabilities = len(targets)
         for index, target in enumerate(targets):
@@ -79,7 +79,9 @@ class Flavour:
 
 
 TENSORRT = Flavour("tensorrt", "tensorrt", "trt", "trt", builds_without_gpu=False, timing_cache=True)
-TENSORRT_RTX = Flavour("tensorrt-rtx", "tensorrt_rtx", "trt-rtx", "rtx", builds_without_gpu=True, timing_cache=False)
+TENSORRT_RTX = Flavour(
+    "tensorrt-rtx", "tensorrt_rtx", "trt-rtx,cuda", "rtx", builds_without_gpu=True, timing_cache=False
+)
 FLAVOURS = {f.backend: f for f in (TENSORRT, TENSORRT_RTX)}
 
 
