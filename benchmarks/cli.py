@@ -194,7 +194,8 @@ def parser() -> argparse.ArgumentParser:
         type=_list(str),
         default=["onnxruntime"],
         metavar="NAME,...",
-        help="onnxruntime and/or tensorrt (engines built with build_engines.py --tensorrt; default: onnxruntime)",
+        help="onnxruntime, tensorrt and/or tensorrt-rtx (engines from build_engines.py --tensorrt / --tensorrt-rtx; "
+        "default: onnxruntime)",
     )
     e.set_defaults(run=run_engine)
 

@@ -9,9 +9,11 @@ APP="${APP:-/opt/vision-node}"
 
 # 1. The image's graphs into the cache; engines of unchanged graphs are kept.
 python -m node.builder.sync "$IMAGE_ENGINES" "$VISION_NODE_ENGINES"
-# 2. Engines for this GPU: reused when they match, built (and checked against ONNX Runtime) otherwise.
-if [ "$VISION_NODE_BACKEND" = tensorrt ]; then
-    python "$APP/build_engines.py" --tensorrt-only --out "$VISION_NODE_ENGINES"
-fi
+# 2. Engines: reused when they match, built otherwise (TensorRT: for this GPU, checked against ONNX
+#    Runtime; TensorRT for RTX: ahead of time, specialised on the card at the first run).
+case "$VISION_NODE_BACKEND" in
+    tensorrt) python "$APP/build_engines.py" --tensorrt-only --out "$VISION_NODE_ENGINES" ;;
+    tensorrt-rtx) python "$APP/build_engines.py" --tensorrt-only --tensorrt-rtx --out "$VISION_NODE_ENGINES" ;;
+esac
 # 3. Serve; registers with the orchestrator once warm when VISION_NODE_ORCHESTRATOR_URL is set.
 exec python -m node serve

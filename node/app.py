@@ -130,6 +130,7 @@ async def infer(request: Request) -> Response:
         "demo": session.served.demo,
         "backend": backend.name,
         "device": backend.device,
+        "precision": getattr(backend, "precision", None),
         "graph_resolution": list(outcome.graph.resolution),
         "batch": outcome.batch,
         "frame": [int(frame.shape[0]), int(frame.shape[1])],
@@ -170,6 +171,7 @@ async def capabilities(request: Request) -> Response:
             "backend": {
                 "name": backends[0].name if backends else config.backend,
                 "device": backends[0].device if backends else None,
+                "precision": getattr(backends[0], "precision", None) if backends else None,
                 "memory_bytes": backend_memory(session),
             },
             "route": f"/infer/{name}",

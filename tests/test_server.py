@@ -115,6 +115,7 @@ def test_depth_raw_equals_the_in_process_backend(client, backends):
     assert meta["depth_range"] == [float(want["depth_min"][0]), float(want["depth_max"][0])]
     assert set(meta["timings_ms"]) == {"decode", "queue", "infer", "encode", "total"}
     assert meta["model"] == "depth-anything-v2-small-tiny" and meta["backend"] == "onnxruntime"
+    assert meta["precision"] == "fp32"
     assert meta["weights"] == "demo" and meta["frame"] == [130, 170]
 
 

@@ -23,7 +23,7 @@ from node.runtime.cuda import SharedScratch
 from node.runtime.onnxruntime import OnnxRuntimeBackend
 from node.samples import frames
 from tests.fake_gpu import FakeCuda, FakeTensorRT
-from tests.nodes import frame, node_client, raw_type
+from tests.nodes import frame, metadata, node_client, raw_type
 
 
 @pytest.fixture
@@ -244,12 +244,14 @@ def test_server_serves_through_the_tensorrt_backend_path(fake_gpu_node):
             in client.get("/metrics").text
         )
         assert caps["depth"]["backend"]["name"] == "tensorrt" and caps["depth"]["backend"]["device"] == "cuda"
+        assert caps["depth"]["backend"]["precision"] == "fp16"  # the engine of the fp16 graph
         assert caps["depth"]["backend"]["memory_bytes"]["device_buffers"] > 0
         f = frame(120, 160)
         r = client.post("/infer/segmentation/raw", content=f.tobytes(), headers={"content-type": raw_type(f)})
         assert r.status_code == 200, r.text
         want = fp16_graph(engines, "segmentation").infer({FRAME_INPUT: f[None]})["classes"][0]
         np.testing.assert_array_equal(np.frombuffer(r.content, np.uint8).reshape(want.shape), want)
+        assert metadata(r)["precision"] == "fp16" and metadata(r)["backend"] == "tensorrt"
         scratch_allocations = [c for c in cuda.calls if c[0] == "set_device_memory"]
         assert len({c[1] for c in scratch_allocations[-3:]}) == 1  # every engine on the one shared scratch
 

@@ -24,6 +24,7 @@ _FRAME_DIMS = ("batch", "height", "width")
 
 class OnnxRuntimeBackend:
     name = "onnxruntime"
+    precision = "fp32"  # the fp32 graph; the fp16 one is what TensorRT builds from
 
     def __init__(
         self,

@@ -74,6 +74,7 @@ class TensorRTBackend:
         self.max_batch = max_batch
         self.flavour, self.runtime_cache = flavour, runtime_cache
         self.name = flavour.backend
+        self.precision: str | None = None  # the graph's rung the engine was built from, as the manifest lists it
         self.device = "closed"
         self.engine = self.context = None
         self.buffers: dict[str, BufferPair] = {}
@@ -97,8 +98,10 @@ class TensorRTBackend:
         plan = graph.path.parent / entry["plan"]
         if not plan.is_file() or manifest.sha256(plan) != entry["sha256"]:
             raise StartupError(f"{plan}: missing, or not the engine the manifest lists (SHA-256); rebuild it")
-        max_batch = entry["options"]["max_batch"]
-        return cls(plan, bounds, rt.scratch, rt.trt, rt.cuda, max_batch, rt.flavour, rt.runtime_cache)
+        backend = cls(plan, bounds, rt.scratch, rt.trt, rt.cuda, entry["options"]["max_batch"], rt.flavour,
+                      rt.runtime_cache)  # fmt: skip
+        backend.precision = entry["options"].get("precision", "fp32")
+        return backend
 
     def __enter__(self) -> TensorRTBackend:
         with self.scratch.current():
