@@ -112,10 +112,27 @@ def test_demo_weights_are_seeded_and_labelled():
 def test_tiny_build_needs_demo_weights_and_names_its_models_tiny(tmp_path):
     refused = build_engines("--tiny", "--out", str(tmp_path / "no"))
     assert refused.returncode == 1 and "--tiny" in refused.stderr and "--weights demo" in refused.stderr
-    built = build_engines("--weights", "demo", "--tiny", "--capabilities", "segmentation", "--out", str(tmp_path))
+    built = build_engines(
+        "--weights", "demo", "--tiny", "--capabilities", "segmentation", "--no-fp16", "--out", str(tmp_path)
+    )
     assert built.returncode == 0, built.stderr
     entry = manifest.load(tmp_path)["capabilities"]["segmentation"]
     assert entry["demo"] is True and [m["name"] for m in entry["models"]] == ["segformer-b0-ade-tiny"]
+    assert "fp16" not in entry["graphs"][0]
+    assert [p.name for p in tmp_path.glob("*.onnx*")] == ["segmentation-64x64.onnx"]
+
+
+def test_a_graph_that_misses_verification_leaves_no_file(tmp_path, monkeypatch):
+    from node.builder import pipeline, verify
+    from tests.conftest import tiny_plan
+
+    monkeypatch.setitem(verify.TOLERANCES, "depth", {"max_rel_err": 0.0, "mean_rel_err": 0.0})
+    plan = tiny_plan(tmp_path, verify_sizes=((90, 160),))
+    loaded = pipeline.load_models("depth", plan)
+    stem, resolution, make = next(pipeline._graphs("depth", plan, loaded))
+    entry, checks = pipeline.export_verified("depth", stem, "fp32", resolution, make, loaded, plan)
+    assert entry is None and not all(c.ok for c in checks)
+    assert list(tmp_path.iterdir()) == []  # neither the graph nor its .partial: nothing that looks shippable
 
 
 def test_revision_pins_a_roles_hub_weights():
