@@ -143,3 +143,37 @@ def test_revision_pins_a_roles_hub_weights():
     plan = plan_from_args(args)
     assert plan.specs["depth"].revision == "0123abc" and plan.specs["depth"].name == "depth-anything-v2-small"
     assert plan.specs["segmentation"].revision == "v1.0" and plan.specs["segmentation"].name == "segformer-b2-ade"
+
+
+def test_the_fp16_ladder_keeps_the_first_rung_that_verifies_or_ships_fp32_alone(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from node.builder import pipeline, verify
+    from tests.conftest import tiny_plan
+
+    real_verify, calls = pipeline.verify_graph, []
+
+    def first_fp16_rung_misses(capability, path, resolution, loaded, plan, tolerances=None, name=None):
+        checks = real_verify(capability, path, resolution, loaded, plan, tolerances, name)
+        calls.append(name)
+        if name.endswith(".fp16.onnx") and calls.count(name) == 1:
+            for check in checks:
+                check.value = float("nan")  # a miss on every check of the first fp16 rung
+        return checks
+
+    monkeypatch.setattr(pipeline, "verify_graph", first_fp16_rung_misses)
+    caplog.set_level(logging.INFO, logger="build")
+    entry = pipeline.build_capability("segmentation", tiny_plan(tmp_path / "a", verify_sizes=((90, 160),)))
+    graph = entry["graphs"][0]
+    assert graph["fp16"]["precision"] == "fp16-norms32" and "fp16_missed" not in graph
+    assert "the fp16 graph missed verification; trying the next rung" in caplog.text
+    # Only the kept rung's checks are the manifest's: every one of them passed.
+    fp16_checks = [c for c in entry["verification"]["checks"] if c["graph"] == graph["fp16"]["path"]]
+    assert fp16_checks and all(c["ok"] for c in fp16_checks)
+
+    monkeypatch.setitem(verify.FP16_TOLERANCES, "segmentation", {"pixel_agreement": 1.01})  # no rung can pass
+    entry = pipeline.build_capability("segmentation", tiny_plan(tmp_path / "b", verify_sizes=((90, 160),)))
+    graph = entry["graphs"][0]
+    assert "fp16" not in graph and [m.split(":")[0] for m in graph["fp16_missed"]] == ["fp16", "fp16-norms32"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["segmentation-64x64.onnx"]  # the fp32 graph ships
+    assert "no fp16 graph passed verification" in caplog.text
