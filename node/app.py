@@ -86,11 +86,17 @@ def _check_token(request: Request, token: str) -> None:
         raise Forbidden("this node needs Authorization: Bearer <token> (the token given at registration)")
 
 
+# go-livepeer's live-runner proxy adds this (and a session token, never read nor logged here): one id per
+# persistent session, or per request for single-shot runners. Per-stream state keys on it.
+LIVEPEER_SESSION_ID = "livepeer-session-id"
+
+
 async def infer(request: Request) -> Response:
     arrived = time.perf_counter()
     node: Node = request.state.node
     if node.config.token:
         _check_token(request, node.config.token)
+    livepeer_session = request.headers.get(LIVEPEER_SESSION_ID)
     deadline = time.monotonic() + node.config.request_timeout_s
     session = node.session(request.path_params["capability"])
     capability = session.capability
@@ -139,6 +145,9 @@ async def infer(request: Request) -> Response:
         **encoded.meta,
         "timings_ms": {stage: round(seconds * 1000, 3) for stage, seconds in timings.items()},
     }
+    if livepeer_session:
+        meta["livepeer_session"] = livepeer_session
+        node.metrics.live_runner_frames.labels(session.name).inc()
     return Response(encoded.body, media_type=encoded.media_type, headers={"X-Metadata": json.dumps(meta)})
 
 

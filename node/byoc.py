@@ -12,14 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import urllib.error
-import urllib.request
 
 from .config import Config
+from .orchestrator import Backoff, Calls, post
 
 log = logging.getLogger("node.byoc")
-TIMEOUT_S = 5.0
-MAX_BACKOFF_S = 30.0
 
 
 def registration(config: Config, capability: str) -> dict:
@@ -28,7 +25,7 @@ def registration(config: Config, capability: str) -> dict:
         "name": config.registered_name(capability),
         "description": f"vision node: {capability} conditioning maps per frame",
         "url": config.node_url.rstrip("/"),
-        "capacity": config.capacity,
+        "capacity": config.advertised_capacity,
         "price_per_unit": config.price_per_unit,
         "price_scaling": config.price_scaling,
         "currency": config.currency,
@@ -38,17 +35,6 @@ def registration(config: Config, capability: str) -> dict:
     return body
 
 
-def _post(url: str, secret: str, body: bytes, content_type: str) -> tuple[int, str]:
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Authorization": secret, "Content-Type": content_type}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310 (operator-set URL)
-            return response.status, response.read(200).decode(errors="replace").strip()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read(200).decode(errors="replace").strip()
-
-
 class Registrar:
     """Keeps every served capability registered while the node runs."""
 
@@ -56,36 +42,37 @@ class Registrar:
         self.config = config
         self.capabilities = capabilities
         self.base = config.orchestrator_url.rstrip("/")
+        self.calls = Calls()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._keep_registered())
 
     async def stop(self) -> None:
-        """Stop re-registering and unregister every capability; later calls do nothing."""
+        """Stop re-registering, let a registration in flight land, then unregister; later calls do nothing."""
         task, self._task = self._task, None
         if task is None:
             return
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await asyncio.gather(*(asyncio.to_thread(self._unregister, c) for c in self.capabilities))
+        await self.calls.settle()
+        await asyncio.gather(*(self.calls.run(self._unregister, c) for c in self.capabilities))
 
     async def _keep_registered(self) -> None:
-        backoff = 1.0
+        backoff = Backoff()
         while True:
-            results = await asyncio.gather(*(asyncio.to_thread(self._register, c) for c in self.capabilities))
+            results = await asyncio.gather(*(self.calls.run(self._register, c) for c in self.capabilities))
             if all(results):
-                backoff = 1.0
+                backoff.reset()
                 await asyncio.sleep(self.config.register_interval_s)
             else:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                await asyncio.sleep(backoff.next())
 
     def _register(self, capability: str) -> bool:
         body = registration(self.config, capability)
         url = f"{self.base}/capability/register"
         try:
-            status, text = _post(url, self.config.orchestrator_secret, json.dumps(body).encode(), "application/json")
+            status, text = post(url, self.config.orchestrator_secret, json.dumps(body).encode())
         except OSError as err:  # refused, unreachable, timed out
             log.warning("register %s at %s: orchestrator unreachable (%s); retrying", body["name"], self.base, err)
             return False
@@ -93,16 +80,16 @@ class Registrar:
             log.info("register %s at %s: ok (%s)", body["name"], self.base, body["url"])
             return True
         hint = " (wrong orchestrator secret?)" if status == 400 else ""
-        log.error("register %s at %s: HTTP %d %s%s; retrying", body["name"], self.base, status, text, hint)
+        log.error("register %s at %s: HTTP %d %s%s; retrying", body["name"], self.base, status, text[:200], hint)
         return False
 
     def _unregister(self, capability: str) -> None:
         name = self.config.registered_name(capability)
         try:
-            status, text = _post(
+            status, text = post(
                 f"{self.base}/capability/unregister", self.config.orchestrator_secret, name.encode(), "text/plain"
             )
         except OSError as err:
             log.warning("unregister %s at %s: orchestrator unreachable (%s)", name, self.base, err)
             return
-        log.info("unregister %s at %s: HTTP %d %s", name, self.base, status, text)
+        log.info("unregister %s at %s: HTTP %d %s", name, self.base, status, text[:200])

@@ -34,18 +34,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve the graphs in an engines directory. Every flag can also be set with the environment "
         f"variable {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}PORT=8000); a flag wins over the variable.",
     )
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{f.name.upper()}]"
-        if isinstance(f.default, bool):
-            serve.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
-            shown = f" (default: {default})" if default not in ("", None) else ""  # the help says what empty means
-            serve.add_argument(
-                flag, default=None, metavar=f.name.upper(), choices=f.metadata.get("choices"),
-                help=help_text + shown,
-            )  # fmt: skip
+    _config_flags(serve)
+    runners = commands.add_parser(
+        "live-runners",
+        help="print the runners.json entries that register this node's capabilities as Livepeer live runners",
+        description="Print go-livepeer's static live-runner configuration for this node: give it to the orchestrator "
+        "with -liveRunnerConfig FILE or POST it to /registerLiveRunners on its CLI port. Takes the same settings as "
+        "serve (flags or VISION_NODE_* variables): --node-url (required), --capabilities (default: those in the "
+        "manifest of --engines), --runner-apps, --runner-mode, --capacity, --runner-price, --runner-price-unit, "
+        "--runner-version, --runner-metadata, --gpu-name, --gpu-vram-mb.",
+    )
+    _config_flags(runners)
     selftest = commands.add_parser(
         "selftest",
         help="check every TensorRT (or TensorRT for RTX) engine against ONNX Runtime on this GPU; GPU time and VRAM",
@@ -66,6 +65,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``Config`` field, each also a ``VISION_NODE_*`` variable."""
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{f.name.upper()}]"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+            shown = f" (default: {default})" if default not in ("", None) else ""  # the help says what empty means
+            parser.add_argument(
+                flag, default=None, metavar=f.name.upper(), choices=f.metadata.get("choices"),
+                help=help_text + shown,
+            )  # fmt: skip
+
+
+def print_live_runners(config: Config) -> int:
+    """``python -m node live-runners``: runners.json on stdout, or a one-line reason on stderr (exit 2)."""
+    import json  # noqa: PLC0415
+
+    from . import manifest  # noqa: PLC0415
+    from .contract import CAPABILITIES  # noqa: PLC0415
+    from .live_runner import static_runners  # noqa: PLC0415
+
+    if not config.node_url:
+        print("python -m node live-runners: --node-url is required (where the orchestrator reaches this node)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    capabilities = list(config.capabilities)
+    if not capabilities:
+        try:
+            listed = manifest.load(config.engines)["capabilities"]
+        except (OSError, ValueError) as err:
+            print(f"python -m node live-runners: no --capabilities and no manifest to read them from ({err})",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        capabilities = [c for c in CAPABILITIES if c in listed]
+    print(json.dumps(static_runners(config, capabilities), indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "selftest":
@@ -80,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as err:
         print(f"python -m node {args.command}: {err}", file=sys.stderr)
         return 2
+    if args.command == "live-runners":
+        return print_live_runners(config)
     return serve(config)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from .contract import CAPABILITIES
@@ -16,6 +17,9 @@ from .errors import StartupError
 
 ENV_PREFIX = "VISION_NODE_"
 BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
+REGISTRATIONS = ("byoc", "live-runner", "both")
+RUNNER_MODES = ("single-shot", "persistent")
+PRICE_UNITS = ("fixed", "720p", "hour")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -66,12 +70,37 @@ class Config:
     orchestrator_secret: str = _opt("", "the orchestrator's secret, sent raw in Authorization as go-livepeer expects")
     node_url: str = _opt("", "URL at which the orchestrator reaches this node (needed to register)")
     capability_names: tuple[str, ...] = _opt((), "CAP=NAME,...: register a capability under another name")
-    capacity: int = _opt(1, "concurrent jobs the orchestrator may send per capability")
+    capacity: int = _opt(
+        0,
+        "concurrent requests (BYOC) or sessions (live runners) advertised per capability; 0: what the node accepts "
+        "before answering 503, 1 running + --queue-size waiting",
+    )
     price_per_unit: int = _opt(0, "price per second of work, in --currency units")
     price_scaling: int = _opt(1, "price divisor (price = price_per_unit / price_scaling)")
     currency: str = _opt("wei", "currency of the price: wei or eth (or empty)")
     token: str = _opt("", "Bearer token /infer requires (403 otherwise); sent to the orchestrator at registration")
-    register_interval_s: float = _opt(30.0, "re-register this often: the orchestrator forgets on restart")
+    register_interval_s: float = _opt(30.0, "BYOC: re-register this often: the orchestrator forgets on restart")
+    # Livepeer live runners (see README "Live runners"): go-livepeer's successor of BYOC.
+    register_as: str = _opt(
+        "byoc",
+        "how to register with --orchestrator-url: byoc (capability/register), live-runner (runners/heartbeat) or both",
+        choices=REGISTRATIONS,
+    )
+    runner_apps: tuple[str, ...] = _opt((), "CAP=APP,...: a live runner's app name (default: vision/<capability>)")
+    runner_mode: str = _opt(
+        "single-shot",
+        "live runner mode: single-shot (a slot per request, like /infer) or persistent (a slot per session)",
+        choices=RUNNER_MODES,
+    )
+    runner_price: str = _opt(
+        "", "live runner price in USD per --runner-price-unit, a positive decimal (empty: none, off-chain only)"
+    )
+    runner_price_unit: str = _opt("fixed", "what --runner-price buys: fixed (a request or session), 720p or hour",
+                                  choices=PRICE_UNITS)  # fmt: skip
+    runner_version: str = _opt("", "version advertised by the live runners (default: the node's version)")
+    runner_metadata: str = _opt("", "public metadata of the live runners, at most 1024 bytes (never a secret)")
+    gpu_name: str = _opt("", "GPU advertised by the live runners (default: the TensorRT backend's GPU, if any)")
+    gpu_vram_mb: int = _opt(0, "its memory in MiB (default: the TensorRT backend's GPU's)")
 
     def __post_init__(self):
         problems = []
@@ -105,11 +134,25 @@ class Config:
                 problems.append(f"{f.name}: {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
         if self.orchestrator_url and not (self.node_url and self.orchestrator_secret):
             problems.append("orchestrator_url: registering also needs node_url and orchestrator_secret")
-        for name in ("capacity", "price_scaling"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.price_scaling < 1:
+            problems.append(f"price_scaling: must be >= 1, got {self.price_scaling}")
+        if self.capacity < 0:
+            problems.append(f"capacity: must be >= 0 (0: derived from --queue-size), got {self.capacity}")
         if self.register_interval_s <= 0:
             problems.append(f"register_interval_s: must be > 0, got {self.register_interval_s}")
+        if self.runner_price:
+            try:
+                if not Decimal(self.runner_price) > 0:
+                    raise InvalidOperation
+            except InvalidOperation:
+                problems.append(f"runner_price: must be a positive decimal, got {self.runner_price!r}")
+        if len(self.runner_metadata.encode()) > 1024:
+            problems.append(f"runner_metadata: {len(self.runner_metadata.encode())} bytes, go-livepeer takes 1024")
+        if self.gpu_vram_mb < 0:
+            problems.append(f"gpu_vram_mb: must be >= 0, got {self.gpu_vram_mb}")
+        bad_apps = [a for a in self.runner_apps if a.partition("=")[0] not in CAPABILITIES or not a.partition("=")[2]]
+        if bad_apps:
+            problems.append(f"runner_apps: expected CAP=APP with CAP one of {', '.join(CAPABILITIES)}: {bad_apps}")
         bad_names = [
             n for n in self.capability_names if n.partition("=")[0] not in CAPABILITIES or not n.partition("=")[2]
         ]
@@ -141,8 +184,45 @@ class Config:
                 raise StartupError(f"{where}: cannot read {raw!r} as {type(f.default).__name__}") from None
         return cls(**values)
 
+    @property
+    def accepted_per_capability(self) -> int:
+        """Requests one capability takes at once before answering 503: the running one and the queue."""
+        return self.queue_size + 1
+
+    @property
+    def advertised_capacity(self) -> int:
+        """The capacity told to an orchestrator: the configured one, else what the node really accepts."""
+        return self.capacity or self.accepted_per_capability
+
+    def registration_warnings(self) -> list[str]:
+        """Settings that work but mislead an orchestrator or its clients."""
+        warnings = []
+        if self.orchestrator_url and self.capacity > self.accepted_per_capability:
+            warnings.append(
+                f"capacity {self.capacity} is more than a capability accepts before answering 503 "
+                f"({self.accepted_per_capability}: 1 running + queue size {self.queue_size}): the orchestrator will "
+                "send requests the node refuses; raise --queue-size or lower --capacity (0 derives it)"
+            )
+        if self.registers_live_runners and self.token:
+            warnings.append(
+                "--token with live runners: go-livepeer's proxy forwards the client's headers and adds no token, so "
+                "clients must send Authorization: Bearer <token> themselves (keep the runner URL private instead)"
+            )
+        return warnings
+
     def registered_name(self, capability: str) -> str:
         return dict(n.split("=", 1) for n in self.capability_names).get(capability, capability)
+
+    def runner_app(self, capability: str) -> str:
+        return dict(a.split("=", 1) for a in self.runner_apps).get(capability, f"vision/{capability}")
+
+    @property
+    def registers_byoc(self) -> bool:
+        return bool(self.orchestrator_url) and self.register_as in ("byoc", "both")
+
+    @property
+    def registers_live_runners(self) -> bool:
+        return bool(self.orchestrator_url) and self.register_as in ("live-runner", "both")
 
 
 def _convert(raw, default):

@@ -41,6 +41,12 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.live_runner_frames = Counter(
+            "vision_node_live_runner_frames",
+            "Frames that came through a Livepeer live runner's proxy (a Livepeer-Session-Id header)",
+            ["capability"],
+            registry=self.registry,
+        )
         self.ready = Gauge("vision_node_ready", "1 when every capability is warm", registry=self.registry)
         self.memory = Gauge(
             "vision_node_backend_memory_bytes",

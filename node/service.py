@@ -20,6 +20,7 @@ from .byoc import Registrar
 from .capabilities import CAPABILITY_CLASSES
 from .config import Config
 from .errors import NotFound, NotReady, StartupError
+from .live_runner import LiveRunners
 from .metrics import Metrics
 from .runtime.flavours import flavour
 from .runtime.onnxruntime import OnnxRuntimeBackend
@@ -44,6 +45,7 @@ class Node:
         self.draining = False  # SIGTERM: not ready, unregistered, still finishing (and taking) requests
         self.on_fatal: Callable[[], None] = lambda: None  # the CLI makes this stop the process
         self.registrar: Registrar | None = None
+        self.live_runners: LiveRunners | None = None
         self.openapi: dict | None = None  # node.openapi.document, made on first request
 
     def _onnxruntime(self, served: engines.ServedCapability) -> Callable:
@@ -110,8 +112,22 @@ class Node:
         """SIGTERM's first step: ``/ready`` turns 503 and the orchestrator is told we are leaving."""
         self.draining = True
         self.metrics.ready.set(0)
-        if self.registrar is not None:
-            await self.registrar.stop()
+        await asyncio.gather(*(r.stop() for r in (self.registrar, self.live_runners) if r is not None))
+
+    @property
+    def runner_status(self) -> str:
+        """A live runner's ``status``: only ``ready`` is discoverable."""
+        if self.error:
+            return "error"
+        if self.draining:
+            return "draining"
+        return "ready" if self.warm else "warming"
+
+    def gpu_facts(self) -> dict:
+        """The GPU a TensorRT backend runs on (name, MiB), for the live runners; empty with ONNX Runtime."""
+        if self._gpu is None:
+            return {}
+        return {"name": self._gpu.gpu["name"], "vram_mb": self._gpu.gpu["memory_bytes"] >> 20}
 
     @asynccontextmanager
     async def lifespan(self, app):
@@ -120,6 +136,8 @@ class Node:
         except StartupError as err:
             log.error("start-up failed: %s", err)
             raise
+        for warning in self.config.registration_warnings():
+            log.warning("%s", warning)
         for name, entry in served.items():
             capability = CAPABILITY_CLASSES[name](entry.options)
             session = CapabilitySession(
@@ -192,9 +210,17 @@ class Node:
         log.info("ready: %s%s", ", ".join(self.sessions), f" ({age:.2f} s after process start)" if age else "")
         self.warm = True
         self.metrics.ready.set(1)
-        if self.config.orchestrator_url and not self.draining:  # only once warm: a registered node must answer
+        if self.draining:
+            return
+        # Only once warm: a registered node must answer.
+        if self.config.registers_byoc:
             self.registrar = Registrar(self.config, list(self.sessions))
             self.registrar.start()
+        if self.config.registers_live_runners:
+            self.live_runners = LiveRunners(
+                self.config, list(self.sessions), lambda: self.runner_status, self.gpu_facts
+            )
+            self.live_runners.start()
 
     @property
     def shared_scratch_bytes(self) -> int:

@@ -10,6 +10,7 @@ Content-Type and X-Metadata come back. A 401 or a connection error drops the cap
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -29,13 +30,15 @@ FIELDS = {"name": str, "description": str, "url": str, "capacity": int, "price_p
 
 
 class OrchestratorDouble:
-    def __init__(self, secret: str):
+    def __init__(self, secret: str, delay_s: float = 0.0):
         self.secret = secret
+        self.delay_s = delay_s  # a slow orchestrator: a registration takes this long to be applied and answered
         self.registry: dict[str, dict] = {}
         self.registrations: list[dict] = []  # every accepted registration body, in order
         self.unregistered: list[str] = []
         self.unregistered_at: list[float] = []  # time.monotonic() of each unregistration
         self.rejected = 0
+        self.in_flight = 0  # registrations received and not yet applied
         self.forwarded_headers: list[dict] = []
         app = Starlette(
             routes=[
@@ -71,8 +74,12 @@ class OrchestratorDouble:
         for name, kind in FIELDS.items():
             if not isinstance(body.get(name), kind):
                 return PlainTextResponse(f"bad field {name}", status_code=400)
+        self.in_flight += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         self.registry[body["name"]] = body
         self.registrations.append(body)
+        self.in_flight -= 1
         return PlainTextResponse("ok")
 
     async def unregister(self, request: Request) -> Response:

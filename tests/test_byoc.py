@@ -54,7 +54,7 @@ def test_each_capability_registers_with_go_livepeer_fields(registered):
         "name": "pose",
         "description": "vision node: pose conditioning maps per frame",
         "url": url,
-        "capacity": 1,
+        "capacity": 5,  # 1 running + the default queue of 4: what the node takes before 503
         "price_per_unit": 0,
         "price_scaling": 1,
         "currency": "wei",
