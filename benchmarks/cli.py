@@ -20,7 +20,7 @@ from node.errors import StartupError
 from node.runtime.flavours import FLAVOURS
 from node.runtime.tensorrt import load_tensorrt
 
-from . import coldstart, engine, load, nodeproc, overhead, overload, report, slowclients, soak
+from . import coldstart, engine, load, nodeproc, overhead, overload, probes, report, slowclients, soak
 from .overhead import bodies, progress
 
 
@@ -254,6 +254,13 @@ def parser() -> argparse.ArgumentParser:
     so.add_argument("--bad-share", type=float, default=0.5, help="share of malformed requests (default: 0.5)")
     so.add_argument("--samples", type=int, default=20, help="memory samples over the run (default: 20)")
     so.set_defaults(run=soak.run)
+
+    pr = commands.add_parser("probes", help="what health polling costs the node: /ready and /health latency and CPU")
+    common(pr)
+    pr.add_argument("--paths", type=_list(str), default=["/ready", "/health"], metavar="PATH,...")
+    pr.add_argument("--requests", type=int, default=2000, help="timed probes per path (default: 2000)")
+    pr.add_argument("--warmup", type=int, default=50, help="untimed probes first (default: 50)")
+    pr.set_defaults(run=probes.run)
     return p
 
 

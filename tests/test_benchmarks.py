@@ -165,3 +165,14 @@ def test_overload_slow_clients_and_soak_commands_report_their_figures(tiny_build
     result, stdout = bench("soak", "--requests", "400", "--samples", "4")
     assert result["five_xx"] == 0 and result["alive"] and "growth" in stdout
     assert sum(result["statuses"]["good"].values()) + sum(result["statuses"]["malformed"].values()) == 400
+
+
+def test_probes_reports_latency_and_node_cpu_per_health_probe(tiny_build, tmp_path):
+    out = tmp_path / "probes.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "probes", "--engines", str(tiny_build[0]), "--requests",
+                           "50", "--warmup", "2", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["probe"] for r in rows] == ["GET /ready", "GET /health"]
+    assert all(r["requests"] == 50 and r["p50 ms"] > 0 and r["node CPU ms / probe"] >= 0 for r in rows)
