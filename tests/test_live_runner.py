@@ -225,6 +225,16 @@ def test_a_refused_secret_is_logged_and_retried_with_backoff(tiny_build, tmp_pat
             stop(proc)
 
 
+def test_a_field_the_orchestrator_refuses_is_logged_as_it_says_and_retried(tiny_build, tmp_path):
+    with LiveRunnerDouble(SECRET, onchain=True) as double:  # on-chain: a price is required
+        proc, _ = runner_node(tiny_build[0], tmp_path / "log", double, VISION_NODE_CAPABILITIES="depth")
+        try:
+            wait_for(lambda: sum(1 for e in double.log if e[3] == 400) >= 2, what="a refusal and a retry")
+            assert "HTTP 400 price_info.price is required" in (tmp_path / "log").read_text() and not double.runners
+        finally:
+            stop(proc)
+
+
 # ---------------------------------------------------------------- static registration
 
 
