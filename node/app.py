@@ -6,6 +6,7 @@ calls and its errors into JSON.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -22,6 +23,7 @@ from starlette.routing import Route
 from . import __version__, codecs, engines, openapi
 from .capabilities import CAPABILITY_CLASSES
 from .config import Config
+from .contract import COMBINE, common_bounds
 from .errors import Forbidden, InputError, NodeError, NotReady, PayloadTooLarge, RequestTimeout
 from .service import Node, backend_memory
 
@@ -92,39 +94,101 @@ LIVEPEER_SESSION_ID = "livepeer-session-id"
 
 
 async def infer(request: Request) -> Response:
+    """One frame through one capability (``/infer/depth``) or several at once (``/infer/depth+pose``).
+
+    A combination decodes the frame once, runs each capability on its own worker at the same time and
+    answers ``multipart/mixed``: one part per capability, each with its Content-Type and X-Metadata.
+    It is admitted whole or refused whole (503), and a part that fails fails the request.
+    """
     arrived = time.perf_counter()
     node: Node = request.state.node
     if node.config.token:
         _check_token(request, node.config.token)
     livepeer_session = request.headers.get(LIVEPEER_SESSION_ID)
     deadline = time.monotonic() + node.config.request_timeout_s
-    session = node.session(request.path_params["capability"])
-    capability = session.capability
+    names = request.path_params["capability"].split(COMBINE)
+    if len(set(names)) != len(names):
+        raise InputError(f"{request.path_params['capability']}: a capability is named twice")
+    sessions = [node.session(name) for name in names]
+    if len(names) > 1 and "output" in request.path_params:
+        raise InputError(f"a combination takes each capability's output as an option, e.g. {names[0]}.output=raw")
     media_type, ct_params = codecs.parse_content_type(request.headers.get("content-type"))
     codecs.check_media_type(media_type)
     given = _request_options(request, ct_params)
     width, height = given.pop("width", None), given.pop("height", None)
-    options = capability.parse_options(given)
+    options = _options_per_capability(sessions, given)
     body = await _read_body(request, node.config.max_body_bytes)
 
     started_decode = time.perf_counter()
-    args = (body, media_type, width, height, session.served.bounds)
+    args = (body, media_type, width, height, common_bounds([s.served.bounds for s in sessions]))
     frame = codecs.decode(*args) if media_type == codecs.RAW else await run_in_threadpool(codecs.decode, *args)
     decoded = time.perf_counter()
-    outcome = await session.run(frame, options, deadline)
-    inferred = time.perf_counter()
+    for session in sessions:  # all or none: no await between these checks and the submissions
+        session.check_room()
+    jobs = [session.submit(frame, options[session.name], deadline) for session in sessions]
+    results = await asyncio.gather(*(s.result(job) for s, job in zip(sessions, jobs)), return_exceptions=True)
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+        raise failed
+    parts = await asyncio.gather(*(
+        _part(node, session, outcome, options[session.name], frame, arrived, decoded - started_decode)
+        for session, outcome in zip(sessions, results)
+    ))  # fmt: skip
+    if livepeer_session:
+        for session in sessions:
+            node.metrics.live_runner_frames.labels(session.name).inc()
+    if len(parts) == 1:
+        encoded, meta = parts[0]
+        if livepeer_session:
+            meta["livepeer_session"] = livepeer_session
+        return Response(encoded.body, media_type=encoded.media_type, headers={"X-Metadata": json.dumps(meta)})
+    summary = {
+        "capabilities": names,
+        "frame": [int(frame.shape[0]), int(frame.shape[1])],
+        "timings_ms": {"decode": round((decoded - started_decode) * 1000, 3),
+                       "total": round((time.perf_counter() - arrived) * 1000, 3)},  # fmt: skip
+        **({"livepeer_session": livepeer_session} if livepeer_session else {}),
+    }
+    body, media_type = codecs.multipart([(name, encoded, meta) for name, (encoded, meta) in zip(names, parts)])
+    return Response(body, media_type=media_type, headers={"X-Metadata": json.dumps(summary)})
+
+
+def _options_per_capability(sessions, given: dict[str, str]) -> dict[str, dict]:
+    """Each capability's parsed options. In a combination every option names its capability (``depth.range``)."""
+    if len(sessions) == 1:
+        return {sessions[0].name: sessions[0].capability.parse_options(given)}
+    per: dict[str, dict[str, str]] = {s.name: {} for s in sessions}
+    for key, value in given.items():
+        name, dot, option = key.partition(".")
+        if not dot or name not in per:
+            raise InputError(
+                f"option {key!r}: in a combination each option names its capability, e.g. {sessions[0].name}."
+                f"{option or key} (this request combines {', '.join(per)})"
+            )
+        per[name][option] = value
+    parsed = {}
+    for session in sessions:
+        try:
+            parsed[session.name] = session.capability.parse_options(per[session.name])
+        except InputError as err:
+            raise InputError(f"{session.name}: {err.detail}") from None
+    return parsed
+
+
+async def _part(node: Node, session, outcome, options: dict, frame, arrived: float, decode_s: float):
+    """(encoded, X-Metadata) of one capability's result; its timings go to the metrics."""
+    started = time.perf_counter()
     encode_args = (outcome.rendered, options, node.config.png_compression)
     if options["output"] == "raw":  # no work to move off the loop: the bytes are the rendered array
-        encoded = capability.encode(*encode_args)
+        encoded = session.capability.encode(*encode_args)
     else:
-        encoded = await run_in_threadpool(capability.encode, *encode_args)
+        encoded = await run_in_threadpool(session.capability.encode, *encode_args)
     done = time.perf_counter()
-
     timings = {
-        "decode": decoded - started_decode,
+        "decode": decode_s,
         "queue": outcome.queue_s,
         "infer": outcome.infer_s,
-        "encode": outcome.render_s + (done - inferred),
+        "encode": outcome.render_s + (done - started),
         "total": done - arrived,
     }
     node.metrics.observe(session.name, timings)
@@ -145,10 +209,7 @@ async def infer(request: Request) -> Response:
         **encoded.meta,
         "timings_ms": {stage: round(seconds * 1000, 3) for stage, seconds in timings.items()},
     }
-    if livepeer_session:
-        meta["livepeer_session"] = livepeer_session
-        node.metrics.live_runner_frames.labels(session.name).inc()
-    return Response(encoded.body, media_type=encoded.media_type, headers={"X-Metadata": json.dumps(meta)})
+    return encoded, meta
 
 
 async def health(request: Request) -> Response:
@@ -254,7 +315,9 @@ class _CountResponses:
         path = scope["path"]
         if path.startswith("/infer/"):
             name = path.split("/")[2]
-            route = f"/infer/{name}" if name in CAPABILITY_CLASSES else "/infer/other"
+            parts = name.split(COMBINE)
+            known = all(p in CAPABILITY_CLASSES for p in parts) and len(set(parts)) == len(parts)
+            route = f"/infer/{name}" if known else "/infer/other"  # bounded: capabilities and their orders
         else:
             route = path if path in self.KNOWN else "other"
 

@@ -102,7 +102,7 @@ def print_live_runners(config: Config) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
         capabilities = [c for c in CAPABILITIES if c in listed]
-    print(json.dumps(static_runners(config, capabilities), indent=2))
+    print(json.dumps(static_runners(config, [*capabilities, *config.combinations]), indent=2))
     return 0
 
 

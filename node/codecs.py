@@ -7,6 +7,8 @@ out-of-bounds frame is refused before a single pixel is decoded.
 from __future__ import annotations
 
 import io
+import json
+import secrets
 import struct
 
 import numpy as np
@@ -103,6 +105,26 @@ def png(array: np.ndarray, level: int, palette: bytes | None = None, channels: i
     out = io.BytesIO()
     image.save(out, format="PNG", compress_level=level)
     return out.getvalue()
+
+
+def multipart(parts) -> tuple[bytes, str]:
+    """``multipart/mixed`` (RFC 2046) of ``(name, Encoded, metadata)`` parts: (body, Content-Type).
+
+    Each part carries its own Content-Type, ``Content-Disposition: inline; name="<capability>"`` and
+    X-Metadata, so a client splits the answer with any MIME parser (Python's ``email`` module,
+    browsers' ``Response.formData`` does not apply to mixed). The body is binary; no transfer encoding.
+    """
+    bodies = [bytes(encoded.body) for _, encoded, _ in parts]
+    boundary = secrets.token_hex(16)
+    while any(boundary.encode() in body for body in bodies):  # astronomically rare; never ambiguous
+        boundary = secrets.token_hex(16)
+    out = bytearray()
+    for (name, encoded, meta), body in zip(parts, bodies):
+        out += (f"--{boundary}\r\nContent-Type: {encoded.media_type}\r\n"
+                f'Content-Disposition: inline; name="{name}"\r\nX-Metadata: {json.dumps(meta)}\r\n\r\n').encode()
+        out += body + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f'multipart/mixed; boundary="{boundary}"'
 
 
 def warm_up() -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from .contract import CAPABILITIES
+from .contract import CAPABILITIES, COMBINE
 from .errors import StartupError
 
 ENV_PREFIX = "VISION_NODE_"
@@ -70,6 +70,9 @@ class Config:
     orchestrator_secret: str = _opt("", "the orchestrator's secret, sent raw in Authorization as go-livepeer expects")
     node_url: str = _opt("", "URL at which the orchestrator reaches this node (needed to register)")
     capability_names: tuple[str, ...] = _opt((), "CAP=NAME,...: register a capability under another name")
+    combinations: tuple[str, ...] = _opt(
+        (), "also register these as capabilities of their own, e.g. depth+pose (served at /infer/depth+pose)"
+    )
     capacity: int = _opt(
         0,
         "concurrent requests (BYOC) or sessions (live runners) advertised per capability; 0: what the node accepts "
@@ -160,6 +163,10 @@ class Config:
             problems.append(
                 f"capability_names: expected CAP=NAME with CAP one of {', '.join(CAPABILITIES)}: {bad_names}"
             )
+        bad_combinations = [c for c in self.combinations if not _is_combination(c)]
+        if bad_combinations:
+            problems.append(f"combinations: expected two or more of {', '.join(CAPABILITIES)} joined by +: "
+                            f"{bad_combinations}")  # fmt: skip
         unknown = [c for c in self.capabilities if c not in CAPABILITIES]
         if unknown:
             problems.append(f"capabilities: unknown {', '.join(unknown)}; known: {', '.join(CAPABILITIES)}")
@@ -223,6 +230,11 @@ class Config:
     @property
     def registers_live_runners(self) -> bool:
         return bool(self.orchestrator_url) and self.register_as in ("live-runner", "both")
+
+
+def _is_combination(name: str) -> bool:
+    parts = name.split(COMBINE)
+    return len(parts) > 1 and len(set(parts)) == len(parts) and all(p in CAPABILITIES for p in parts)
 
 
 def _convert(raw, default):

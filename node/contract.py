@@ -18,6 +18,10 @@ OUTPUTS = {
 }
 
 
+# ``/infer/depth+pose``: several capabilities of one frame in one request.
+COMBINE = "+"
+
+
 @dataclass(frozen=True)
 class ShapeBounds:
     """Frame sizes and batch sizes every graph (and TensorRT profile) accepts."""
@@ -46,3 +50,16 @@ class ShapeBounds:
             )
         if not 1 <= batch <= self.max_batch:
             raise ValueError(f"batch {batch} is outside 1..{self.max_batch}")
+
+
+def common_bounds(bounds: list[ShapeBounds]) -> ShapeBounds:
+    """The frames every one of ``bounds`` accepts (a combination's graphs may have been built apart)."""
+    first = bounds[0]
+    if all(b == first for b in bounds):
+        return first
+    return ShapeBounds(
+        min_hw=(max(b.min_hw[0] for b in bounds), max(b.min_hw[1] for b in bounds)),
+        max_hw=(min(b.max_hw[0] for b in bounds), min(b.max_hw[1] for b in bounds)),
+        opt_hw=first.opt_hw,
+        max_batch=min(b.max_batch for b in bounds),
+    )

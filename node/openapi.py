@@ -7,7 +7,10 @@ Everything not in this document answers 404 or 405.
 
 from __future__ import annotations
 
+import itertools
+
 from . import __version__
+from .contract import COMBINE
 from .errors import (
     BackendFailed,
     BackendOutOfMemory,
@@ -101,6 +104,35 @@ def _infer(name: str, capability, token: bool, output_in: str) -> dict:
     return {"post": operation}
 
 
+def _infer_many(names: tuple[str, ...], capabilities: list, token: bool) -> dict:
+    """POST /infer/a+b: the frame once, every capability's result as a part of multipart/mixed."""
+    parts = [_infer(name, cap, token, output_in="query")["post"] for name, cap in zip(names, capabilities)]
+    operation = {
+        **parts[0],
+        "summary": f"{' + '.join(names)}: the maps of one frame, one part each",
+        "description": "The frame is decoded once and every capability runs on it at the same time. Each option "
+        "names its capability (depth.output, pose.person_threshold ...). The answer is multipart/mixed: one part "
+        "per capability, in the order named, each with its own Content-Type and X-Metadata.",
+        "parameters": [
+            {**p, "name": f"{name}.{p['name']}", "required": False}
+            for name, part in zip(names, parts)
+            for p in part["parameters"]
+            if p["name"] not in ("width", "height")
+        ] + [p for p in parts[0]["parameters"] if p["name"] in ("width", "height")],
+    }
+    operation["responses"] = {**parts[0]["responses"], "200": {
+        "description": "one part per capability",
+        "headers": {"X-Metadata": {"schema": {"type": "string"}, "description": "JSON: capabilities, frame, timings"}},
+        "content": {"multipart/mixed": {"schema": BINARY}},
+    }}  # fmt: skip
+    return {"post": operation}
+
+
+def combinations(names: list[str]) -> list[tuple[str, ...]]:
+    """Every combination of two or more served capabilities, in the order they are served."""
+    return [c for size in range(2, len(names) + 1) for c in itertools.combinations(names, size)]
+
+
 def document(node) -> dict:
     """The document for this node: its served capabilities and its limits."""
     token = bool(node.config.token)
@@ -108,6 +140,9 @@ def document(node) -> dict:
     for name, session in node.sessions.items():
         paths[f"/infer/{name}"] = _infer(name, session.capability, token, output_in="query")
         paths[f"/infer/{name}/{{output}}"] = _infer(name, session.capability, token, output_in="path")
+    for names in combinations(list(node.sessions)):
+        capabilities = [node.sessions[n].capability for n in names]
+        paths[f"/infer/{COMBINE.join(names)}"] = _infer_many(names, capabilities, token)
 
     def get(summary: str, content: dict, **errors) -> dict:
         return {"get": {"summary": summary, "responses": {"200": {"description": "ok", "content": content}, **errors}}}

@@ -19,6 +19,7 @@ from . import codecs, engines
 from .byoc import Registrar
 from .capabilities import CAPABILITY_CLASSES
 from .config import Config
+from .contract import COMBINE
 from .errors import NotFound, NotReady, StartupError
 from .live_runner import LiveRunners
 from .metrics import Metrics
@@ -138,6 +139,12 @@ class Node:
             raise
         for warning in self.config.registration_warnings():
             log.warning("%s", warning)
+        for combination in self.config.combinations:
+            missing = [c for c in combination.split(COMBINE) if c not in served]
+            if missing:
+                err = StartupError(f"--combinations {combination}: {', '.join(missing)} is not served here")
+                log.error("start-up failed: %s", err)
+                raise err
         for name, entry in served.items():
             capability = CAPABILITY_CLASSES[name](entry.options)
             session = CapabilitySession(
@@ -213,13 +220,12 @@ class Node:
         if self.draining:
             return
         # Only once warm: a registered node must answer.
+        offered = [*self.sessions, *self.config.combinations]  # a combination is a capability of its own
         if self.config.registers_byoc:
-            self.registrar = Registrar(self.config, list(self.sessions))
+            self.registrar = Registrar(self.config, offered)
             self.registrar.start()
         if self.config.registers_live_runners:
-            self.live_runners = LiveRunners(
-                self.config, list(self.sessions), lambda: self.runner_status, self.gpu_facts
-            )
+            self.live_runners = LiveRunners(self.config, offered, lambda: self.runner_status, self.gpu_facts)
             self.live_runners.start()
 
     @property

@@ -147,14 +147,26 @@ class CapabilitySession:
         self.backends = {}
 
     async def run(self, frame: np.ndarray, options: dict, deadline: float) -> Outcome:
+        return await self.result(self.submit(frame, options, deadline))
+
+    def check_room(self) -> None:
+        """Raise Overloaded (503) when one more request would not fit; the event loop's thread only."""
         if self.pending > self.queue_size:
             raise Overloaded(f"{self.name}: {self.waiting} requests already waiting (queue size {self.queue_size})")
+
+    def submit(self, frame: np.ndarray, options: dict, deadline: float) -> Job:
+        """Queue a frame (no await: several sessions can take one request together, or none of them)."""
+        self.check_room()
         job = Job(frame, options, deadline, asyncio.get_running_loop().create_future())
         self.pending += 1
         job.future.add_done_callback(self._finished)
         with self._wake:
             self._jobs.append(job)
             self._wake.notify()
+        return job
+
+    async def result(self, job: Job) -> Outcome:
+        deadline = job.deadline
         try:
             outcome = await asyncio.wait_for(asyncio.shield(job.future), max(deadline - time.monotonic(), 0))
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11

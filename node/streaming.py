@@ -4,7 +4,9 @@ For Livepeer's trickle streaming (``pip install -e ".[stream]"``): pytrickle han
 tensors ``[1, H, W, 3]`` in [0, 1]; each becomes a uint8 frame, runs through the same session,
 graph and rendering as ``/infer``, and goes back as a uint8 image ``[1, H, W, C]`` (depth
 ControlNet map, ADE20K palette or class ids, OpenPose skeleton). ``update_params`` switches the
-capability and its options per stream, with the same names as the HTTP options.
+capability and its options per stream, with the same names as the HTTP options. With depth's
+``smooth``, the stream keeps the range the last frame used and sends it back with the next one,
+exactly as an HTTP client does: the state lives in the stream, not in the node.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ConditioningProcessor(FrameProcessor):
         self.config = Config(engines=Path(engines), backend=backend)
         self.capability = capability
         self.options: dict = {}
+        self.depth_range: list[float] | None = None  # the stream's smoothing state (depth with smooth=...)
         self.node: Node | None = None
         self._lifespan = None
 
@@ -63,14 +66,21 @@ class ConditioningProcessor(FrameProcessor):
         options = session.capability.parse_options({"output": images[0], **params})
         if options["output"] not in images:
             raise InputError(f"a stream carries images: {capability} output must be one of {', '.join(images)}")
+        if capability != self.capability or options.get("range") is not None:
+            self.depth_range = None  # a new capability, or a range the client set: start from it
         self.capability, self.options = capability, options
 
     async def process_video_async(self, frame):
         pixels = (frame.tensor[0].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         session = self.node.session(self.capability)
         deadline = time.monotonic() + self.config.request_timeout_s
-        outcome = await session.run(np.ascontiguousarray(pixels), self.options, deadline)
-        image = session.capability.image(outcome.rendered, self.options)
+        options = self.options
+        if options.get("smooth") is not None and self.depth_range is not None:
+            options = {**options, "range": tuple(self.depth_range)}  # what an HTTP client would send back
+        outcome = await session.run(np.ascontiguousarray(pixels), options, deadline)
+        if options.get("smooth") is not None:
+            self.depth_range = outcome.rendered.meta["depth_range"]
+        image = session.capability.image(outcome.rendered, options)
         return frame.replace_tensor(torch.from_numpy(np.ascontiguousarray(image))[None])
 
     async def process_audio_async(self, frame):

@@ -81,6 +81,21 @@ def metadata(response) -> dict:
     return json.loads(response.headers["x-metadata"])
 
 
+def parts(response) -> list[tuple[str, str, dict, bytes]]:
+    """(name, media type, X-Metadata, body) of each part of a multipart/mixed answer, by Python's MIME parser."""
+    import email  # noqa: PLC0415
+    import email.policy  # noqa: PLC0415
+
+    head = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode()
+    message = email.message_from_bytes(head + response.content, policy=email.policy.HTTP)
+    assert message.get_content_type() == "multipart/mixed"
+    return [
+        (part.get_param("name", header="content-disposition"), part.get_content_type(),
+         json.loads(part["x-metadata"]), part.get_payload(decode=True))
+        for part in message.iter_parts()
+    ]  # fmt: skip
+
+
 def image(response) -> Image.Image:
     return Image.open(io.BytesIO(response.content))
 

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.nodes import frame, free_port, jpeg, raw_type, start_node, stop
+from tests.nodes import frame, free_port, jpeg, parts, raw_type, start_node, stop
 from tests.orchestrator_double import OrchestratorDouble, livepeer_header
 
 SECRET, TOKEN = "orch-secret", "node-token"
@@ -36,10 +36,10 @@ def registered(tiny_build, tmp_path_factory):
             tiny_build[0], log, VISION_NODE_PORT=port, VISION_NODE_ORCHESTRATOR_URL=double.url,
             VISION_NODE_ORCHESTRATOR_SECRET=SECRET, VISION_NODE_NODE_URL=f"http://127.0.0.1:{port}",
             VISION_NODE_TOKEN=TOKEN, VISION_NODE_CAPABILITY_NAMES="depth=vision-depth",
-            VISION_NODE_REGISTER_INTERVAL_S="0.5",
+            VISION_NODE_REGISTER_INTERVAL_S="0.5", VISION_NODE_COMBINATIONS="depth+pose",
         )  # fmt: skip
         try:
-            wait_for(lambda: len(double.registry) == 3, what=f"registration\n{log.read_text() if log.exists() else ''}")
+            wait_for(lambda: len(double.registry) == 4, what=f"registration\n{log.read_text() if log.exists() else ''}")
             yield double, proc, url, log
         finally:
             if proc.poll() is None:
@@ -48,7 +48,7 @@ def registered(tiny_build, tmp_path_factory):
 
 def test_each_capability_registers_with_go_livepeer_fields(registered):
     double, _, url, log = registered
-    assert set(double.registry) == {"vision-depth", "segmentation", "pose"}
+    assert set(double.registry) == {"vision-depth", "segmentation", "pose", "depth+pose"}
     body = double.registry["pose"]
     assert body == {
         "name": "pose",
@@ -67,7 +67,7 @@ def test_re_registers_after_the_orchestrator_restarts(registered):
     double, *_ = registered
     double.restart()
     assert not double.registry
-    wait_for(lambda: len(double.registry) == 3, timeout=10, what="re-registration")
+    wait_for(lambda: len(double.registry) == 4, timeout=10, what="re-registration")
 
 
 @pytest.mark.parametrize(
@@ -106,6 +106,22 @@ def test_every_capability_and_output_works_with_only_what_the_orchestrator_forwa
     assert set(double.forwarded_headers[-1]) == {"content-type", "authorization"}
 
 
+def test_a_combination_is_a_capability_of_its_own_through_the_orchestrator(registered):
+    double, *_ = registered
+    f = frame(120, 160)
+    r = httpx.post(
+        f"{double.url}/process/request/infer/depth+pose",
+        content=f.tobytes(),
+        headers={"Content-Type": raw_type(f) + "; depth.output=raw; pose.person_threshold=0",
+                 "Livepeer": livepeer_header("depth+pose")},  # fmt: skip
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert [(name, media) for name, media, _, _ in parts(r)] == [("depth", "application/octet-stream"),
+                                                                  ("pose", "application/json")]  # fmt: skip
+    assert json.loads(r.headers["x-metadata"])["capabilities"] == ["depth", "pose"]
+
+
 def test_infer_without_the_token_is_403_never_401(registered):
     _, _, url, _ = registered
     f = frame(120, 160)
@@ -118,7 +134,7 @@ def test_infer_without_the_token_is_403_never_401(registered):
 def test_unregisters_every_capability_on_sigterm(registered):
     double, proc, _, log = registered
     assert stop(proc) == 0
-    assert set(double.unregistered) >= {"vision-depth", "segmentation", "pose"}
+    assert set(double.unregistered) >= {"vision-depth", "segmentation", "pose", "depth+pose"}
     assert not double.registry
     assert "unregister pose at" in log.read_text()
 

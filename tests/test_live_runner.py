@@ -19,7 +19,7 @@ import pytest
 from node.config import Config
 from node.live_runner import go_duration, runner_entry
 from tests.live_runner_double import LiveRunnerDouble, Refused
-from tests.nodes import ROOT, frame, free_port, raw_type, start_node, stop, wait_for_http
+from tests.nodes import ROOT, frame, free_port, parts, raw_type, start_node, stop, wait_for_http
 from tests.orchestrator_double import OrchestratorDouble
 
 SECRET = "orch-secret"
@@ -55,11 +55,12 @@ def single_shot(tiny_build, tmp_path_factory):
     """(double, node process, node URL, log, seconds from /ready to discoverable)."""
     log = tmp_path_factory.mktemp("runner") / "node.log"
     with LiveRunnerDouble(SECRET, interval=0.5, ttl=2.0) as double:
-        proc, url = runner_node(tiny_build[0], log, double, VISION_NODE_RUNNER_PRICE="0.002")
+        proc, url = runner_node(tiny_build[0], log, double, VISION_NODE_RUNNER_PRICE="0.002",
+                                VISION_NODE_COMBINATIONS="depth+segmentation")  # fmt: skip
         try:
             wait_for_http(f"{url}/ready", proc, log)
             ready_at = time.monotonic()
-            wait_for(lambda: len(double.discoverable()) == 3, what="three runners")
+            wait_for(lambda: len(double.discoverable()) == 4, what="four runners")
             yield double, proc, url, log, time.monotonic() - ready_at
         finally:
             if proc.poll() is None:
@@ -77,7 +78,8 @@ def test_every_capability_registers_as_a_discoverable_runner_within_a_heartbeat(
         "price_info": {"price": "0.002", "currency": "usd", "unit": "fixed"}, "status": "ready",
     }  # fmt: skip
     discovered = httpx.get(f"{double.url}/discovery").json()[0]["runners"]
-    assert {r["app"] for r in discovered} == {"vision/depth", "vision/segmentation", "vision/pose"}
+    assert {r["app"] for r in discovered} == {"vision/depth", "vision/segmentation", "vision/pose",
+                                              "vision/depth+segmentation"}  # fmt: skip
     text = log.read_text()
     assert "live runner vision/depth: registered at" in text and SECRET not in text
     assert not any(r["secret"] in text for r in double.runners.values())  # no heartbeat secret in the log
@@ -94,6 +96,17 @@ def test_a_frame_through_the_single_shot_proxy_with_query_and_session_headers(si
     assert meta["output"] == "raw" and meta["livepeer_session"] == sent["Livepeer-Session-Id"]
     assert sent["Livepeer-Runner-Route"] == runner_id and sent["Livepeer-Session-Token"] not in r.headers["x-metadata"]
     assert not double.sessions  # the single-shot slot is released with the response
+
+
+def test_a_combination_through_the_proxy_is_one_upload_with_a_part_per_capability(single_shot):
+    double, *_ = single_shot
+    runner_id = by_app(double)["vision/depth+segmentation"]
+    f = frame(96, 128)
+    r = infer_through(f"{double.url}/apps/{runner_id}/app/infer/depth+segmentation?depth.output=raw", f)
+    assert r.status_code == 200, r.text
+    assert [(name, media) for name, media, _, _ in parts(r)] == [("depth", "application/octet-stream"),
+                                                                  ("segmentation", "image/png")]  # fmt: skip
+    assert json.loads(r.headers["x-metadata"])["livepeer_session"] == double.forwarded[-1]["Livepeer-Session-Id"]
 
 
 def test_the_advertised_capacity_is_what_the_node_accepts_before_503(tiny_build, tmp_path):

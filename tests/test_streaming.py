@@ -52,3 +52,34 @@ def test_frames_become_conditioning_maps_and_params_switch_per_stream(tiny_build
     np.testing.assert_array_equal(palette.tensor[0].numpy(), np.array(ADE20K_PALETTE, np.uint8)[want])
     assert tuple(depth.tensor.shape) == (1, 96, 128, 1) and depth.tensor.max() == 255 and depth.tensor.min() == 0
     assert tuple(pose.tensor.shape) == (1, 96, 128, 3) and pose.tensor.any()  # skeletons drawn
+
+
+def test_depth_smoothing_keeps_its_state_in_the_stream(tiny_build):
+    rng = np.random.default_rng(1)
+    pixels = [rng.integers(0, 256, (1, 96, 128, 3), dtype=np.uint8) for _ in range(2)]
+    frames = [VideoFrame(torch.from_numpy(p).float() / 255, timestamp=i, time_base=Fraction(1, 30))
+              for i, p in enumerate(pixels)]  # fmt: skip
+
+    async def scenario():
+        processor = ConditioningProcessor(tiny_build[0], capability="depth")
+        await processor.ensure_model_loaded()
+        try:
+            await processor.update_params({"smooth": 0.5})
+            ranges = []
+            for f in frames:
+                await processor.process_video_async(f)
+                ranges.append(list(processor.depth_range))
+            await processor.update_params({"capability": "segmentation"})
+            return ranges, processor.depth_range
+        finally:
+            await processor.close()
+
+    ranges, after_switch = asyncio.run(scenario())
+    with in_process_backends(tiny_build[0]) as direct:
+        own = []
+        for p in pixels:  # the backend's outputs are views into its buffers: read each before the next frame
+            out = direct["depth"][0].infer({FRAME_INPUT: p})
+            own.append([float(out["depth_min"][0]), float(out["depth_max"][0])])
+    assert ranges[0] == pytest.approx(own[0])  # the first frame: its own range
+    assert ranges[1] == pytest.approx([0.5 * a + 0.5 * b for a, b in zip(own[0], own[1])])  # then moved halfway
+    assert after_switch is None  # another capability: the state goes
