@@ -20,7 +20,20 @@ from node.errors import StartupError
 from node.runtime.flavours import FLAVOURS
 from node.runtime.tensorrt import load_tensorrt
 
-from . import coldstart, engine, load, nodeproc, overhead, overload, probes, report, slowclients, soak
+from . import (
+    coldstart,
+    combined,
+    engine,
+    flicker,
+    load,
+    nodeproc,
+    overhead,
+    overload,
+    probes,
+    report,
+    slowclients,
+    soak,
+)
 from .overhead import bodies, progress
 
 
@@ -261,6 +274,24 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--requests", type=int, default=2000, help="timed probes per path (default: 2000)")
     pr.add_argument("--warmup", type=int, default=50, help="untimed probes first (default: 50)")
     pr.set_defaults(run=probes.run)
+
+    fl = commands.add_parser("flicker", help="depth on video clips: per-frame min-max, fixed range, smoothing")
+    common(fl)
+    fl.add_argument("--frames", type=int, default=30, help="frames per clip (default: 30)")
+    fl.add_argument("--smooth", type=float, default=0.9, help="the smoothing weight tried (default: 0.9)")
+    fl.add_argument("--noise", type=float, default=3.0, help="sensor noise sigma, 8-bit levels (default: 3)")
+    fl.add_argument("--quality", type=int, default=85, help="JPEG re-encoding quality (default: 85)")
+    fl.add_argument("--plot", metavar="PNG", help="also plot the change per frame")
+    fl.set_defaults(run=flicker.run)
+
+    cb = commands.add_parser("combined", help="several maps of one frame: one request against three")
+    common(cb)
+    cb.add_argument("--capabilities", type=_list(str), default=["depth", "pose", "segmentation"])
+    cb.add_argument("--size", type=_hw, default=(360, 640), metavar="HxW", help="frame size (default: 360x640)")
+    cb.add_argument("--requests", type=int, default=30, help="timed frames per scenario (default: 30)")
+    cb.add_argument("--warmup", type=int, default=2, help="untimed frames first (default: 2)")
+    cb.add_argument("--frames", type=int, default=4, help="distinct frames cycled through (default: 4)")
+    cb.set_defaults(run=combined.run)
     return p
 
 

@@ -176,3 +176,34 @@ def test_probes_reports_latency_and_node_cpu_per_health_probe(tiny_build, tmp_pa
     rows = json.loads(out.read_text())["rows"]
     assert [r["probe"] for r in rows] == ["GET /ready", "GET /health"]
     assert all(r["requests"] == 50 and r["p50 ms"] > 0 and r["node CPU ms / probe"] >= 0 for r in rows)
+
+
+def test_flicker_and_combined_report_their_figures(tiny_build, tmp_path):
+    def bench(*argv):
+        out = tmp_path / f"{argv[0]}.json"
+        done = subprocess.run([sys.executable, "-m", "benchmarks", *argv, "--engines", str(tiny_build[0]), "--json",
+                               str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return json.loads(out.read_text())
+
+    result = bench("flicker", "--frames", "4", "--plot", str(tmp_path / "flicker.png"))
+    rows = {(r["clip"], r["method"]): r for r in result["rows"]}
+    assert set(rows) == {(c, m) for c in ("still", "pan") for m in ("per-frame", "fixed", "smooth 0.9")}
+    assert all(r["flicker mean"] >= 0 and r["render ms p50"] > 0 for r in rows.values())
+    assert rows[("still", "fixed")]["range flicker"] == 0 < rows[("still", "per-frame")]["range flicker"]
+    assert len(result["series"]["still/per-frame"]) == 3 and (tmp_path / "flicker.png").stat().st_size > 10_000
+    result = bench("combined", "--requests", "3", "--warmup", "1", "--size", "96x128")
+    rows = {r["scenario"]: r for r in result["rows"]}
+    one = rows["one request (/infer/depth+pose+segmentation)"]
+    assert one["frames"] == 3 and one["KiB moved per frame"] < rows["three in series"]["KiB moved per frame"]
+
+
+def test_flicker_undoes_the_pans_shift_and_counts_only_change():
+    from benchmarks.flicker import flicker
+
+    scene = np.arange(40, dtype=np.uint8)[None].repeat(3, axis=0) * 5
+    panned = [scene[:, t : t + 20] for t in range(4)]  # the window moves right: content moves left 1 px a frame
+    assert flicker(panned, shift=1) == [0.0, 0.0, 0.0]
+    assert flicker(panned, shift=0) == [5.0, 5.0, 5.0]
+    brighter = [scene[:, :20], scene[:, :20] + 2]
+    assert flicker(brighter, shift=0) == [2.0]

@@ -219,3 +219,5 @@ def test_readme_curl_examples_work_against_the_node(node_url, tmp_path):
     assert Image.open(tmp_path / "seg.png").mode == "P"
     assert "people" in json.loads((tmp_path / "pose.json").read_text())
     assert (tmp_path / "depth.f32").stat().st_size == 640 * 480 * 4
+    both = (tmp_path / "maps.multipart").read_bytes()
+    assert both.count(b'Content-Disposition: inline; name="depth"') == 1 and b'name="pose"' in both
