@@ -172,6 +172,7 @@ def run_http(args) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
+        allow_abbrev=False,
         description="Latency reports for the vision node. Each command prints a table and its progress; "
         "--json and --markdown also write the report with its provenance (machine, versions, command).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -292,6 +293,8 @@ def parser() -> argparse.ArgumentParser:
     cb.add_argument("--warmup", type=int, default=2, help="untimed frames first (default: 2)")
     cb.add_argument("--frames", type=int, default=4, help="distinct frames cycled through (default: 4)")
     cb.set_defaults(run=combined.run)
+    for command in commands.choices.values():
+        command.allow_abbrev = False  # a flag is spelled out or refused, never guessed
     return p
 
 

@@ -329,9 +329,10 @@ class _CountResponses:
         await self.app(scope, receive, counting_send)
 
 
-def create_app(config: Config, open_backend: Callable | None = None) -> Starlette:
-    """The node as an ASGI app. ``open_backend(served) -> (graph -> backend)`` replaces ONNX Runtime in tests."""
-    node = Node(config, open_backend)
+def create_app(config: Config, open_backend: Callable | None = None, served: dict | None = None) -> Starlette:
+    """The node as an ASGI app. ``open_backend(served) -> (graph -> backend)`` replaces ONNX Runtime in tests;
+    ``served``: the capabilities ``preflight`` already checked (else the lifespan reads the manifest)."""
+    node = Node(config, open_backend, served)
     app = Starlette(
         routes=[
             Route("/infer/{capability}", infer, methods=["POST"]),

@@ -26,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m node",
         description="Vision node: depth, segmentation and pose conditioning maps per frame over HTTP.",
+        allow_abbrev=False,  # --engine is not --engines: a flag is spelled out or refused
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
         "agreement table, GPU time per frame and the VRAM the node holds. Exit 1 on disagreement, 2 without "
         "TensorRT or a GPU.",
     )
+    for command in commands.choices.values():
+        command.allow_abbrev = False
     selftest.add_argument("--engines", type=Path, default=Path("engines"), help="engines directory (default: engines)")
     selftest.add_argument("--capabilities", default="", help="comma-separated subset (default: all)")
     selftest.add_argument("--iterations", type=int, default=200, help="timed frames per engine (default: 200)")
@@ -128,18 +131,34 @@ def main(argv: list[str] | None = None) -> int:
 FATAL_EXIT_S = 4.0  # a broken device can block a clean exit; the supervisor wants us gone within 5 s
 
 
+EXIT_CONFIG = 2  # the configuration or the artefacts are wrong: a restart cannot cure it
+EXIT_RESTART = 1  # a failure at run time (or a port still held): a supervisor's restart may
+
+
 def serve(config: Config, open_backend=None) -> int:
-    """Run the node until SIGTERM/SIGINT (drain, exit 0), a fatal fault or a failed start-up (exit 1)."""
+    """Run the node until SIGTERM/SIGINT (drain, exit 0) or a fatal fault (exit 1); refuse to start with
+    a one-line reason, exit 2, when the configuration or the artefacts are wrong."""
     import uvicorn  # noqa: PLC0415 (keeps --help fast)
 
+    from . import preflight  # noqa: PLC0415
     from .app import create_app  # noqa: PLC0415
     from .server import DrainingServer, GuardedHttpToolsProtocol  # noqa: PLC0415
 
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    try:
+        served = preflight.check(config, default_backends=open_backend is None)
+    except StartupError as err:
+        log.error("cannot start: %s", err)
+        return EXIT_CONFIG
+    try:
+        sock = preflight.bind(config.host, config.port)
+    except OSError as err:
+        log.error("cannot start: %s", err)
+        return EXIT_RESTART
     log.info("vision node: serving %s on http://%s:%d", config.engines, config.host, config.port)
-    app = create_app(config, open_backend)
+    app = create_app(config, open_backend, served=served)
     node = app.state.node
     server = DrainingServer(
         uvicorn.Config(
@@ -163,7 +182,7 @@ def serve(config: Config, open_backend=None) -> int:
 
     node.on_fatal = stop_for_restart
     try:
-        server.run()
+        server.run(sockets=[sock])
     except SystemExit:  # uvicorn's own exit (status 3) when the lifespan's start-up failed: logged above
         pass
     if not server.started or node.error:

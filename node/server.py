@@ -177,7 +177,8 @@ class DrainingServer(uvicorn.Server):
     async def _drain(self, sig: int) -> None:
         node = self.node
         in_flight = sum(s.pending for s in node.sessions.values())
-        log.info("%s: draining (%d requests in flight): not ready, unregistering", signal.Signals(sig).name, in_flight)
+        leaving = ", unregistering" if node.registrar or node.live_runners else ""
+        log.info("%s: draining (%d requests in flight): not ready%s", signal.Signals(sig).name, in_flight, leaving)
         await node.drain()
         if node.config.drain_delay_s:
             await asyncio.sleep(node.config.drain_delay_s)

@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
-from . import codecs, engines
+from . import codecs, engines, preflight
 from .byoc import Registrar
 from .capabilities import CAPABILITY_CLASSES
 from .config import Config
-from .contract import COMBINE
 from .errors import NotFound, NotReady, StartupError
 from .live_runner import LiveRunners
 from .metrics import Metrics
@@ -34,8 +33,9 @@ log = logging.getLogger("node")
 class Node:
     """The node's state at run time: served capabilities, their sessions, health."""
 
-    def __init__(self, config: Config, open_backend: Callable | None = None):
+    def __init__(self, config: Config, open_backend: Callable | None = None, served: dict | None = None):
         self.config = config
+        self.served = served  # checked by preflight already, or None: the lifespan reads the manifest
         self.metrics = Metrics()
         self.open_backend = open_backend or (self._onnxruntime if config.backend == "onnxruntime" else self._tensorrt)
         self._gpu: GpuRuntime | None = None  # TensorRT: module, pycuda, GPU, shared scratch; made on first use
@@ -133,18 +133,17 @@ class Node:
     @asynccontextmanager
     async def lifespan(self, app):
         try:
-            served = await asyncio.to_thread(engines.load, self.config.engines, self.config.capabilities)
+            served = self.served or await asyncio.to_thread(engines.load, self.config.engines, self.config.capabilities)
         except StartupError as err:
             log.error("start-up failed: %s", err)
             raise
         for warning in self.config.registration_warnings():
             log.warning("%s", warning)
-        for combination in self.config.combinations:
-            missing = [c for c in combination.split(COMBINE) if c not in served]
-            if missing:
-                err = StartupError(f"--combinations {combination}: {', '.join(missing)} is not served here")
-                log.error("start-up failed: %s", err)
-                raise err
+        try:
+            preflight.check_combinations(self.config, served)
+        except StartupError as err:
+            log.error("start-up failed: %s", err)
+            raise
         for name, entry in served.items():
             capability = CAPABILITY_CLASSES[name](entry.options)
             session = CapabilitySession(

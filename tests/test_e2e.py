@@ -162,9 +162,33 @@ def test_start_up_stops_with_the_file_named_when_an_artefact_is_corrupt(tiny_bui
     data[-10] ^= 0xFF
     target.write_bytes(data)
     proc, _ = start_node(engines, tmp_path / "log")
-    assert proc.wait(30) == 1
+    assert proc.wait(30) == 2  # the artefacts are wrong: a restart cannot cure that
     text = (tmp_path / "log").read_text()
-    assert "segmentation-64x64.onnx: SHA-256" in text and "start-up failed" in text
+    assert "cannot start: " in text and "segmentation-64x64.onnx: SHA-256" in text
+    assert "serving" not in text and "Traceback" not in text and len(text.strip().splitlines()) == 1
+
+
+def test_start_up_failures_come_first_in_one_line_with_an_exit_code_that_says_whether_to_restart(tiny_build, tmp_path):
+    import socket
+
+    missing, _ = start_node(tmp_path / "nowhere", tmp_path / "missing.log")
+    assert missing.wait(30) == 2
+    text = (tmp_path / "missing.log").read_text()
+    assert "engines directory not found" in text and "Traceback" not in text and len(text.splitlines()) == 1
+    no_trt, _ = start_node(tiny_build[0], tmp_path / "trt.log", VISION_NODE_BACKEND="tensorrt")
+    assert no_trt.wait(30) == 2  # a restart cannot install a package
+    text = (tmp_path / "trt.log").read_text()
+    assert "pip install -e '.[trt]'" in text and "restarts it" not in text and "Traceback" not in text
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        busy, _ = start_node(tiny_build[0], tmp_path / "port.log", VISION_NODE_PORT=port)
+        assert busy.wait(30) == 1  # the previous process may still hold the port: a restart may cure it
+    text = (tmp_path / "port.log").read_text()
+    assert f"cannot listen on 127.0.0.1:{port}" in text and "Address already in use" in text
+    assert "node: ready" not in text and "serving" not in text and time.monotonic() - started < 10  # nothing loaded
 
 
 def test_a_graph_onnx_runtime_cannot_load_stops_the_process(tiny_build, tmp_path):
@@ -216,6 +240,8 @@ def test_readme_curl_examples_work_against_the_node(node_url, tmp_path):
         )  # fmt: skip
         assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
     assert Image.open(tmp_path / "depth.png").size == (640, 480)
+    depth16 = np.asarray(Image.open(tmp_path / "depth16.png"))
+    assert depth16.dtype == np.uint16 and ((depth16 == 0) | (depth16 == 65535)).mean() < 0.01  # a range that fits
     assert Image.open(tmp_path / "seg.png").mode == "P"
     assert "people" in json.loads((tmp_path / "pose.json").read_text())
     assert (tmp_path / "depth.f32").stat().st_size == 640 * 480 * 4

@@ -66,6 +66,7 @@ def _model_list() -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="build_engines.py",
+        allow_abbrev=False,  # --weight is not --weights: a flag is spelled out or refused
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export depth, segmentation and pose models to ONNX graphs with pre- and "
         "post-processing inside (uint8 frames in, finished maps out), verify every "

@@ -7,6 +7,7 @@ and returns the manifest entry. A graph that fails verification is deleted, neve
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -39,12 +40,27 @@ class BuildPlan:
     fp16: bool = True  # also an fp16 graph per resolution, for strongly typed TensorRT builds
 
 
+PROGRESS_EVERY_S = 10.0
+
+
 @contextmanager
 def step(what: str):
-    """Log a step's start and its duration, so long builds are never silent."""
+    """Log a step's start, a line every 10 s while it runs, and its duration: a long build is never silent."""
     log.info("%s ...", what)
     start = time.perf_counter()
-    yield
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(PROGRESS_EVERY_S):
+            log.info("%s: still running (%.0f s)", what, time.perf_counter() - start)
+
+    ticker = threading.Thread(target=tick, name="build-progress", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
     log.info("%s: done in %.1f s", what, time.perf_counter() - start)
 
 

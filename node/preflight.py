@@ -1,0 +1,71 @@
+"""What ``serve`` checks before it says anything is served: fail first, fast, and in one line.
+
+In order: the manifest and every artefact's SHA-256, the combinations, the backend (its package,
+and for TensorRT the GPU and an engine for this machine for every graph), then the listening
+socket. Nothing loads a model before all of these pass, and a failure is one line that names the
+cause and the fix.
+
+Exit codes (node/cli.py): 2 when the configuration or the artefacts are wrong, which a restart
+cannot cure; 1 for what can pass (the port still held by the previous process, a failure at run
+time).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from . import engines
+from .config import Config
+from .contract import COMBINE
+from .errors import StartupError
+
+
+def check(config: Config, default_backends: bool = True) -> dict[str, engines.ServedCapability]:
+    """The served capabilities, checked; StartupError with a one-line reason otherwise."""
+    served = engines.load(config.engines, config.capabilities)
+    check_combinations(config, served)
+    if default_backends:
+        _check_backend(config, served)
+    return served
+
+
+def check_combinations(config: Config, served) -> None:
+    for combination in config.combinations:
+        missing = [c for c in combination.split(COMBINE) if c not in served]
+        if missing:
+            raise StartupError(f"--combinations {combination}: {', '.join(missing)} is not served here")
+
+
+def _check_backend(config: Config, served: dict[str, engines.ServedCapability]) -> None:
+    if config.backend == "onnxruntime":
+        try:
+            import onnxruntime as ort  # noqa: PLC0415
+        except ImportError as err:
+            raise StartupError(
+                f"ONNX Runtime is not installed ({err}): pip install -e '.[cpu]' (or '.[gpu]' on an NVIDIA GPU)"
+            ) from None
+        from .runtime.onnxruntime import _providers  # noqa: PLC0415
+
+        _providers(ort, config.device)  # device cuda without onnxruntime-gpu: a StartupError that says so
+        return
+    from .runtime.flavours import flavour  # noqa: PLC0415
+    from .runtime.tensorrt import TensorRTBackend, gpu_runtime  # noqa: PLC0415
+
+    rt = gpu_runtime(flavour(config.backend), config.engines)  # the package, pycuda and a GPU
+    for capability in served.values():
+        for graph in capability.graphs:
+            TensorRTBackend.for_graph(graph, capability.bounds, rt)  # an engine for this machine, as listed
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now (uvicorn takes it), so a taken port fails before anything loads."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {err.strerror} (another process holds it? --port)") from None
+    sock.set_inheritable(True)
+    return sock
