@@ -127,7 +127,8 @@ def run_http(args) -> int:
             url = f"http://127.0.0.1:{node.port}"
         try:
             levels = []
-            for c in args.concurrency:
+            concurrency = args.concurrency if args.concurrency is not None else ([] if args.rate else [1, 2, 4, 8, 16])
+            for c in concurrency:
                 progress(f"closed loop, {c} clients, {args.duration} s: POST {path}")
                 levels.append(load.closed_loop(url, path, body, content_type, c, args.duration))
             for rate in args.rate:
@@ -201,7 +202,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--batches", type=_list(int), default=[1], metavar="N,...", help="batch sizes (default: 1)")
     e.add_argument("--warmup", type=int, default=3, help="untimed runs first (default: 3)")
     e.add_argument("--iterations", type=int, help="exactly this many timed runs (default: until stable)")
-    e.add_argument("--max-seconds", type=float, default=30.0, help="give up on stability after this (default: 30)")
+    e.add_argument("--max-seconds", type=float, default=8.0,
+                   help="time budget per row: give up on stability after this (default: 8)")  # fmt: skip
     e.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip transformers eager")
     e.add_argument(
         "--backends",
@@ -220,7 +222,8 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--output", help="output format path segment, e.g. raw (default: the capability's default)")
     h.add_argument("--input", default="raw", choices=("raw", "jpeg", "png"), help="frame encoding (default: raw)")
     h.add_argument("--size", type=_hw, default=(512, 512), metavar="HxW", help="frame size (default: 512x512)")
-    h.add_argument("--concurrency", type=_list(int), default=[1, 2, 4, 8, 16], metavar="N,...")
+    h.add_argument("--concurrency", type=_list(int), metavar="N,...",
+                   help="closed-loop client counts (default: 1,2,4,8,16, unless --rate is given)")  # fmt: skip
     h.add_argument("--rate", type=_list(float), default=[], metavar="R,...", help="open-loop rates, requests/s")
     h.add_argument("--duration", type=float, default=10.0, help="seconds per level (default: 10)")
     h.add_argument("--queue-size", type=int, default=16, help="queue size of a node started here (default: 16)")

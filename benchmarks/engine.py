@@ -46,7 +46,14 @@ def graph_rows(
                         if stages:
                             row[f"{stage} p50 ms"] = float(np.median([s[stage] for s in stages]))
                     rows.append({**row, "graph": graph.path.name, "resolution": graph.resolution})
+                    progress(_partial(row))
     return rows
+
+
+def _partial(row: dict) -> str:
+    """One measured row as soon as it exists: a long run shows its results as it goes."""
+    stable = {"yes": "stable", "no": "not stable: the budget ran out"}.get(row["stable"], row["stable"])
+    return f"  p50 {row['p50 ms']:.2f} ms, p99 {row['p99 ms']:.2f} ms over {row['n']} runs ({stable})"
 
 
 def _open(backend_name: str, graph, bounds, batch: int):
@@ -85,6 +92,7 @@ def baseline_rows(engines, capability: str, sizes, batches, progress, **measurin
             rows.append(
                 _row(capability, f"transformers eager (torch {torch.__version__}, CPU)", batch, h, w, timed, stable)
             )
+            progress(_partial(rows[-1]))
     return rows
 
 

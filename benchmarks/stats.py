@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 PERCENTILES = (50, 90, 95, 99)
+MIN_SAMPLES = 3  # even past the time budget: fewer make no distribution
 
 
 def summarise(seconds) -> dict[str, float]:
@@ -50,16 +51,22 @@ def measure(
         own = run()
         return own if own is not None else time.perf_counter() - start
 
-    for _ in range(warmup):
-        once()
+    started = time.perf_counter()
+    warm = [once() for _ in range(warmup)]
     if iterations is not None:
         return [once() for _ in range(iterations)], None
-    samples, medians, deadline = [], [], time.perf_counter() + max_seconds
+    deadline = started + max_seconds
+    # A window is ``window`` calls, or fewer for slow calls, so that three windows fit in half the budget.
+    per_call = max(float(np.median(warm)) if warm else once(), 1e-6)
+    window = int(min(window, max(3, max_seconds / 6 / per_call)))
+    samples, medians = [], []
     while True:
-        batch = [once() for _ in range(window)]
+        batch = []
+        while len(batch) < window and not (len(samples) + len(batch) >= MIN_SAMPLES and time.perf_counter() > deadline):
+            batch.append(once())
         samples += batch
         medians.append(float(np.median(batch)))
-        if is_stable(medians, tolerance=tolerance):
+        if len(batch) == window and is_stable(medians, tolerance=tolerance):
             return samples, True
         if time.perf_counter() > deadline:
             return samples, False

@@ -207,3 +207,24 @@ def test_flicker_undoes_the_pans_shift_and_counts_only_change():
     assert flicker(panned, shift=0) == [5.0, 5.0, 5.0]
     brighter = [scene[:, :20], scene[:, :20] + 2]
     assert flicker(brighter, shift=0) == [2.0]
+
+
+def test_measure_fits_slow_calls_into_its_budget_with_a_few_samples_at_least():
+    import time
+
+    from benchmarks.stats import measure
+
+    started = time.perf_counter()
+    samples, stable = measure(lambda: time.sleep(0.2), warmup=1, max_seconds=1.0)
+    took = time.perf_counter() - started
+    assert len(samples) >= 3 and took < 2.0 and stable in (True, False)  # not 3 windows of 20 calls: 12 s
+
+
+def test_http_with_rates_runs_only_the_rates_asked_for(tiny_build, tmp_path):
+    out = tmp_path / "http.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "http", "--engines", str(tiny_build[0]), "--rate",
+                           "5", "--duration", "1", "--size", "96x96", "--json", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [level["rate_rps"] for level in json.loads(out.read_text())["levels"]] == [5.0]
+    assert "closed loop" not in done.stderr  # no concurrency sweep nobody asked for
