@@ -296,9 +296,21 @@ def parser() -> argparse.ArgumentParser:
     cb.add_argument("--warmup", type=int, default=2, help="untimed frames first (default: 2)")
     cb.add_argument("--frames", type=int, default=4, help="distinct frames cycled through (default: 4)")
     cb.set_defaults(run=combined.run)
+    pl = commands.add_parser("plot", help="draw committed reports again from their Markdown (a PNG beside each)")
+    pl.add_argument("reports", type=Path, nargs="+", metavar="REPORT.md")
+    pl.set_defaults(run=run_plot)
     for command in commands.choices.values():
         command.allow_abbrev = False  # a flag is spelled out or refused, never guessed
     return p
+
+
+def run_plot(args) -> int:
+    from . import plots  # noqa: PLC0415
+
+    for markdown in args.reports:
+        png = plots.replot(markdown)
+        print(f"{markdown}: " + (f"wrote {png}" if png else "nothing to plot in its table"))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

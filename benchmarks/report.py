@@ -9,6 +9,7 @@ import shlex
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 
 from . import machine
 
@@ -56,9 +57,11 @@ def table(rows: list[dict]) -> str:
     )
 
 
-def markdown(title: str, rows: list[dict], prov: dict, notes: list[str]) -> str:
+def markdown(title: str, rows: list[dict], prov: dict, notes: list[str], image: str | None = None) -> str:
     columns = list(rows[0])
     lines = [f"# {title}", "", f"Command: `{prov['command']}`", ""]
+    if image:
+        lines += [f"![{title}]({image})", ""]
     lines += ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in rows]
     lines += [""] + [f"- {n}" for n in notes] + [""]
@@ -76,6 +79,21 @@ def write(report: dict, text_title: str, rows: list[dict], notes: list[str], jso
             json.dump(report, f, indent=2)
         print(f"\nwrote {json_path}")
     if markdown_path:
+        image = _plot(rows, Path(markdown_path).with_suffix(".png"), text_title)
         with open(markdown_path, "w") as f:
-            f.write(markdown(text_title, rows, report["provenance"], notes))
+            f.write(markdown(text_title, rows, report["provenance"], notes, image))
         print(f"wrote {markdown_path}")
+
+
+def _plot(rows: list[dict], png: Path, title: str) -> str | None:
+    """The PNG beside the Markdown (its name, for the link), or None when there is nothing to draw."""
+    from . import plots  # noqa: PLC0415
+
+    try:
+        drawn = plots.plot(rows, png, title)
+    except ImportError as err:
+        print(f"no plot ({err}): pip install -e '.[bench]'")
+        return None
+    if drawn:
+        print(f"wrote {png}")
+    return png.name if drawn else None

@@ -192,7 +192,9 @@ def test_flicker_and_combined_report_their_figures(tiny_build, tmp_path):
     assert all(r["flicker mean"] >= 0 and r["render ms p50"] > 0 for r in rows.values())
     assert rows[("still", "fixed")]["range flicker"] == 0 < rows[("still", "per-frame")]["range flicker"]
     assert len(result["series"]["still/per-frame"]) == 3 and (tmp_path / "flicker.png").stat().st_size > 10_000
-    result = bench("combined", "--requests", "3", "--warmup", "1", "--size", "96x128")
+    result = bench("combined", "--requests", "3", "--warmup", "1", "--size", "96x128", "--markdown",
+                   str(tmp_path / "combined.md"))  # fmt: skip
+    assert (tmp_path / "combined.png").is_file() and "![" in (tmp_path / "combined.md").read_text()
     rows = {r["scenario"]: r for r in result["rows"]}
     one = rows["one request (/infer/depth+pose+segmentation)"]
     assert one["frames"] == 3 and one["KiB moved per frame"] < rows["three in series"]["KiB moved per frame"]
@@ -228,3 +230,23 @@ def test_http_with_rates_runs_only_the_rates_asked_for(tiny_build, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert [level["rate_rps"] for level in json.loads(out.read_text())["levels"]] == [5.0]
     assert "closed loop" not in done.stderr  # no concurrency sweep nobody asked for
+
+
+def test_every_kind_of_report_table_gets_its_plot(tmp_path):
+    from benchmarks import plots
+
+    latency = [{"capability": "depth", "scenario": "raw", "p50 ms": 3.0, "p99 ms": 6.0},
+               {"capability": "pose", "scenario": "raw", "p50 ms": 30.0, "p99 ms": 90.0}]  # fmt: skip
+    sweep = [{"max batch": b, "load": load, "ok /s": 10.0 * i, "accepted p50 ms": 5.0 * i, "accepted p99 ms": 9.0 * i}
+             for b in (1, 4) for i, load in enumerate(("0.5x", "1x", "2x"), 1)]  # fmt: skip
+    memory = [{"requests": n, "seconds": n / 100, "node RSS MiB": 100 + n / 1000} for n in (0, 500, 1000)]
+    for name, rows in (("latency", latency), ("sweep", sweep), ("memory", memory)):
+        png = tmp_path / f"{name}.png"
+        assert plots.plot(rows, png, name) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert not plots.plot([{"clip": "still", "flicker mean": 2.0}], tmp_path / "none.png", "none")
+    report = tmp_path / "r.md"
+    report.write_text("# A report\n\nCommand: `x`\n\n| capability | p50 ms | p99 ms |\n| --- | --- | --- |\n"
+                      "| depth | 1.0 | 2.0 |\n")  # fmt: skip
+    assert plots.replot(report) == tmp_path / "r.png"
+    plots.replot(report)  # twice: one link
+    assert report.read_text().count("![A report](r.png)") == 1
