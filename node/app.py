@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import __version__, codecs, engines, openapi
+from . import __version__, codecs, engines, openapi, ui
 from .capabilities import CAPABILITY_CLASSES
 from .config import Config
 from .contract import COMBINE, common_bounds
@@ -255,6 +255,7 @@ async def capabilities(request: Request) -> Response:
                 "status": node.status,
                 "backend": config.backend,
                 "shared_scratch_bytes": node.shared_scratch_bytes,
+                "token_required": bool(config.token),  # /infer needs Authorization: Bearer <token>
             },
             "limits": {
                 "max_body_bytes": config.max_body_bytes,
@@ -304,7 +305,7 @@ async def _unexpected(request: Request, err: Exception) -> JSONResponse:
 class _CountResponses:
     """ASGI middleware: count responses by route and status (route labels are bounded: no raw paths)."""
 
-    KNOWN = ("/health", "/ready", "/capabilities", "/metrics", "/openapi.json")
+    KNOWN = ("/health", "/ready", "/capabilities", "/metrics", "/openapi.json", "/", "/docs")
 
     def __init__(self, app, node: Node):
         self.app, self.node = app, node
@@ -342,6 +343,7 @@ def create_app(config: Config, open_backend: Callable | None = None, served: dic
             Route("/capabilities", capabilities, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi_document, methods=["GET"]),
+            *ui.routes(),
         ],
         lifespan=node.lifespan,
         exception_handlers={NodeError: _node_error, HTTPException: _http_error, Exception: _unexpected},

@@ -163,6 +163,12 @@ def document(node) -> dict:
     paths["/capabilities"] = get("models, licences, graphs, backend, bounds, options and limits", json_object)
     paths["/metrics"] = get("Prometheus metrics", {"text/plain": {"schema": {"type": "string"}}})
     paths["/openapi.json"] = get("this document", json_object)
+    html = {"text/html": {"schema": {"type": "string"}}}
+    paths["/"] = get("the operator's page: what is served, readiness, live latency, a frame to try", html)
+    paths["/docs"] = get("this document, rendered (Swagger UI, served by the node)", html)
+    for path in ("/ui/app.js", "/ui/style.css", "/ui/docs.js", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js"):
+        media = "text/css" if path.endswith(".css") else "text/javascript"
+        paths[path] = get("an asset of the page", {media: {"schema": {"type": "string"}}})
     doc = {
         "openapi": "3.0.3",
         "info": {
