@@ -106,6 +106,13 @@ def run_engine(args) -> int:
     return 0
 
 
+def _level_line(level: dict) -> str:
+    """A load level's result as soon as it is measured."""
+    client = level.get("client", {})
+    return (f"  {level['throughput_rps']:.1f} ok/s, p50 {client.get('p50', float('nan')):.1f} ms, "
+            f"p99 {client.get('p99', float('nan')):.1f} ms, statuses {dict(level['statuses'])}")  # fmt: skip
+
+
 def run_http(args) -> int:
     frame = samples.frame(*args.size)
     body, content_type, _ = bodies(frame)["raw in, raw out" if args.input == "raw" else "JPEG in, PNG out"]
@@ -131,9 +138,11 @@ def run_http(args) -> int:
             for c in concurrency:
                 progress(f"closed loop, {c} clients, {args.duration} s: POST {path}")
                 levels.append(load.closed_loop(url, path, body, content_type, c, args.duration))
+                progress(_level_line(levels[-1]))
             for rate in args.rate:
                 progress(f"open loop, {rate} requests/s, {args.duration} s: POST {path}")
                 levels.append(load.open_loop(url, path, body, content_type, rate, args.duration))
+                progress(_level_line(levels[-1]))
         finally:
             if node is not None:
                 node.stop()
@@ -249,8 +258,8 @@ def parser() -> argparse.ArgumentParser:
     ov.add_argument("--size", type=_hw, default=(256, 256), metavar="HxW", help="frame size (default: 256x256)")
     ov.add_argument("--multiples", type=_list(float), default=[0.5, 1, 2, 4], metavar="M,...",
                     help="load as multiples of the measured capacity (default: 0.5,1,2,4)")  # fmt: skip
-    ov.add_argument("--duration", type=float, default=20.0, help="seconds per level (default: 20)")
-    ov.add_argument("--capacity-seconds", type=float, default=10.0, help="capacity measurement (default: 10 s)")
+    ov.add_argument("--duration", type=float, default=10.0, help="seconds per level (default: 10)")
+    ov.add_argument("--capacity-seconds", type=float, default=8.0, help="capacity measurement (default: 8 s)")
     ov.add_argument("--queue-size", type=int, default=4, help="the node's queue size (default: 4, as serve)")
     ov.add_argument("--max-batch", type=_list(int), default=[1], metavar="N,...",
                     help="one node per value, side by side (1,4: micro-batching off and on; default: 1)")  # fmt: skip
@@ -259,14 +268,15 @@ def parser() -> argparse.ArgumentParser:
     sc = commands.add_parser("slow-clients", help="normal latency without and beside trickling sockets")
     common(sc)
     sc.add_argument("--sockets", type=int, default=200, help="slow sockets kept open (default: 200)")
-    sc.add_argument("--duration", type=float, default=20.0, help="seconds per phase (default: 20)")
+    sc.add_argument("--duration", type=float, default=15.0, help="seconds per phase (default: 15)")
     sc.add_argument("--size", type=_hw, default=(128, 128), metavar="HxW", help="normal frames (default: 128x128)")
     sc.add_argument("--receive-timeout", type=float, default=10.0, help="the node's receive deadline (default: 10 s)")
     sc.set_defaults(run=slowclients.run)
 
     so = commands.add_parser("soak", help="mixed good and malformed requests: statuses and memory growth")
     common(so)
-    so.add_argument("--requests", type=int, default=100_000, help="requests in all (default: 100000)")
+    so.add_argument("--requests", type=int, default=6000,
+                    help="requests in all (default: 6000, about a minute; the README's soak ran 100000)")  # fmt: skip
     so.add_argument("--clients", type=int, default=4, help="concurrent clients (default: 4)")
     so.add_argument("--bad-share", type=float, default=0.5, help="share of malformed requests (default: 0.5)")
     so.add_argument("--samples", type=int, default=20, help="memory samples over the run (default: 20)")
@@ -292,7 +302,7 @@ def parser() -> argparse.ArgumentParser:
     common(cb)
     cb.add_argument("--capabilities", type=_list(str), default=["depth", "pose", "segmentation"])
     cb.add_argument("--size", type=_hw, default=(360, 640), metavar="HxW", help="frame size (default: 360x640)")
-    cb.add_argument("--requests", type=int, default=30, help="timed frames per scenario (default: 30)")
+    cb.add_argument("--requests", type=int, default=10, help="timed frames per scenario (default: 10)")
     cb.add_argument("--warmup", type=int, default=2, help="untimed frames first (default: 2)")
     cb.add_argument("--frames", type=int, default=4, help="distinct frames cycled through (default: 4)")
     cb.set_defaults(run=combined.run)

@@ -98,6 +98,9 @@ def _node_levels(args, max_batch: int, reference: float | None, tmp: str) -> dic
                 "other": sum(n for s, n in statuses.items() if s not in (200, 503)),
                 "node RSS MiB": rss_mib(node.port),
             })  # fmt: skip
+            last = rows[-1]
+            progress(f"  ok {last['ok /s']:.1f}/s, accepted p50 {last['accepted p50 ms']:.1f} ms p99 "
+                     f"{last['accepted p99 ms']:.1f} ms, 503: {last['503']}, other: {last['other']}")  # fmt: skip
             rows[-1]["statuses"] = {str(k): v for k, v in statuses.items()}
     finally:
         node.stop()

@@ -177,3 +177,26 @@ def test_the_fp16_ladder_keeps_the_first_rung_that_verifies_or_ships_fp32_alone(
     assert "fp16" not in graph and [m.split(":")[0] for m in graph["fp16_missed"]] == ["fp16", "fp16-norms32"]
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["segmentation-64x64.onnx"]  # the fp32 graph ships
     assert "no fp16 graph passed verification" in caplog.text
+
+
+def test_a_long_build_step_says_it_is_still_running(monkeypatch, caplog):
+    import logging
+    import time
+
+    from node.builder import pipeline
+
+    monkeypatch.setattr(pipeline, "PROGRESS_EVERY_S", 0.1)
+    caplog.set_level(logging.INFO, logger="build")
+    with pipeline.step("verifying a slow graph"):
+        time.sleep(0.35)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "verifying a slow graph ..." and lines[-1].startswith("verifying a slow graph: done in")
+    assert sum("still running" in line for line in lines) >= 2
+
+
+def test_flags_are_spelled_out_never_guessed():
+    from node.builder.cli import parser
+
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--weight", "demo"])  # not --weights
+    assert parser().parse_args(["--weights", "demo"]).weights == "demo"
