@@ -163,12 +163,12 @@ def test_a_persistent_session_carries_many_frames_and_counts_once(tiny_build, tm
 def test_a_forgotten_runner_registers_again_within_two_heartbeats(single_shot):
     double, _, _, log, _ = single_shot
     # Swept, or the orchestrator restarted: the heartbeat secret is refused (401); same id again.
-    old = by_app(double)["vision/pose"]
+    before = by_app(double)
     double.restart()
     forgotten = time.monotonic()
-    wait_for(lambda: "vision/pose" in by_app(double), timeout=10, what="re-registration after a restart")
+    wait_for(lambda: len(by_app(double)) == len(before), timeout=10, what="every runner registered again")
     after_restart = time.monotonic() - forgotten
-    assert by_app(double)["vision/pose"] == old  # the id was free again: kept
+    assert by_app(double) == before  # the ids were free again: kept
     # TTL passed, not yet swept: 404, and the old id is taken until the sweep: a new one.
     old = by_app(double)["vision/segmentation"]
     double.sweeping = False
@@ -177,7 +177,7 @@ def test_a_forgotten_runner_registers_again_within_two_heartbeats(single_shot):
     wait_for(lambda: by_app(double).get("vision/segmentation") not in (None, old), timeout=10, what="a new id")
     after_expiry = time.monotonic() - forgotten
     double.sweeping = True
-    print(f"\nback {after_restart * 1000:.0f} ms after a restart, {after_expiry * 1000:.0f} ms after a TTL expiry "
+    print(f"\nall back {after_restart * 1000:.0f} ms after a restart, {after_expiry * 1000:.0f} ms after a TTL expiry "
           f"(heartbeat every {double.interval} s)")  # fmt: skip
     assert after_restart < 2 * double.interval and after_expiry < 2 * double.interval
     text = log.read_text()
