@@ -200,8 +200,8 @@ def _fp16_graph(capability: str, stem: str, resolution, make, loaded, plan: Buil
         entry, checks = export_verified(capability, f"{stem}.fp16", rung, resolution, make, loaded, plan)
         if entry is not None:
             return entry, checks
-        failed = [c for c in checks if not c.ok]
-        misses.append(f"{rung}: " + "; ".join(f"{c.frames} {c.metric} {c.value:.4g} > {c.limit:g}" for c in failed[:3]))
+        failed = [f"{c.frames} {c.metric} {c.value:.4g} (limit {c.limit:g})" for c in checks if not c.ok]
+        misses.append(f"{rung}: " + "; ".join(failed[:3]))
         log.warning("%s: the %s graph missed verification; trying the next rung", stem, rung)
     log.warning("%s: no fp16 graph passed verification; TensorRT engines will be built from the fp32 graph", stem)
     return None, misses
