@@ -27,6 +27,11 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def graph_files(graph: dict) -> list[dict]:
+    """A manifest graph entry's ONNX files: the fp32 graph (the entry itself) and its fp16 twin, if any."""
+    return [graph, graph["fp16"]] if graph.get("fp16") else [graph]
+
+
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "pillow"):

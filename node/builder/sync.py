@@ -28,7 +28,7 @@ def sync(source: Path, target: Path) -> list[str]:
     copied = []
     for entry in image["capabilities"].values():
         for graph in entry["graphs"]:
-            files = [graph] + ([graph["fp16"]] if graph.get("fp16") else [])  # the fp32 graph and its fp16 twin
+            files = manifest.graph_files(graph)
             for file in files:
                 path = target / file["path"]
                 if not path.exists() or manifest.sha256(path) != file["sha256"]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from .. import manifest
 from ..contract import ShapeBounds
 from ..runtime import engine_cache
-from ..runtime.cuda import SharedScratch, gpu_identity, load_pycuda
+from ..runtime.cuda import SharedScratch, gpu_identity, gpu_tag, load_pycuda
 from ..runtime.flavours import TENSORRT, TENSORRT_RTX, Flavour
 from ..runtime.onnxruntime import OnnxRuntimeBackend
 from ..runtime.tensorrt import TensorRTBackend, load_tensorrt
@@ -144,10 +144,8 @@ def compile_check(
     rows, failures = [], []
     for capability, _, bounds, graph in _graphs(directory, capabilities):
         shapes = engine_cache.profile_shapes(bounds, max_batch)
-        paths = [(graph.get("precision", "fp32"), directory / graph["path"])]
-        if graph.get("fp16"):
-            paths.append((graph["fp16"]["precision"], directory / graph["fp16"]["path"]))
-        for rung, path in paths:
+        for file in manifest.graph_files(graph):
+            rung, path = file.get("precision", "fp32"), directory / file["path"]
             started = time.perf_counter()
             try:
                 plan = build_plan(trt, flavour, path, shapes, {"workspace_gib": workspace_gib})
@@ -236,7 +234,7 @@ class _Builder:
 
     def same_slot(self, entry: dict, version: str) -> bool:
         """Whether ``entry`` is the engine this builder (re)places: same runtime, version and machine or targets."""
-        if entry.get("runtime", TENSORRT.backend) != self.flavour.backend or entry.get("tensorrt") != version:
+        if engine_cache.runtime_of(entry) != self.flavour.backend or entry.get("tensorrt") != version:
             return False
         if self.flavour is TENSORRT_RTX:
             return entry.get("options", {}).get("targets") == self.base["targets"]
@@ -263,7 +261,7 @@ class _Builder:
     def timing_cache(self) -> Path | None:
         if not self.flavour.timing_cache:
             return None
-        return self.directory / f"timing-{self.gpu['name']}.cache".replace(" ", "-")
+        return self.directory / f"timing-{gpu_tag(self.gpu['name'], self.gpu['compute_capability'])}.cache"
 
     def _record(self, facts: dict, plan: Path, took: float, gate_checks) -> dict:
         _write_sidecar(plan, {**facts, "build_seconds": round(took, 1)})

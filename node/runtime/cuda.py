@@ -5,6 +5,7 @@ pycuda is imported lazily (the ``trt`` extra); tests pass a fake module named as
 
 from __future__ import annotations
 
+import re
 import threading
 from contextlib import contextmanager
 
@@ -30,6 +31,11 @@ def gpu_identity(cuda) -> dict:
     device = cuda.Device(0)
     major, minor = device.compute_capability()
     return {"name": device.name(), "compute_capability": f"{major}.{minor}", "memory_bytes": device.total_memory()}
+
+
+def gpu_tag(name: str, compute_capability: str) -> str:
+    """The GPU in a file name: ``NVIDIA-H100-80GB-HBM3.sm90`` (engines and caches belong to one GPU model)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + ".sm" + compute_capability.replace(".", "")
 
 
 def checked(what: str, call, *args, returns: bool = False):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 from ..contract import FRAME_INPUT, ShapeBounds
+from .cuda import gpu_tag
 from .flavours import TENSORRT, TENSORRT_RTX, Flavour
 
 
@@ -43,11 +43,10 @@ def key(facts: dict) -> str:
 def engine_path(directory: Path, graph_stem: str, facts: dict) -> Path:
     """e.g. ``depth-518x518.fp16.NVIDIA-H100-80GB-HBM3.sm90.trt10.13.0.1a2b3c4d5e6f.plan`` (TensorRT) or
     ``depth-518x518.fp16.rtx1.7.1.116.1a2b3c4d5e6f.plan`` (TensorRT for RTX, any RTX card of its targets)."""
-    if _runtime(facts) == TENSORRT_RTX.backend:
+    if runtime_of(facts) == TENSORRT_RTX.backend:
         return Path(directory) / f"{graph_stem}.{TENSORRT_RTX.tag}{facts['tensorrt']}.{key(facts)[:12]}.plan"
-    gpu = re.sub(r"[^A-Za-z0-9]+", "-", facts["gpu"]).strip("-")
-    cc = facts["compute_capability"].replace(".", "")
-    return Path(directory) / f"{graph_stem}.{gpu}.sm{cc}.{TENSORRT.tag}{facts['tensorrt']}.{key(facts)[:12]}.plan"
+    gpu = gpu_tag(facts["gpu"], facts["compute_capability"])
+    return Path(directory) / f"{graph_stem}.{gpu}.{TENSORRT.tag}{facts['tensorrt']}.{key(facts)[:12]}.plan"
 
 
 def sidecar(path: Path) -> Path:
@@ -65,12 +64,13 @@ def decide(found: dict | None, want: dict) -> tuple[str, str]:
     return "build", f"foreign engine ({why})"
 
 
-def _runtime(entry: dict) -> str:
+def runtime_of(entry: dict) -> str:
+    """The runtime an engine record is for."""
     return entry.get("runtime", TENSORRT.backend)  # engines recorded before TensorRT for RTX existed here
 
 
 def _describe(entry: dict) -> str:
-    if _runtime(entry) == TENSORRT_RTX.backend:
+    if runtime_of(entry) == TENSORRT_RTX.backend:
         targets = entry.get("options", {}).get("targets") or ["default"]
         return f"TensorRT for RTX {entry.get('tensorrt')} (targets {', '.join(targets)})"
     return f"{entry.get('gpu')} sm{entry.get('compute_capability')} TensorRT {entry.get('tensorrt')}"
@@ -87,7 +87,7 @@ def pick(
     verdict when it is opened (``Runtime.get_engine_validity``).
     """
     hashes = [graph_hashes] if isinstance(graph_hashes, str) else list(graph_hashes)
-    mine = [e for e in entries if _runtime(e) == flavour.backend and e.get("onnx_sha256") in hashes]
+    mine = [e for e in entries if runtime_of(e) == flavour.backend and e.get("onnx_sha256") in hashes]
     mine.sort(key=lambda e: hashes.index(e["onnx_sha256"]))
     if flavour is TENSORRT:
         here = {"gpu": gpu["name"], "compute_capability": gpu["compute_capability"], "tensorrt": version}

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import StartupError
+from .cuda import gpu_tag
 
 log = logging.getLogger("node")
 
@@ -101,9 +101,8 @@ class RuntimeCache:
     """
 
     def __init__(self, directory: Path, gpu: dict, version: str):
-        gpu_name = re.sub(r"[^A-Za-z0-9]+", "-", gpu["name"]).strip("-")
-        cc = gpu["compute_capability"].replace(".", "")
-        self.path = Path(directory) / f"runtime-cache.{gpu_name}.sm{cc}.rtx{version}.bin"
+        tag = gpu_tag(gpu["name"], gpu["compute_capability"])
+        self.path = Path(directory) / f"runtime-cache.{tag}.{TENSORRT_RTX.tag}{version}.bin"
         self.cache = None
 
     def attach(self, config) -> None:
