@@ -330,10 +330,10 @@ class _CountResponses:
         await self.app(scope, receive, counting_send)
 
 
-def create_app(config: Config, open_backend: Callable | None = None, served: dict | None = None) -> Starlette:
+def create_app(config: Config, open_backend: Callable | None = None, served: dict | None = None, gpu=None) -> Starlette:
     """The node as an ASGI app. ``open_backend(served) -> (graph -> backend)`` replaces ONNX Runtime in tests;
-    ``served``: the capabilities ``preflight`` already checked (else the lifespan reads the manifest)."""
-    node = Node(config, open_backend, served)
+    ``served`` and ``gpu``: what ``preflight`` already checked and opened (else the lifespan does it)."""
+    node = Node(config, open_backend, served, gpu)
     app = Starlette(
         routes=[
             Route("/infer/{capability}", infer, methods=["POST"]),

@@ -148,7 +148,7 @@ def serve(config: Config, open_backend=None) -> int:
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
-        served = preflight.check(config, default_backends=open_backend is None)
+        served, gpu = preflight.check(config, default_backends=open_backend is None)
     except StartupError as err:
         log.error("cannot start: %s", err)
         return EXIT_CONFIG
@@ -158,7 +158,7 @@ def serve(config: Config, open_backend=None) -> int:
         log.error("cannot start: %s", err)
         return EXIT_RESTART
     log.info("vision node: serving %s on http://%s:%d", config.engines, config.host, config.port)
-    app = create_app(config, open_backend, served=served)
+    app = create_app(config, open_backend, served=served, gpu=gpu)
     node = app.state.node
     server = DrainingServer(
         uvicorn.Config(

@@ -20,13 +20,13 @@ from .contract import COMBINE
 from .errors import StartupError
 
 
-def check(config: Config, default_backends: bool = True) -> dict[str, engines.ServedCapability]:
-    """The served capabilities, checked; StartupError with a one-line reason otherwise."""
+def check(config: Config, default_backends: bool = True):
+    """(the served capabilities, the GPU runtime for a TensorRT backend or None), checked; StartupError with a
+    one-line reason otherwise. The node goes on with both, so nothing checked here is done twice."""
     served = engines.load(config.engines, config.capabilities)
     check_combinations(config, served)
-    if default_backends:
-        _check_backend(config, served)
-    return served
+    gpu = _check_backend(config, served) if default_backends else None
+    return served, gpu
 
 
 def check_combinations(config: Config, served) -> None:
@@ -36,7 +36,7 @@ def check_combinations(config: Config, served) -> None:
             raise StartupError(f"--combinations {combination}: {', '.join(missing)} is not served here")
 
 
-def _check_backend(config: Config, served: dict[str, engines.ServedCapability]) -> None:
+def _check_backend(config: Config, served: dict[str, engines.ServedCapability]):
     if config.backend == "onnxruntime":
         try:
             import onnxruntime as ort  # noqa: PLC0415
@@ -47,14 +47,15 @@ def _check_backend(config: Config, served: dict[str, engines.ServedCapability]) 
         from .runtime.onnxruntime import _providers  # noqa: PLC0415
 
         _providers(ort, config.device)  # device cuda without onnxruntime-gpu: a StartupError that says so
-        return
+        return None
     from .runtime.flavours import flavour  # noqa: PLC0415
     from .runtime.tensorrt import TensorRTBackend, gpu_runtime  # noqa: PLC0415
 
     rt = gpu_runtime(flavour(config.backend), config.engines)  # the package, pycuda and a GPU
     for capability in served.values():
         for graph in capability.graphs:
-            TensorRTBackend.for_graph(graph, capability.bounds, rt)  # an engine for this machine, as listed
+            TensorRTBackend.engine_for(graph, rt)  # an engine for this machine is listed and on disk
+    return rt
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -33,12 +33,18 @@ log = logging.getLogger("node")
 class Node:
     """The node's state at run time: served capabilities, their sessions, health."""
 
-    def __init__(self, config: Config, open_backend: Callable | None = None, served: dict | None = None):
+    def __init__(
+        self,
+        config: Config,
+        open_backend: Callable | None = None,
+        served: dict | None = None,
+        gpu: GpuRuntime | None = None,
+    ):
         self.config = config
         self.served = served  # checked by preflight already, or None: the lifespan reads the manifest
         self.metrics = Metrics()
         self.open_backend = open_backend or (self._onnxruntime if config.backend == "onnxruntime" else self._tensorrt)
-        self._gpu: GpuRuntime | None = None  # TensorRT: module, pycuda, GPU, shared scratch; made on first use
+        self._gpu = gpu  # TensorRT: module, pycuda, GPU, shared scratch; from preflight, else made on first use
         self._gpu_lock = threading.Lock()
         self.sessions: dict[str, CapabilitySession] = {}
         self.error: str | None = None

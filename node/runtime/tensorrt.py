@@ -84,9 +84,9 @@ class TensorRTBackend:
         self.stages_ms: dict[str, float] = {}  # copy in / compute / copy out of the last frame (CUDA events)
         self._cache_saved = False
 
-    @classmethod
-    def for_graph(cls, graph, bounds: ShapeBounds, rt: GpuRuntime) -> TensorRTBackend:
-        """The backend for ``graph``'s engine built for this GPU and runtime, checked against the manifest."""
+    @staticmethod
+    def engine_for(graph, rt: GpuRuntime) -> tuple[dict, Path]:
+        """The manifest's engine for ``graph`` on this GPU and runtime, and its plan file (not yet hashed)."""
         entry, why = engine_cache.pick(list(graph.tensorrt), graph.onnx_hashes, rt.gpu, rt.trt.__version__, rt.flavour)
         if entry is None:
             rtx = " --tensorrt-rtx" if rt.flavour is TENSORRT_RTX else ""
@@ -96,8 +96,16 @@ class TensorRTBackend:
                 f"python build_engines.py --tensorrt-only{rtx} --out {graph.path.parent}"
             )
         plan = graph.path.parent / entry["plan"]
-        if not plan.is_file() or manifest.sha256(plan) != entry["sha256"]:
-            raise StartupError(f"{plan}: missing, or not the engine the manifest lists (SHA-256); rebuild it")
+        if not plan.is_file():
+            raise StartupError(f"{plan}: missing (listed in the manifest); rebuild it")
+        return entry, plan
+
+    @classmethod
+    def for_graph(cls, graph, bounds: ShapeBounds, rt: GpuRuntime) -> TensorRTBackend:
+        """The backend for ``graph``'s engine built for this GPU and runtime, checked against the manifest."""
+        entry, plan = cls.engine_for(graph, rt)
+        if manifest.sha256(plan) != entry["sha256"]:
+            raise StartupError(f"{plan}: not the engine the manifest lists (SHA-256): corrupt or replaced; rebuild it")
         backend = cls(plan, bounds, rt.scratch, rt.trt, rt.cuda, entry["options"]["max_batch"], rt.flavour,
                       rt.runtime_cache)  # fmt: skip
         backend.precision = entry["options"].get("precision", "fp32")
