@@ -21,9 +21,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import __version__, codecs, engines, openapi, ui
-from .capabilities import CAPABILITY_CLASSES
 from .config import Config
-from .contract import COMBINE, common_bounds
+from .contract import COMBINE, common_bounds, names_capabilities
 from .errors import Forbidden, InputError, NodeError, NotReady, PayloadTooLarge, RequestTimeout
 from .service import Node, backend_memory
 
@@ -316,9 +315,8 @@ class _CountResponses:
         path = scope["path"]
         if path.startswith("/infer/"):
             name = path.split("/")[2]
-            parts = name.split(COMBINE)
-            known = all(p in CAPABILITY_CLASSES for p in parts) and len(set(parts)) == len(parts)
-            route = f"/infer/{name}" if known else "/infer/other"  # bounded: capabilities and their orders
+            # bounded: capabilities and their orders
+            route = f"/infer/{name}" if names_capabilities(name) else "/infer/other"
         else:
             route = path if path in self.KNOWN else "other"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from .contract import CAPABILITIES, COMBINE
+from .contract import CAPABILITIES, COMBINE, names_capabilities
 from .errors import StartupError
 
 ENV_PREFIX = "VISION_NODE_"
@@ -153,17 +153,11 @@ class Config:
             problems.append(f"runner_metadata: {len(self.runner_metadata.encode())} bytes, go-livepeer takes 1024")
         if self.gpu_vram_mb < 0:
             problems.append(f"gpu_vram_mb: must be >= 0, got {self.gpu_vram_mb}")
-        bad_apps = [a for a in self.runner_apps if a.partition("=")[0] not in CAPABILITIES or not a.partition("=")[2]]
-        if bad_apps:
-            problems.append(f"runner_apps: expected CAP=APP with CAP one of {', '.join(CAPABILITIES)}: {bad_apps}")
-        bad_names = [
-            n for n in self.capability_names if n.partition("=")[0] not in CAPABILITIES or not n.partition("=")[2]
-        ]
-        if bad_names:
-            problems.append(
-                f"capability_names: expected CAP=NAME with CAP one of {', '.join(CAPABILITIES)}: {bad_names}"
-            )
-        bad_combinations = [c for c in self.combinations if not _is_combination(c)]
+        for name, value in (("runner_apps", "APP"), ("capability_names", "NAME")):
+            bad_pairs = [p for p in getattr(self, name) if p.partition("=")[0] not in CAPABILITIES or "=" not in p[:-1]]
+            if bad_pairs:
+                problems.append(f"{name}: expected CAP={value} with CAP one of {', '.join(CAPABILITIES)}: {bad_pairs}")
+        bad_combinations = [c for c in self.combinations if COMBINE not in c or not names_capabilities(c)]
         if bad_combinations:
             problems.append(f"combinations: expected two or more of {', '.join(CAPABILITIES)} joined by +: "
                             f"{bad_combinations}")  # fmt: skip
@@ -218,10 +212,10 @@ class Config:
         return warnings
 
     def registered_name(self, capability: str) -> str:
-        return dict(n.split("=", 1) for n in self.capability_names).get(capability, capability)
+        return _pairs(self.capability_names).get(capability, capability)
 
     def runner_app(self, capability: str) -> str:
-        return dict(a.split("=", 1) for a in self.runner_apps).get(capability, f"vision/{capability}")
+        return _pairs(self.runner_apps).get(capability, f"vision/{capability}")
 
     @property
     def registers_byoc(self) -> bool:
@@ -232,9 +226,9 @@ class Config:
         return bool(self.orchestrator_url) and self.register_as in ("live-runner", "both")
 
 
-def _is_combination(name: str) -> bool:
-    parts = name.split(COMBINE)
-    return len(parts) > 1 and len(set(parts)) == len(parts) and all(p in CAPABILITIES for p in parts)
+def _pairs(values: tuple[str, ...]) -> dict[str, str]:
+    """``("depth=vision-depth", ...)`` as a dict (validated in ``__post_init__``)."""
+    return dict(v.split("=", 1) for v in values)
 
 
 def _convert(raw, default):

@@ -22,6 +22,12 @@ OUTPUTS = {
 COMBINE = "+"
 
 
+def names_capabilities(name: str) -> bool:
+    """Whether ``name`` is one capability or a combination of distinct ones (``depth+pose``)."""
+    parts = name.split(COMBINE)
+    return len(set(parts)) == len(parts) and all(p in CAPABILITIES for p in parts)
+
+
 @dataclass(frozen=True)
 class ShapeBounds:
     """Frame sizes and batch sizes every graph (and TensorRT profile) accepts."""

@@ -158,6 +158,12 @@ def test_config_reads_environment_and_flags_win():
         ({"VISION_NODE_CAPABILITIES": "depth,flow"}, ["capabilities", "flow"]),
         ({"VISION_NODE_DEVICE": "tpu"}, ["device", "tpu"]),
         ({"VISION_NODE_ACCESS_LOG": "maybe"}, ["VISION_NODE_ACCESS_LOG"]),
+        ({"VISION_NODE_RUNNER_APPS": "flow=acme/flow"}, ["runner_apps", "CAP=APP", "flow=acme/flow"]),
+        ({"VISION_NODE_CAPABILITY_NAMES": "depth="}, ["capability_names", "CAP=NAME", "depth="]),
+        ({"VISION_NODE_CAPABILITY_NAMES": "depth"}, ["capability_names", "CAP=NAME", "'depth'"]),
+        ({"VISION_NODE_COMBINATIONS": "depth"}, ["combinations", "'depth'"]),
+        ({"VISION_NODE_COMBINATIONS": "depth+depth"}, ["combinations", "depth+depth"]),
+        ({"VISION_NODE_COMBINATIONS": "depth+flow"}, ["combinations", "depth+flow"]),
     ],
 )
 def test_bad_configuration_names_the_key(env, words):
@@ -165,6 +171,13 @@ def test_bad_configuration_names_the_key(env, words):
         Config.load(env)
     for word in words:
         assert word in str(err.value)
+
+
+def test_capability_pairs_map_names_and_apps_with_defaults():
+    config = Config.load({"VISION_NODE_CAPABILITY_NAMES": "depth=vision-depth",
+                          "VISION_NODE_RUNNER_APPS": "pose=acme/pose=v2"})  # fmt: skip
+    assert config.registered_name("depth") == "vision-depth" and config.registered_name("pose") == "pose"
+    assert config.runner_app("pose") == "acme/pose=v2" and config.runner_app("depth") == "vision/depth"
 
 
 # ---------------------------------------------------------------- engines
