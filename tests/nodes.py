@@ -96,6 +96,17 @@ def parts(response) -> list[tuple[str, str, dict, bytes]]:
     ]  # fmt: skip
 
 
+def metric(client, name: str, **labels) -> float:
+    """One sample of the node's /metrics, read by prometheus_client's parser (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
 def image(response) -> Image.Image:
     return Image.open(io.BytesIO(response.content))
 

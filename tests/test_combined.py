@@ -17,6 +17,7 @@ from tests.nodes import (
     frame,
     image,
     metadata,
+    metric,
     node_client,
     parts,
     post,
@@ -93,10 +94,18 @@ def test_a_frame_outside_any_capabilitys_bounds_and_a_bad_body_are_refused_once(
 
 
 def test_counted_and_timed_per_capability(client):
-    post(client, "/infer/depth+segmentation", frame())
-    text = client.get("/metrics").text
-    assert 'vision_node_responses_total{route="/infer/depth+segmentation",status="200"}' in text
-    assert 'vision_node_stage_seconds_count{capability="depth",stage="infer"}' in text
+    counters = {
+        "combination": ("vision_node_responses_total", {"route": "/infer/depth+segmentation", "status": "200"}),
+        "other": ("vision_node_responses_total", {"route": "/infer/other", "status": "400"}),
+        **{name: ("vision_node_stage_seconds_count", {"capability": name, "stage": "infer"})
+           for name in ("depth", "segmentation", "pose")},
+    }  # fmt: skip
+    before = {key: metric(client, name, **labels) for key, (name, labels) in counters.items()}
+    assert post(client, "/infer/depth+segmentation", frame()).status_code == 200
+    assert raw_post(client, "/infer/depth+depth", frame()).status_code == 400  # route label stays bounded
+    after = {key: metric(client, name, **labels) for key, (name, labels) in counters.items()}
+    assert {key: after[key] - before[key] for key in counters} == {
+        "combination": 1, "other": 1, "depth": 1, "segmentation": 1, "pose": 0}
 
 
 def gate_one(name: str, gate: threading.Event, fail: bool = False):
