@@ -125,14 +125,11 @@ async def infer(request: Request) -> Response:
     for session in sessions:  # all or none: no await between these checks and the submissions
         session.check_room()
     jobs = [session.submit(frame, options[session.name], deadline) for session in sessions]
-    results = await asyncio.gather(*(s.result(job) for s, job in zip(sessions, jobs)), return_exceptions=True)
-    failed = next((r for r in results if isinstance(r, BaseException)), None)
-    if failed is not None:
-        raise failed
-    parts = await asyncio.gather(*(
+    results = await _each([s.result(job) for s, job in zip(sessions, jobs)])
+    parts = await _each([
         _part(node, session, outcome, options[session.name], frame, arrived, decoded - started_decode)
         for session, outcome in zip(sessions, results)
-    ))  # fmt: skip
+    ])  # fmt: skip
     if livepeer_session:
         for session in sessions:
             node.metrics.live_runner_frames.labels(session.name).inc()
@@ -150,6 +147,18 @@ async def infer(request: Request) -> Response:
     }
     body, media_type = codecs.multipart([(name, encoded, meta) for name, (encoded, meta) in zip(names, parts)])
     return Response(body, media_type=media_type, headers={"X-Metadata": json.dumps(summary)})
+
+
+async def _each(awaitables: list) -> list:
+    """Their results, awaited together; the first failure (in the order named) is raised once all are done.
+    One is awaited directly: the single-capability path makes no tasks."""
+    if len(awaitables) == 1:
+        return [await awaitables[0]]
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+        raise failed
+    return results
 
 
 def _options_per_capability(sessions, given: dict[str, str]) -> dict[str, dict]:
