@@ -21,6 +21,9 @@ from .errors import StartupError
 
 log = logging.getLogger("node")
 
+EXIT_CONFIG = 2  # the configuration or the artefacts are wrong: a restart cannot cure it
+EXIT_RESTART = 1  # a failure at run time (or a port still held): a supervisor's restart may
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -95,7 +98,7 @@ def print_live_runners(config: Config) -> int:
     if not config.node_url:
         print("python -m node live-runners: --node-url is required (where the orchestrator reaches this node)",
               file=sys.stderr)  # fmt: skip
-        return 2
+        return EXIT_CONFIG
     capabilities = list(config.capabilities)
     if not capabilities:
         try:
@@ -103,7 +106,7 @@ def print_live_runners(config: Config) -> int:
         except (OSError, ValueError) as err:
             print(f"python -m node live-runners: no --capabilities and no manifest to read them from ({err})",
                   file=sys.stderr)  # fmt: skip
-            return 2
+            return EXIT_CONFIG
         capabilities = [c for c in CAPABILITIES if c in listed]
     print(json.dumps(static_runners(config, [*capabilities, *config.combinations]), indent=2))
     return 0
@@ -122,17 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         config = Config.load(os.environ, **overrides)
     except StartupError as err:
         print(f"python -m node {args.command}: {err}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if args.command == "live-runners":
         return print_live_runners(config)
     return serve(config)
 
 
 FATAL_EXIT_S = 4.0  # a broken device can block a clean exit; the supervisor wants us gone within 5 s
-
-
-EXIT_CONFIG = 2  # the configuration or the artefacts are wrong: a restart cannot cure it
-EXIT_RESTART = 1  # a failure at run time (or a port still held): a supervisor's restart may
 
 
 def serve(config: Config, open_backend=None) -> int:
@@ -189,8 +188,8 @@ def serve(config: Config, open_backend=None) -> int:
         log.error("stopped: %s", node.error or "the node did not start (see the error above)")
         if node.error and node.warm:  # a worker thread may be stuck in the device: do not wait to join it
             logging.shutdown()
-            os._exit(1)
-        return 1
+            os._exit(EXIT_RESTART)
+        return EXIT_RESTART
     log.info("stopped after draining")
     return 0
 
@@ -199,4 +198,4 @@ def _exit_soon() -> None:
     time.sleep(FATAL_EXIT_S)
     log.error("still running %.0f s after a fatal fault: exiting now", FATAL_EXIT_S)
     logging.shutdown()
-    os._exit(1)
+    os._exit(EXIT_RESTART)
