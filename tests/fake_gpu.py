@@ -252,3 +252,25 @@ def engines_with_fake_plans(source, target, runtime: str = "tensorrt") -> None:
             shutil.copy(Path(target) / built_from["path"], plan)  # the fake engine runs the ONNX graph
             graph["tensorrt"] = [{**facts, "plan": plan.name, "sha256": manifest.sha256(plan)}]
     (Path(target) / "manifest.json").write_text(json.dumps(data))
+
+
+def patch_in_fake_gpu(monkeypatch) -> tuple[FakeTensorRT, list]:
+    """FAKE TensorRT (any flavour) and pycuda where the node loads them: (the fake, the flavours loaded)."""
+    from node.runtime import tensorrt as trt_backend  # noqa: PLC0415
+
+    trt, loaded = FakeTensorRT(FakeCuda()), []
+    monkeypatch.setattr(trt_backend, "load_tensorrt", lambda flavour=None: loaded.append(flavour) or trt)
+    monkeypatch.setattr(trt_backend, "load_pycuda", lambda: (trt.cuda, trt.cuda.Device(0).retain_primary_context()))
+    return trt, loaded
+
+
+def fp16_reference(engines, capability: str):
+    """ONNX Runtime on ``capability``'s fp16 graph: what the FAKE engine built from it computes."""
+    from node import manifest  # noqa: PLC0415
+    from node.engines import load  # noqa: PLC0415
+    from node.runtime.onnxruntime import OnnxRuntimeBackend  # noqa: PLC0415
+
+    served = load(engines, (capability,))[capability]
+    graph = served.graphs[0]
+    fp16 = manifest.load(engines)["capabilities"][capability]["graphs"][0]["fp16"]
+    return OnnxRuntimeBackend(graph.path.parent / fp16["path"], graph.outputs, served.bounds).__enter__()

@@ -50,6 +50,15 @@ def wait_ready(client, timeout: float = 60.0) -> None:
     raise AssertionError(f"not ready after {timeout} s: {client.get('/health').json()}")
 
 
+def wait_loaded(client, timeout: float = 30.0) -> dict:
+    """/health once loading has ended, ready or not."""
+    deadline = time.monotonic() + timeout
+    while (health := client.get("/health").json())["status"] == "LOADING":
+        assert time.monotonic() < deadline, f"still loading after {timeout} s"
+        time.sleep(0.02)
+    return health
+
+
 @contextmanager
 def node_client(engines, open_backend=None, wait: bool = True, **settings):
     """The real app with its lifespan running (``with TestClient``), ready unless ``wait`` is False."""

@@ -8,7 +8,6 @@ prove is TensorRT itself: that is ``python -m node selftest`` on a GPU.
 from __future__ import annotations
 
 import json
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,8 +21,8 @@ from node.runtime import tensorrt as trt_backend
 from node.runtime.cuda import SharedScratch
 from node.runtime.onnxruntime import OnnxRuntimeBackend
 from node.samples import frames
-from tests.fake_gpu import FakeCuda, FakeTensorRT
-from tests.nodes import frame, metadata, node_client, raw_type
+from tests.fake_gpu import FakeCuda, FakeTensorRT, engines_with_fake_plans, fp16_reference, patch_in_fake_gpu
+from tests.nodes import frame, metadata, node_client, raw_type, wait_loaded, wait_ready
 
 
 @pytest.fixture
@@ -214,27 +213,13 @@ def test_engines_are_built_from_the_fp16_graph_then_the_fp32_one(tmp_path):
 @pytest.fixture
 def fake_gpu_node(tiny_build, tmp_path, monkeypatch):
     """The real server and self-test code paths with FAKE TensorRT/pycuda patched in where they are loaded."""
-    from tests.fake_gpu import engines_with_fake_plans
-
-    cuda = FakeCuda()
-    trt = FakeTensorRT(cuda)
-    monkeypatch.setattr(trt_backend, "load_tensorrt", lambda flavour=None: trt)
-    monkeypatch.setattr(trt_backend, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
+    trt, loaded = patch_in_fake_gpu(monkeypatch)
     engines_with_fake_plans(tiny_build[0], tmp_path / "engines")
-    return tmp_path / "engines", cuda
-
-
-def fp16_graph(engines, capability):
-    """ONNX Runtime on the fp16 graph: what the FAKE engine built from it computes."""
-    served = load(engines, (capability,))[capability]
-    graph = served.graphs[0]
-    path = graph.path.parent / json.loads((engines / "manifest.json").read_text())["capabilities"][capability][
-        "graphs"][0]["fp16"]["path"]  # fmt: skip
-    return OnnxRuntimeBackend(path, graph.outputs, served.bounds).__enter__()
+    return tmp_path / "engines", trt.cuda, loaded
 
 
 def test_server_serves_through_the_tensorrt_backend_path(fake_gpu_node):
-    engines, cuda = fake_gpu_node
+    engines, cuda, _ = fake_gpu_node
     with node_client(engines, backend="tensorrt") as client:
         described = client.get("/capabilities").json()
         caps = described["capabilities"]
@@ -249,7 +234,7 @@ def test_server_serves_through_the_tensorrt_backend_path(fake_gpu_node):
         f = frame(120, 160)
         r = client.post("/infer/segmentation/raw", content=f.tobytes(), headers={"content-type": raw_type(f)})
         assert r.status_code == 200, r.text
-        want = fp16_graph(engines, "segmentation").infer({FRAME_INPUT: f[None]})["classes"][0]
+        want = fp16_reference(engines, "segmentation").infer({FRAME_INPUT: f[None]})["classes"][0]
         np.testing.assert_array_equal(np.frombuffer(r.content, np.uint8).reshape(want.shape), want)
         assert metadata(r)["precision"] == "fp16" and metadata(r)["backend"] == "tensorrt"
         scratch_allocations = [c for c in cuda.calls if c[0] == "set_device_memory"]
@@ -257,27 +242,44 @@ def test_server_serves_through_the_tensorrt_backend_path(fake_gpu_node):
 
 
 def test_server_refuses_engines_built_for_another_machine(fake_gpu_node):
-    engines, _ = fake_gpu_node
+    engines, _, _ = fake_gpu_node
     data = json.loads((engines / "manifest.json").read_text())
     for graph in data["capabilities"]["depth"]["graphs"]:
         for entry in graph["tensorrt"]:
             entry["gpu"] = "NVIDIA L40S"
     (engines / "manifest.json").write_text(json.dumps(data))
     with node_client(engines, wait=False, backend="tensorrt") as client:
-        deadline = time.monotonic() + 30
-        while client.get("/health").json()["status"] == "LOADING":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        assert client.get("/health").json() == {"status": "ERROR"}
+        assert wait_loaded(client) == {"status": "ERROR"}
         assert client.get("/ready").status_code == 503
         detail = client.get("/ready").json()["detail"]
         assert "NVIDIA L40S" in detail and "FAKE GPU" in detail and "--tensorrt-only" in detail
 
 
+def test_preflight_opens_the_gpu_once_for_the_node_and_names_a_missing_engine(fake_gpu_node):
+    from starlette.testclient import TestClient
+
+    from node import preflight
+    from node.app import create_app
+    from node.config import Config
+
+    engines, _, loaded = fake_gpu_node
+    config = Config(engines=engines, backend="tensorrt")
+    served, gpu = preflight.check(config)
+    assert sorted(served) == ["depth", "pose", "segmentation"] and gpu.gpu["name"] == "FAKE GPU"
+    with TestClient(create_app(config, served=served, gpu=gpu)) as client:
+        wait_ready(client)
+    assert len(loaded) == 1  # the node went on with preflight's runtime: TensorRT and the GPU opened once
+    plan = engines / json.loads((engines / "manifest.json").read_text())["capabilities"]["pose"]["graphs"][0][
+        "tensorrt"][0]["plan"]  # fmt: skip
+    plan.unlink()
+    with pytest.raises(StartupError, match=rf"{plan.name}: missing \(listed in the manifest\); rebuild it"):
+        preflight.check(config)
+
+
 def test_selftest_agrees_on_fake_engines_and_reports_time_and_vram(fake_gpu_node, capsys):
     from node import selftest
 
-    engines, _ = fake_gpu_node
+    engines, _, _ = fake_gpu_node
     assert selftest.run(engines, ["depth", "segmentation"], iterations=3) == 0
     out = capsys.readouterr().out
     assert "GPU: FAKE GPU (sm9.0), tensorrt 0.0-fake" in out
@@ -360,62 +362,3 @@ def test_a_scratch_growth_that_runs_out_of_memory_changes_nothing():
         scratch.bind(context, 1 << 40)
     assert faults.classify(failed.value) == faults.TRANSIENT
     assert scratch.size == 1 << 20 and scratch.allocation is held
-
-
-# ---------------------------------------------------------------- TensorRT for RTX through the same backend (FAKE)
-
-
-@pytest.fixture
-def fake_rtx_node(tiny_build, tmp_path, monkeypatch):
-    """The server's tensorrt-rtx path with FAKE TensorRT for RTX and pycuda (its runtime config and cache)."""
-    from tests.fake_gpu import engines_with_fake_plans
-
-    cuda = FakeCuda()
-    trt = FakeTensorRT(cuda)
-    loaded = []
-    monkeypatch.setattr(trt_backend, "load_tensorrt", lambda flavour=None: loaded.append(flavour.module) or trt)
-    monkeypatch.setattr(trt_backend, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
-    engines_with_fake_plans(tiny_build[0], tmp_path / "engines", runtime="tensorrt-rtx")
-    return tmp_path / "engines", trt, loaded
-
-
-def test_rtx_backend_serves_with_a_runtime_cache_kept_in_the_engines_directory(fake_rtx_node):
-    engines, trt, loaded = fake_rtx_node
-    with node_client(engines, backend="tensorrt-rtx") as client:
-        caps = client.get("/capabilities").json()["capabilities"]
-        assert caps["depth"]["backend"]["name"] == "tensorrt-rtx" and loaded[0] == "tensorrt_rtx"
-        f = frame(120, 160)
-        r = client.post("/infer/segmentation/raw", content=f.tobytes(), headers={"content-type": raw_type(f)})
-        assert r.status_code == 200, r.text
-        want = fp16_graph(engines, "segmentation").infer({FRAME_INPUT: f[None]})["classes"][0]
-        np.testing.assert_array_equal(np.frombuffer(r.content, np.uint8).reshape(want.shape), want)
-    contexts = [c for c in trt.cuda.calls if c[0] == "create_execution_context"]
-    assert len(contexts) == 3 and all(c[1] == "user_managed" for c in contexts)  # our scratch, via a runtime config
-    assert len({id(c[2]) for c in contexts}) == 1  # one runtime cache for every engine
-    cache = engines / "runtime-cache.FAKE-GPU.sm90.rtx0.0-fake.bin"
-    assert cache.read_bytes() == b"fake-runtime-cache used by 3"  # written after warm-up and at shutdown
-    assert trt.runtime_cache_blobs == []  # nothing to load on the first start
-    with node_client(engines, backend="tensorrt-rtx"):
-        pass
-    assert trt.runtime_cache_blobs == [b"fake-runtime-cache used by 3"]  # the second start loads it
-
-
-def test_rtx_backend_refuses_an_engine_the_runtime_says_cannot_run_here(fake_rtx_node):
-    engines, trt, _ = fake_rtx_node
-    trt.validity = ("INVALID", 2)  # UNSUPPORTED_CC: e.g. an H100 (sm90), which TensorRT for RTX does not list
-    with node_client(engines, wait=False, backend="tensorrt-rtx") as client:
-        deadline = time.monotonic() + 30
-        while client.get("/health").json()["status"] == "LOADING":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        detail = client.get("/ready").json()["detail"]
-        assert "says this engine cannot run on this GPU: UNSUPPORTED_CC" in detail
-
-
-def test_selftest_runs_rtx_engines_too(fake_rtx_node, capsys):
-    from node import selftest
-
-    engines, _, _ = fake_rtx_node
-    assert selftest.run(engines, ["depth"], iterations=2, backend="tensorrt-rtx") == 0
-    out = capsys.readouterr().out
-    assert "GPU: FAKE GPU (sm9.0), tensorrt_rtx 0.0-fake" in out and ".fp16.rtx" in out and "OK:" in out
