@@ -306,6 +306,7 @@ def test_the_node_refuses_to_print_runners_without_a_url(tiny_build):
 
 def test_go_durations_and_runner_fields():
     assert [go_duration(t, 5.0) for t in ("5s", "1m30s", "250ms", "", None, "soon", 2)] == [5, 90, 0.25, 5, 5, 5, 2]
+    assert go_duration("20s", 0) == 20.0
     config = Config(node_url="http://n:8000/", orchestrator_url="http://o", orchestrator_secret="s",
                     runner_apps=("pose=acme/pose",), gpu_name="RTX 4090", gpu_vram_mb=24564)  # fmt: skip
     entry = runner_entry(config, "pose", gpu={"name": "ignored", "vram_mb": 1})
@@ -321,4 +322,3 @@ def test_capacity_is_derived_and_a_larger_one_is_warned_about():
     warnings = Config(orchestrator_url="http://o", orchestrator_secret="s", node_url="http://n", capacity=9,
                       queue_size=4).registration_warnings()  # fmt: skip
     assert len(warnings) == 1 and "capacity 9 is more than a capability accepts before answering 503 (5" in warnings[0]
-    assert go_duration("20s", 0) == 20.0
