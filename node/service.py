@@ -138,18 +138,16 @@ class Node:
 
     @asynccontextmanager
     async def lifespan(self, app):
-        try:
-            served = self.served or await asyncio.to_thread(engines.load, self.config.engines, self.config.capabilities)
-        except StartupError as err:
-            log.error("start-up failed: %s", err)
-            raise
+        served = self.served
+        if served is None:  # not checked by preflight (tests, the stream processor): check here
+            try:
+                served = await asyncio.to_thread(engines.load, self.config.engines, self.config.capabilities)
+                preflight.check_combinations(self.config, served)
+            except StartupError as err:
+                log.error("start-up failed: %s", err)
+                raise
         for warning in self.config.registration_warnings():
             log.warning("%s", warning)
-        try:
-            preflight.check_combinations(self.config, served)
-        except StartupError as err:
-            log.error("start-up failed: %s", err)
-            raise
         for name, entry in served.items():
             capability = CAPABILITY_CLASSES[name](entry.options)
             session = CapabilitySession(

@@ -7,8 +7,10 @@ import time
 
 import numpy as np
 import pytest
+from starlette.testclient import TestClient
 
 from node.capabilities.depth import range_to_use
+from node.errors import StartupError
 from node.runtime.onnxruntime import OnnxRuntimeBackend
 from tests.nodes import (
     GatedBackend,
@@ -91,6 +93,18 @@ def test_a_frame_outside_any_capabilitys_bounds_and_a_bad_body_are_refused_once(
     assert_error(raw_post(client, "/infer/depth+pose", frame(32, 32)), 422, "unprocessable_frame")
     bad = client.post("/infer/depth+pose", content=b"not a jpeg", headers={"content-type": "image/jpeg"})
     assert_error(bad, 400, "bad_request", "not a JPEG")
+
+
+def test_a_combination_of_a_capability_not_served_stops_the_start(tiny_build):
+    from node import preflight
+    from node.app import create_app
+    from node.config import Config
+
+    config = Config(engines=tiny_build[0], capabilities=("depth",), combinations=("depth+pose",))
+    with pytest.raises(StartupError, match="--combinations depth\\+pose: pose is not served here"):
+        preflight.check(config)  # python -m node serve
+    with pytest.raises(StartupError, match="pose is not served here"), TestClient(create_app(config)):
+        pass  # the app alone (the stream processor): its lifespan checks
 
 
 def test_counted_and_timed_per_capability(client):
