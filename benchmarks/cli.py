@@ -29,6 +29,7 @@ from . import (
     nodeproc,
     overhead,
     overload,
+    parity,
     probes,
     report,
     slowclients,
@@ -306,6 +307,12 @@ def parser() -> argparse.ArgumentParser:
     cb.add_argument("--warmup", type=int, default=2, help="untimed frames first (default: 2)")
     cb.add_argument("--frames", type=int, default=4, help="distinct frames cycled through (default: 4)")
     cb.set_defaults(run=combined.run)
+    pa = commands.add_parser("parity", help="photographs over HTTP beside transformers (same demo weights)")
+    common(pa)
+    pa.add_argument("--capabilities", type=_list(str), default=["depth", "segmentation", "pose"])
+    pa.add_argument("--photographs", type=_list(str), default=list(parity.PHOTOGRAPHS), metavar="NAME,...",
+                    help="scikit-image photographs (default: all six)")  # fmt: skip
+    pa.set_defaults(run=parity.run)
     pl = commands.add_parser("plot", help="draw committed reports again from their Markdown (a PNG beside each)")
     pl.add_argument("reports", type=Path, nargs="+", metavar="REPORT.md")
     pl.set_defaults(run=run_plot)

@@ -45,7 +45,7 @@ def graph_rows(
                     for stage in ("copy_in", "compute", "copy_out"):
                         if stages:
                             row[f"{stage} p50 ms"] = float(np.median([s[stage] for s in stages]))
-                    rows.append({**row, "graph": graph.path.name, "resolution": graph.resolution})
+                    rows.append({**row, "graph": graph.path.name, "resolution": graph.model_size(h, w)})
                     progress(_partial(row))
     return rows
 
@@ -73,20 +73,20 @@ def baseline_rows(engines, capability: str, sizes, batches, progress, **measurin
     max_persons = served.options.get("max_persons", 8)
     rows = []
     for h, w in sizes:
-        resolution = served.graph_for(h, w).resolution
+        sizing = served.graph_for(h, w).sizing
         for batch in batches:
             frames = samples.frames(h, w, batch)
             progress(f"{capability} {batch}x{h}x{w}: transformers eager (PyTorch {torch.__version__})")
 
-            def run(frames=frames, resolution=resolution):
+            def run(frames=frames, sizing=sizing):
                 if capability == "pose":
                     det, pose = models["detector"], models["pose"]
-                    people = reference.person_boxes(det.model, det.processor, frames, max_persons, resolution)
+                    people = reference.person_boxes(det.model, det.processor, frames, max_persons, sizing)
                     boxes = [p["boxes"] for p in people]
                     reference.keypoints(pose.model, pose.processor, frames, _stack(boxes, max_persons))
                 else:
                     fn = reference.depth if capability == "depth" else reference.segmentation
-                    fn(models[capability].model, models[capability].processor, frames, resolution)
+                    fn(models[capability].model, models[capability].processor, frames, sizing)
 
             timed, stable = measure(run, **measuring)
             rows.append(

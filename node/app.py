@@ -201,6 +201,7 @@ async def _part(node: Node, session, outcome, options: dict, frame, arrived: flo
     }
     node.metrics.observe(session.name, timings)
     backend = session.backends[outcome.graph]
+    frame_hw = (int(frame.shape[0]), int(frame.shape[1]))
     meta = {
         "capability": session.name,
         "model": "+".join(m["name"] for m in session.served.models),
@@ -209,9 +210,10 @@ async def _part(node: Node, session, outcome, options: dict, frame, arrived: flo
         "backend": backend.name,
         "device": backend.device,
         "precision": getattr(backend, "precision", None),
-        "graph_resolution": list(outcome.graph.resolution),
+        "graph_resolution": list(outcome.graph.model_size(*frame_hw)),  # what the model ran at
+        "resolution_mode": outcome.graph.sizing.mode,
         "batch": outcome.batch,
-        "frame": [int(frame.shape[0]), int(frame.shape[1])],
+        "frame": list(frame_hw),
         "output": options["output"],
         **outcome.rendered.meta,
         **encoded.meta,

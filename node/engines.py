@@ -14,16 +14,17 @@ from pathlib import Path
 from . import manifest
 from .contract import CAPABILITIES, OUTPUTS, ShapeBounds
 from .errors import StartupError
+from .sizing import Sizing
 
 log = logging.getLogger("node")
 
 
 @dataclass(frozen=True, eq=False)  # identity hash: a graph keys its backend
 class Graph:
-    """One exported graph: a fixed model resolution, any frame size within the bounds."""
+    """One exported graph: any frame size within the bounds, at the model resolution its sizing picks."""
 
     path: Path
-    resolution: tuple[int, int]  # (height, width) the model runs at inside the graph
+    sizing: Sizing  # fixed, or the processor's keep-aspect rule, computed inside the graph
     sha256: str
     outputs: tuple[dict, ...]  # name, dtype, shape (ints or dimension names) from the manifest
     tensorrt: tuple[dict, ...] = ()  # engines built from this graph, one per GPU / TensorRT version
@@ -34,9 +35,9 @@ class Graph:
         """The graph's ONNX files an engine may have been built from, the fp16 one first."""
         return tuple(h for h in (self.fp16_sha256, self.sha256) if h)
 
-    @property
-    def aspect(self) -> float:
-        return self.resolution[0] / self.resolution[1]
+    def model_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) the model runs at for a ``height``×``width`` frame."""
+        return self.sizing.model_size(height, width)
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,13 @@ class ServedCapability:
     verification: dict
 
     def graph_for(self, height: int, width: int) -> Graph:
-        """The graph whose resolution is nearest the frame's aspect ratio (compared on a log scale)."""
-        aspect = height / width
-        return min(self.graphs, key=lambda g: abs(math.log(aspect / g.aspect)))
+        """The graph whose model resolution for this frame is nearest its aspect ratio (on a log scale)."""
+
+        def distortion(graph: Graph) -> float:
+            h, w = graph.model_size(height, width)
+            return abs(math.log((height / width) / (h / w)))
+
+        return min(self.graphs, key=distortion)
 
     @property
     def weights(self) -> str:
@@ -75,11 +80,17 @@ def load(directory: Path, wanted: tuple[str, ...] = ()) -> dict[str, ServedCapab
     except (ValueError, OSError) as err:  # JSONDecodeError is a ValueError
         raise StartupError(f"{path}: unreadable: {err}") from None
     listed = {c: e for c, e in data.get("capabilities", {}).items() if c in CAPABILITIES}
+    failed = data.get("failed", {})
     missing = [c for c in wanted if c not in listed]
     if missing:
-        raise StartupError(f"{path}: has no {', '.join(missing)} (it lists: {', '.join(listed) or 'nothing'})")
+        why = "".join(f"; {c} failed to build: {failed[c]}" for c in missing if c in failed)
+        raise StartupError(f"{path}: has no {', '.join(missing)} (it lists: {', '.join(listed) or 'nothing'}){why}")
     if not listed:
-        raise StartupError(f"{path}: lists no capability")
+        why = "".join(f"; {c} failed to build: {w}" for c, w in failed.items())
+        raise StartupError(f"{path}: lists no capability{why}")
+    for capability, why in failed.items():
+        if not wanted:
+            log.warning("%s: not served: its build failed: %s", capability, why)
     return {name: _capability(directory, name, listed[name]) for name in (wanted or tuple(listed))}
 
 
@@ -121,9 +132,11 @@ def _graph(directory: Path, capability: str, entry: dict) -> Graph:
     names = tuple(o["name"] for o in outputs)
     if names != OUTPUTS[capability]:
         raise StartupError(f"{path}: outputs {names}, the node expects {OUTPUTS[capability]} for {capability}")
+    # Manifests from before keep-aspect graphs carry only the fixed "resolution".
+    sizing = Sizing.from_dict(entry["sizing"]) if "sizing" in entry else Sizing.fixed(*entry["resolution"])
     return Graph(
         path=path,
-        resolution=tuple(entry["resolution"]),
+        sizing=sizing,
         sha256=digest,
         outputs=outputs,
         tensorrt=tuple(entry.get("tensorrt", ())),
@@ -140,7 +153,16 @@ def describe(served: ServedCapability) -> dict:
         ],
         "weights": served.weights,
         "demo": served.demo,
-        "graphs": [{"file": g.path.name, "resolution": list(g.resolution), "sha256": g.sha256} for g in served.graphs],
+        "graphs": [
+            {
+                "file": g.path.name,
+                "resolution": list(g.sizing.size),
+                "resolution_mode": g.sizing.mode,
+                "sizing": g.sizing.describe(),
+                "sha256": g.sha256,
+            }
+            for g in served.graphs
+        ],
         "frame_bounds": {"min_hw": list(served.bounds.min_hw), "max_hw": list(served.bounds.max_hw)},
         "verification": _verification_summary(served.verification),
     }

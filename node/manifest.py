@@ -51,24 +51,36 @@ def load(directory: Path) -> dict:
     return manifest
 
 
-def write(directory: Path, capabilities: dict[str, dict], merge: bool = True) -> Path:
+def write(
+    directory: Path, capabilities: dict[str, dict], merge: bool = True, failed: dict[str, str] | None = None
+) -> Path:
     """Merge ``capabilities`` into the directory's manifest (others are kept unless ``merge`` is False)
-    and write it atomically."""
+    and write it atomically.
+
+    ``failed`` names the capabilities whose build failed, with the reason: they leave
+    ``capabilities`` (nothing stale is served in their name) and are listed under ``failed``.
+    A capability built now clears its old failure.
+    """
     directory = Path(directory)
     path = directory / MANIFEST_NAME
-    previous = {}
+    previous, previous_failed = {}, {}
     if merge and path.exists():
         try:
-            previous = load(directory).get("capabilities", {})
+            data = load(directory)
+            previous, previous_failed = data.get("capabilities", {}), data.get("failed", {})
         except (ValueError, json.JSONDecodeError):
-            previous = {}
+            pass
+    failed = failed or {}
     manifest = {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "tools": tool_versions(),
-        "capabilities": {**previous, **capabilities},
+        "capabilities": {c: e for c, e in {**previous, **capabilities}.items() if c not in failed},
     }
+    still_failed = {c: why for c, why in {**previous_failed, **failed}.items() if c not in capabilities}
+    if still_failed:
+        manifest["failed"] = still_failed
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, path)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# (height, width): landscape 16:9, square, portrait, and one awkward size.
-VERIFY_SIZES = ((360, 640), (512, 512), (640, 480), (289, 403))
+# (height, width): 16:9 at two sizes, square, portrait, 4:3, an awkward size and a small frame.
+# Depth's model resolution follows each one's aspect ratio, as the processor's does.
+VERIFY_SIZES = ((360, 640), (720, 1280), (512, 512), (640, 480), (480, 640), (289, 403), (96, 128))
 
 
 def frame(height: int, width: int, seed: int = 0) -> np.ndarray:

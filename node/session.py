@@ -115,8 +115,8 @@ class CapabilitySession:
         for graph in self.served.graphs:
             backend = self._stack.enter_context(self.open_backend(graph))
             self.backends[graph] = backend
-            # The smallest frame the bounds allow: the model runs at its full resolution either way,
-            # while resizing and upsampling stay cheap, which shortens start-up on a CPU.
+            # The smallest frame the bounds allow: the model still runs at its nominal resolution (a
+            # keep-aspect graph sizes a square frame to it), while resizing and upsampling stay cheap.
             h, w = self.served.bounds.min_hw
             try:
                 outputs = backend.infer({FRAME_INPUT: samples.frames(h, w)})

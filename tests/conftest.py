@@ -35,6 +35,7 @@ def tiny_build(tmp_path_factory):
 
     logging.getLogger("build").setLevel(logging.INFO)
     out = tmp_path_factory.mktemp("engines")
-    entries = pipeline.build(["depth", "segmentation", "pose"], tiny_plan(out))
+    entries, failures = pipeline.build(["depth", "segmentation", "pose"], tiny_plan(out))
+    assert not failures, failures
     manifest.write(out, entries)
     return out, entries

@@ -50,7 +50,8 @@ def test_missing_model_directory_names_the_path(tmp_path):
     result = build_engines("--model", f"depth={missing}", "--capabilities", "depth", "--out", str(tmp_path / "e"))
     assert result.returncode == 1
     assert f"model directory {missing} does not exist" in result.stderr
-    assert not (tmp_path / "e" / manifest.MANIFEST_NAME).exists()
+    recorded = manifest.load(tmp_path / "e")  # nothing built, and the manifest says why
+    assert recorded["capabilities"] == {} and f"model directory {missing} does not exist" in recorded["failed"]["depth"]
 
 
 def test_unreachable_hub_says_so_and_points_to_demo(tmp_path):

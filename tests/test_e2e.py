@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import parity
 from node.builder import pipeline, verify
 from node.contract import FRAME_INPUT
 from tests.conftest import tiny_plan
@@ -73,7 +74,7 @@ def http(node_url):
 @pytest.fixture(scope="module")
 def in_process(tiny_build):
     with in_process_backends(tiny_build[0]) as opened:
-        yield {name: (backend, graph.resolution) for name, (backend, graph) in opened.items()}
+        yield {name: (backend, graph.sizing) for name, (backend, graph) in opened.items()}
 
 
 @pytest.fixture(scope="module")
@@ -85,25 +86,10 @@ def models(tmp_path_factory):
 
 def as_graph_outputs(capability: str, response) -> dict[str, np.ndarray]:
     """The HTTP result in the graph's output layout, so the build step's checks apply unchanged."""
-    meta = json.loads(response.headers["x-metadata"])
-    if capability == "depth":
-        h, w = meta["shape"]
-        lo, hi = meta["depth_range"]
-        depth = np.frombuffer(response.content, "<f4").reshape(1, h, w)
-        return {"depth": depth, "depth_min": np.array([lo], np.float32), "depth_max": np.array([hi], np.float32)}
-    if capability == "segmentation":
-        return {"classes": np.frombuffer(response.content, np.uint8).reshape(1, *meta["shape"])}
-    people = response.json()["people"]
-    return {
-        "boxes": np.array([[p["box"] for p in people]], np.float32),
-        "box_scores": np.array([[p["score"] for p in people]], np.float32),
-        "keypoints": np.array([[np.array(p["keypoints"])[:, :2] for p in people]], np.float32),
-        "keypoint_scores": np.array([[np.array(p["keypoints"])[:, 2] for p in people]], np.float32),
-    }
+    return parity.as_graph_outputs(capability, response.content, json.loads(response.headers["x-metadata"]))
 
 
-ROUTES = {"depth": "/infer/depth/raw", "segmentation": "/infer/segmentation/raw", "pose": "/infer/pose"}
-OPTIONS = {"depth": "", "segmentation": "", "pose": "; person_threshold=0"}
+ROUTES, OPTIONS = parity.ROUTES, parity.OPTIONS
 
 
 @pytest.mark.parametrize("capability", ["depth", "segmentation", "pose"])
@@ -121,7 +107,7 @@ def test_http_results_equal_in_process_backend_and_transformers(http, in_process
     assert r.status_code == 200, r.text
     got = as_graph_outputs(capability, r)
 
-    backend, resolution = in_process[capability]
+    backend, sizing = in_process[capability]
     direct = backend.infer({FRAME_INPUT: f[None]})
     for name, value in got.items():
         if capability == "pose":  # JSON rounds to 0.01 px (boxes) and 0.001 (keypoints)
@@ -132,9 +118,31 @@ def test_http_results_equal_in_process_backend_and_transformers(http, in_process
     # Pose keypoints are judged on the boxes the graph used (the JSON rounds them to 0.01 px, and
     # random-weight heatmaps are flat enough for that to move a keypoint).
     used = {**got, "boxes": direct["boxes"]} if capability == "pose" else got
-    want = pipeline.reference_outputs(capability, models[capability], f[None], resolution, used)
+    want = pipeline.reference_outputs(capability, models[capability], f[None], sizing, used)
     checks = verify.compare(capability, f"http {kind} 1x150x200", got, want)
     assert checks and all(c.ok for c in checks), verify.table(checks)
+
+
+@pytest.mark.parametrize("name", parity.PHOTOGRAPHS)
+def test_depth_over_http_on_photographs_matches_transformers_at_its_own_resolution(http, models, name):
+    """What ``pipeline("depth-estimation")`` does: the processor's defaults, aspect ratio kept, multiples of 14."""
+    from node.builder import reference
+    from node.builder.graphs import processor_sizing
+
+    f = np.ascontiguousarray(parity.photograph(name)[:720])  # hubble (872 rows) cropped into the tiny bounds
+    r = http.post(ROUTES["depth"], content=f.tobytes(), headers={"content-type": raw_type(f)})
+    assert r.status_code == 200, r.text
+    got = as_graph_outputs("depth", r)
+    depth = models["depth"]["depth"]
+    want = reference.depth(depth.model, depth.processor, f[None], processor_sizing(depth.processor))
+    correlation = np.corrcoef(got["depth"].ravel(), want["depth"].ravel())[0, 1]
+    assert correlation >= 0.999, correlation
+    checks = verify.compare("depth", f"http {name} {f.shape[0]}x{f.shape[1]}", got, want)
+    assert all(c.ok for c in checks), verify.table(checks)
+    # The node reports the resolution the processor itself resizes this photograph to.
+    meta = json.loads(r.headers["x-metadata"])
+    pixels = depth.processor(images=[f], return_tensors="pt")["pixel_values"]
+    assert meta["resolution_mode"] == "keep-aspect" and meta["graph_resolution"] == list(pixels.shape[2:])
 
 
 def test_overload_gives_503_with_retry_after_and_no_other_5xx(node_url):
@@ -197,7 +205,7 @@ def test_a_graph_onnx_runtime_cannot_load_stops_the_process(tiny_build, tmp_path
 
     engines = tmp_path / "engines"
     shutil.copytree(tiny_build[0], engines)
-    target = engines / "depth-98x98.onnx"
+    target = engines / "depth-98x98-aspect.onnx"
     target.write_bytes(b"not an onnx model")
     data = manifest.load(engines)
     graph = data["capabilities"]["depth"]["graphs"][0]
@@ -206,7 +214,7 @@ def test_a_graph_onnx_runtime_cannot_load_stops_the_process(tiny_build, tmp_path
     proc, url = start_node(engines, tmp_path / "log")
     assert proc.wait(60) == 1
     text = (tmp_path / "log").read_text()
-    assert "depth-98x98.onnx: ONNX Runtime could not load it" in text
+    assert "depth-98x98-aspect.onnx: ONNX Runtime could not load it" in text
 
 
 def test_serving_never_imports_torch_or_the_build_code(tiny_build):

@@ -12,6 +12,7 @@ import pytest
 from node import samples
 from node.builder import reference, verify, weights
 from node.builder.specs import FRAME_INPUT, OUTPUTS
+from node.sizing import Sizing
 from tests.conftest import TINY_BOUNDS, TINY_ROLES
 
 # Sizes and batches beyond the build's own verification set.
@@ -20,6 +21,10 @@ EXTRA_BATCHES = [(3, (100, 200)), (1, (200, 90)), (1, TINY_BOUNDS.min_hw), (1, (
 
 def _session(out, entry):
     return ort.InferenceSession(str(out / entry["graphs"][0]["path"]), providers=["CPUExecutionProvider"])
+
+
+def _sizing(entry) -> Sizing:
+    return Sizing.from_dict(entry["graphs"][0]["sizing"])
 
 
 def _run(session, capability, frames):
@@ -43,7 +48,7 @@ def test_depth_graph_matches_transformers(tiny_build, batch, hw):
     loaded = weights.load_demo(TINY_ROLES["depth"])
     frames = samples.frames(*hw, batch, seed=11)
     got = _run(_session(out, entries["depth"]), "depth", frames)
-    want = reference.depth(loaded.model, loaded.processor, frames, entries["depth"]["graphs"][0]["resolution"])
+    want = reference.depth(loaded.model, loaded.processor, frames, _sizing(entries["depth"]))
     assert got["depth"].shape == (batch, *hw) and got["depth"].dtype == np.float32
     np.testing.assert_allclose(got["depth_min"], got["depth"].reshape(batch, -1).min(1))
     np.testing.assert_allclose(got["depth_max"], got["depth"].reshape(batch, -1).max(1))
@@ -57,8 +62,7 @@ def test_segmentation_graph_matches_transformers(tiny_build, batch, hw):
     loaded = weights.load_demo(TINY_ROLES["segmentation"])
     frames = samples.frames(*hw, batch, seed=12)
     got = _run(_session(out, entries["segmentation"]), "segmentation", frames)
-    resolution = entries["segmentation"]["graphs"][0]["resolution"]
-    want = reference.segmentation(loaded.model, loaded.processor, frames, resolution)
+    want = reference.segmentation(loaded.model, loaded.processor, frames, _sizing(entries["segmentation"]))
     assert got["classes"].shape == (batch, *hw) and got["classes"].dtype == np.uint8
     assert (got["classes"] == want["classes"]).mean() >= verify.TOLERANCES["segmentation"]["pixel_agreement"]
 
@@ -138,12 +142,12 @@ def test_fp16_graphs_match_transformers_on_sizes_the_build_did_not_verify(tiny_b
     out, entries = tiny_build
     roles = ("detector", "pose") if capability == "pose" else (capability,)
     loaded = {role: weights.load_demo(TINY_ROLES[role]) for role in roles}
-    session, resolution = _fp16_session(out, entries[capability]), entries[capability]["graphs"][0]["resolution"]
+    session, sizing = _fp16_session(out, entries[capability]), _sizing(entries[capability])
     checks = []
     for batch, hw in EXTRA_BATCHES:
         frames = samples.frames(*hw, batch, seed=21)
         got = _run(session, capability, frames)
-        want = reference_outputs(capability, loaded, frames, resolution, got)
+        want = reference_outputs(capability, loaded, frames, sizing, got)
         checks += verify.compare(capability, f"{batch}x{hw}", got, want, verify.FP16_TOLERANCES)
     assert all(c.ok for c in checks), verify.table(checks)
 

@@ -19,6 +19,7 @@ from node.config import Config
 from node.contract import ShapeBounds
 from node.engines import load
 from node.errors import FrameRejected, InputError, StartupError, UnsupportedMediaType
+from node.sizing import Sizing
 
 BOUNDS = ShapeBounds(min_hw=(8, 8), max_hw=(100, 200))
 
@@ -198,11 +199,11 @@ def test_engines_load_checks_and_describes_every_graph(engines_copy):
 
 
 def test_a_flipped_byte_stops_start_up_naming_the_file(engines_copy):
-    path = engines_copy / "depth-98x98.onnx"
+    path = engines_copy / "depth-98x98-aspect.onnx"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 1
     path.write_bytes(data)
-    with pytest.raises(StartupError, match=r"depth-98x98\.onnx: SHA-256"):
+    with pytest.raises(StartupError, match=r"depth-98x98-aspect\.onnx: SHA-256"):
         load(engines_copy)
 
 
@@ -243,8 +244,9 @@ def test_a_capability_missing_from_the_manifest_is_named(engines_copy):
 def test_graph_for_picks_the_nearest_aspect_ratio(engines_copy):
     served = load(engines_copy)["depth"]
     square = served.graphs[0]
-    wide = dataclasses.replace(square, resolution=(518, 924))
-    tall = dataclasses.replace(square, resolution=(924, 518))
+    square = dataclasses.replace(served.graphs[0], sizing=Sizing.fixed(518, 518))
+    wide = dataclasses.replace(square, sizing=Sizing.fixed(518, 924))
+    tall = dataclasses.replace(square, sizing=Sizing.fixed(924, 518))
     served = dataclasses.replace(served, graphs=(square, wide, tall))
     assert served.graph_for(720, 1280) is wide
     assert served.graph_for(1280, 720) is tall

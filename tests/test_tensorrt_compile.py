@@ -94,7 +94,7 @@ def test_tensorrt_rtx_engines_are_built_ahead_of_time_from_the_fp16_graph(tiny_b
     assert record["onnx_sha256"] == graph["fp16"]["sha256"] and record["options"]["precision"] == "fp16"
     assert record["options"]["targets"] == ["8.6", "8.9"] and record["gate"] is None  # gated on the card
     plan = engines / record["plan"]
-    assert plan.name.startswith("depth-98x98.fp16.rtx") and manifest.sha256(plan) == record["sha256"]
+    assert plan.name.startswith("depth-98x98-aspect.fp16.rtx") and manifest.sha256(plan) == record["sha256"]
     caplog.clear()
     assert cli.main(argv) == 0  # the same graph, version and options: reused
     assert "reuse (built for this graph" in caplog.text

@@ -76,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
         "  build_engines.py --weights demo --tiny --out /tmp/tiny # seconds: tests and overhead benchmarks\n"
         "  build_engines.py --out engines                          # pinned Hugging Face weights\n"
         "  build_engines.py --model depth=./my-depth --capabilities depth\n"
-        "  build_engines.py --resolution depth=518x518 --resolution depth=518x924",
+        "  build_engines.py --resolution depth=518x518              # depth at a fixed 518x518 (constant cost)",
     )
     p.add_argument("--out", type=Path, default=Path("engines"), help="output directory (default: engines)")
     p.add_argument(
@@ -123,8 +123,10 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="CAP=HxW",
-        help="model input resolution; repeat for several graphs per capability "
-        "(pose: the detector's input). Default: the model's own",
+        help="a fixed model input resolution, for a constant cost per frame; repeat for several graphs "
+        "per capability, the node picks the one nearest each frame's aspect ratio (pose: the detector's "
+        "input). Default: the model's own processor, per frame: Depth Anything keeps the frame's aspect "
+        "ratio (518 on the side nearer 518, multiples of 14), as pipeline('depth-estimation') does",
     )
     p.add_argument(
         "--min-size",
@@ -302,13 +304,21 @@ def main(argv: list[str] | None = None) -> int:
                 log.warning("%s: %s is licensed %s. %s", role, spec.name, spec.licence, spec.note)
         if plan.weights == "demo" and len(plan.local) < len(ROLES):
             log.warning("DEMO weights: maps will look like noise; the manifest marks them as demo")
-        entries = pipeline.build(args.capabilities, plan)
-        path = manifest.write(plan.out, entries)
+        entries, failures = pipeline.build(args.capabilities, plan)
+        path = manifest.write(plan.out, entries, failed=failures)
     except BuildError as err:
         log.error("build failed: %s", err)
         return 1
-    log.info("wrote %s (%s) in %.1f s", path, ", ".join(entries), time.perf_counter() - start)
-    return _engines(args, list(entries), log, start)
+    if entries:
+        log.info("wrote %s (%s) in %.1f s", path, ", ".join(entries), time.perf_counter() - start)
+    status = _engines(args, list(entries), log, start) if entries else 1
+    if failures:
+        log.error(
+            "build failed for %s (recorded in %s; the others are built):\n%s",
+            ", ".join(failures), path, "\n".join(f"  {c}: {why}" for c, why in failures.items()),
+        )  # fmt: skip
+        return 1
+    return status
 
 
 def _engines(args, capabilities: list[str], log, start: float) -> int:

@@ -60,8 +60,11 @@ def pil_resample_matrix(in_size: torch.Tensor, out_size: int, name: str) -> torc
     return weights / weights.sum(dim=1, keepdim=True)
 
 
-def resize_like_pil(frames: torch.Tensor, size: tuple[int, int], name: str) -> torch.Tensor:
+def resize_like_pil(frames: torch.Tensor, size, name: str) -> torch.Tensor:
     """Resize uint8-valued NHWC frames to ``size`` (h, w) the way Pillow does; returns NCHW float.
+
+    ``size`` may be traced (computed from the frame's shape in the graph): every shape below is
+    then taken from a tensor, never from ``size`` as a Python number.
 
     Pillow resamples horizontally, rounds to uint8, then vertically and rounds again; doing the
     same (rounding half up, as its fixed-point maths does) keeps the graph within a rounding
@@ -74,10 +77,10 @@ def resize_like_pil(frames: torch.Tensor, size: tuple[int, int], name: str) -> t
     x = frames.float().permute(0, 1, 3, 2)  # N,H,C,W
     x = torch.matmul(x, pil_resample_matrix(dim_size(frames, 2), out_w, name).t())  # N,H,C,out_w
     x = torch.clamp(torch.floor(x + 0.5), 0.0, 255.0)
-    x = x.reshape(n, h, c * out_w)
+    x = x.reshape(n, h, -1)  # N,H,C*out_w
     x = torch.matmul(pil_resample_matrix(dim_size(frames, 1), out_h, name), x)  # N,out_h,C*out_w
     x = torch.clamp(torch.floor(x + 0.5), 0.0, 255.0)
-    return x.reshape(n, out_h, c, out_w).permute(0, 2, 1, 3)
+    return x.reshape(n, x.shape[1], c, -1).permute(0, 2, 1, 3)
 
 
 def normalise(x: torch.Tensor, rescale: float, mean, std) -> torch.Tensor:

@@ -17,9 +17,10 @@ import numpy as np
 
 from .. import samples
 from ..manifest import sha256
+from ..sizing import Sizing
 from . import export, precision, reference, trt_rules, verify, weights
 from .errors import BuildError
-from .graphs import DepthGraph, PoseGraph, SegmentationGraph, processor_resolution
+from .graphs import DepthGraph, PoseGraph, SegmentationGraph, processor_sizing
 from .specs import DEFAULT_MODELS, FRAME_INPUT, OUTPUTS, ModelSpec, ShapeBounds, roles_for, spec_for
 
 log = logging.getLogger("build")
@@ -31,7 +32,8 @@ class BuildPlan:
     weights: str = "hub"  # "hub" | "demo"; a local path in ``local`` overrides it per role
     specs: dict[str, ModelSpec] = field(default_factory=dict)  # role -> spec (role: capability or "detector")
     local: dict[str, str] = field(default_factory=dict)  # role -> directory
-    resolutions: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # capability -> [(h, w)]
+    # capability -> fixed (h, w) model resolutions, one graph each; none: the processor's own sizing
+    resolutions: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     bounds: ShapeBounds = field(default_factory=ShapeBounds)
     max_persons: int = 8
     class_chunk: int = 8
@@ -100,40 +102,51 @@ def _model_entry(role: str, loaded: weights.LoadedModel) -> dict:
     }
 
 
+def _sizings(capability: str, plan: BuildPlan, processor) -> list[Sizing]:
+    fixed = plan.resolutions.get(capability)
+    return [Sizing.fixed(*hw) for hw in fixed] if fixed else [processor_sizing(processor)]
+
+
+def _stem(capability: str, sizing: Sizing) -> str:
+    suffix = "-aspect" if sizing.keep_aspect_ratio else ""
+    return f"{capability}-{sizing.height}x{sizing.width}{suffix}"
+
+
 def _graphs(capability: str, plan: BuildPlan, loaded: dict[str, weights.LoadedModel]):
-    """(file stem, resolution, graph maker) for each graph this capability ships; the maker takes a precision rung."""
+    """(file stem, sizing, graph maker) for each graph this capability ships; the maker takes a precision rung."""
+    bounds = plan.bounds
     if capability == "pose":
         det, pose = loaded["detector"], loaded["pose"]
-        for res in plan.resolutions.get("pose") or [processor_resolution(det.processor)]:
+        for sizing in _sizings("pose", plan, det.processor):
             yield (
-                f"pose-{res[0]}x{res[1]}-{plan.max_persons}p",
-                res,
-                lambda rung, res=res: PoseGraph(
-                    det.model, det.processor, pose.model, pose.processor, plan.max_persons, res, rung=rung
+                f"{_stem('pose', sizing)}-{plan.max_persons}p",
+                sizing,
+                lambda rung, sizing=sizing: PoseGraph(
+                    det.model, det.processor, pose.model, pose.processor, plan.max_persons, sizing, bounds, rung=rung
                 ),
             )
         return
     main = loaded[capability]
-    for res in plan.resolutions.get(capability) or [processor_resolution(main.processor)]:
+    for sizing in _sizings(capability, plan, main.processor):
         if capability == "depth":
-            make = lambda rung, res=res: DepthGraph(main.model, main.processor, res, rung=rung)  # noqa: E731
+            make = lambda rung, sizing=sizing: DepthGraph(main.model, main.processor, sizing, bounds, rung=rung)  # noqa: E731
         else:
-            make = lambda rung, res=res: SegmentationGraph(  # noqa: E731
-                main.model, main.processor, res, plan.class_chunk, rung=rung
+            make = lambda rung, sizing=sizing: SegmentationGraph(  # noqa: E731
+                main.model, main.processor, sizing, bounds, plan.class_chunk, rung=rung
             )
-        yield f"{capability}-{res[0]}x{res[1]}", res, make
+        yield _stem(capability, sizing), sizing, make
 
 
-def reference_outputs(capability: str, loaded, frames: np.ndarray, resolution, got: dict) -> dict[str, np.ndarray]:
+def reference_outputs(capability: str, loaded, frames: np.ndarray, sizing: Sizing, got: dict) -> dict[str, np.ndarray]:
     """What transformers makes of ``frames`` (``got``: the graph's outputs; pose keypoints use its boxes)."""
     if capability == "depth":
-        return reference.depth(loaded["depth"].model, loaded["depth"].processor, frames, resolution)
+        return reference.depth(loaded["depth"].model, loaded["depth"].processor, frames, sizing)
     if capability == "segmentation":
         return reference.segmentation(
-            loaded["segmentation"].model, loaded["segmentation"].processor, frames, resolution
+            loaded["segmentation"].model, loaded["segmentation"].processor, frames, sizing
         )
     det, pose = loaded["detector"], loaded["pose"]
-    persons = reference.person_boxes(det.model, det.processor, frames, len(got["boxes"][0]), resolution)
+    persons = reference.person_boxes(det.model, det.processor, frames, len(got["boxes"][0]), sizing)
     want = {
         "boxes": np.stack([p["boxes"] for p in persons]),
         "box_scores": np.stack([p["scores"] for p in persons]),
@@ -145,7 +158,7 @@ def reference_outputs(capability: str, loaded, frames: np.ndarray, resolution, g
 
 
 def verify_graph(
-    capability: str, path: Path, resolution, loaded, plan: BuildPlan, tolerances=None, name: str | None = None
+    capability: str, path: Path, sizing: Sizing, loaded, plan: BuildPlan, tolerances=None, name: str | None = None
 ) -> list[verify.Check]:
     """Run the exported graph in ONNX Runtime on sample frames and compare with transformers."""
     import onnxruntime as ort  # noqa: PLC0415 (heavy; only needed once a graph exists)
@@ -157,12 +170,12 @@ def verify_graph(
     for i, (batch, (h, w)) in enumerate(batches):
         frames = samples.frames(h, w, batch, seed=plan.seed + i)
         got = dict(zip(names, session.run(list(names), {FRAME_INPUT: frames})))
-        want = reference_outputs(capability, loaded, frames, resolution, got)
+        want = reference_outputs(capability, loaded, frames, sizing, got)
         checks += verify.compare(capability, f"{batch}x{h}x{w}", got, want, tolerances, graph=name or path.name)
     return checks
 
 
-def export_verified(capability: str, stem: str, rung: str, resolution, make, loaded, plan: BuildPlan):
+def export_verified(capability: str, stem: str, rung: str, sizing: Sizing, make, loaded, plan: BuildPlan):
     """Export one graph at one precision rung, check TensorRT's rules, verify it against transformers.
 
     Returns (manifest entry or None when it missed a tolerance, checks). The file is written under
@@ -177,7 +190,7 @@ def export_verified(capability: str, stem: str, rung: str, resolution, make, loa
             export.export(make(rung), OUTPUTS[capability], partial, example_hw=plan.bounds.opt_hw)
         trt_rules.enforce(partial, name=final.name)
         with step(f"{capability}: verifying {final.name} against transformers on {len(plan.verify_sizes) + 1} batches"):
-            checks = verify_graph(capability, partial, resolution, loaded, plan, tolerances, name=final.name)
+            checks = verify_graph(capability, partial, sizing, loaded, plan, tolerances, name=final.name)
         log.info("%s verification (%s):\n%s", final.name, rung, verify.table(checks))
         if not all(c.ok for c in checks):
             return None, checks
@@ -193,11 +206,11 @@ def export_verified(capability: str, stem: str, rung: str, resolution, make, loa
     }, checks
 
 
-def _fp16_graph(capability: str, stem: str, resolution, make, loaded, plan: BuildPlan):
+def _fp16_graph(capability: str, stem: str, sizing: Sizing, make, loaded, plan: BuildPlan):
     """The first fp16 rung whose graph passes verification, or (None, why)."""
     misses = []
     for rung in precision.FP16_RUNGS:
-        entry, checks = export_verified(capability, f"{stem}.fp16", rung, resolution, make, loaded, plan)
+        entry, checks = export_verified(capability, f"{stem}.fp16", rung, sizing, make, loaded, plan)
         if entry is not None:
             return entry, checks
         failed = [f"{c.frames} {c.metric} {c.value:.4g} (limit {c.limit:g})" for c in checks if not c.ok]
@@ -207,19 +220,18 @@ def _fp16_graph(capability: str, stem: str, resolution, make, loaded, plan: Buil
     return None, misses
 
 
-def build_capability(capability: str, plan: BuildPlan) -> dict:
-    """Export and verify every graph of ``capability`` (fp32, then its fp16 rung); return its manifest entry."""
-    roles = roles_for(capability)
-    loaded = load_models(capability, plan)
+def _export_all(capability: str, plan: BuildPlan, loaded) -> tuple[list[dict], list[verify.Check]]:
+    """Every graph of ``capability``, each fp32 then its fp16 rung; raises when one misses verification."""
     graphs, all_checks = [], []
-    for stem, resolution, make in _graphs(capability, plan, loaded):
-        entry, checks = export_verified(capability, stem, "fp32", resolution, make, loaded, plan)
+    for stem, sizing, make in _graphs(capability, plan, loaded):
+        entry, checks = export_verified(capability, stem, "fp32", sizing, make, loaded, plan)
         all_checks += checks
         if entry is None:
             continue  # refuse to ship a graph that disagrees with the reference; judged below
-        entry.update({"resolution": list(resolution), **export.io_signature(plan.out / entry["path"])})
+        signature = export.io_signature(plan.out / entry["path"])
+        entry.update({"resolution": list(sizing.size), "sizing": sizing.as_dict(), **signature})
         if plan.fp16:
-            fp16, fp16_checks = _fp16_graph(capability, stem, resolution, make, loaded, plan)
+            fp16, fp16_checks = _fp16_graph(capability, stem, sizing, make, loaded, plan)
             if fp16 is not None:
                 entry["fp16"] = fp16
                 all_checks += fp16_checks
@@ -227,6 +239,18 @@ def build_capability(capability: str, plan: BuildPlan) -> dict:
                 entry["fp16_missed"] = fp16_checks
         graphs.append(entry)
     verify.judge(all_checks)
+    return graphs, all_checks
+
+
+def build_capability(capability: str, plan: BuildPlan) -> dict:
+    """Export and verify every graph of ``capability`` (fp32, then its fp16 rung); return its manifest entry."""
+    roles = roles_for(capability)
+    loaded = load_models(capability, plan)
+    try:
+        graphs, all_checks = _export_all(capability, plan, loaded)
+    except BuildError as err:  # name the models, so that an operator knows which directory to fix
+        sources = ", ".join(f"{role}={m.path or m.spec.name} ({m.source})" for role, m in loaded.items())
+        raise BuildError(f"{err} [models: {sources}]") from err
     options = {"max_persons": plan.max_persons} if capability == "pose" else {}
     if capability == "segmentation":
         options = {
@@ -251,16 +275,20 @@ def build_capability(capability: str, plan: BuildPlan) -> dict:
     }
 
 
-def build(capabilities: list[str], plan: BuildPlan) -> dict[str, dict]:
-    """Build every capability; raise ``BuildError`` naming all failures after trying them all."""
+def build(capabilities: list[str], plan: BuildPlan) -> tuple[dict[str, dict], dict[str, str]]:
+    """Build every capability; one that fails does not stop the others.
+
+    Returns (manifest entries of those built, {capability: why it failed} for the others).
+    """
     plan.out.mkdir(parents=True, exist_ok=True)
-    entries, failures = {}, []
+    entries, failures = {}, {}
     for capability in capabilities:
         try:
             entries[capability] = build_capability(capability, plan)
         except BuildError as err:
             log.error("%s: %s", capability, err)
-            failures.append(f"{capability}: {err}")
-    if failures:
-        raise BuildError("\n".join(failures))
-    return entries
+            failures[capability] = str(err)
+        except Exception as err:  # noqa: BLE001 (an unexpected failure in one model must not cost the others)
+            log.exception("%s: unexpected failure", capability)
+            failures[capability] = f"{type(err).__name__}: {err}"
+    return entries, failures

@@ -1,9 +1,9 @@
 """The transformers reference for each graph: model + image processor + post-processing.
 
 Same weights, same frames, the library's own code path; the graphs are judged against these.
-One documented choice: the graph runs at a fixed resolution, so the reference processor is
-asked for that resolution (``keep_aspect_ratio=False``). For a frame whose aspect ratio the
-resolution was built for (e.g. 518×924 for 16:9), that is exactly the processor's default.
+Each takes the graph's ``Sizing``: for a graph that sizes as the processor does (the default),
+the processor runs with its own settings, exactly as ``pipeline("depth-estimation")`` does; for
+a fixed-resolution graph it is asked for that resolution.
 """
 
 from __future__ import annotations
@@ -11,14 +11,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..sizing import Sizing
 
-def _size(resolution) -> dict:
-    return {"height": int(resolution[0]), "width": int(resolution[1])}
+
+def _size(sizing: Sizing) -> dict:
+    return {"height": sizing.height, "width": sizing.width}
 
 
 @torch.no_grad()
-def depth(model, processor, frames: np.ndarray, resolution) -> dict[str, np.ndarray]:
-    inputs = processor(images=list(frames), size=_size(resolution), keep_aspect_ratio=False, return_tensors="pt")
+def depth(model, processor, frames: np.ndarray, sizing: Sizing) -> dict[str, np.ndarray]:
+    kwargs = {} if sizing == Sizing.of_processor(processor) else {"size": _size(sizing), "keep_aspect_ratio": False}
+    inputs = processor(images=list(frames), return_tensors="pt", **kwargs)
     out = model(**inputs)
     sizes = [frame.shape[:2] for frame in frames]
     maps = np.stack(
@@ -29,8 +32,8 @@ def depth(model, processor, frames: np.ndarray, resolution) -> dict[str, np.ndar
 
 
 @torch.no_grad()
-def segmentation(model, processor, frames: np.ndarray, resolution) -> dict[str, np.ndarray]:
-    inputs = processor(images=list(frames), size=_size(resolution), return_tensors="pt")
+def segmentation(model, processor, frames: np.ndarray, sizing: Sizing) -> dict[str, np.ndarray]:
+    inputs = processor(images=list(frames), size=_size(sizing), return_tensors="pt")
     out = model(**inputs)
     sizes = [frame.shape[:2] for frame in frames]
     maps = processor.post_process_semantic_segmentation(out, target_sizes=sizes)
@@ -38,7 +41,9 @@ def segmentation(model, processor, frames: np.ndarray, resolution) -> dict[str, 
 
 
 @torch.no_grad()
-def person_boxes(detector, processor, frames: np.ndarray, max_persons: int, resolution) -> list[dict[str, np.ndarray]]:
+def person_boxes(
+    detector, processor, frames: np.ndarray, max_persons: int, sizing: Sizing
+) -> list[dict[str, np.ndarray]]:
     """Person detections per frame, best first, through post_process_object_detection.
 
     transformers keeps the top ``num_queries`` over all classes, then one would filter persons;
@@ -47,7 +52,7 @@ def person_boxes(detector, processor, frames: np.ndarray, max_persons: int, reso
     person ranked below hundreds of other detections, far under any usable threshold.
     """
     person = int(detector.config.label2id.get("person", 0))
-    inputs = processor(images=list(frames), size=_size(resolution), return_tensors="pt")
+    inputs = processor(images=list(frames), size=_size(sizing), return_tensors="pt")
     out = detector(pixel_values=inputs["pixel_values"])
     out.logits = out.logits[:, :, person : person + 1]
     enc = out.enc_outputs_class

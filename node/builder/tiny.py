@@ -93,5 +93,6 @@ TINY_ROLES = {
     "pose": TINY_SPECS["vitpose-base-simple"],
     "detector": TINY_SPECS["rtdetr-r18"],
 }
-# Small verification frames: several sizes and aspect ratios, fast on two CPU cores.
-TINY_VERIFY_SIZES = ((90, 160), (128, 128), (150, 100), (67, 93))
+# Small verification frames, fast on two CPU cores: 16:9 at two sizes, square, portrait, 4:3, a small
+# awkward one. For the tiny depth processor (98x98, multiples of 14) each gets its own model resolution.
+TINY_VERIFY_SIZES = ((90, 160), (128, 128), (150, 100), (96, 128), (180, 320), (67, 93))

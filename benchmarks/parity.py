@@ -1,0 +1,117 @@
+"""Parity over HTTP on photographs: the node's answer beside transformers' for the same weights and frame.
+
+Each of scikit-image's bundled photographs (no download) goes to a node process as a raw RGB frame;
+its result is compared with what transformers makes of the same frame with the same weights: the
+model's own image processor with its defaults, the model, the processor's post-processing at frame
+size (for depth exactly what ``pipeline("depth-estimation")`` returns). The metrics are the build's
+verification metrics, plus depth's correlation. Demo weights only: the reference is rebuilt from the
+seed the manifest names.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from node.engines import load
+
+from . import nodeproc, report
+from .overhead import progress
+
+PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "hubble_deep_field")
+ROUTES = {"depth": "/infer/depth/raw", "segmentation": "/infer/segmentation/raw", "pose": "/infer/pose"}
+OPTIONS = {"depth": "", "segmentation": "", "pose": "; person_threshold=0"}
+
+
+def photograph(name: str) -> np.ndarray:
+    from skimage import data  # noqa: PLC0415 (the dev extra; bundled images, no download)
+
+    photo = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+    return np.ascontiguousarray(photo)
+
+
+def as_graph_outputs(capability: str, body: bytes, meta: dict) -> dict[str, np.ndarray]:
+    """An HTTP answer in the graph's output layout, so that the build's checks apply unchanged."""
+    if capability == "depth":
+        h, w = meta["shape"]
+        lo, hi = meta["depth_range"]
+        depth = np.frombuffer(body, "<f4").reshape(1, h, w)
+        return {"depth": depth, "depth_min": np.array([lo], np.float32), "depth_max": np.array([hi], np.float32)}
+    if capability == "segmentation":
+        return {"classes": np.frombuffer(body, np.uint8).reshape(1, *meta["shape"])}
+    people = json.loads(body)["people"]
+    return {
+        "boxes": np.array([[p["box"] for p in people]], np.float32),
+        "box_scores": np.array([[p["score"] for p in people]], np.float32),
+        "keypoints": np.array([[np.array(p["keypoints"])[:, :2] for p in people]], np.float32),
+        "keypoint_scores": np.array([[np.array(p["keypoints"])[:, 2] for p in people]], np.float32),
+    }
+
+
+def post(port: int, capability: str, frame: np.ndarray) -> tuple[bytes, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    try:
+        media = f"application/octet-stream; width={frame.shape[1]}; height={frame.shape[0]}{OPTIONS[capability]}"
+        conn.request("POST", ROUTES[capability], frame.tobytes(), {"Content-Type": media})
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{capability}: {response.status} {body[:300]!r}")
+        return body, json.loads(response.getheader("X-Metadata"))
+    finally:
+        conn.close()
+
+
+def run(args) -> int:
+    from node.builder import pipeline, verify  # noqa: PLC0415 (torch and transformers: the export extra)
+
+    from .engine import _demo_model  # noqa: PLC0415
+
+    served = load(args.engines, tuple(args.capabilities))
+    models = {c: {m["role"]: _demo_model(m["name"]) for m in s.models} for c, s in served.items()}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        node = nodeproc.spawn(args.engines, Path(tmp) / "node.log", capabilities=",".join(args.capabilities))
+        try:
+            progress(f"started a node on port {node.port}: ready in {nodeproc.wait_ready(node, timeout=600):.2f} s")
+            for name in args.photographs:
+                frame = photograph(name)
+                for capability in args.capabilities:
+                    body, meta = post(node.port, capability, frame)
+                    got = as_graph_outputs(capability, body, meta)
+                    graph = served[capability].graph_for(*frame.shape[:2])
+                    want = pipeline.reference_outputs(capability, models[capability], frame[None], graph.sizing, got)
+                    checks = verify.compare(capability, name, got, want)
+                    row = {
+                        "photograph": name,
+                        "frame": f"{frame.shape[0]}x{frame.shape[1]}",
+                        "capability": capability,
+                        "model resolution": "x".join(map(str, meta["graph_resolution"])),
+                        "mode": meta["resolution_mode"],
+                    }
+                    if capability == "depth":
+                        row["correlation"] = float(np.corrcoef(got["depth"].ravel(), want["depth"].ravel())[0, 1])
+                    row.update({c.metric: c.value for c in checks if not c.skipped})
+                    row["within tolerances"] = "yes" if all(c.ok for c in checks) else "NO"
+                    rows.append(row)
+                    progress(", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        finally:
+            node.stop()
+    notes = [
+        "frames: scikit-image's bundled photographs, sent as raw RGB; the reference: transformers with the "
+        "model's own processor defaults and post-processing, same demo weights",
+        "pose keypoints are judged on the node's own boxes (the reference runs ViTPose on them), as in the build",
+    ]
+    report.write(
+        {"provenance": report.provenance({"engines": str(args.engines)}), "rows": rows},
+        "Parity over HTTP on photographs, against transformers",
+        rows,
+        notes,
+        args.json,
+        args.markdown,
+    )
+    return 0 if all(r["within tolerances"] == "yes" for r in rows) else 1
