@@ -63,14 +63,17 @@ def run_engine(args) -> int:
         except StartupError as err:
             progress(f"{name} rows skipped: {err}")
             backends.remove(name)
+    sizes, frames_for = args.sizes, samples.frames
+    if args.photographs:
+        sizes, frames_for = engine.photograph_frames(args.photographs)
     for capability in args.capabilities:
         rows += engine.graph_rows(
-            args.engines, capability, args.sizes, args.batches, progress, backends, **_measuring(args)
+            args.engines, capability, sizes, args.batches, progress, backends, frames_for, **_measuring(args)
         )
         if args.baseline:
             try:
                 base = engine.baseline_rows(
-                    args.engines, capability, args.sizes, args.batches, progress, **_measuring(args)
+                    args.engines, capability, sizes, args.batches, progress, frames_for, **_measuring(args)
                 )
             except ImportError as err:
                 progress(f"baseline skipped: {err} (install the export extra: torch, transformers)")
@@ -210,6 +213,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--capabilities", type=_list(str), default=["depth", "segmentation", "pose"])
     e.add_argument("--sizes", type=_list(_hw), default=[(512, 512)], metavar="HxW,...", help="frame sizes")
     e.add_argument("--batches", type=_list(int), default=[1], metavar="N,...", help="batch sizes (default: 1)")
+    e.add_argument("--photographs", type=_list(str), metavar="NAME,...",
+                   help="scikit-image photographs as the frames, at their own sizes (instead of --sizes), "
+                   "e.g. " + ",".join(parity.PHOTOGRAPHS))  # fmt: skip
     e.add_argument("--warmup", type=int, default=3, help="untimed runs first (default: 3)")
     e.add_argument("--iterations", type=int, help="exactly this many timed runs (default: until stable)")
     e.add_argument("--max-seconds", type=float, default=8.0,

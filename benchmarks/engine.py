@@ -21,7 +21,8 @@ from .stats import measure, summarise
 
 
 def graph_rows(
-    engines, capability: str, sizes, batches, progress, backends=("onnxruntime",), **measuring
+    engines, capability: str, sizes, batches, progress, backends=("onnxruntime",), frames_for=samples.frames,
+    **measuring,
 ) -> list[dict]:
     """Each graph on each backend; TensorRT rows add the GPU stage split (copy in, compute, copy out)."""
     served = load(engines, (capability,))[capability]
@@ -30,7 +31,7 @@ def graph_rows(
         for h, w in sizes:
             graph = served.graph_for(h, w)
             for batch in batches:
-                frames = samples.frames(h, w, batch)
+                frames = frames_for(h, w, batch)
                 with _open(backend_name, graph, served.bounds, batch) as backend:
                     progress(f"{capability} {batch}x{h}x{w}: {graph.path.name} on {backend.name} ({backend.device})")
                     stages = []
@@ -62,7 +63,9 @@ def _open(backend_name: str, graph, bounds, batch: int):
     return TensorRTBackend.for_graph(graph, bounds, gpu_runtime(flavour(backend_name), graph.path.parent))
 
 
-def baseline_rows(engines, capability: str, sizes, batches, progress, **measuring) -> list[dict]:
+def baseline_rows(
+    engines, capability: str, sizes, batches, progress, frames_for=samples.frames, **measuring
+) -> list[dict]:
     """transformers in PyTorch eager on the same frames; needs the export extra (torch, transformers)."""
     import torch  # noqa: PLC0415
 
@@ -75,7 +78,7 @@ def baseline_rows(engines, capability: str, sizes, batches, progress, **measurin
     for h, w in sizes:
         sizing = served.graph_for(h, w).sizing
         for batch in batches:
-            frames = samples.frames(h, w, batch)
+            frames = frames_for(h, w, batch)
             progress(f"{capability} {batch}x{h}x{w}: transformers eager (PyTorch {torch.__version__})")
 
             def run(frames=frames, sizing=sizing):
@@ -94,6 +97,14 @@ def baseline_rows(engines, capability: str, sizes, batches, progress, **measurin
             )
             progress(_partial(rows[-1]))
     return rows
+
+
+def photograph_frames(names) -> tuple[list[tuple[int, int]], object]:
+    """(sizes, frames_for): scikit-image photographs as the frames, a batch repeating the one of that size."""
+    from .parity import photograph  # noqa: PLC0415
+
+    photos = {p.shape[:2]: p for p in map(photograph, names)}
+    return list(photos), lambda h, w, batch: np.stack([photos[(h, w)]] * batch)
 
 
 def _demo_model(name: str):
