@@ -55,6 +55,8 @@ def _measuring(args) -> dict:
 
 
 def run_engine(args) -> int:
+    if args.interleaved and (args.iterations is None or not args.baseline):
+        raise SystemExit("--interleaved needs --iterations N and the baseline (it pairs the two, call by call)")
     rows = []
     backends = list(args.backends)
     for name in [b for b in backends if b in FLAVOURS]:
@@ -67,6 +69,13 @@ def run_engine(args) -> int:
     if args.photographs:
         sizes, frames_for = engine.photograph_frames(args.photographs)
     for capability in args.capabilities:
+        if args.interleaved:  # ONNX Runtime and transformers in turn, call by call
+            pairs = engine.interleaved_rows(args.engines, capability, sizes, args.batches, progress, frames_for,
+                                            warmup=args.warmup, iterations=args.iterations)  # fmt: skip
+            for ours, theirs in zip(pairs[::2], pairs[1::2]):
+                ours["baseline / graph p50"] = theirs["p50 ms"] / ours["p50 ms"]
+            rows += pairs
+            continue
         rows += engine.graph_rows(
             args.engines, capability, sizes, args.batches, progress, backends, frames_for, **_measuring(args)
         )
@@ -96,7 +105,8 @@ def run_engine(args) -> int:
         "PyTorch eager, on the same frames, in the same run; seeded demo weights (latency depends on shapes)",
         "stable: the last 3 windows' medians within 10 % of each other (perf_analyzer's rule)"
         if args.iterations is None
-        else f"fixed count: {args.iterations} iterations after {args.warmup} warm-up",
+        else f"fixed count: {args.iterations} iterations after {args.warmup} warm-up"
+        + (" (graph and baseline called in turn, frame by frame)" if args.interleaved else ""),
         "process RSS: the benchmark process after the row (cumulative: torch loads once the baselines start)",
     ]
     report.write(
@@ -221,6 +231,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--max-seconds", type=float, default=8.0,
                    help="time budget per row: give up on stability after this (default: 8)")  # fmt: skip
     e.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip transformers eager")
+    e.add_argument("--interleaved", action="store_true",
+                   help="call the ONNX Runtime graph and transformers in turn on each frame (needs --iterations): "
+                   "drift on a noisy machine hits both alike")  # fmt: skip
     e.add_argument(
         "--backends",
         type=_list(str),

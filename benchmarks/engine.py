@@ -7,6 +7,8 @@ run. Its weights are the architecture's seeded demo weights: latency depends on 
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from node import samples
@@ -63,39 +65,76 @@ def _open(backend_name: str, graph, bounds, batch: int):
     return TensorRTBackend.for_graph(graph, bounds, gpu_runtime(flavour(backend_name), graph.path.parent))
 
 
+def _baseline(served, models, frames, sizing):
+    """One call of the transformers path on ``frames``: image processor + model + post-processing."""
+    from node.builder import reference  # noqa: PLC0415
+
+    capability, max_persons = served.name, served.options.get("max_persons", 8)
+
+    def run():
+        if capability == "pose":
+            det, pose = models["detector"], models["pose"]
+            people = reference.person_boxes(det.model, det.processor, frames, max_persons, sizing)
+            boxes = [p["boxes"] for p in people]
+            reference.keypoints(pose.model, pose.processor, frames, _stack(boxes, max_persons))
+        else:
+            fn = reference.depth if capability == "depth" else reference.segmentation
+            fn(models[capability].model, models[capability].processor, frames, sizing)
+
+    return run
+
+
+def _baseline_name() -> str:
+    import torch  # noqa: PLC0415
+
+    return f"transformers eager (torch {torch.__version__}, CPU)"
+
+
 def baseline_rows(
     engines, capability: str, sizes, batches, progress, frames_for=samples.frames, **measuring
 ) -> list[dict]:
     """transformers in PyTorch eager on the same frames; needs the export extra (torch, transformers)."""
-    import torch  # noqa: PLC0415
-
-    from node.builder import reference  # noqa: PLC0415
-
     served = load(engines, (capability,))[capability]
     models = {m["role"]: _demo_model(m["name"]) for m in served.models}
-    max_persons = served.options.get("max_persons", 8)
     rows = []
     for h, w in sizes:
         sizing = served.graph_for(h, w).sizing
         for batch in batches:
             frames = frames_for(h, w, batch)
-            progress(f"{capability} {batch}x{h}x{w}: transformers eager (PyTorch {torch.__version__})")
-
-            def run(frames=frames, sizing=sizing):
-                if capability == "pose":
-                    det, pose = models["detector"], models["pose"]
-                    people = reference.person_boxes(det.model, det.processor, frames, max_persons, sizing)
-                    boxes = [p["boxes"] for p in people]
-                    reference.keypoints(pose.model, pose.processor, frames, _stack(boxes, max_persons))
-                else:
-                    fn = reference.depth if capability == "depth" else reference.segmentation
-                    fn(models[capability].model, models[capability].processor, frames, sizing)
-
-            timed, stable = measure(run, **measuring)
-            rows.append(
-                _row(capability, f"transformers eager (torch {torch.__version__}, CPU)", batch, h, w, timed, stable)
-            )
+            progress(f"{capability} {batch}x{h}x{w}: {_baseline_name()}")
+            timed, stable = measure(_baseline(served, models, frames, sizing), **measuring)
+            rows.append(_row(capability, _baseline_name(), batch, h, w, timed, stable))
             progress(_partial(rows[-1]))
+    return rows
+
+
+def interleaved_rows(
+    engines, capability: str, sizes, batches, progress, frames_for=samples.frames, *, warmup: int, iterations: int
+) -> list[dict]:
+    """The ONNX Runtime graph and transformers eager called in turn on the same frames: the machine's
+    drift over a run hits both alike. Pairs of rows (graph, baseline) per size and batch."""
+    served = load(engines, (capability,))[capability]
+    models = {m["role"]: _demo_model(m["name"]) for m in served.models}
+    rows = []
+    for h, w in sizes:
+        graph = served.graph_for(h, w)
+        for batch in batches:
+            frames = frames_for(h, w, batch)
+            progress(f"{capability} {batch}x{h}x{w}: {graph.path.name} on onnxruntime and transformers, in turn")
+            with _open("onnxruntime", graph, served.bounds, batch) as backend:
+                calls = {"graph": lambda b=backend, f=frames: b.infer({FRAME_INPUT: f}),
+                         "baseline": _baseline(served, models, frames, graph.sizing)}  # fmt: skip
+                timed = {name: [] for name in calls}
+                for i in range(warmup + iterations):
+                    for name, call in calls.items():
+                        started = time.perf_counter()
+                        call()
+                        if i >= warmup:
+                            timed[name].append(time.perf_counter() - started)
+                ours = _row(capability, f"onnxruntime ({backend.device})", batch, h, w, timed["graph"], None)
+            rows.append({**ours, "graph": graph.path.name, "resolution": graph.model_size(h, w)})
+            rows.append(_row(capability, _baseline_name(), batch, h, w, timed["baseline"], None))
+            progress(_partial(rows[-2]) + " | baseline" + _partial(rows[-1]))
     return rows
 
 

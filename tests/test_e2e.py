@@ -24,6 +24,7 @@ from PIL import Image
 from benchmarks import parity
 from node.builder import pipeline, verify
 from node.contract import FRAME_INPUT
+from node.sizing import Sizing
 from tests.conftest import tiny_plan
 from tests.nodes import frame, in_process_backends, jpeg, png, raw_type, start_node, stop
 
@@ -127,14 +128,13 @@ def test_http_results_equal_in_process_backend_and_transformers(http, in_process
 def test_depth_over_http_on_photographs_matches_transformers_at_its_own_resolution(http, models, name):
     """What ``pipeline("depth-estimation")`` does: the processor's defaults, aspect ratio kept, multiples of 14."""
     from node.builder import reference
-    from node.builder.graphs import processor_sizing
 
     f = np.ascontiguousarray(parity.photograph(name)[:720])  # hubble (872 rows) cropped into the tiny bounds
     r = http.post(ROUTES["depth"], content=f.tobytes(), headers={"content-type": raw_type(f)})
     assert r.status_code == 200, r.text
     got = as_graph_outputs("depth", r)
     depth = models["depth"]["depth"]
-    want = reference.depth(depth.model, depth.processor, f[None], processor_sizing(depth.processor))
+    want = reference.depth(depth.model, depth.processor, f[None], Sizing.of_processor(depth.processor))
     correlation = np.corrcoef(got["depth"].ravel(), want["depth"].ravel())[0, 1]
     assert correlation >= 0.999, correlation
     checks = verify.compare("depth", f"http {name} {f.shape[0]}x{f.shape[1]}", got, want)

@@ -12,6 +12,7 @@ from node.builder import cli, graphs, pipeline, tiny, weights
 from node.builder.errors import BuildError
 from node.engines import load
 from node.errors import StartupError
+from node.sizing import Sizing
 from tests.conftest import TINY_BOUNDS, TINY_ROLES, tiny_plan
 
 SIZES = ((90, 160), (128, 128))
@@ -47,7 +48,7 @@ def test_a_segformer_saved_with_do_reduce_labels_builds_and_matches_transformers
 def test_processor_settings_the_graph_cannot_reproduce_are_refused_by_name(setting, value, message):
     loaded = weights.load_demo(TINY_ROLES["depth"])
     setattr(loaded.processor, setting, value)
-    sizing = graphs.processor_sizing(loaded.processor)
+    sizing = Sizing.of_processor(loaded.processor)
     with pytest.raises(BuildError, match=message):
         graphs.DepthGraph(loaded.model, loaded.processor, sizing, TINY_BOUNDS)
 
@@ -56,7 +57,7 @@ def test_a_label_set_the_palette_does_not_cover_is_refused():
     spec = TINY_ROLES["segmentation"]
     loaded = weights.load_demo(dataclasses.replace(spec, demo_config={**spec.demo_config, "num_labels": 151}))
     with pytest.raises(BuildError, match=r"num_labels=151; the ADE20K palette .* colours 150 classes"):
-        sizing = graphs.processor_sizing(loaded.processor)
+        sizing = Sizing.of_processor(loaded.processor)
         graphs.SegmentationGraph(loaded.model, loaded.processor, sizing, TINY_BOUNDS, 8)
 
 
@@ -87,3 +88,12 @@ def test_a_capability_built_again_clears_its_recorded_failure(tmp_path):
     assert "failed" not in recorded and "pose" in recorded["capabilities"]
     manifest.write(tmp_path, {}, failed={"pose": "broken again"})
     assert "pose" not in manifest.load(tmp_path)["capabilities"]  # nothing stale served in its name
+
+
+def test_a_pose_processor_without_the_affine_crop_is_refused():
+    det, pose = weights.load_demo(TINY_ROLES["detector"]), weights.load_demo(TINY_ROLES["pose"])
+    pose.processor.do_affine_transform = False
+    with pytest.raises(BuildError, match=r"do_affine_transform=False: not supported in-graph"):
+        graphs.PoseGraph(
+            det.model, det.processor, pose.model, pose.processor, 3, Sizing.of_processor(det.processor), TINY_BOUNDS
+        )

@@ -9,7 +9,7 @@ import torch
 from transformers.models.dpt.image_processing_pil_dpt import get_resize_output_image_size
 
 from node.builder.errors import BuildError
-from node.builder.graphs import ModelSize
+from node.builder.model_size import ModelSize
 from node.contract import ShapeBounds
 from node.sizing import Sizing
 from tests.conftest import TINY_BOUNDS

@@ -8,7 +8,6 @@ each graph must reproduce is in ``reference.py``.
 from __future__ import annotations
 
 import copy
-import functools
 
 import torch
 import torch.nn.functional as F
@@ -20,22 +19,18 @@ from ..contract import ShapeBounds
 from ..sizing import Sizing
 from . import ops, precision
 from .errors import BuildError
+from .model_size import ModelSize
 
 # Processor settings the graphs do not reproduce: a model that needs one is refused at build time.
 # (Label-map settings such as do_reduce_labels are accepted: transformers never applies them to images.)
 _UNSUPPORTED_SETTINGS = {"do_center_crop": True, "do_pad": True, "do_resize": False}
 
 
-def processor_sizing(processor) -> Sizing:
-    """How the processor picks the model resolution for a frame: the graph's default."""
-    return Sizing.of_processor(processor)
-
-
 def check_processor(processor) -> None:
     """Refuse, naming the setting, a processor whose image handling the graphs cannot reproduce."""
     name = type(processor).__name__
     for flag, refused in _UNSUPPORTED_SETTINGS.items():
-        if hasattr(processor, flag) and bool(getattr(processor, flag)) == refused:
+        if getattr(processor, flag, None) is not None and bool(getattr(processor, flag)) == refused:
             raise BuildError(f"{name}.{flag}={refused}: not supported in-graph (preprocessor_config.json)")
     try:
         ops.pil_filter_name(processor.resample)
@@ -43,85 +38,12 @@ def check_processor(processor) -> None:
         raise BuildError(f"{name}.{err} (preprocessor_config.json)") from None
 
 
-def _round_to_multiple(num: torch.Tensor, den, multiple: int) -> torch.Tensor:
-    """``round(num / den / multiple) * multiple`` exactly, rounding halves to even (Python's round)."""
-    q = den * multiple
-    f = torch.div(num, q, rounding_mode="floor")
-    twice_rest = 2 * (num - f * q)
-    odd = (f - 2 * torch.div(f, 2, rounding_mode="floor")) == 1
-    up = (twice_rest > q) | ((twice_rest == q) & odd)
-    return (f + up.long()) * multiple
-
-
-def _rule(s: Sizing, height: torch.Tensor, width: torch.Tensor):
-    """The processor's keep-aspect rule in integers, on int64 tensors of any shape."""
-    # |1 - s.width/width| < |1 - s.height/height|, multiplied out (squared: no Abs on sizes).
-    fit_width = ((width - s.width) * height) ** 2 < ((height - s.height) * width) ** 2
-    scale_num = torch.where(fit_width, s.width, s.height)
-    scale_den = torch.where(fit_width, width, height)
-    return (
-        _round_to_multiple(scale_num * height, scale_den, s.multiple),
-        _round_to_multiple(scale_num * width, scale_den, s.multiple),
-    )
-
-
-@functools.lru_cache(maxsize=8)  # one scan per (sizing, bounds), however many graphs and rungs use it
-def _corrections(sizing: Sizing, bounds: ShapeBounds) -> tuple[list[int], list[int], list[int]]:
-    """(keys, height deltas, width deltas) of the frame sizes where the integer rule and the processor differ."""
-    (min_h, min_w), (max_h, max_w) = bounds.min_hw, bounds.max_hw
-    heights, widths = torch.meshgrid(
-        torch.arange(min_h, max_h + 1, dtype=torch.int64), torch.arange(min_w, max_w + 1, dtype=torch.int64),
-        indexing="ij",
-    )
-    got_h, got_w = _rule(sizing, heights, widths)
-    want_h, want_w = (torch.from_numpy(a) for a in sizing.model_sizes(heights.numpy(), widths.numpy()))
-    if int(want_h.min()) < 1 or int(want_w.min()) < 1:
-        at = torch.nonzero((want_h < 1) | (want_w < 1))[0]
-        raise BuildError(
-            f"frame bounds {min_h}..{max_h} x {min_w}..{max_w} allow a {min_h + int(at[0])}x{min_w + int(at[1])} "
-            f"frame, for which the processor's {sizing.describe()} picks a zero-pixel side: narrow "
-            "--min-size/--max-size"
-        )
-    differ = (got_h != want_h) | (got_w != want_w)
-    if int(differ.sum()) > 100_000:  # halves are rare: this many means the rule itself is wrong
-        raise BuildError(f"the graph's size rule disagrees with the processor at {int(differ.sum())} frame sizes")
-    keys = heights[differ] * (max_w + 1) + widths[differ]  # ModelSize.key_stride
-    return keys.tolist(), (want_h - got_h)[differ].tolist(), (want_w - got_w)[differ].tolist()
-
-
-class ModelSize(nn.Module):
-    """The model resolution for a frame, computed in the graph from the frame's shape (int64, exact).
-
-    The processor's rule (``node.sizing``) in integers: equal to its float64 arithmetic wherever that
-    arithmetic is exact, which is everywhere except exact halves, where float64 rounding tips the
-    processor's ``round`` one way or the other. Those frame sizes (a few hundred among the millions
-    the bounds allow) are found at build time, by comparing with the processor's arithmetic over
-    every frame size in the bounds, and carried as corrections: the graph picks exactly the
-    processor's size for every frame it accepts.
-    """
-
-    def __init__(self, sizing: Sizing, bounds: ShapeBounds):
-        super().__init__()
-        self.sizing = sizing
-        self.key_stride = bounds.max_hw[1] + 1
-        keys, dh, dw = _corrections(sizing, bounds) if sizing.keep_aspect_ratio else ([], [], [])
-        self.register_buffer("keys", torch.tensor(keys, dtype=torch.int64))
-        self.register_buffer("delta_h", torch.tensor(dh, dtype=torch.int64))
-        self.register_buffer("delta_w", torch.tensor(dw, dtype=torch.int64))
-
-    def rule(self, height: torch.Tensor, width: torch.Tensor):
-        return _rule(self.sizing, height, width)
-
-    def forward(self, frames: torch.Tensor):
-        """(height, width) for ``frames`` [N, H, W, 3]: Python ints when fixed, traced int64 scalars otherwise."""
-        if not self.sizing.keep_aspect_ratio:
-            return self.sizing.model_size(1, 1)  # the frame does not matter
-        height, width = torch.as_tensor(frames.shape[1]), torch.as_tensor(frames.shape[2])
-        new_h, new_w = self.rule(height, width)
-        if self.keys.numel():
-            hit = (self.keys == height * self.key_stride + width).long()
-            new_h, new_w = new_h + (hit * self.delta_h).sum(), new_w + (hit * self.delta_w).sum()
-        return new_h, new_w
+def _normalisation(processor) -> tuple[float, list[float], list[float]]:
+    """(rescale, mean, std) as the processor applies them, its do_rescale/do_normalize flags included."""
+    rescale = processor.rescale_factor if processor.do_rescale else 1.0
+    if not processor.do_normalize:
+        return rescale, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    return rescale, list(processor.image_mean), list(processor.image_std)
 
 
 class _Preprocess(nn.Module):
@@ -132,25 +54,26 @@ class _Preprocess(nn.Module):
         check_processor(processor)
         self.size = ModelSize(sizing, bounds)
         self.filter = ops.pil_filter_name(processor.resample)
-        self.rescale = processor.rescale_factor if processor.do_rescale else 1.0
-        self.mean = processor.image_mean if processor.do_normalize else [0.0, 0.0, 0.0]
-        self.std = processor.image_std if processor.do_normalize else [1.0, 1.0, 1.0]
+        self.rescale, self.mean, self.std = _normalisation(processor)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         x = ops.resize_like_pil(frames, self.size(frames), self.filter)
         return ops.normalise(x, self.rescale, self.mean, self.std)
 
 
-def traceable_depth_sizes(model: nn.Module) -> nn.Module:
-    """A copy of a Depth Anything model whose head upsamples to a traced size.
+def depth_for_export(model: nn.Module) -> nn.Module:
+    """A copy of a Depth Anything model that exports to a graph sized per frame, and runs fast in it.
 
-    transformers' head casts its target size to ``int``, which the ONNX tracer freezes at the
-    example frame's resolution; at any other model resolution the map would come out at the
-    wrong size. The copy's head computes the same thing without the cast.
+    Two forwards change, same modules and weights, same arithmetic:
+    - the head: transformers casts its upsampling size to ``int``, which the ONNX tracer freezes at
+      the example frame's resolution (at any other resolution the map would come out wrong);
+    - the DINOv2 position embeddings: their bicubic interpolation to the patch grid becomes four-tap
+      gathers (``ops.resize_bicubic``), which ONNX Runtime runs ~100× faster than its cubic Resize.
     """
     from transformers.models.depth_anything.modeling_depth_anything import (  # noqa: PLC0415
         DepthAnythingDepthEstimationHead,
     )
+    from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings  # noqa: PLC0415
 
     class TracedSizeHead(DepthAnythingDepthEstimationHead):
         def forward(self, hidden_states, patch_height, patch_width):
@@ -160,10 +83,22 @@ def traceable_depth_sizes(model: nn.Module) -> nn.Module:
             x = self.conv3(self.activation1(self.conv2(x)))
             return (self.activation2(x) * self.max_depth).squeeze(dim=1)
 
+    class GatheredPositionEmbeddings(Dinov2Embeddings):
+        def interpolate_pos_encoding(self, embeddings, height, width):
+            # Dinov2Embeddings.interpolate_pos_encoding, with the interpolation as gathers (in float32, as there).
+            positions = self.position_embeddings
+            side = round(self.patch_embeddings.num_patches**0.5)  # a Python int, also while tracing
+            patch_h, patch_w = self.patch_embeddings.patch_size
+            grid = positions[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+            grid = ops.resize_bicubic(grid, (height // patch_h, width // patch_w)).to(positions.dtype)
+            return torch.cat((positions[:, :1], grid.flatten(2).transpose(1, 2)), dim=1)
+
     if not isinstance(getattr(model, "head", None), DepthAnythingDepthEstimationHead):
         return model
     model = copy.deepcopy(model)
-    model.head.__class__ = TracedSizeHead  # same module, same weights; only forward differs
+    model.head.__class__ = TracedSizeHead
+    if type(model.backbone.embeddings) is Dinov2Embeddings:
+        model.backbone.embeddings.__class__ = GatheredPositionEmbeddings
     return model
 
 
@@ -173,12 +108,12 @@ class DepthGraph(nn.Module):
     def __init__(self, model, processor, sizing: Sizing, bounds: ShapeBounds, rung: str = "fp32"):
         super().__init__()
         self.pre = _Preprocess(processor, sizing, bounds)
-        self.model = precision.body(traceable_depth_sizes(model), rung)
+        self.model = precision.body(depth_for_export(model), rung)
 
     def forward(self, frames: torch.Tensor):
         depth = self.model(pixel_values=self.pre(frames)).predicted_depth
-        # post_process_depth_estimation: bicubic (a = -0.75, torch's) to the frame's size.
-        depth = F.interpolate(depth[:, None], size=frames.shape[1:3], mode="bicubic", align_corners=False)[:, 0]
+        # post_process_depth_estimation: torch's bicubic (A = -0.75) to the frame's size.
+        depth = ops.resize_bicubic(depth[:, None], frames.shape[1:3])[:, 0]
         flat = depth.flatten(1)
         return depth, flat.min(dim=1).values, flat.max(dim=1).values
 
@@ -267,6 +202,11 @@ class PoseGraph(nn.Module):
         super().__init__()
         if detector_sizing.keep_aspect_ratio:
             raise BuildError("the person detector runs at a fixed resolution (its position embedding is frozen)")
+        if getattr(pose_processor, "do_affine_transform", True) is False:
+            raise BuildError(
+                f"{type(pose_processor).__name__}.do_affine_transform=False: not supported in-graph (the graph "
+                "crops each person with the processor's affine warp) (preprocessor_config.json)"
+            )
         if pose_model.config.num_labels != len(COCO17):
             raise BuildError(
                 f"pose model config.json: num_labels={pose_model.config.num_labels}; the node serves COCO-17 "
@@ -277,8 +217,7 @@ class PoseGraph(nn.Module):
         self.person_class = int(detector.config.label2id.get("person", 0))
         self.pose_model = precision.body(pose_model, rung)
         self.crop_h, self.crop_w = pose_processor.size["height"], pose_processor.size["width"]
-        self.pose_rescale = pose_processor.rescale_factor
-        self.pose_mean, self.pose_std = pose_processor.image_mean, pose_processor.image_std
+        self.pose_rescale, self.pose_mean, self.pose_std = _normalisation(pose_processor)
         self.max_persons = min(max_persons, detector.config.num_queries)
         self.num_keypoints = pose_model.config.num_labels
 

@@ -20,7 +20,7 @@ from ..manifest import sha256
 from ..sizing import Sizing
 from . import export, precision, reference, trt_rules, verify, weights
 from .errors import BuildError
-from .graphs import DepthGraph, PoseGraph, SegmentationGraph, processor_sizing
+from .graphs import DepthGraph, PoseGraph, SegmentationGraph
 from .specs import DEFAULT_MODELS, FRAME_INPUT, OUTPUTS, ModelSpec, ShapeBounds, roles_for, spec_for
 
 log = logging.getLogger("build")
@@ -104,7 +104,7 @@ def _model_entry(role: str, loaded: weights.LoadedModel) -> dict:
 
 def _sizings(capability: str, plan: BuildPlan, processor) -> list[Sizing]:
     fixed = plan.resolutions.get(capability)
-    return [Sizing.fixed(*hw) for hw in fixed] if fixed else [processor_sizing(processor)]
+    return [Sizing.fixed(*hw) for hw in fixed] if fixed else [Sizing.of_processor(processor)]
 
 
 def _stem(capability: str, sizing: Sizing) -> str:
