@@ -73,3 +73,15 @@ def test_pil_filter_name_refuses_filters_the_graph_cannot_run():
     assert ops.pil_filter_name(Image.BILINEAR) == "bilinear"
     with pytest.raises(ValueError, match="not supported in-graph"):
         ops.pil_filter_name(Image.LANCZOS)
+
+
+@pytest.mark.parametrize(
+    ("in_hw", "out_hw"), [((37, 37), (25, 37)), ((37, 37), (66, 37)), ((25, 37), (400, 600)), ((20, 30), (7, 9))]
+)
+def test_resize_bicubic_is_torchs_bicubic_upsampling(in_hw, out_hw):
+    x = torch.randn(2, 3, *in_hw, generator=torch.Generator().manual_seed(0))
+    want = torch.nn.functional.interpolate(x, size=out_hw, mode="bicubic", align_corners=False)
+    got = ops.resize_bicubic(x, out_hw)
+    assert got.shape == want.shape
+    assert float((got - want).abs().max()) < 5e-5  # float32 summation order (values up to ~4)
+    assert torch.equal(ops.resize_bicubic(x, in_hw), x)  # the same size is the identity, exactly
