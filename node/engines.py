@@ -88,8 +88,8 @@ def load(directory: Path, wanted: tuple[str, ...] = ()) -> dict[str, ServedCapab
     if not listed:
         why = "".join(f"; {c} failed to build: {w}" for c, w in failed.items())
         raise StartupError(f"{path}: lists no capability{why}")
-    for capability, why in failed.items():
-        if not wanted:
+    if not wanted:  # serving everything listed: say what is missing from "everything"
+        for capability, why in failed.items():
             log.warning("%s: not served: its build failed: %s", capability, why)
     return {name: _capability(directory, name, listed[name]) for name in (wanted or tuple(listed))}
 

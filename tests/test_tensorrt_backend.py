@@ -104,6 +104,27 @@ def test_engines_share_one_scratch_sized_to_the_largest(tiny_build):
     assert not [c for c in cuda.calls if c[0] in ("mem_alloc", "set_device_memory")]  # steady state: nothing
 
 
+def test_a_closed_backend_leaves_no_binding_a_new_context_could_inherit(tiny_build):
+    """A context's scratch binding is keyed by id(); a new context may get a closed one's id. It must
+    still be bound before it runs (this once ran a FAKE engine "without scratch memory" in CI)."""
+    import gc
+    import weakref
+
+    cuda = FakeCuda()
+    scratch = SharedScratch(cuda)
+    first, _, _ = open_backend(tiny_build, "depth", (FakeTensorRT(cuda), cuda), scratch)
+    first.infer({FRAME_INPUT: frames(64, 64)})
+    assert scratch.bound_contexts == 1
+    closed = weakref.ref(first.context)
+    first.__exit__(None, None, None)
+    gc.collect()
+    assert scratch.bound_contexts == 0 and closed() is None  # nothing of a closed backend is kept, not even its id
+    second, _, _ = open_backend(tiny_build, "depth", (FakeTensorRT(cuda), cuda), scratch)
+    cuda.calls.clear()
+    second.infer({FRAME_INPUT: frames(64, 64)})  # the fake asserts the scratch was set before executing
+    assert [c[0] for c in cuda.calls].count("set_device_memory") == 1
+
+
 def test_a_failed_execute_is_an_error_naming_the_call(tiny_build):
     cuda = FakeCuda()
     backend, _, _ = open_backend(tiny_build, "depth", (FakeTensorRT(cuda, fail_execute=True), cuda))

@@ -68,7 +68,8 @@ def depth_for_export(model: nn.Module) -> nn.Module:
     - the head: transformers casts its upsampling size to ``int``, which the ONNX tracer freezes at
       the example frame's resolution (at any other resolution the map would come out wrong);
     - the DINOv2 position embeddings: their bicubic interpolation to the patch grid becomes four-tap
-      gathers (``ops.resize_bicubic``), which ONNX Runtime runs ~100× faster than its cubic Resize.
+      gathers (``ops.resize_bicubic``); ONNX Runtime's cubic Resize spent 60 ms of a 580 ms CPU
+      frame on it (400×600, profiled), the gathers of the whole graph 13 ms.
     """
     from transformers.models.depth_anything.modeling_depth_anything import (  # noqa: PLC0415
         DepthAnythingDepthEstimationHead,

@@ -20,7 +20,8 @@ def _size(sizing: Sizing) -> dict:
 
 @torch.no_grad()
 def depth(model, processor, frames: np.ndarray, sizing: Sizing) -> dict[str, np.ndarray]:
-    kwargs = {} if sizing == Sizing.of_processor(processor) else {"size": _size(sizing), "keep_aspect_ratio": False}
+    fixed = {"size": _size(sizing), "keep_aspect_ratio": False, "ensure_multiple_of": sizing.multiple}
+    kwargs = {} if sizing == Sizing.of_processor(processor) else fixed  # {}: the pipeline's own call
     inputs = processor(images=list(frames), return_tensors="pt", **kwargs)
     out = model(**inputs)
     sizes = [frame.shape[:2] for frame in frames]

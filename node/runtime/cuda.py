@@ -89,7 +89,10 @@ class SharedScratch:
         self.lock = threading.Lock()
         with self.current():
             self.stream = checked("Stream", cuda.Stream, returns=True)
-        self._bound: dict[int, object] = {}  # id(context) -> the allocation it is bound to
+        # id(context) -> (context, the allocation it is bound to). The context itself is kept so that its
+        # id cannot be reused by a new context while the entry exists: a new context that inherited an
+        # old entry would run without scratch memory. ``release`` drops the entry when a backend closes.
+        self._bound: dict[int, tuple[object, object]] = {}
 
     @contextmanager
     def current(self):
@@ -111,12 +114,25 @@ class SharedScratch:
             if self.allocation is not None:
                 self.allocation.free()
             self.allocation, self.size, self._bound = grown, size, {}
-        if self._bound.get(id(context)) is not self.allocation:
+        bound = self._bound.get(id(context))
+        if bound is None or bound[0] is not context or bound[1] is not self.allocation:
             if hasattr(context, "set_device_memory"):  # TensorRT >= 10.1
                 checked("set_device_memory", context.set_device_memory, int(self.allocation), self.size)
             else:
                 context.device_memory = int(self.allocation)
-            self._bound[id(context)] = self.allocation
+            self._bound[id(context)] = (context, self.allocation)
+
+    @property
+    def bound_contexts(self) -> int:
+        """How many execution contexts are bound to the scratch now."""
+        return len(self._bound)
+
+    def release(self, context) -> None:
+        """Forget ``context`` (its backend is closing): nothing of it stays referenced here."""
+        with self.lock:
+            entry = self._bound.get(id(context))
+            if entry is not None and entry[0] is context:
+                del self._bound[id(context)]
 
     def free(self) -> None:
         if self.allocation is not None:

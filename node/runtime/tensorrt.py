@@ -168,6 +168,8 @@ class TensorRTBackend:
         with self.scratch.current():
             for pair in self.buffers.values():
                 pair.free()
+        if self.context is not None:
+            self.scratch.release(self.context)
         self.buffers = {}
         self.context = self.engine = None
         self.device = "closed"
