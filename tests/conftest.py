@@ -39,3 +39,12 @@ def tiny_build(tmp_path_factory):
     assert not failures, failures
     manifest.write(out, entries)
     return out, entries
+
+
+@pytest.fixture(scope="module")
+def client(tiny_build):
+    """A node on the tiny build behind Starlette's TestClient (real ONNX Runtime), one per test module."""
+    from tests.nodes import node_client
+
+    with node_client(tiny_build[0]) as c:
+        yield c

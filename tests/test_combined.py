@@ -27,12 +27,6 @@ from tests.nodes import (
 )
 
 
-@pytest.fixture(scope="module")
-def client(tiny_build):
-    with node_client(tiny_build[0]) as c:
-        yield c
-
-
 def raw_post(client, path, f, **options):
     query = "&".join(f"{k}={v}" for k, v in options.items())
     return client.post(f"{path}?{query}" if query else path, content=f.tobytes(), headers={"content-type": raw_type(f)})

@@ -27,12 +27,6 @@ from tests.nodes import (
 
 
 @pytest.fixture(scope="module")
-def client(tiny_build):
-    with node_client(tiny_build[0]) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def backends(tiny_build):
     with in_process_backends(tiny_build[0]) as opened:
         yield {name: backend for name, (backend, _) in opened.items()}

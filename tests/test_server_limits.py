@@ -26,12 +26,6 @@ from tests.nodes import (
 )
 
 
-@pytest.fixture(scope="module")
-def client(tiny_build):
-    with node_client(tiny_build[0]) as c:
-        yield c
-
-
 @pytest.mark.parametrize(
     "path, params, words",
     [
