@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -68,14 +69,15 @@ def post(port: int, capability: str, frame: np.ndarray) -> tuple[bytes, dict]:
         conn.close()
 
 
-def _exact_boxes(served, graph, frame: np.ndarray) -> np.ndarray:
+def _exact_boxes(opened: dict, stack: ExitStack, served, graph, frame: np.ndarray) -> np.ndarray:
     """The boxes the pose graph used, unrounded: the JSON gives them to 0.01 px, and ViTPose on
     random demo weights has heatmaps flat enough for that to move a keypoint. Same graph, same
-    frame, in this process."""
+    frame, in this process; each graph is opened once (``opened``, closed with ``stack``)."""
     from node.runtime.onnxruntime import OnnxRuntimeBackend  # noqa: PLC0415
 
-    with OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds) as backend:
-        return backend.infer({FRAME_INPUT: frame[None]})["boxes"].copy()
+    if graph not in opened:
+        opened[graph] = stack.enter_context(OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds))
+    return opened[graph].infer({FRAME_INPUT: frame[None]})["boxes"].copy()
 
 
 def run(args) -> int:
@@ -85,8 +87,8 @@ def run(args) -> int:
 
     served = load(args.engines, tuple(args.capabilities))
     models = {c: {m["role"]: _demo_model(m["name"]) for m in s.models} for c, s in served.items()}
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    rows, pose_backends = [], {}
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         node = nodeproc.spawn(args.engines, Path(tmp) / "node.log", capabilities=",".join(args.capabilities))
         try:
             progress(f"started a node on port {node.port}: ready in {nodeproc.wait_ready(node, timeout=600):.2f} s")
@@ -96,7 +98,9 @@ def run(args) -> int:
                     body, meta = post(node.port, capability, frame)
                     got = as_graph_outputs(capability, body, meta)
                     graph = served[capability].graph_for(*frame.shape[:2])
-                    used = {**got, "boxes": _exact_boxes(served["pose"], graph, frame)} if capability == "pose" else got
+                    used = got
+                    if capability == "pose":
+                        used = {**got, "boxes": _exact_boxes(pose_backends, stack, served["pose"], graph, frame)}
                     # transformers with the processor's own defaults, whatever the graph's sizing: for a
                     # fixed-resolution graph this shows what the fixed size costs in fidelity.
                     processor = models[capability]["detector" if capability == "pose" else capability].processor
