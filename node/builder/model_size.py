@@ -39,6 +39,11 @@ def _rule(s: Sizing, height: torch.Tensor, width: torch.Tensor):
     )
 
 
+def key_stride(bounds: ShapeBounds) -> int:
+    """A frame size's correction key is ``height * key_stride + width``: one int64 per size in the bounds."""
+    return bounds.max_hw[1] + 1
+
+
 @functools.lru_cache(maxsize=8)  # one scan per (sizing, bounds), however many graphs and rungs use it
 def _corrections(sizing: Sizing, bounds: ShapeBounds) -> tuple[list[int], list[int], list[int]]:
     """(keys, height deltas, width deltas) of the frame sizes where the integer rule and the processor differ."""
@@ -59,7 +64,7 @@ def _corrections(sizing: Sizing, bounds: ShapeBounds) -> tuple[list[int], list[i
     differ = (got_h != want_h) | (got_w != want_w)
     if int(differ.sum()) > 100_000:  # halves are rare: this many means the rule itself is wrong
         raise BuildError(f"the graph's size rule disagrees with the processor at {int(differ.sum())} frame sizes")
-    keys = heights[differ] * (max_w + 1) + widths[differ]  # ModelSize.key_stride
+    keys = heights[differ] * key_stride(bounds) + widths[differ]
     return keys.tolist(), (want_h - got_h)[differ].tolist(), (want_w - got_w)[differ].tolist()
 
 
@@ -77,7 +82,7 @@ class ModelSize(nn.Module):
     def __init__(self, sizing: Sizing, bounds: ShapeBounds):
         super().__init__()
         self.sizing = sizing
-        self.key_stride = bounds.max_hw[1] + 1
+        self.key_stride = key_stride(bounds)
         keys, dh, dw = _corrections(sizing, bounds) if sizing.keep_aspect_ratio else ([], [], [])
         self.register_buffer("keys", torch.tensor(keys, dtype=torch.int64))
         self.register_buffer("delta_h", torch.tensor(dh, dtype=torch.int64))
