@@ -116,6 +116,7 @@ async def infer(request: Request) -> Response:
     given = _request_options(request, ct_params)
     width, height = given.pop("width", None), given.pop("height", None)
     options = _options_per_capability(sessions, given)
+    started_read = time.perf_counter()
     body = await _read_body(request, node.config.max_body_bytes)
 
     started_decode = time.perf_counter()
@@ -127,7 +128,8 @@ async def infer(request: Request) -> Response:
     jobs = [session.submit(frame, options[session.name], deadline) for session in sessions]
     results = await _each([s.result(job) for s, job in zip(sessions, jobs)])
     parts = await _each([
-        _part(node, session, outcome, options[session.name], frame, arrived, decoded - started_decode)
+        _part(node, session, outcome, options[session.name], frame, arrived,
+              started_decode - started_read, decoded - started_decode)
         for session, outcome in zip(sessions, results)
     ])  # fmt: skip
     if livepeer_session:
@@ -141,7 +143,8 @@ async def infer(request: Request) -> Response:
     summary = {
         "capabilities": names,
         "frame": [int(frame.shape[0]), int(frame.shape[1])],
-        "timings_ms": {"decode": round((decoded - started_decode) * 1000, 3),
+        "timings_ms": {"read": round((started_decode - started_read) * 1000, 3),
+                       "decode": round((decoded - started_decode) * 1000, 3),
                        "total": round((time.perf_counter() - arrived) * 1000, 3)},  # fmt: skip
         **({"livepeer_session": livepeer_session} if livepeer_session else {}),
     }
@@ -183,7 +186,7 @@ def _options_per_capability(sessions, given: dict[str, str]) -> dict[str, dict]:
     return parsed
 
 
-async def _part(node: Node, session, outcome, options: dict, frame, arrived: float, decode_s: float):
+async def _part(node: Node, session, outcome, options: dict, frame, arrived: float, read_s: float, decode_s: float):
     """(encoded, X-Metadata) of one capability's result; its timings go to the metrics."""
     started = time.perf_counter()
     encode_args = (outcome.rendered, options, node.config.png_compression)
@@ -193,10 +196,12 @@ async def _part(node: Node, session, outcome, options: dict, frame, arrived: flo
         encoded = await run_in_threadpool(session.capability.encode, *encode_args)
     done = time.perf_counter()
     timings = {
+        "read": read_s,
         "decode": decode_s,
         "queue": outcome.queue_s,
         "infer": outcome.infer_s,
-        "encode": outcome.render_s + (done - started),
+        "render": outcome.render_s,
+        "encode": done - started,
         "total": done - arrived,
     }
     node.metrics.observe(session.name, timings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
-STAGES = ("decode", "queue", "infer", "encode", "total")
+STAGES = ("read", "decode", "queue", "infer", "render", "encode", "total")
 # Seconds: sub-millisecond GPU frames up to CPU fallbacks of several seconds.
 BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 

@@ -72,8 +72,8 @@ def test_decode_errors_map_to_their_statuses():
 def test_png_encoder_modes():
     ids = np.arange(12, dtype=np.uint8).reshape(3, 4)
     assert Image.open(io.BytesIO(codecs.png(ids, 1))).mode == "L"
-    assert Image.open(io.BytesIO(codecs.png(ids, 1, channels=3))).mode == "RGB"
     assert Image.open(io.BytesIO(codecs.png(ids, 1, palette=bytes(768)))).mode == "P"
+    assert Image.open(io.BytesIO(codecs.png(np.dstack([ids] * 3), 1))).mode == "RGB"
     deep = Image.open(io.BytesIO(codecs.png(ids.astype(np.uint16) * 5000, 1)))
     np.testing.assert_array_equal(np.asarray(deep), ids.astype(np.uint16) * 5000)
 
@@ -120,7 +120,7 @@ def test_skeleton_draws_openpose_colours_limbs_at_60_percent_and_skips_invisible
     people = _person({"left_shoulder": (80.0, 40.0), "right_shoulder": (40.0, 40.0), "nose": (60.0, 20.0)})
     pose = Pose({})
     encoded = pose.encode(Rendered(people), pose.parse_options({"output": "skeleton"}), 1)
-    img = np.asarray(Image.open(io.BytesIO(encoded.body)))
+    img = np.asarray(Image.open(io.BytesIO(encoded.body)).convert("RGB"))
     assert img.shape == (100, 120, 3)
     neck = OPENPOSE18.index("neck")
     assert tuple(img[40, 60]) == COLOURS[neck]  # the neck disc at the shoulders' midpoint

@@ -72,7 +72,7 @@ def test_capabilities_describe_models_backend_and_limits(client):
     assert depth["backend"]["name"] == "onnxruntime"
     assert depth["backend"]["device"] == "CPUExecutionProvider"
     assert depth["backend"]["memory_bytes"]["host_buffers"] > 0
-    assert depth["outputs"] == ["controlnet", "png16", "raw"]
+    assert depth["outputs"] == ["controlnet", "png16", "jpeg", "raw8", "raw"]
     assert depth["frame_bounds"] == {"min_hw": [64, 64], "max_hw": [720, 1280]}
     assert depth["verification"]["passed"] == depth["verification"]["checks"] > 0
     assert [m["role"] for m in body["capabilities"]["pose"]["models"]] == ["detector", "pose"]
@@ -83,7 +83,7 @@ def test_metrics_count_stages_statuses_queue_and_memory(client):
     post(client, "/infer/segmentation", frame())
     client.post("/infer/segmentation", content=b"x", headers={"content-type": "image/gif"})
     text = client.get("/metrics").text
-    for stage in ("decode", "queue", "infer", "encode", "total"):
+    for stage in ("read", "decode", "queue", "infer", "render", "encode", "total"):
         assert f'vision_node_stage_seconds_count{{capability="segmentation",stage="{stage}"}}' in text
     assert 'vision_node_responses_total{route="/infer/segmentation",status="200"}' in text
     assert 'vision_node_responses_total{route="/infer/segmentation",status="415"}' in text
@@ -107,7 +107,7 @@ def test_depth_raw_equals_the_in_process_backend(client, backends):
     want = run(backends["depth"], f)
     np.testing.assert_array_equal(got, want["depth"][0])
     assert meta["depth_range"] == [float(want["depth_min"][0]), float(want["depth_max"][0])]
-    assert set(meta["timings_ms"]) == {"decode", "queue", "infer", "encode", "total"}
+    assert set(meta["timings_ms"]) == {"read", "decode", "queue", "infer", "render", "encode", "total"}
     assert meta["model"] == "depth-anything-v2-small-tiny" and meta["backend"] == "onnxruntime"
     assert meta["precision"] == "fp32"
     assert meta["weights"] == "demo" and meta["frame"] == [130, 170]
@@ -119,8 +119,8 @@ def test_depth_controlnet_map_is_min_max_normalised_near_bright(client, backends
     r = post(client, f"/infer/depth?channels={channels}", f)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     img = image(r)
-    assert img.mode == ("L" if channels == 1 else "RGB") and img.size == (160, 120)
-    got = np.asarray(img).astype(int)
+    assert img.mode == ("L" if channels == 1 else "P") and img.size == (160, 120)  # P: a grey palette, RGB loaded
+    got = np.asarray(img.convert("L" if channels == 1 else "RGB")).astype(int)
     depth = run(backends["depth"], f)["depth"][0]
     want = np.floor(np.clip((depth - depth.min()) / (depth.max() - depth.min()), 0, 1) * 255 + 0.5)
     if channels == 3:
@@ -207,7 +207,8 @@ def test_pose_skeleton_png_is_frame_sized_openpose_drawing(client):
     f = frame(160, 200)
     r = post(client, "/infer/pose/skeleton", f, person_threshold=0, keypoint_threshold=0)
     img = image(r)
-    assert r.status_code == 200 and img.mode == "RGB" and img.size == (200, 160)
+    assert r.status_code == 200 and img.mode == "P" and img.size == (200, 160)
+    img = img.convert("RGB")
     people = post(client, "/infer/pose", f, person_threshold=0, keypoint_threshold=0).json()["people"]
     colours = {tuple(c) for c in np.asarray(img).reshape(-1, 3)}
     drawn_keypoints = {COLOURS[j] for j in range(18)} & colours

@@ -29,11 +29,11 @@ from tests.nodes import (
 @pytest.mark.parametrize(
     "path, params, words",
     [
-        ("/infer/depth?output=jpeg", {}, ["output", "controlnet, png16, raw"]),
+        ("/infer/depth?output=webp", {}, ["output", "controlnet, png16, jpeg, raw8, raw"]),
         ("/infer/depth", {"channels": 2}, ["channels"]),
         ("/infer/depth", {"range": "5,1"}, ["range", "lo < hi"]),
         ("/infer/depth", {"range": "nan,1"}, ["range"]),
-        ("/infer/depth", {"colour": "red"}, ["unknown option colour", "channels, output, range"]),
+        ("/infer/depth", {"colour": "red"}, ["unknown option colour", "channels, output, quality, range"]),
         ("/infer/depth/raw?output=png16", {}, ["output given twice"]),
         ("/infer/depth?channels=1&channels=3", {}, ["repeated in the query"]),
         ("/infer/pose", {"person_threshold": "2"}, ["person_threshold", "0..1"]),

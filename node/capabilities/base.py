@@ -71,6 +71,10 @@ def value_range(name: str, value: str) -> tuple[float, float]:
 value_range.schema = {"type": "string", "description": "two finite numbers lo,hi with lo < hi", "example": "0,10"}
 
 
+jpeg_quality = number(1, 100, kind=int)
+jpeg_quality.schema["description"] = "JPEG quality for output=jpeg (default 90)"
+
+
 def parse_options(given: dict[str, str], parsers: dict[str, Callable], defaults: dict[str, Any]) -> dict[str, Any]:
     """Parse ``given`` against the capability's parsers; an unknown option is a 400 that lists the known ones."""
     unknown = sorted(set(given) - set(parsers))

@@ -1,23 +1,25 @@
-"""Pose: COCO-17 keypoints of each detected person, as JSON (COCO-17 and OpenPose-18) or a skeleton PNG.
+"""Pose: COCO-17 keypoints of each detected person, as JSON (COCO-17 and OpenPose-18) or a skeleton image.
 
 The skeleton follows the ControlNet OpenPose annotator: 18 keypoints (COCO-17 plus the neck
 between the shoulders), its 17 limbs drawn 4 px wide in its colours at 60 %, then each
-keypoint as a 4 px disc in full colour, on black, at the frame's size.
+keypoint as a 4 px disc in full colour, on black, at the frame's size. It is drawn as indices
+into its 37 colours (one byte a pixel, the same picture as drawing in RGB), so the PNG
+(``skeleton``) is an indexed one; ``jpeg`` is the same picture as an RGB JPEG at ``quality``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .. import codecs
 from ..errors import InputError
-from .base import Encoded, Rendered, choice, number, parse_options
+from .base import Encoded, Rendered, choice, jpeg_quality, number, parse_options
 
-OUTPUTS = ("json", "skeleton")
+OUTPUTS = ("json", "skeleton", "jpeg")
 
 COCO17 = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
@@ -43,6 +45,11 @@ COLOURS = (
     (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85),
 )  # fmt: skip
 STICK_WIDTH = 4
+# The skeleton's palette: black, the 18 colours (keypoints), the same at 60 % (limbs).
+_LIMB_INDEX = 1 + len(COLOURS)
+SKELETON_PALETTE = np.array(
+    [(0, 0, 0), *COLOURS, *(tuple(int(c * 0.6) for c in colour) for colour in COLOURS)], np.uint8
+)
 
 
 def openpose18(keypoints: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,14 +70,18 @@ class Pose:
         "output": choice(*OUTPUTS),
         "person_threshold": number(0.0, 1.0),
         "keypoint_threshold": number(0.0, 1.0),
+        "quality": jpeg_quality,
     }
-    defaults = {"output": "json", "person_threshold": 0.5, "keypoint_threshold": 0.3}
+    defaults = {"output": "json", "person_threshold": 0.5, "keypoint_threshold": 0.3, "quality": 90}
 
     def __init__(self, options: dict):
         self.max_persons = options.get("max_persons")
 
     def parse_options(self, given: dict[str, str]) -> dict:
-        return parse_options(given, self.parsers, self.defaults)
+        options = parse_options(given, self.parsers, self.defaults)
+        if "quality" in given and options["output"] != "jpeg":
+            raise InputError(f"option quality is for output=jpeg, not output={options['output']}")
+        return options
 
     def render(self, outputs: dict[str, np.ndarray], options: dict, frame_hw: tuple[int, int]) -> Rendered:
         keep = np.flatnonzero(outputs["box_scores"][0] >= options["person_threshold"])
@@ -80,7 +91,11 @@ class Pose:
 
     def encode(self, rendered: Rendered, options: dict, png_level: int) -> Encoded:
         if options["output"] == "skeleton":
-            return Encoded(self._skeleton(rendered.payload, options, png_level), "image/png", {})
+            indices = skeleton_indices(rendered.payload, options)
+            return Encoded(codecs.png(indices, png_level, SKELETON_PALETTE.tobytes()), "image/png", {})
+        if options["output"] == "jpeg":
+            rgb = SKELETON_PALETTE[skeleton_indices(rendered.payload, options)]
+            return Encoded(codecs.jpeg(rgb, options["quality"]), "image/jpeg", {})
         return Encoded(self._json(rendered.payload, options), "application/json", {})
 
     @staticmethod
@@ -105,43 +120,40 @@ class Pose:
         }
         return json.dumps(result, separators=(",", ":")).encode()
 
-    @staticmethod
-    def _skeleton(people: dict, options: dict, png_level: int) -> bytes:
-        out = io.BytesIO()
-        draw_skeleton(people, options).save(out, format="PNG", compress_level=png_level)
-        return out.getvalue()
-
     def image(self, rendered: Rendered, options: dict) -> np.ndarray:
         """The skeleton as an RGB array, for streams (pytrickle)."""
         if options["output"] != "skeleton":
             raise InputError("a stream carries images: pose needs output=skeleton")
-        return np.array(draw_skeleton(rendered.payload, options))  # owned and writable: torch wraps it
+        return SKELETON_PALETTE[skeleton_indices(rendered.payload, options)]  # owned and writable: torch wraps it
 
 
-def draw_skeleton(people: dict, options: dict) -> Image.Image:
-    """OpenPose-style skeletons of ``people`` on black at the frame's size."""
+def skeleton_indices(people: dict, options: dict) -> np.ndarray:
+    """OpenPose-style skeletons of ``people`` on black at the frame's size, as indices into SKELETON_PALETTE."""
     height, width = people["frame_hw"]
     xy, score = openpose18(people["keypoints"], people["keypoint_scores"])
     visible = score >= options["keypoint_threshold"]
-    canvas = Image.new("RGB", (width, height))
+    canvas = Image.new("P", (width, height))
     draw = ImageDraw.Draw(canvas)
-    for (a, b), colour in zip(LIMBS, COLOURS):
-        dim = tuple(int(c * 0.6) for c in colour)
-        for p in np.flatnonzero(visible[:, a] & visible[:, b]):
-            draw.polygon(_limb(xy[p, a], xy[p, b]), fill=dim)
+    limbs = [(limb, p) for limb, (a, b) in enumerate(LIMBS) for p in np.flatnonzero(visible[:, a] & visible[:, b])]
+    if limbs:  # every limb's polygon at once; drawn in the annotator's order
+        which, person = np.array(limbs).T
+        ends = np.array(LIMBS)[which]
+        polygons = _limbs(xy[person, ends[:, 0]], xy[person, ends[:, 1]])
+        for polygon, limb in zip(polygons.reshape(len(limbs), -1).tolist(), which.tolist()):
+            draw.polygon(polygon, fill=_LIMB_INDEX + limb)
     r = STICK_WIDTH
-    for j, colour in enumerate(COLOURS):
+    for j in range(len(COLOURS)):
         for x, y in xy[visible[:, j], j]:
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
-    return canvas
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=1 + j)
+    return np.asarray(canvas)
 
 
-def _limb(p: np.ndarray, q: np.ndarray, steps: int = 36) -> list[tuple[float, float]]:
-    """An ellipse from p to q, STICK_WIDTH wide each side: the annotator's limb shape."""
+def _limbs(p: np.ndarray, q: np.ndarray, steps: int = 36) -> np.ndarray:
+    """Ellipses from p to q ([N, 2] each), STICK_WIDTH wide each side: the annotator's limb shape, [N, steps, 2]."""
     centre = (p + q) / 2
-    dx, dy = q - p
-    half_length, angle = math.hypot(dx, dy) / 2, math.atan2(dy, dx)
+    d = (q - p).astype(np.float64)
+    half_length, angle = np.hypot(d[:, 0], d[:, 1])[:, None] / 2, np.arctan2(d[:, 1], d[:, 0])[:, None]
     t = np.linspace(0, 2 * math.pi, steps, endpoint=False)
     ex, ey = half_length * np.cos(t), STICK_WIDTH * np.sin(t)
-    cos, sin = math.cos(angle), math.sin(angle)
-    return list(zip(centre[0] + ex * cos - ey * sin, centre[1] + ex * sin + ey * cos))
+    cos, sin = np.cos(angle), np.sin(angle)
+    return np.stack([centre[:, :1] + ex * cos - ey * sin, centre[:, 1:] + ex * sin + ey * cos], axis=-1)
