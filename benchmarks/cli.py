@@ -2,6 +2,7 @@
 
 engine     in-process latency per capability, frame size and batch, beside transformers (PyTorch eager)
 http       load over HTTP: closed-loop concurrency sweep and/or open-loop fixed rates
+frame-cost what a frame costs outside the network: every stage, input and output over HTTP, and every encoder
 overhead   node overhead = HTTP latency - in-process inference, raw and JPEG/PNG, beside the bare HTTP floor
 coldstart  process start -> /ready and -> first successful inference, over several starts
 overload   open-loop load at multiples of the measured capacity: accepted latency, 503s, memory
@@ -25,6 +26,7 @@ from . import (
     combined,
     engine,
     flicker,
+    framecost,
     load,
     nodeproc,
     overhead,
@@ -206,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
         "  python -m benchmarks http --engines engines/tiny --capability segmentation --concurrency 1,2,4,8\n"
         "  python -m benchmarks http --url http://127.0.0.1:8000 --capability depth --rate 5,10 --duration 20\n"
         "  python -m benchmarks overhead --engines engines/tiny\n"
+        "  python -m benchmarks frame-cost --engines engines --sizes 720x1280,1080x1920\n"
         "  python -m benchmarks coldstart --engines engines --runs 5 --markdown coldstart.md\n"
         "  python -m benchmarks overload --engines engines/tiny --multiples 0.5,1,2,4\n"
         "  python -m benchmarks slow-clients --engines engines/tiny --sockets 200\n"
@@ -265,6 +268,16 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--requests", type=int, default=300, help="timed requests per scenario (default: 300)")
     o.add_argument("--warmup", type=int, default=30, help="untimed requests first (default: 30)")
     o.set_defaults(run=overhead.run)
+
+    fc = commands.add_parser("frame-cost", help="every stage of a frame outside the network, and every encoder tried")
+    common(fc)
+    fc.add_argument("--capabilities", type=_list(str), default=["depth", "segmentation", "pose"])
+    fc.add_argument("--sizes", type=_list(_hw), default=[(512, 512), (720, 1280), (1080, 1920)], metavar="HxW,...",
+                    help="frame sizes (default: 512x512,720x1280,1080x1920)")  # fmt: skip
+    fc.add_argument("--requests", type=int, default=5, help="timed requests per row (default: 5)")
+    fc.add_argument("--warmup", type=int, default=1, help="untimed requests first (default: 1)")
+    fc.add_argument("--repeats", type=int, default=21, help="runs of each encoder on each map (default: 21)")
+    fc.set_defaults(run=framecost.run)
 
     c = commands.add_parser("coldstart", help="process start -> ready -> first inference, several starts")
     common(c)

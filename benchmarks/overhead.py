@@ -48,7 +48,7 @@ def post(conn: http.client.HTTPConnection, path: str, body: bytes, content_type:
     return elapsed, json.loads(meta) if meta else None, len(data)
 
 
-def _echo_floor(cases: dict, requests: int, warmup: int) -> dict:
+def echo_floor(cases: dict, requests: int, warmup: int) -> dict:
     """p50/p99 of the bare HTTP stack (benchmarks.echo on uvicorn) for each (body, response size) case."""
     port = nodeproc.free_port()
     proc = subprocess.Popen(
@@ -104,7 +104,7 @@ def run(args) -> int:
             node.stop()
     progress("HTTP floor: the same bodies and response sizes through a bare Starlette echo on uvicorn")
     cases = {key: (payloads[key[1]][0], payloads[key[1]][1], samples_[0][2]) for key, samples_ in results.items()}
-    floors = _echo_floor(cases, args.requests, args.warmup)
+    floors = echo_floor(cases, args.requests, args.warmup)
     rows, raw = [], {}
     for capability in args.capabilities:
         progress(f"{capability}: {args.requests} in-process inferences on the same frame")

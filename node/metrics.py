@@ -11,6 +11,7 @@ BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.
 
 class Metrics:
     def __init__(self):
+        self._stage_children: dict[str, dict] = {}
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes and friends
         self.latency = Histogram(
@@ -61,8 +62,11 @@ class Metrics:
         self.in_flight.labels(session.name).set_function(lambda: session.pending)
 
     def observe(self, capability: str, timings: dict[str, float]) -> None:
+        children = self._stage_children.get(capability)
+        if children is None:  # labels() takes a lock and builds a key: once per capability, not per request
+            children = self._stage_children[capability] = {s: self.latency.labels(capability, s) for s in STAGES}
         for stage, seconds in timings.items():
-            self.latency.labels(capability, stage).observe(seconds)
+            (children.get(stage) or self.latency.labels(capability, stage)).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from node import codecs, png
 from node.capabilities.depth import Depth
-from node.capabilities.pose import SKELETON_PALETTE, Pose, skeleton_indices
+from node.capabilities.pose import SKELETON_PALETTE, Pose, skeleton
 from node.capabilities.segmentation import _PALETTE, Segmentation
 from node.contract import FRAME_INPUT, ShapeBounds
 from node.errors import InputError
@@ -58,7 +58,7 @@ def rgb_map(name: str, rendered, options) -> np.ndarray:
         return np.repeat(rendered.payload[..., None], 3, axis=2)
     if name == "segmentation":
         return _PALETTE[rendered.payload]
-    return SKELETON_PALETTE[skeleton_indices(rendered.payload, options)]
+    return SKELETON_PALETTE[np.asarray(skeleton(rendered.payload, options))]
 
 
 @pytest.mark.parametrize(
