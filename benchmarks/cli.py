@@ -2,6 +2,7 @@
 
 engine     in-process latency per capability, frame size and batch, beside transformers (PyTorch eager)
 http       load over HTTP: closed-loop concurrency sweep and/or open-loop fixed rates
+gpu-check  on a GPU without TensorRT: CUDA buffers, copies and GPU JPEG decode with a stand-in engine
 frame-cost what a frame costs outside the network: every stage, input and output over HTTP, and every encoder
 overhead   node overhead = HTTP latency - in-process inference, raw and JPEG/PNG, beside the bare HTTP floor
 coldstart  process start -> /ready and -> first successful inference, over several starts
@@ -27,6 +28,7 @@ from . import (
     engine,
     flicker,
     framecost,
+    gpucheck,
     load,
     nodeproc,
     overhead,
@@ -278,6 +280,10 @@ def parser() -> argparse.ArgumentParser:
     fc.add_argument("--warmup", type=int, default=1, help="untimed requests first (default: 1)")
     fc.add_argument("--repeats", type=int, default=21, help="runs of each encoder on each map (default: 21)")
     fc.set_defaults(run=framecost.run)
+
+    gc = commands.add_parser("gpu-check", help="on a GPU without TensorRT: buffers, copies, GPU JPEG decode")
+    gpucheck.add_arguments(gc)
+    gc.set_defaults(run=gpucheck.run)
 
     c = commands.add_parser("coldstart", help="process start -> ready -> first inference, several starts")
     common(c)

@@ -254,7 +254,8 @@ def run(args) -> int:
     report.write({"provenance": prov, "rows": rows}, "Frame cost outside the network (over HTTP)", rows, notes,
                  args.json, args.markdown)  # fmt: skip
     maps = {}
-    for h, w in [s for s in sizes if s[0] * s[1] >= 720 * 1280]:
+    video = [s for s in sizes if s[0] * s[1] >= 720 * 1280] or [max(sizes, key=lambda s: s[0] * s[1])]
+    for h, w in video:
         if (h, w) in demo_maps:
             maps[("demo depth", h, w)] = demo_maps[(h, w)]
         depth = Depth({})

@@ -274,3 +274,52 @@ def fp16_reference(engines, capability: str):
     graph = served.graphs[0]
     fp16 = manifest.load(engines)["capabilities"][capability]["graphs"][0]["fp16"]
     return OnnxRuntimeBackend(graph.path.parent / fp16["path"], graph.outputs, served.bounds).__enter__()
+
+
+class FakeNvImgCodec:
+    """FAKE of the slice of ``nvidia.nvimgcodec`` that ``node.runtime.gpu_decode`` uses: NOT nvJPEG.
+
+    It decodes with libjpeg-turbo (simplejpeg) on the CPU and writes the pixels into FakeCuda's "device"
+    memory at the address the caller's ``__cuda_array_interface__`` names, so what is proven is the node's
+    side: the buffer it hands over, the shape it expects, the fallback when the decoder says no.
+    """
+
+    class ColorSpec:
+        SRGB = "srgb"
+
+    def __init__(self, cuda: FakeCuda, refuse: bool = False, fail_to_open: bool = False):
+        self.cuda, self.refuse, self.fail_to_open = cuda, refuse, fail_to_open
+        self.decoded: list[tuple[int, tuple[int, int]]] = []  # (address, (h, w)) of every decode
+        codec = self
+
+        class Decoder:
+            def __init__(self, device_id=0, options=""):
+                if codec.fail_to_open:
+                    raise RuntimeError("Could not create decoder")  # what nvImageCodec says without a driver
+
+            def decode(self, stream, image=None, params=None, cuda_stream=0):
+                import simplejpeg  # noqa: PLC0415
+
+                if codec.refuse:
+                    return None
+                pixels = simplejpeg.decode_jpeg(stream.data, colorspace="RGB")
+                interface = image.interface
+                address, shape = interface["data"][0], interface["shape"]
+                assert pixels.shape == tuple(shape), (pixels.shape, shape)
+                codec.cuda.memory[address][: pixels.nbytes] = pixels.reshape(-1)
+                codec.decoded.append((address, tuple(shape[:2])))
+                return SimpleNamespace(shape=pixels.shape)
+
+        self.Decoder = Decoder
+
+    @staticmethod
+    def DecodeParams(**kwargs):  # noqa: N802 (nvImageCodec's name)
+        return SimpleNamespace(**kwargs)
+
+    @staticmethod
+    def CodeStream(data: bytes):  # noqa: N802
+        return SimpleNamespace(data=data)
+
+    @staticmethod
+    def as_image(source, cuda_stream=0):
+        return SimpleNamespace(interface=source.__cuda_array_interface__)

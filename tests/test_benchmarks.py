@@ -250,3 +250,35 @@ def test_every_kind_of_report_table_gets_its_plot(tmp_path):
     assert plots.replot(report) == tmp_path / "r.png"
     plots.replot(report)  # twice: one link
     assert report.read_text().count("![A report](r.png)") == 1
+
+
+def test_gpu_check_without_a_gpu_stops_at_once_saying_so(tmp_path):
+    from benchmarks import gpucheck
+
+    if gpucheck.no_gpu_reason() is None:
+        pytest.skip("this machine has an NVIDIA GPU: the check would run")
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpucheck", "--out", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert "no NVIDIA driver" in done.stderr and "Nothing was checked" in done.stderr
+    assert not (tmp_path / "out").exists()  # stopped before installing or writing anything
+
+
+def test_frame_cost_measures_every_stage_and_encoder_against_a_node_it_starts(tiny_build, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "frame-cost", "--engines", str(tiny_build[0]), "--sizes", "96x128",
+         "--capabilities", "depth,segmentation", "--requests", "2", "--repeats", "2",
+         "--json", str(tmp_path / "f.json"), "--markdown", str(tmp_path / "f.md")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "f.json").read_text())["rows"]
+    outputs = {(r["capability"], r["output"], r["in"]) for r in rows}
+    assert ("depth", "raw8", "jpeg") in outputs and ("segmentation", "palette", "raw") in outputs
+    assert all(r["host p50 ms"] > 0 and r["out KiB"] > 0 for r in rows)
+    raw_rows = [r for r in rows if r["in"] == "raw"]
+    assert raw_rows and all(r["echo floor p50 ms"] > 0 for r in raw_rows)
+    assert "Frame cost outside the network" in (tmp_path / "f.md").read_text()
+    encoders = json.loads((tmp_path / "f-encoders.json").read_text())["rows"]
+    assert {r["map"] for r in encoders} == {"demo depth 96x128", "smooth 96x128"}  # below 720p: the largest size
+    assert all(r["p50 ms"] > 0 and r["KiB"] > 0 for r in encoders)

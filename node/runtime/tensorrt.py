@@ -183,21 +183,39 @@ class TensorRTBackend:
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         frames = inputs[FRAME_INPUT]
         check_frames(frames, self.bounds, self.max_batch)
-        n, h, w, _ = frames.shape
-        cuda, stream, start, copied, computed, done = self.cuda, self.scratch.stream, *self.events
         frame_in = self.buffers[FRAME_INPUT]
+        np.copyto(frame_in.host_view(frames.shape), frames)  # this backend's own pinned buffer: outside the lock
+
+        def copy_in(stream) -> bool:
+            checked("memcpy_htod_async", self.cuda.memcpy_htod_async, frame_in.device,
+                    frame_in.host_view(frames.shape), stream)  # fmt: skip
+            return True
+
+        return self._run(frames.shape, copy_in)
+
+    def infer_jpeg(self, data: bytes, height: int, width: int, decoder) -> dict[str, np.ndarray] | None:
+        """One JPEG frame (its header already checked) decoded on the GPU by ``decoder`` (``gpu_decode``)
+        straight into the engine's input buffer, then run. None when the GPU decoder could not decode it:
+        the caller decodes on the CPU and calls ``infer``."""
+        self.bounds.check(height, width)
+        frame_in = self.buffers[FRAME_INPUT]
+        shape = (1, height, width, 3)
+        return self._run(shape, lambda stream: decoder.decode_into(data, int(frame_in.device), height, width,
+                                                                   stream.handle))  # fmt: skip
+
+    def _run(self, shape: tuple[int, ...], copy_in) -> dict[str, np.ndarray] | None:
+        """``copy_in(stream)`` fills the input buffer (False: it could not, nothing runs); then execute and copy out."""
+        cuda, stream, start, copied, computed, done = self.cuda, self.scratch.stream, *self.events
         # The node's CUDA context is per thread in pycuda: the session's worker and warm-up threads push it here.
         with self.scratch.lock, self.scratch.current():
             self.scratch.bind(self.context, self.scratch_need)
-            np.copyto(frame_in.host_view(frames.shape), frames)
             start.record(stream)
-            checked(
-                "memcpy_htod_async", cuda.memcpy_htod_async, frame_in.device, frame_in.host_view(frames.shape), stream
-            )
+            if not copy_in(stream):
+                return None
             copied.record(stream)
-            if frames.shape != self.input_shape:
-                checked(f"set_input_shape({frames.shape})", self.context.set_input_shape, FRAME_INPUT, frames.shape)
-                self.input_shape = frames.shape
+            if shape != self.input_shape:
+                checked(f"set_input_shape({shape})", self.context.set_input_shape, FRAME_INPUT, shape)
+                self.input_shape = shape
                 self.shapes = {name: tuple(self.context.get_tensor_shape(name)) for name in self.outputs}
             checked("execute_async_v3", self.context.execute_async_v3, stream.handle)
             computed.record(stream)
