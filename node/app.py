@@ -120,8 +120,13 @@ async def infer(request: Request) -> Response:
     body = await _read_body(request, node.config.max_body_bytes)
 
     started_decode = time.perf_counter()
-    args = (body, media_type, width, height, common_bounds([s.served.bounds for s in sessions]))
-    frame = codecs.decode(*args) if media_type == codecs.RAW else await run_in_threadpool(codecs.decode, *args)
+    # --gpu-decode: one capability's JPEG is checked from its header here and decoded on the GPU by its worker.
+    on_gpu = media_type == "image/jpeg" and len(sessions) == 1 and sessions[0].decodes_jpeg
+    args = (body, media_type, width, height, common_bounds([s.served.bounds for s in sessions]), on_gpu)
+    if media_type == codecs.RAW or on_gpu:  # a view of the body, or a header: no work to move off the loop
+        frame = codecs.decode(*args)
+    else:
+        frame = await run_in_threadpool(codecs.decode, *args)
     decoded = time.perf_counter()
     for session in sessions:  # all or none: no await between these checks and the submissions
         session.check_room()

@@ -12,6 +12,7 @@ import io
 import json
 import secrets
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
@@ -51,15 +52,29 @@ def check_media_type(media_type: str) -> None:
         raise UnsupportedMediaType(f"{got}; send one of {', '.join(ACCEPTED)} (raw needs width= and height=)")
 
 
-def decode(body: bytes | bytearray, media_type: str, width: str | None, height: str | None, bounds: ShapeBounds):
-    """The frame as uint8 [H, W, 3], or a 4xx that says what was wrong."""
+@dataclass(frozen=True)
+class JpegFrame:
+    """A JPEG frame whose header passed every check, left encoded for a GPU decoder (``--gpu-decode``)."""
+
+    data: bytes
+    shape: tuple[int, int, int]  # (H, W, 3): what the decoded frame's will be
+
+    def decode(self) -> np.ndarray:
+        """The CPU decode, where the GPU decoder could not; a corrupt stream is an InputError as always."""
+        return _jpeg_pixels(self.data)
+
+
+def decode(body: bytes | bytearray, media_type: str, width: str | None, height: str | None, bounds: ShapeBounds,
+           keep_jpeg: bool = False):  # fmt: skip
+    """The frame as uint8 [H, W, 3], or a 4xx that says what was wrong. ``keep_jpeg``: a JPEG that libjpeg-turbo
+    would decode is checked from its header and returned as a JpegFrame, for the GPU to decode."""
     check_media_type(media_type)
     if media_type == RAW:
         return _raw(body, width, height, bounds)
     if width is not None or height is not None:
         raise InputError("width and height are for raw frames; a JPEG or PNG carries its own size")
     if media_type == "image/jpeg":
-        return _jpeg(body, bounds)
+        return _jpeg(body, bounds, keep_jpeg)
     return _pillow(body, media_type, bounds)
 
 
@@ -67,7 +82,7 @@ def decode(body: bytes | bytearray, media_type: str, width: str | None, height: 
 _PILLOW_JPEG_COLOURS = ("CMYK", "YCCK")
 
 
-def _jpeg(body, bounds: ShapeBounds) -> np.ndarray:
+def _jpeg(body, bounds: ShapeBounds, keep_jpeg: bool = False):
     if not body.startswith(b"\xff\xd8\xff"):  # SOI then a marker: anything else is not a JPEG
         raise InputError("the body is not a JPEG image (Content-Type says image/jpeg)")
     try:
@@ -77,6 +92,12 @@ def _jpeg(body, bounds: ShapeBounds) -> np.ndarray:
     _check_size(height, width, bounds)
     if colours in _PILLOW_JPEG_COLOURS:
         return _pillow(body, "image/jpeg", bounds)
+    if keep_jpeg:
+        return JpegFrame(bytes(body), (height, width, 3))
+    return _jpeg_pixels(body)
+
+
+def _jpeg_pixels(body) -> np.ndarray:
     try:  # strict: a truncated or corrupt stream is an error, not a grey bottom half
         return simplejpeg.decode_jpeg(body, colorspace="RGB")
     except ValueError as err:

@@ -62,7 +62,14 @@ class Config:
         0.0, "on SIGTERM, keep serving this long after unregistering (/ready is 503) before closing the listener"
     )
     shutdown_grace_s: float = _opt(30.0, "on SIGTERM, how long requests in flight may take to finish")
-    png_compression: int = _opt(1, "zlib level of PNG outputs, 0-9 (1: fast, a little larger)")
+    png_compression: int = _opt(
+        1, "PNG outputs' compression, 0-9: 0 stores, 1 is ISA-L's fastest (smaller than zlib's 1), 2-9 zlib's levels"
+    )
+    gpu_decode: bool = _opt(
+        False,
+        "decode JPEG frames on the GPU (nvImageCodec, the gpu-decode extra) straight into the engine's input buffer; "
+        "TensorRT backends, one capability per request (combinations decode once on the CPU)",
+    )
     log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
     access_log: bool = _opt(False, "log every request (off: one line per frame is noise at video rates)")
     # Livepeer BYOC registration (see README "Registering with a Livepeer orchestrator").
@@ -129,6 +136,8 @@ class Config:
             problems.append(f"max_header_bytes: {self.max_header_bytes} is too small for ordinary headers")
         if self.max_consecutive_failures < 1:
             problems.append(f"max_consecutive_failures: must be >= 1, got {self.max_consecutive_failures}")
+        if self.gpu_decode and self.backend == "onnxruntime":
+            problems.append("gpu_decode: needs a TensorRT backend (--backend tensorrt or tensorrt-rtx)")
         if not 0 <= self.png_compression <= 9:
             problems.append(f"png_compression: must be 0-9, got {self.png_compression}")
         for f in dataclasses.fields(self):

@@ -51,6 +51,10 @@ def _check_backend(config: Config, served: dict[str, engines.ServedCapability]):
     from .runtime.flavours import flavour  # noqa: PLC0415
     from .runtime.tensorrt import TensorRTBackend, gpu_runtime  # noqa: PLC0415
 
+    if config.gpu_decode:
+        from .runtime.gpu_decode import import_nvimgcodec  # noqa: PLC0415
+
+        import_nvimgcodec()  # installed, or a StartupError naming the extra; its decoder opens with the engines
     rt = gpu_runtime(flavour(config.backend), config.engines)  # the package, pycuda and a GPU
     for capability in served.values():
         for graph in capability.graphs:

@@ -23,6 +23,7 @@ from .errors import NotFound, NotReady, StartupError
 from .live_runner import LiveRunners
 from .metrics import Metrics
 from .runtime.flavours import flavour
+from .runtime.gpu_decode import GpuJpegDecoder
 from .runtime.onnxruntime import OnnxRuntimeBackend
 from .runtime.tensorrt import GpuRuntime, TensorRTBackend, gpu_runtime
 from .session import CapabilitySession
@@ -46,6 +47,7 @@ class Node:
         self.open_backend = open_backend or (self._onnxruntime if config.backend == "onnxruntime" else self._tensorrt)
         self._gpu = gpu  # TensorRT: module, pycuda, GPU, shared scratch; from preflight, else made on first use
         self._gpu_lock = threading.Lock()
+        self._decoder: GpuJpegDecoder | None = None  # --gpu-decode
         self.sessions: dict[str, CapabilitySession] = {}
         self.error: str | None = None
         self.warm = False  # set once, after every session and the codecs are warm
@@ -70,9 +72,18 @@ class Node:
 
     def _tensorrt(self, served: engines.ServedCapability) -> Callable:
         def open_graph(graph: engines.Graph):
-            return TensorRTBackend.for_graph(graph, served.bounds, self._gpu_runtime())
+            backend = TensorRTBackend.for_graph(graph, served.bounds, self._gpu_runtime())
+            backend.gpu_decoder = self._gpu_jpeg_decoder() if self.config.gpu_decode else None
+            return backend
 
         return open_graph
+
+    def _gpu_jpeg_decoder(self) -> GpuJpegDecoder:
+        """One nvImageCodec decoder for every engine (``--gpu-decode``), opened on first use."""
+        with self._gpu_lock:
+            if self._decoder is None:
+                self._decoder = GpuJpegDecoder().__enter__()
+            return self._decoder
 
     def _gpu_runtime(self):
         with self._gpu_lock:
@@ -239,6 +250,8 @@ class Node:
     def _close(self) -> None:
         for session in self.sessions.values():
             session.close()
+        if self._decoder is not None:
+            self._decoder.__exit__(None, None, None)
         if self._gpu:
             self._gpu.scratch.free()
 

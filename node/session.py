@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import samples
+from .codecs import JpegFrame
 from .contract import FRAME_INPUT
 from .engines import Graph, ServedCapability
 from .errors import (
@@ -30,6 +31,7 @@ from .errors import (
     BackendOutOfMemory,
     DeadlineExceeded,
     EngineError,
+    InputError,
     NotReady,
     Overloaded,
     StartupError,
@@ -208,10 +210,13 @@ class CapabilitySession:
             break
         else:
             return []
+        if isinstance(first.frame, JpegFrame):
+            return [first]  # decoded on the GPU into the engine's input: one frame at a time
         batch = [first]
         until = time.monotonic() + self.batch_window_s
         while len(batch) < self.max_batch:
-            same = next((j for j in self._jobs if j.frame.shape == first.frame.shape and not j.abandoned), None)
+            same = next((j for j in self._jobs if j.frame.shape == first.frame.shape and not j.abandoned
+                         and not isinstance(j.frame, JpegFrame)), None)  # fmt: skip
             if same is not None:
                 self._jobs.remove(same)
                 batch.append(same)
@@ -226,10 +231,12 @@ class CapabilitySession:
         started = time.perf_counter()
         h, w = batch[0].frame.shape[:2]
         graph = self.served.graph_for(h, w)
-        frames = batch[0].frame[None] if len(batch) == 1 else np.stack([job.frame for job in batch])
         self.running_since = time.monotonic()
         try:
-            outputs = self.backends[graph].infer({FRAME_INPUT: frames})
+            outputs = self._infer(self.backends[graph], batch)
+        except InputError as err:  # a JPEG the GPU left to the CPU turned out corrupt: this request's fault
+            batch[0].resolve(error=err)
+            return
         except Exception as err:
             error = self._backend_failed(err, f"{len(batch)} {w}x{h} frame(s)")
             for job in batch:
@@ -249,6 +256,23 @@ class CapabilitySession:
                 continue
             job.resolve(Outcome(rendered, graph, started - job.submitted, inferred - started,
                                 time.perf_counter() - inferred, len(batch)))  # fmt: skip
+
+    @staticmethod
+    def _infer(backend, batch: list[Job]) -> dict[str, np.ndarray]:
+        frame = batch[0].frame
+        if isinstance(frame, JpegFrame):
+            h, w, _ = frame.shape
+            outputs = backend.infer_jpeg(frame.data, h, w, backend.gpu_decoder)
+            if outputs is not None:
+                return outputs
+            frame = frame.decode()  # the GPU decoder could not: libjpeg-turbo, as without --gpu-decode
+        frames = frame[None] if len(batch) == 1 else np.stack([job.frame for job in batch])
+        return backend.infer({FRAME_INPUT: frames})
+
+    @property
+    def decodes_jpeg(self) -> bool:
+        """Every graph's backend decodes JPEG on the GPU (``--gpu-decode``)."""
+        return bool(self.backends) and all(getattr(b, "gpu_decoder", None) for b in self.backends.values())
 
     def _backend_failed(self, err: Exception, what: str) -> Exception:
         """The error for this request; a broken device is also reported to the node."""

@@ -18,8 +18,8 @@ from PIL import Image
 from node.contract import FRAME_INPUT
 from node.errors import StartupError
 from node.runtime.gpu_decode import GpuJpegDecoder
-from tests.fake_gpu import FakeCuda, FakeNvImgCodec, FakeTensorRT
-from tests.nodes import frame
+from tests.fake_gpu import FakeCuda, FakeNvImgCodec, FakeTensorRT, engines_with_fake_plans, patch_in_fake_gpu
+from tests.nodes import frame, node_client, raw_type
 from tests.test_tensorrt_backend import open_backend
 
 
@@ -83,3 +83,56 @@ def test_without_nvimgcodec_the_error_names_the_extra(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_nvimgcodec)
     with pytest.raises(StartupError, match=r"pip install -e '\.\[gpu-decode\]'"):
         GpuJpegDecoder().__enter__()
+
+
+# ---------------------------------------------------------------- through the server
+
+
+@pytest.fixture
+def gpu_decoding_node(tiny_build, tmp_path, monkeypatch):
+    """FAKE TensorRT, pycuda and nvImageCodec where the node loads them: (engines, the fake codec)."""
+    from node.runtime import gpu_decode
+
+    trt, _ = patch_in_fake_gpu(monkeypatch)
+    engines_with_fake_plans(tiny_build[0], tmp_path / "engines")
+    codec = FakeNvImgCodec(trt.cuda)
+    monkeypatch.setattr(gpu_decode, "import_nvimgcodec", lambda: codec)
+    return tmp_path / "engines", codec
+
+
+def test_the_server_hands_jpeg_to_the_gpu_decoder_and_answers_as_the_cpu_decode(gpu_decoding_node):
+    engines, codec = gpu_decoding_node
+    data = jpeg_of(120, 160)
+    headers = {"content-type": "image/jpeg"}
+    with node_client(engines, backend="tensorrt") as cpu:
+        want = cpu.post("/infer/segmentation/raw", content=data, headers=headers).content
+    assert not codec.decoded
+    with node_client(engines, backend="tensorrt", gpu_decode=True) as gpu:
+        r = gpu.post("/infer/segmentation/raw", content=data, headers=headers)
+        assert r.status_code == 200 and r.content == want
+        assert codec.decoded[-1][1] == (120, 160)
+        decoded = len(codec.decoded)
+        both = gpu.post("/infer/segmentation+depth", content=data, headers=headers)
+        assert both.status_code == 200 and len(codec.decoded) == decoded  # a combination decodes once, on the CPU
+        raw = frame(120, 160)
+        r = gpu.post("/infer/segmentation/raw", content=raw.tobytes(), headers={"content-type": raw_type(raw)})
+        assert r.status_code == 200 and len(codec.decoded) == decoded  # raw frames are copied up as always
+
+
+def test_a_jpeg_the_gpu_refuses_and_the_cpu_finds_corrupt_is_a_400_not_a_backend_failure(gpu_decoding_node):
+    engines, codec = gpu_decoding_node
+    codec.refuse = True
+    cut = jpeg_of(120, 160)[:2000]  # the header is whole: it passes the checks made before the worker
+    with node_client(engines, backend="tensorrt", gpu_decode=True, max_consecutive_failures=1) as client:
+        r = client.post("/infer/depth", content=cut, headers={"content-type": "image/jpeg"})
+        assert r.status_code == 400 and "could not be decoded" in r.json()["detail"]
+        assert client.get("/ready").status_code == 200  # not counted as a failure of the device
+        ok = client.post("/infer/depth", content=jpeg_of(120, 160), headers={"content-type": "image/jpeg"})
+        assert ok.status_code == 200  # the refused-by-GPU frame decoded on the CPU instead
+
+
+def test_gpu_decode_needs_a_tensorrt_backend():
+    from node.config import Config
+
+    with pytest.raises(StartupError, match="gpu_decode: needs a TensorRT backend"):
+        Config(gpu_decode=True)

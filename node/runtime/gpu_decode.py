@@ -42,7 +42,7 @@ class GpuJpegDecoder:
         self._decoder = self._params = None
 
     def __enter__(self) -> GpuJpegDecoder:
-        codec = self._module or _import()
+        codec = self._module or import_nvimgcodec()
         try:
             self._decoder = codec.Decoder(device_id=self.device_id, options=_OPTIONS)
         except Exception as err:  # nvImageCodec raises RuntimeError without a driver ("Could not create decoder")
@@ -67,7 +67,7 @@ class GpuJpegDecoder:
         return image is not None and tuple(image.shape[:2]) == (height, width)
 
 
-def _import():
+def import_nvimgcodec():
     try:
         from nvidia import nvimgcodec  # noqa: PLC0415 (only with --gpu-decode)
     except ImportError as err:

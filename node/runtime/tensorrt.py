@@ -82,6 +82,7 @@ class TensorRTBackend:
         self.shapes: dict[str, tuple[int, ...]] = {}  # output shapes for the bound input shape
         self.input_shape: tuple[int, ...] | None = None
         self.stages_ms: dict[str, float] = {}  # copy in / compute / copy out of the last frame (CUDA events)
+        self.gpu_decoder = None  # --gpu-decode: a GpuJpegDecoder the session hands JPEG frames to (infer_jpeg)
         self._cache_saved = False
 
     @staticmethod
