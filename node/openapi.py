@@ -31,10 +31,6 @@ ERROR = {"$ref": "#/components/schemas/Error"}
 FRAME_MEDIA_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
 
 
-def _media_type(output: str) -> str:
-    return {"raw": "application/octet-stream", "json": "application/json"}.get(output, "image/png")
-
-
 def _error(description: str, retry_after: bool = False) -> dict:
     response = {"description": description, "content": {"application/json": {"schema": ERROR}}}
     if retry_after:
@@ -69,7 +65,7 @@ def _infer(name: str, capability, token: bool, output_in: str) -> dict:
         {"name": dim, "in": "query", "required": False, "schema": size, "description": "raw frames only"}
         for dim in ("width", "height")
     ]
-    media = {_media_type(o) for o in outputs}
+    media = {capability.media_types[o] for o in outputs}
     operation = {
         "summary": f"{name}: conditioning map of one frame",
         "description": "The frame is the body: JPEG, PNG or raw RGB (application/octet-stream with width and "

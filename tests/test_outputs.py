@@ -217,3 +217,14 @@ def test_jpeg_that_is_not_one_or_is_cut_short_is_a_400_before_decoding():
         codecs.decode(png.encode(frame(9, 9)), "image/jpeg", None, None, BOUNDS)
     with pytest.raises(InputError, match="could not be decoded"):
         codecs.decode(out.getvalue()[: len(out.getvalue()) // 2], "image/jpeg", None, None, BOUNDS)
+
+
+@pytest.mark.parametrize("name", list(CAPABILITIES))
+def test_every_output_answers_with_the_media_type_the_api_document_lists(client, name):
+    capability = CAPABILITIES[name]
+    documented = client.get("/openapi.json").json()["paths"][f"/infer/{name}/{{output}}"]["post"]
+    listed = set(documented["responses"]["200"]["content"])
+    for output in capability.outputs:
+        r = post(client, f"/infer/{name}/{output}", frame(), **(POSE_OPTIONS if name == "pose" else {}))
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == capability.media_types[output] and r.headers["content-type"] in listed

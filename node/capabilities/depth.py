@@ -47,6 +47,8 @@ def range_to_use(given, smooth: float | None, frame_range: list[float]) -> tuple
 class Depth:
     name = "depth"
     outputs = OUTPUTS
+    media_types = {"controlnet": "image/png", "png16": "image/png", "jpeg": "image/jpeg",
+                   "raw8": "application/octet-stream", "raw": "application/octet-stream"}  # fmt: skip
     stream_outputs = ("controlnet",)  # image-shaped: what a video stream can carry
     parsers = {
         "output": choice(*OUTPUTS),

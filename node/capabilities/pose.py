@@ -66,6 +66,7 @@ def openpose18(keypoints: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
 class Pose:
     name = "pose"
     outputs = OUTPUTS
+    media_types = {"json": "application/json", "skeleton": "image/png", "jpeg": "image/jpeg"}
     stream_outputs = ("skeleton",)  # image-shaped: what a video stream can carry
     parsers = {
         "output": choice(*OUTPUTS),

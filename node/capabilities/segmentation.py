@@ -45,6 +45,7 @@ _PALETTE_BYTES = _PALETTE.tobytes()
 class Segmentation:
     name = "segmentation"
     outputs = OUTPUTS
+    media_types = {"palette": "image/png", "classes": "image/png", "raw": "application/octet-stream"}
     stream_outputs = ("palette", "classes")  # image-shaped: what a video stream can carry
     parsers = {"output": choice(*OUTPUTS)}
     defaults = {"output": "palette"}
