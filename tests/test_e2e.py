@@ -250,6 +250,9 @@ def test_readme_curl_examples_work_against_the_node(node_url, tmp_path):
     assert Image.open(tmp_path / "depth.png").size == (640, 480)
     depth16 = np.asarray(Image.open(tmp_path / "depth16.png"))
     assert depth16.dtype == np.uint16 and ((depth16 == 0) | (depth16 == 65535)).mean() < 0.01  # a range that fits
+    assert Image.open(tmp_path / "depth.png").convert("RGB").mode == "RGB"  # a grey palette: RGB when loaded
+    assert Image.open(tmp_path / "depth.jpg").format == "JPEG"
+    assert (tmp_path / "depth.u8").stat().st_size == 640 * 480
     assert Image.open(tmp_path / "seg.png").mode == "P"
     assert "people" in json.loads((tmp_path / "pose.json").read_text())
     assert (tmp_path / "depth.f32").stat().st_size == 640 * 480 * 4
