@@ -279,6 +279,9 @@ def parser() -> argparse.ArgumentParser:
     fc.add_argument("--requests", type=int, default=5, help="timed requests per row (default: 5)")
     fc.add_argument("--warmup", type=int, default=1, help="untimed requests first (default: 1)")
     fc.add_argument("--repeats", type=int, default=21, help="runs of each encoder on each map (default: 21)")
+    fc.add_argument("--url", help="measure a running node instead (e.g. an older build, side by side)")
+    fc.add_argument("--only", type=_list(str), metavar="OUTPUT,...",
+                    help="only these outputs (e.g. controlnet,palette,json: the defaults)")  # fmt: skip
     fc.set_defaults(run=framecost.run)
 
     gc = commands.add_parser("gpu-check", help="on a GPU without TensorRT: buffers, copies, GPU JPEG decode")

@@ -64,43 +64,53 @@ def bodies(frame: np.ndarray) -> dict[str, tuple[bytes, str]]:
     }
 
 
-def cases(capabilities, sizes):
-    """(size, capability, output, input) in the order measured."""
+def cases(capabilities, sizes, only=None):
+    """(size, capability, output, input) in the order measured; ``only``: these outputs alone."""
     for size in sizes:
         for capability in capabilities:
             for output in OUTPUTS[capability]:
-                yield size, capability, output, "jpeg"
-            for kind in ("png", "raw"):
-                yield size, capability, DEFAULT_OUTPUT[capability], kind
+                if not only or output in only:
+                    yield size, capability, output, "jpeg"
+            if not only or DEFAULT_OUTPUT[capability] in only:
+                for kind in ("png", "raw"):
+                    yield size, capability, DEFAULT_OUTPUT[capability], kind
 
 
 def _content_type(base: str, capability: str) -> str:
     return base + "".join(f"; {k}={v}" for k, v in EXTRA.get(capability, {}).items())
 
 
-def measure_http(engines: Path, capabilities, sizes, requests: int, warmup: int):
-    """{case: [(round trip s, X-Metadata, response bytes)]}, request bytes per case, and the raw8 depth maps."""
-    results, sent, demo_maps = {}, {}, {}
+def measure_http(args):
+    """{case: [(round trip s, X-Metadata, response bytes)]}, request bytes per case, and the raw8 depth maps;
+    against ``args.url``, or a node started here on ``args.engines``."""
+    if args.url:
+        host, _, port = args.url.removeprefix("http://").rstrip("/").partition(":")
+        return _measure(host, int(port or 80), args)
     with tempfile.TemporaryDirectory() as tmp:
-        node = nodeproc.spawn(engines, Path(tmp) / "node.log")
+        node = nodeproc.spawn(args.engines, Path(tmp) / "node.log")
         try:
             progress(f"node ready in {nodeproc.wait_ready(node):.2f} s on port {node.port}")
-            conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=120)
-            payloads = {size: bodies(photograph(*size)) for size in sizes}
-            for case in cases(capabilities, sizes):
-                size, capability, output, kind = case
-                body, content_type = payloads[size][kind]
-                path, content_type = f"/infer/{capability}/{output}", _content_type(content_type, capability)
-                progress(f"{size[0]}x{size[1]} {capability}/{output}, {kind} in: {warmup} + {requests} requests")
-                for _ in range(warmup):
-                    post(conn, path, body, content_type)
-                results[case] = [post(conn, path, body, content_type) for _ in range(requests)]
-                sent[case] = len(body)
-                if (capability, output, kind) == ("depth", "raw8", "jpeg"):
-                    demo_maps[size] = _raw8(conn, path, body, content_type)
-            conn.close()
+            return _measure("127.0.0.1", node.port, args)
         finally:
             node.stop()
+
+
+def _measure(host: str, port: int, args):
+    results, sent, demo_maps = {}, {}, {}
+    conn = http.client.HTTPConnection(host, port, timeout=120)
+    payloads = {size: bodies(photograph(*size)) for size in args.sizes}
+    for case in cases(args.capabilities, args.sizes, args.only):
+        size, capability, output, kind = case
+        body, content_type = payloads[size][kind]
+        path, content_type = f"/infer/{capability}/{output}", _content_type(content_type, capability)
+        progress(f"{size[0]}x{size[1]} {capability}/{output}, {kind} in: {args.warmup} + {args.requests} requests")
+        for _ in range(args.warmup):
+            post(conn, path, body, content_type)
+        results[case] = [post(conn, path, body, content_type) for _ in range(args.requests)]
+        sent[case] = len(body)
+        if (capability, output, kind) == ("depth", "raw8", "jpeg"):
+            demo_maps[size] = _raw8(conn, path, body, content_type)
+    conn.close()
     return results, sent, demo_maps
 
 
@@ -118,14 +128,15 @@ def http_rows(results: dict, sent: dict, floors: dict) -> list[dict]:
         (h, w), capability, output, kind = case
         trips = [s for s, _, _ in got]
         metas = [m for _, m, _ in got]
-        stage = {k: summarise([m["timings_ms"][k] / 1000 for m in metas]) for k in (*STAGES, "total")}
+        # A node from before read and render were split out (``--url``) lacks them: NaN; its encode included render.
+        stage = {k: summarise([m["timings_ms"].get(k, np.nan) / 1000 for m in metas]) for k in (*STAGES, "total")}
         host = summarise([t - m["timings_ms"]["infer"] / 1000 for t, m in zip(trips, metas)])
         wire = summarise([t - m["timings_ms"]["total"] / 1000 for t, m in zip(trips, metas)])
         row = {"frame": f"{h}x{w}", "capability": capability, "output": output, "in": kind,
                "in KiB": sent[case] / 1024, "out KiB": got[0][2] / 1024}  # fmt: skip
         row.update({f"{k} p50 ms": stage[k]["p50"] for k in STAGES})
-        row.update({"render+encode p50 ms": float(np.median([m["timings_ms"]["render"] + m["timings_ms"]["encode"]
-                                                             for m in metas])),  # fmt: skip
+        rendered = [m["timings_ms"].get("render", 0) + m["timings_ms"]["encode"] for m in metas]
+        row.update({"render+encode p50 ms": float(np.median(rendered)),
                     "http p50 ms": wire["p50"], "host p50 ms": host["p50"], "host p99 ms": host["p99"]})
         floor = floors.get(case)
         row["echo floor p50 ms"] = floor["p50"] if floor else float("nan")
@@ -231,8 +242,8 @@ def _render_and_encode(depth: Depth, outputs: dict, options: dict, hw: tuple[int
 
 
 def run(args) -> int:
-    sizes, capabilities = args.sizes, args.capabilities
-    results, sent, demo_maps = measure_http(args.engines, capabilities, sizes, args.requests, args.warmup)
+    sizes = args.sizes
+    results, sent, demo_maps = measure_http(args)
     progress("HTTP floor: the raw-in cases' bytes through a bare Starlette echo on uvicorn")
     raw_cases = {case: (b"\0" * sent[case], "application/octet-stream", got[0][2])
                  for case, got in results.items() if case[3] == "raw"}  # fmt: skip
@@ -248,7 +259,7 @@ def run(args) -> int:
         "echo floor: the same request and response sizes through a bare Starlette app on uvicorn"
         " (benchmarks.echo), measured after the node, for the raw-in rows; over echo = host - that floor",
         "pose rows use person_threshold=0 (demo weights: every person slot is served)",
-        f"capabilities: {', '.join(served)}; engines: {args.engines}",
+        f"capabilities: {', '.join(served)}; " + (f"node at {args.url}" if args.url else f"engines: {args.engines}"),
     ]
     prov = report.provenance({"engines": str(args.engines)})
     report.write({"provenance": prov, "rows": rows}, "Frame cost outside the network (over HTTP)", rows, notes,
