@@ -77,9 +77,11 @@ def measure(node: nodeproc.NodeProcess, capability: str, ordinary, big, reps: in
         post(port, capability, h, w)
     for h, w in ordinary:
         runs = [post(port, capability, h, w) for _ in range(reps)]
+        ok = [(meta, seconds) for status, meta, seconds in runs if status == 200]
         out[f"{h}x{w}"] = {
-            "infer_p50_ms": round(statistics.median(m["timings_ms"]["infer"] for _, m, _ in runs), 1),
-            "round_trip_p50_ms": round(1000 * statistics.median(s for _, _, s in runs), 1),
+            "answered_200": f"{len(ok)}/{reps}",
+            "infer_p50_ms": round(statistics.median(m["timings_ms"]["infer"] for m, _ in ok), 1) if ok else None,
+            "round_trip_p50_ms": round(1000 * statistics.median(s for _, s in ok), 1) if ok else None,
         }
     out["rss_before_mib"] = round(rss_mib(pid))
     for h, w in big:
