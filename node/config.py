@@ -41,6 +41,11 @@ class Config:
     )
     device: str = _opt("auto", "ONNX Runtime device: auto takes CUDA when onnxruntime-gpu sees a GPU", choices=DEVICES)
     threads: int = _opt(0, "ONNX Runtime intra-op threads per session (0: ONNX Runtime's default)")
+    keep_arena_pixels: int = _opt(
+        1280 * 720,
+        "ONNX Runtime: frames of up to this many pixels (times the batch) keep the CPU memory arena between frames; "
+        "a larger one gives its memory back when it ends (0: every frame does)",
+    )
     max_body_bytes: int = _opt(32 << 20, "largest request body accepted (413 above it)")
     queue_size: int = _opt(4, "requests that may wait per capability behind the running one (503 above it)")
     request_timeout_s: float = _opt(10.0, "per-request deadline from arrival to result (504 after it)")
@@ -116,7 +121,7 @@ class Config:
         problems = []
         if not 0 < self.port < 65536:
             problems.append(f"port: {self.port} is not a TCP port")
-        for name in ("threads", "queue_size"):
+        for name in ("threads", "queue_size", "keep_arena_pixels"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.max_body_bytes < 1024:

@@ -66,6 +66,7 @@ class Node:
                 max_batch=self.config.max_batch,
                 device=self.config.device,
                 threads=self.config.threads,
+                keep_arena_pixels=self.config.keep_arena_pixels,
             )
 
         return open_graph

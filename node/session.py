@@ -7,6 +7,9 @@ With ``max_batch`` > 1, the worker runs same-sized frames that are already waiti
 batch (waiting up to ``batch_window_s`` for more), the way Triton's dynamic batcher does.
 A backend failure is classified (``runtime.faults``): out of memory fails only its requests
 (503); a broken device, or ``max_failures`` failures in a row, is reported through ``on_fatal``.
+When every request a running frame serves has passed its deadline, the frame is stopped through
+its ``StopToken`` (where the backend can: ONNX Runtime yes, TensorRT no), so the worker moves on
+to the next frame instead of finishing one nobody waits for; that is no failure.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .errors import (
     StartupError,
 )
 from .runtime import faults
+from .runtime.base import StopToken
 
 log = logging.getLogger("node")
 
@@ -58,6 +62,14 @@ class Job:
 def _settle(future: asyncio.Future, outcome, error) -> None:
     if not future.done():
         future.set_exception(error) if error is not None else future.set_result(outcome)
+
+
+@dataclass
+class Running:
+    """The worker's frame: the jobs it serves and the token that stops it."""
+
+    jobs: list[Job]
+    stop: StopToken
 
 
 @dataclass
@@ -101,6 +113,8 @@ class CapabilitySession:
         self._jobs: deque[Job] = deque()
         self._wake = threading.Condition()
         self._worker: threading.Thread | None = None
+        self._running: Running | None = None
+        self._running_lock = threading.Lock()  # orders giving up (event loop) against starting a frame (worker)
         self._closing = False
 
     @property
@@ -172,11 +186,19 @@ class CapabilitySession:
         try:
             outcome = await asyncio.wait_for(asyncio.shield(job.future), max(deadline - time.monotonic(), 0))
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-            job.abandoned = True
+            self._give_up(job)
             raise DeadlineExceeded(f"{self.name}: no result within the request deadline") from None
         if outcome is None:  # dropped by the worker: its deadline had passed
             raise DeadlineExceeded(f"{self.name}: the deadline passed while the request waited")
         return outcome
+
+    def _give_up(self, job: Job) -> None:
+        """Its request stops waiting; its frame is stopped too if none of the frame's jobs still waits."""
+        with self._running_lock:
+            job.abandoned = True
+            running = self._running
+            if running is not None and job in running.jobs and all(j.abandoned for j in running.jobs):
+                running.stop.stop()
 
     def _finished(self, future) -> None:
         self.pending -= 1
@@ -231,9 +253,14 @@ class CapabilitySession:
         started = time.perf_counter()
         h, w = batch[0].frame.shape[:2]
         graph = self.served.graph_for(h, w)
+        stop = StopToken()
+        with self._running_lock:
+            self._running = Running(batch, stop)
+            if all(job.abandoned for job in batch):  # given up since _take: the run stops at once
+                stop.stop()
         self.running_since = time.monotonic()
         try:
-            outputs = self._infer(self.backends[graph], batch)
+            outputs = self._infer(self.backends[graph], batch, stop)
         except InputError as err:  # a JPEG the GPU left to the CPU turned out corrupt: this request's fault
             batch[0].resolve(error=err)
             return
@@ -243,6 +270,8 @@ class CapabilitySession:
                 job.resolve(error=error)
             return
         finally:
+            with self._running_lock:
+                self._running = None
             self.running_since = None
         self.failures = 0
         inferred = time.perf_counter()
@@ -258,16 +287,16 @@ class CapabilitySession:
                                 time.perf_counter() - inferred, len(batch)))  # fmt: skip
 
     @staticmethod
-    def _infer(backend, batch: list[Job]) -> dict[str, np.ndarray]:
+    def _infer(backend, batch: list[Job], stop: StopToken) -> dict[str, np.ndarray]:
         frame = batch[0].frame
-        if isinstance(frame, JpegFrame):
+        if isinstance(frame, JpegFrame):  # TensorRT only, which cannot stop a frame anyway
             h, w, _ = frame.shape
             outputs = backend.infer_jpeg(frame.data, h, w, backend.gpu_decoder)
             if outputs is not None:
                 return outputs
             frame = frame.decode()  # the GPU decoder could not: libjpeg-turbo, as without --gpu-decode
         frames = frame[None] if len(batch) == 1 else np.stack([job.frame for job in batch])
-        return backend.infer({FRAME_INPUT: frames})
+        return backend.infer({FRAME_INPUT: frames}, stop=stop)
 
     @property
     def decodes_jpeg(self) -> bool:
@@ -277,6 +306,9 @@ class CapabilitySession:
     def _backend_failed(self, err: Exception, what: str) -> Exception:
         """The error for this request; a broken device is also reported to the node."""
         kind = faults.classify(err)
+        if kind == faults.STOPPED:  # asked for by _give_up: says nothing about the backend
+            log.info("%s: stopped %s: every request it served had passed its deadline", self.name, what)
+            return DeadlineExceeded(f"{self.name}: stopped: no result within the request deadline")
         self.on_failure(kind)
         if kind == faults.TRANSIENT:
             log.warning("%s: out of memory on %s (only this request fails): %s", self.name, what, err)

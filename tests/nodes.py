@@ -142,8 +142,8 @@ class WrappedBackend:
     def __exit__(self, *exc):
         self.inner.__exit__(*exc)
 
-    def infer(self, inputs):
-        return self.inner.infer(inputs)
+    def infer(self, inputs, stop=None):
+        return self.inner.infer(inputs, stop)
 
     def memory(self):
         return self.inner.memory()
@@ -162,11 +162,11 @@ class GatedBackend(WrappedBackend):
         self.batches: list[int] = []  # the batch size of each frame run
         self.waiting = threading.Event()  # set when a frame is held at the gate
 
-    def infer(self, inputs):
+    def infer(self, inputs, stop=None):
         self.waiting.set()
         self.gate.wait()
         self.batches.append(len(inputs[FRAME_INPUT]))
-        return self.inner.infer(inputs)
+        return self.inner.infer(inputs, stop)
 
 
 def gated(gate: threading.Event, max_batch: int = 1, opened: list | None = None):

@@ -4,10 +4,15 @@
 the largest shape the bounds allow; ``infer`` runs one batch; ``__exit__`` frees, and freeing
 twice is safe. Outputs returned by ``infer`` are views into the backend's own buffers, valid
 until the next ``infer`` call: callers copy what they keep. One thread calls ``infer`` at a time.
+
+``infer`` may be given a ``StopToken``: another thread can then ask that one call to give up,
+and a backend that can stop raises ``RunStopped`` instead of finishing the frame.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -23,11 +28,41 @@ class Backend(Protocol):
 
     def __exit__(self, *exc) -> None: ...
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def infer(self, inputs: dict[str, np.ndarray], stop: StopToken | None = None) -> dict[str, np.ndarray]: ...
 
     def memory(self) -> dict[str, int]:
         """Bytes this backend holds, by kind (e.g. ``{"host_buffers": ...}``)."""
         ...
+
+
+class RunStopped(Exception):
+    """``infer`` gave up because its ``StopToken`` asked it to: nobody wanted the frame, the backend is fine."""
+
+
+class StopToken:
+    """Asks one ``infer`` call to stop early; ``stop()`` may come from any thread, before or during the call.
+
+    The backend says how to stop its run with ``on_stop`` (called at once when the stop came first).
+    A token serves one call: stopping it late, after the call returned, reaches nothing else.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._hooks: list[Callable[[], None]] = []
+        self.stopped = False
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped, hooks, self._hooks = True, self._hooks, []
+        for hook in hooks:
+            hook()
+
+    def on_stop(self, hook: Callable[[], None]) -> None:
+        with self._lock:
+            if not self.stopped:
+                self._hooks.append(hook)
+                return
+        hook()
 
 
 def check_frames(frames: np.ndarray, bounds: ShapeBounds, max_batch: int) -> None:

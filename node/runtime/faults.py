@@ -5,12 +5,16 @@ process fails too, and only a new process (a supervisor's restart) recovers. Out
 not: the next frame may fit. The runtimes say which by message, not by type (ONNX Runtime raises
 ``RuntimeException`` for both; pycuda ``LaunchError``/``MemoryError`` carry the driver's text;
 our ``checked()`` wraps them and keeps the cause), so the whole exception chain is read.
+A run stopped on purpose (``RunStopped``: its requests had all passed their deadline) is no fault.
 """
 
 from __future__ import annotations
 
 import re
 
+from .base import RunStopped
+
+STOPPED = "stopped"  # stopped on purpose: every request it served had given up; not a failure
 FRAME = "frame"  # this request failed; the backend is fine (500)
 TRANSIENT = "transient"  # out of memory or a busy device: this request fails, retryable (503)
 FATAL = "fatal"  # the device or its context is broken: not ready, exit so the supervisor restarts us
@@ -43,8 +47,10 @@ def _chain(err: BaseException):
 
 
 def classify(err: BaseException) -> str:
-    """``FATAL``, ``TRANSIENT`` or ``FRAME`` for an exception raised by a backend's ``infer``."""
+    """``STOPPED``, ``FATAL``, ``TRANSIENT`` or ``FRAME`` for an exception raised by a backend's ``infer``."""
     chain = list(_chain(err))
+    if any(isinstance(e, RunStopped) for e in chain):
+        return STOPPED
     text = " | ".join(f"{type(e).__name__}: {e}" for e in chain)
     if _FATAL.search(text):
         return FATAL

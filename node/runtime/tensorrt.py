@@ -6,6 +6,12 @@ output, one synchronise. Device buffers are sized for the profile's largest shap
 addresses bound once. The activation memory is the node's shared scratch (``cuda.SharedScratch``).
 ``tensorrt`` (or ``tensorrt_rtx``) and ``pycuda`` are imported only when this backend is used; what
 differs between the two TensorRTs is in ``flavours``.
+
+A frame cannot be stopped once it runs: ``execute_async_v3`` enqueues the whole engine on the
+stream at once and TensorRT has no way to cancel enqueued work, so ``infer`` ignores its
+``StopToken``. A frame past its deadline still answers 504 at the deadline, but the capability's
+worker stays busy until the GPU has finished it, and the frames behind it wait for that. The
+hang watch (``--hang-timeout-s``) covers a frame that never ends.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from .. import manifest
 from ..contract import FRAME_INPUT, ShapeBounds
 from ..errors import StartupError
 from . import engine_cache
-from .base import check_frames
+from .base import StopToken, check_frames
 from .cuda import BufferPair, SharedScratch, checked, gpu_identity, load_pycuda
 from .flavours import TENSORRT, TENSORRT_RTX, Flavour, RuntimeCache
 
@@ -181,7 +187,8 @@ class TensorRTBackend:
         size = getattr(engine, "device_memory_size_v2", None)
         return int(size if size is not None else engine.device_memory_size)
 
-    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, inputs: dict[str, np.ndarray], stop: StopToken | None = None) -> dict[str, np.ndarray]:
+        """One batch; ``stop`` is ignored: enqueued TensorRT work cannot be cancelled (see the module's docstring)."""
         frames = inputs[FRAME_INPUT]
         check_frames(frames, self.bounds, self.max_batch)
         frame_in = self.buffers[FRAME_INPUT]
