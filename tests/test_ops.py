@@ -54,6 +54,64 @@ def test_chunked_upsampled_argmax_equals_full_argmax(chunk):
     assert torch.equal(got, want)
 
 
+def _smooth_logits(n, classes, h, w, seed):
+    """Scores that vary smoothly, like a trained model's: few classes compete in most places."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(n, classes, max(h // 6, 2), max(w // 6, 2), generator=g) * 4
+    return F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False) + 0.05 * torch.randn(
+        n, classes, h, w, generator=g
+    )
+
+
+def _assert_is_argmax_of_upsampled(logits, size, got):
+    full = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    want = full.argmax(1)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    wrong = got.long() != want
+    # Only a float32 coincidence may differ: torch's own samples of two classes rounding to the same
+    # value (torch rounds in another order; where the scores differ, the answer must be the same).
+    gap = (full.gather(1, want[:, None]) - full.gather(1, got.long()[:, None]))[:, 0]
+    assert int(wrong.sum()) <= 2 and bool((gap[wrong].abs() <= 1e-6 * full.abs().amax()).all())
+
+
+# Frame sizes: larger, smaller and equal to the scores, odd, both aspect ratios, non-integer scales.
+UPSAMPLE_SIZES = [(52, 52), (97, 61), (61, 200), (13, 17), (9, 6), (200, 33), (1, 1)]
+
+
+@pytest.mark.parametrize("size", UPSAMPLE_SIZES)
+@pytest.mark.parametrize("candidates", [1, 2, 8, 150])
+def test_upsampled_argmax_is_argmax_of_bilinear_upsampling(size, candidates):
+    logits = torch.cat([_smooth_logits(1, 150, 13, 17, seed=1), torch.randn(1, 150, 13, 17)])
+    logits[:, 40] = logits[:, 3]  # exact ties: the first class must win, as argmax's
+    logits[0, 7, 5:9, 4:11] += 20.0  # a plateau where one class wins a whole block of cells
+    logits[0, :, 0] = logits[0, :, 1]  # equal edge rows and columns: the clamped edges
+    logits[0, :, :, -1] = logits[0, :, :, -2]
+    got = ops.upsampled_argmax(logits, size, candidates, chunk=7)
+    _assert_is_argmax_of_upsampled(logits, size, got)
+
+
+def test_upsampled_argmax_takes_each_path_and_agrees_with_the_chunked_fold():
+    # Smooth scores have cells with one, a few and (with 2 slots) too many candidates; random
+    # scores put almost every cell on the all-classes path.
+    smooth = _smooth_logits(2, 150, 32, 32, seed=2)
+    for logits in (smooth, torch.randn(1, 150, 16, 16, generator=torch.Generator().manual_seed(3))):
+        for size in [(128, 128), (75, 133)]:
+            want = ops.chunked_upsampled_argmax(logits, size, 8)
+            for candidates in (2, 8):
+                _assert_is_argmax_of_upsampled(logits, size, ops.upsampled_argmax(logits, size, candidates, 8))
+            assert (ops.upsampled_argmax(logits, size, 8, 8).long() == want).float().mean() > 0.9999
+
+
+@pytest.mark.parametrize("in_size", [4, 7, 16, 64, 128])
+def test_no_cell_holds_more_output_pixels_than_its_span(in_size):
+    # cell_span sizes the blocks of boundary pixels; a pixel past it would keep its cell's first class.
+    for out_size in list(range(1, 600)) + [1080, 1920, 2160, 2624, 3008, 3840]:
+        cell, weight, starts = ops._bilinear_axis(in_size, out_size)
+        assert int(torch.bincount(cell, minlength=in_size + 1).max()) <= int(ops.cell_span(in_size, out_size))
+        assert torch.equal(starts[cell] <= torch.arange(out_size), torch.ones(out_size, dtype=torch.bool))
+        assert float(weight.min()) >= 0.0 and float(weight.max()) < 1.0
+
+
 def test_gaussian_blur_matches_scipy_gaussian_filter():
     maps = torch.rand(3, 17, 16, 12, generator=torch.Generator().manual_seed(0))
     want = np.stack([[gaussian_filter(m, sigma=0.8, radius=(5, 5), axes=(0, 1)) for m in b] for b in maps.numpy()])

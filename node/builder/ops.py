@@ -132,9 +132,9 @@ def chunked_upsampled_argmax(logits: torch.Tensor, size, chunk: int) -> torch.Te
     """``argmax(interpolate(logits, size, bilinear), dim=1)`` without the full C×H×W tensor.
 
     Classes are interpolated ``chunk`` at a time and folded into a running (best score,
-    best class) pair, so peak memory is ``chunk × H × W`` floats instead of ``C × H × W``
-    (150 classes at 3840×2160 would be 5 GB). Strict ``>`` keeps the first class on ties,
-    as ``argmax`` does, so the result is identical.
+    best class) pair, so peak memory is ``chunk × H × W`` floats instead of ``C × H × W``.
+    Strict ``>`` keeps the first class on ties, as ``argmax`` does. Every class at every pixel:
+    the reference for ``upsampled_argmax``, which does the same work only near class boundaries.
     """
     num_classes = logits.shape[1]
     best_score = best_class = None
@@ -149,6 +149,141 @@ def chunked_upsampled_argmax(logits: torch.Tensor, size, chunk: int) -> torch.Te
             best_score = torch.where(better, score, best_score)
             best_class = torch.where(better, index, best_class)
     return best_class
+
+
+_EMPTY_SLOT = -1.0e30  # score of an unused candidate slot: below any logit, finite so that 0 × it stays 0
+# Rounding slack of the dominance test, relative to the frame's largest |score|: a bilinear sample is
+# a few float32 roundings (~2.4e-7 relative) away from its exact value, so a class is dropped only
+# when another one beats it by far more than that at all four corners.
+_DOMINANCE_SLACK = 1e-5
+
+
+def _bilinear_axis(in_size: int, out_size):
+    """Torch's bilinear sampling along one axis (align_corners=False), arranged in cells.
+
+    Returns, per output index, the weight of its second tap and its cell, and each cell's first
+    output index (``in_size + 2`` of them, the last is ``out_size``). Cells are the spans between
+    neighbouring samples of the axis padded with one replicated sample at each end: cell ``a``
+    interpolates padded samples ``a`` and ``a + 1``; cell 0 is the clamped edge (weight 0, as torch
+    clamps the source position there) and cell ``in_size`` the far edge (both taps the last sample).
+    """
+    out_f = torch.as_tensor(out_size).float()
+    src = (torch.arange(out_size, dtype=torch.float32) + 0.5) * (in_size / out_f) - 0.5
+    cell = (torch.floor(src) + 1).long()
+    clamped = src.clamp(min=0.0)
+    weight = clamped - torch.floor(clamped)
+    starts = (cell[None, :] < torch.arange(in_size + 2)[:, None]).sum(dim=1)
+    return cell, weight, starts
+
+
+def cell_span(in_size: int, out_size):
+    """Most output indices one cell of ``_bilinear_axis`` holds: floor(out / in) + 1 (ceil is not
+    enough: float rounding of the source position moves a boundary by one where out/in is whole)."""
+    return torch.div(torch.as_tensor(out_size), in_size, rounding_mode="floor") + 1
+
+
+def _blocks(cells: torch.Tensor, starts: torch.Tensor, weight: torch.Tensor, span, out_size):
+    """For listed cells ``[M]``: their output indices ``[M, span]`` (clamped), which are inside, and weights."""
+    index = starts[cells][:, None] + torch.arange(span)[None, :]
+    inside = index < starts[cells + 1][:, None]
+    index = torch.minimum(index, torch.as_tensor(out_size) - 1)
+    return index, inside, weight[index]
+
+
+def _score_blocks(corners: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
+    """Bilinear scores ``[M, S, by, bx]`` from corner scores ``[M, S, 4]`` (rows then columns, as torch)."""
+    wx, wy = wx[:, None, :], wy[:, None, :, None]
+    top = corners[:, :, 0:1] * (1.0 - wx) + corners[:, :, 1:2] * wx
+    bottom = corners[:, :, 2:3] * (1.0 - wx) + corners[:, :, 3:4] * wx
+    return top[:, :, None, :] * (1.0 - wy) + bottom[:, :, None, :] * wy
+
+
+def upsampled_argmax(logits: torch.Tensor, size, candidates: int = 8, chunk: int = 8) -> torch.Tensor:
+    """``argmax(interpolate(logits, size, bilinear, align_corners=False), dim=1)``, working only where it can change.
+
+    Every output pixel lies in one cell between four neighbouring logit samples, and its scores
+    are convex combinations of theirs. So within a cell a class ``c`` can never win (nor tie) where
+    another class ``d`` beats it at all four corners: ``s_d - s_c`` is positive at the corners, hence
+    everywhere between them. Per cell, the classes the dominator does not beat that way are its candidates.
+    - one candidate (most cells): the whole cell takes that class, as a gather;
+    - 2..``candidates``: its pixels interpolate the candidates only (listed with NonZero);
+    - more (random scores, not photographs): its pixels interpolate every class, ``chunk`` at a time.
+    Candidates are kept in class order and ties fall to the first, so the result is argmax's.
+    Work grows with the boundary pixels, not with classes × pixels; it is exact for any scores.
+
+    ONNX Runtime only, for now: the lists are NonZero, which TensorRT for RTX 1.7's parser refuses (it
+    needs a NonZero plugin that library does not ship), so the graphs still use chunked_upsampled_argmax.
+    """
+    n, num_classes, h, w = logits.shape
+    out_h, out_w = size
+    k = min(candidates, num_classes)
+    # Pad one replicated sample at each end, so that every cell has four corners (edges included).
+    padded = logits.index_select(2, torch.tensor([0, *range(h), h - 1]))
+    padded = padded.index_select(3, torch.tensor([0, *range(w), w - 1]))  # N,C,h+2,w+2
+    # The four corners of every cell, as shifted views (top-left, top-right, bottom-left, bottom-right).
+    corners = [padded[:, :, :-1, :-1], padded[:, :, :-1, 1:], padded[:, :, 1:, :-1], padded[:, :, 1:, 1:]]
+    slack = _DOMINANCE_SLACK * logits.abs().amax(dim=(1, 2, 3)).reshape(n, 1, 1, 1)
+    # One dominator per cell, the class with the highest minimum over its corners: on the demo build's
+    # photographs it leaves at most 7-11 candidates (adding the corners' winners as dominators cut that
+    # to 8 but cost four times the work); cells past ``candidates`` take the all-classes path.
+    lowest = torch.minimum(torch.minimum(corners[0], corners[1]), torch.minimum(corners[2], corners[3]))
+    dominator = lowest.argmax(dim=1, keepdim=True)
+    gaps = [corner.gather(1, dominator) - corner for corner in corners]
+    # c may win somewhere in the cell unless the dominator beats it by more than the slack at all corners.
+    alive = torch.minimum(torch.minimum(gaps[0], gaps[1]), torch.minimum(gaps[2], gaps[3])) <= slack
+    count = alive.sum(dim=1)  # N,h+1,w+1; at least 1 (no class dominates itself)
+    order = (num_classes - torch.arange(num_classes)).reshape(1, -1, 1, 1)
+    ranked, slots = (alive * order).topk(k, dim=1)  # the first k candidates, in class order
+    classes = slots.float()
+
+    row_cell, wy_all, row_starts = _bilinear_axis(h, out_h)
+    col_cell, wx_all, col_starts = _bilinear_axis(w, out_w)
+    # Every pixel first takes its cell's first candidate: the answer wherever there is only one.
+    out = classes[:, 0].index_select(1, row_cell).index_select(2, col_cell)  # N,H,W
+    flat = torch.cat([out.reshape(-1), torch.zeros(1)])  # + a sink for the padding of the blocks
+    span_h, span_w = cell_span(h, out_h), cell_span(w, out_w)
+    cells_per_frame = (h + 1) * (w + 1)
+    padded_flat = padded.reshape(-1)
+    plane = (h + 2) * (w + 2)
+    corner_offsets = torch.tensor([0, 1, w + 2, w + 3])
+
+    def listed(mask):
+        where = torch.nonzero(mask.reshape(-1))[:, 0]
+        b, a, c = where // cells_per_frame, (where % cells_per_frame) // (w + 1), where % (w + 1)
+        rows, rows_in, wy = _blocks(a, row_starts, wy_all, span_h, out_h)
+        cols, cols_in, wx = _blocks(c, col_starts, wx_all, span_w, out_w)
+        target = (b[:, None, None] * out_h + rows[:, :, None]) * out_w + cols[:, None, :]
+        sink = torch.as_tensor(n * out_h * out_w)  # flat's last element
+        target = torch.where(rows_in[:, :, None] & cols_in[:, None, :], target, sink)
+        return where, b * num_classes * plane + a * (w + 2) + c, wy, wx, target.reshape(-1)
+
+    def corner_scores(first, class_ids):  # [M, S, 4] from the padded logits
+        index = first[:, None, None] + class_ids[:, :, None] * plane + corner_offsets
+        return padded_flat[index]
+
+    # Boundary cells: their candidates only (unused slots score _EMPTY_SLOT and never win).
+    where, first, wy, wx, target = listed((count > 1) & (count <= k))
+    cell_slots = slots.permute(0, 2, 3, 1).reshape(-1, k)[where]
+    used = ranked.permute(0, 2, 3, 1).reshape(-1, k)[where] > 0
+    scores = torch.where(used[:, :, None], corner_scores(first, cell_slots), torch.as_tensor(_EMPTY_SLOT))
+    best = _score_blocks(scores, wy, wx).argmax(dim=1)  # M,by,bx: the first of equal scores
+    values = cell_slots.float().gather(1, best.flatten(1))
+    flat = flat.scatter(0, target, values.reshape(-1))
+
+    # Cells with more candidates than slots: every class, folded ``chunk`` at a time (strict > keeps the first).
+    where, first, wy, wx, target = listed(count > k)
+    best_score = best_class = None
+    for start in range(0, num_classes, chunk):
+        ids = torch.arange(start, min(start + chunk, num_classes))[None, :].expand(first.shape[0], -1)
+        score, index = _score_blocks(corner_scores(first, ids), wy, wx).max(dim=1)
+        index = (index + start).float()
+        if best_score is None:
+            best_score, best_class = score, index
+        else:
+            better = score > best_score
+            best_score, best_class = torch.where(better, score, best_score), torch.where(better, index, best_class)
+    flat = flat.scatter(0, target, best_class.reshape(-1))
+    return flat[:-1].reshape(n, out_h, out_w)
 
 
 def gaussian_kernel_1d(sigma: float, radius: int) -> torch.Tensor:
