@@ -45,6 +45,18 @@ def test_resample_matrix_rows_are_normalised_and_identity_at_scale_one():
     torch.testing.assert_close(ops.pil_resample_matrix(torch.tensor(64.0), 64, "bilinear"), torch.eye(64))
 
 
+@pytest.mark.parametrize("name", ["bilinear", "bicubic"])
+def test_resample_taps_are_the_band_of_the_dense_matrix(name):
+    # Downscaling (wide filters), upscaling, near 1:1 and the 4K edge of the bounds.
+    for in_size, out_size in [(1920, 512), (3840, 512), (64, 512), (513, 512), (512, 512), (1080, 518), (97, 518)]:
+        dense = ops.pil_resample_matrix(torch.tensor(float(in_size)), out_size, name)
+        index, weights = ops.pil_resample_taps(torch.tensor(float(in_size)), out_size, name)
+        assert index.min() >= 0 and index.max() < in_size
+        banded = torch.zeros_like(dense).scatter_add_(1, index, weights)
+        torch.testing.assert_close(banded, dense, rtol=0, atol=2e-7)  # the same weights, summed in another order
+        assert torch.equal(banded != 0, dense != 0)  # every tap the dense row uses, and no other
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 8, 150, 400])
 def test_chunked_upsampled_argmax_equals_full_argmax(chunk):
     logits = torch.randn(2, 150, 9, 13, generator=torch.Generator().manual_seed(chunk))
