@@ -76,12 +76,16 @@ def test_float64_anywhere_is_named():
 def test_operators_outside_the_parser_and_int_inputs_to_float_only_layers_are_named():
     cast = helper.make_node("Cast", ["frames"], ["f"], name="cast", to=TensorProto.FLOAT)
     unique = helper.make_node("Unique", ["f"], ["u"], name="unique")
+    nonzero = helper.make_node("NonZero", ["f"], ["nz"], name="nonzero")  # full TensorRT has it, for RTX does not
     ints = helper.make_node("Cast", ["frames"], ["i"], name="to_int", to=TensorProto.INT64)
     matmul = helper.make_node("MatMul", ["i", "i"], ["m"], name="int_matmul")
     custom = helper.make_node("Decode", ["f"], ["out"], name="plugin", domain="com.example")
-    outputs = [helper.make_tensor_value_info(n, t, None) for n, t in (("u", 1), ("m", 7))] + [float_output()]
-    violations = trt_rules.check(graph([cast, unique, ints, matmul, custom], outputs, domains=["com.example"]))
-    assert {("unique", "Unique"), ("int_matmul", "MatMul"), ("plugin", "com.example.Decode")} <= named(violations)
+    outputs = [helper.make_tensor_value_info(n, t, None) for n, t in (("u", 1), ("m", 7), ("nz", 7))]
+    outputs.append(float_output())
+    nodes = [cast, unique, nonzero, ints, matmul, custom]
+    violations = trt_rules.check(graph(nodes, outputs, domains=["com.example"]))
+    expected = {("unique", "Unique"), ("nonzero", "NonZero"), ("int_matmul", "MatMul")}
+    assert expected | {("plugin", "com.example.Decode")} <= named(violations)
     assert ("to_int", "Cast") in named(violations)  # uint8 to int64: TensorRT converts uint8 to floats only
 
 

@@ -148,7 +148,9 @@ def parser() -> argparse.ArgumentParser:
         "--class-chunk",
         type=int,
         default=8,
-        help="segmentation classes upsampled at a time; peak memory is CHUNK×H×W floats (default: %(default)s)",
+        help="segmentation classes upsampled at a time where a frame takes the dense fallback (more boundary cells "
+        "than the graph lists: random scores, not photographs) and in the cells with more than 8 candidates; "
+        "peak memory there is CHUNK×H×W floats (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for demo weights and sample frames")
     p.add_argument(

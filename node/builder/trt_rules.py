@@ -25,6 +25,8 @@ from .errors import BuildError
 
 # ONNX-TensorRT parser for TensorRT 10.x (onnx-tensorrt docs/operators.md, the 10.15 matrix:
 # "Supported" Y), and the ops its "Supported Types" column allows only in float (fp32/fp16/bf16).
+# Less NonZero: TensorRT for RTX 1.7's parser refuses it ("NonZero plugin creator version 1 was not
+# found"), and every graph must build with both.
 TENSORRT10_OPS = frozenset(
     """
     Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh Attention AveragePool BatchNormalization
@@ -34,7 +36,7 @@ TENSORRT10_OPS = frozenset(
     Greater GreaterOrEqual GridSample GroupNormalization HammingWindow HannWindow HardSigmoid HardSwish
     Hardmax Identity If ImageScaler InstanceNormalization IsInf IsNaN LRN LSTM LayerNormalization LeakyRelu
     Less LessOrEqual Log LogSoftmax Loop LpNormalization LpPool MatMul Max MaxPool Mean
-    MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or PRelu Pad
+    MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression Not OneHot Or PRelu Pad
     ParametricSoftplus Pow QuantizeLinear RMSNormalization RNN RandomNormal RandomNormalLike RandomUniform
     RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean
     ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RoiAlign
