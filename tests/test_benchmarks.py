@@ -282,3 +282,13 @@ def test_frame_cost_measures_every_stage_and_encoder_against_a_node_it_starts(ti
     encoders = json.loads((tmp_path / "f-encoders.json").read_text())["rows"]
     assert {r["map"] for r in encoders} == {"demo depth 96x128", "smooth 96x128"}  # below 720p: the largest size
     assert all(r["p50 ms"] > 0 and r["KiB"] > 0 for r in encoders)
+
+
+def test_overhead_ab_reports_the_node_beside_the_bare_floor(tiny_build):
+    done = subprocess.run([sys.executable, "-m", "benchmarks.overhead_ab", "--engines", str(tiny_build[0]),
+                           "--capability", "depth", "--size", "96x128", "--rounds", "6"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = dict(line.strip().split(": ") for line in done.stdout.splitlines()[1:])
+    assert {"node p50 ms", "echo p50 ms", "echo+hop p50 ms", "node over echo p50 ms"} <= set(figures)
+    assert float(figures["echo p50 ms"]) > 0 and float(figures["node p50 ms"]) > 0
