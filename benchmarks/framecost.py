@@ -183,15 +183,6 @@ def smooth_map(h: int, w: int) -> np.ndarray:
     return (2.0 + 6.0 * y / h + 1.5 * np.sin(x / (w / 5.0)) * np.cos(y / (h / 3.0))).astype(np.float32)
 
 
-def _up_filtered(array: np.ndarray) -> np.ndarray:
-    rows = array.reshape(array.shape[0], -1)
-    out = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
-    out[:, 0] = 2
-    out[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=out[1:, 1:])
-    return out
-
-
 def encoders() -> dict:
     """name -> encode(map8) -> bytes: every encoder tried, each on a uint8 [H, W] map."""
     import cv2  # noqa: PLC0415 (the bench extra)
@@ -216,10 +207,10 @@ def encoders() -> dict:
         "Pillow PNG level 1, 3 channels (before)": pillow(3),
         "Pillow PNG level 1, 1 channel": pillow(1),
         "OpenCV PNG level 1, 1 channel": lambda m: cv2.imencode(".png", m, [cv2.IMWRITE_PNG_COMPRESSION, 1])[1],
-        "Up + zlib 1": lambda m: zlib.compress(_up_filtered(m), 1),
-        "Up + zlib 6": lambda m: zlib.compress(_up_filtered(m), 6),
-        "Up + libdeflate 1": lambda m: deflate.zlib_compress(_up_filtered(m), 1),
-        "Up + libdeflate 6": lambda m: deflate.zlib_compress(_up_filtered(m), 6),
+        "Up + zlib 1": lambda m: zlib.compress(png.up_filtered(m), 1),
+        "Up + zlib 6": lambda m: zlib.compress(png.up_filtered(m), 6),
+        "Up + libdeflate 1": lambda m: deflate.zlib_compress(png.up_filtered(m), 1),
+        "Up + libdeflate 6": lambda m: deflate.zlib_compress(png.up_filtered(m), 6),
         "Up + stored (PNG level 0)": lambda m: codecs.png(m, 0),
         "JPEG q95 grey (libjpeg-turbo)": lambda m: codecs.jpeg(m, 95),
     }

@@ -29,16 +29,22 @@ def encode(array: np.ndarray, level: int = 1, palette: bytes | None = None) -> b
     256 entries), uint16 [H, W] (16-bit grey) or uint8 [H, W, 3] (RGB)."""
     colour, bit_depth, rows = _layout(array, palette)
     height, width = array.shape[:2]
-    filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
-    filtered[:, 0] = _UP
-    filtered[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 wraps modulo 256, as the filter wants
+    filtered = up_filtered(rows)
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour, 0, 0, 0)
     parts = [SIGNATURE, *_chunk(b"IHDR", header)]
     if palette is not None:
         parts += _chunk(b"PLTE", palette)
     parts += [*_chunk(b"IDAT", _deflate(filtered, level)), *_chunk(b"IEND", b"")]
     return b"".join(parts)  # the one copy of the compressed data
+
+
+def up_filtered(rows: np.ndarray) -> np.ndarray:
+    """PNG's scanlines of ``rows`` ([H, bytes per row] uint8), each with the "Up" filter byte in front."""
+    filtered = np.empty((rows.shape[0], rows.shape[1] + 1), np.uint8)
+    filtered[:, 0] = _UP
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 wraps modulo 256, as the filter wants
+    return filtered
 
 
 def _layout(array: np.ndarray, palette: bytes | None) -> tuple[int, int, np.ndarray]:

@@ -8,7 +8,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from node import samples
-from node.builder import ops, trt_rules
+from node.builder import argmax, ops, trt_rules
 
 PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 
@@ -62,7 +62,7 @@ def test_chunked_upsampled_argmax_equals_full_argmax(chunk):
     logits = torch.randn(2, 150, 9, 13, generator=torch.Generator().manual_seed(chunk))
     logits[:, 40] = logits[:, 3]  # exact ties: argmax must keep the first class
     want = F.interpolate(logits, size=(50, 71), mode="bilinear", align_corners=False).argmax(1)
-    got = ops.chunked_upsampled_argmax(logits, (50, 71), chunk)
+    got = argmax.chunked_upsampled_argmax(logits, (50, 71), chunk)
     assert torch.equal(got, want)
 
 
@@ -90,10 +90,10 @@ def _assert_is_argmax_of_upsampled(logits, size, got):
 UPSAMPLE_SIZES = [(52, 52), (97, 61), (61, 200), (13, 17), (9, 6), (200, 33), (1, 1)]
 
 
-# Tier capacities (see ops.ARGMAX_TIERS): the shipped ones; so small that most frames overflow into the dense
+# Tier capacities (see argmax.ARGMAX_TIERS): the shipped ones; so small that most frames overflow into the dense
 # fallback; so large that every cell fits (random scores then go through the all-classes tier, not the fallback).
 TIERS = {
-    "shipped": ops.ARGMAX_TIERS,
+    "shipped": argmax.ARGMAX_TIERS,
     "overflowing": ((2, 4, 4, 5, 2), (5, 8, 8, 3, 1), (9, None, None, 2, 1)),
     "roomy": ((2, 4, 4, 400, 1), (5, 8, 8, 400, 1), (9, None, None, 400, 1)),
 }
@@ -102,25 +102,25 @@ TIERS = {
 @pytest.mark.parametrize("size", UPSAMPLE_SIZES)
 @pytest.mark.parametrize("tiers", TIERS)
 def test_upsampled_argmax_is_argmax_of_bilinear_upsampling(size, tiers, monkeypatch):
-    monkeypatch.setattr(ops, "ARGMAX_TIERS", TIERS[tiers])
+    monkeypatch.setattr(argmax, "ARGMAX_TIERS", TIERS[tiers])
     logits = torch.cat([_smooth_logits(1, 150, 13, 17, seed=1), torch.randn(1, 150, 13, 17)])
     logits[:, 40] = logits[:, 3]  # exact ties: the first class must win, as argmax's
     logits[0, 7, 5:9, 4:11] += 20.0  # a plateau where one class wins a whole block of cells
     logits[0, :, 0] = logits[0, :, 1]  # equal edge rows and columns: the clamped edges
     logits[0, :, :, -1] = logits[0, :, :, -2]
-    got = ops.upsampled_argmax(logits, size, chunk=7)
+    got = argmax.upsampled_argmax(logits, size, chunk=7)
     _assert_is_argmax_of_upsampled(logits, size, got)
 
 
 def _taken_fallback(monkeypatch):
     taken = []
-    fallback = ops._dense_fallback
+    fallback = argmax._dense_fallback
 
     def spy(overflow, sparse, logits, chunk):
         taken.append(bool(overflow))
         return fallback(overflow, sparse, logits, chunk)
 
-    monkeypatch.setattr(ops, "_dense_fallback", spy)
+    monkeypatch.setattr(argmax, "_dense_fallback", spy)
     return taken
 
 
@@ -133,8 +133,8 @@ def test_upsampled_argmax_takes_each_path_and_agrees_with_the_chunked_fold(class
     noise = torch.randn(1, classes, 128, 128, generator=torch.Generator().manual_seed(3))
     for logits, overflows in ((smooth, False), (noise, classes > 1)):
         for size in [(128, 128), (75, 133), (270, 480)]:
-            want = ops.chunked_upsampled_argmax(logits, size, 8)
-            got = ops.upsampled_argmax(logits, size, 8)
+            want = argmax.chunked_upsampled_argmax(logits, size, 8)
+            got = argmax.upsampled_argmax(logits, size, 8)
             _assert_is_argmax_of_upsampled(logits, size, got)
             assert (got.long() == want).float().mean() > 0.9999
             assert taken.pop() == overflows
@@ -146,7 +146,7 @@ def test_upsampled_argmax_exports_without_nonzero_and_its_fallback_runs_only_whe
 
     class Op(torch.nn.Module):
         def forward(self, logits, frames):
-            return ops.upsampled_argmax(logits, frames.shape[1:3], 8)
+            return argmax.upsampled_argmax(logits, frames.shape[1:3], 8)
 
     path = tmp_path / "op.onnx"
     example = (torch.zeros(1, 150, 16, 16), torch.zeros(1, 64, 64, 3, dtype=torch.uint8))
@@ -177,8 +177,8 @@ def test_upsampled_argmax_exports_without_nonzero_and_its_fallback_runs_only_whe
 def test_no_cell_holds_more_output_pixels_than_its_span(in_size):
     # cell_span sizes the blocks of boundary pixels; a pixel past it would keep its cell's first class.
     for out_size in list(range(1, 600)) + [1080, 1920, 2160, 2624, 3008, 3840]:
-        cell, weight, starts = ops._bilinear_axis(in_size, out_size)
-        assert int(torch.bincount(cell, minlength=in_size + 1).max()) <= int(ops.cell_span(in_size, out_size))
+        cell, weight, starts = argmax._bilinear_axis(in_size, out_size)
+        assert int(torch.bincount(cell, minlength=in_size + 1).max()) <= int(argmax.cell_span(in_size, out_size))
         assert torch.equal(starts[cell] <= torch.arange(out_size), torch.ones(out_size, dtype=torch.bool))
         assert float(weight.min()) >= 0.0 and float(weight.max()) < 1.0
 

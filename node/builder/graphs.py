@@ -17,7 +17,7 @@ from ..capabilities.pose import COCO17
 from ..capabilities.segmentation import ADE20K_PALETTE
 from ..contract import ShapeBounds
 from ..sizing import Sizing
-from . import ops, precision
+from . import argmax, ops, precision
 from .errors import BuildError
 from .model_size import ModelSize
 
@@ -136,7 +136,7 @@ class SegmentationGraph(nn.Module):
     def forward(self, frames: torch.Tensor):
         logits = self.model(pixel_values=self.pre(frames)).logits
         # Exact, and interpolates every class only near class boundaries (the dense fold only as a fallback).
-        classes = ops.upsampled_argmax(logits, frames.shape[1:3], self.class_chunk)
+        classes = argmax.upsampled_argmax(logits, frames.shape[1:3], self.class_chunk)
         # Through float: TensorRT converts to uint8 only from float32/float16 (ids < 256 are exact).
         return (classes.float().to(torch.uint8),)
 
