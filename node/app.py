@@ -68,19 +68,16 @@ async def _read_body(request: Request, limit: int) -> bytearray:
             raise InputError(f"Content-Length {declared!r} is not a number")
         if int(declared) > limit:
             raise PayloadTooLarge(f"body of {declared} bytes is above the limit of {limit}")
-    # With a Content-Length the body lands in one buffer of that size: one copy of each chunk, no regrowth.
-    body = bytearray(int(declared)) if declared is not None else bytearray()
-    filled = 0
+    # Grown as the bytes arrive, never allocated from the declared length: a client that declares the limit
+    # and sends nothing must not make the node hold the limit (bytearray(n) writes all n bytes).
+    body = bytearray()
     try:
         async for chunk in request.stream():
-            end = filled + len(chunk)
-            if end > limit:
+            body += chunk
+            if len(body) > limit:
                 raise PayloadTooLarge(f"body passed the limit of {limit} bytes")
-            body[filled:end] = chunk  # within the declared length this overwrites; past it, it grows
-            filled = end
     except ClientDisconnect:  # gone, or closed by the receive deadline (node/server.py): nobody reads the reply
         raise RequestTimeout("the body did not arrive") from None
-    del body[filled:]  # a stream that ended short of its Content-Length (the parser would have cut it)
     return body
 
 

@@ -32,7 +32,10 @@ class DeviceFrame:
 
 
 class GpuJpegDecoder:
-    """``with GpuJpegDecoder() as d: d.decode_into(jpeg_bytes, device_address, h, w, stream_handle)``."""
+    """``with GpuJpegDecoder() as d: d.decode_into(jpeg_bytes, device_address, h, w, stream_handle)``.
+
+    One decoder serves every engine: the TensorRT backends call it under their shared scratch's lock,
+    on their one stream, so calls never overlap."""
 
     name = "nvimgcodec"
 
