@@ -172,7 +172,7 @@ def test_png_writer_round_trips_every_layout_in_two_decoders(level, shape):
     np.testing.assert_array_equal(opencv(indexed), _PALETTE[grey])
 
 
-def test_png_levels_trade_size_for_time():
+def test_higher_png_levels_write_smaller_files():
     smooth = (np.add.outer(np.arange(300), np.arange(400)) // 4 % 256).astype(np.uint8)
     stored, fast, small = (len(png.encode(smooth, level)) for level in (0, 1, 9))
     assert stored > smooth.size > fast > small

@@ -75,12 +75,19 @@ jpeg_quality = number(1, 100, kind=int)
 jpeg_quality.schema["description"] = "JPEG quality for output=jpeg (default 90)"
 
 
-def parse_options(given: dict[str, str], parsers: dict[str, Callable], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Parse ``given`` against the capability's parsers; an unknown option is a 400 that lists the known ones."""
+def parse_options(
+    given: dict[str, str], parsers: dict[str, Callable], defaults: dict[str, Any], only_for: dict | None = None
+) -> dict[str, Any]:
+    """Parse ``given`` against the capability's parsers; an unknown option is a 400 that lists the known ones,
+    and so is one given with an output it does not apply to (``only_for``: option -> its output)."""
     unknown = sorted(set(given) - set(parsers))
     if unknown:
         raise InputError(f"unknown option {', '.join(unknown)}; this capability takes: {', '.join(sorted(parsers))}")
-    return {**defaults, **{name: parsers[name](name, value) for name, value in given.items()}}
+    options = {**defaults, **{name: parsers[name](name, value) for name, value in given.items()}}
+    for name, output in (only_for or {}).items():
+        if name in given and options["output"] != output:
+            raise InputError(f"option {name} is for output={output}, not output={options['output']}")
+    return options
 
 
 def raw_output(array: np.ndarray) -> Encoded:

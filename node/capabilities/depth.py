@@ -63,12 +63,7 @@ class Depth:
         self._scratch = np.empty(_CHUNK_FLOATS, np.float32)  # reused by the worker thread for normalisation
 
     def parse_options(self, given: dict[str, str]) -> dict:
-        options = parse_options(given, self.parsers, self.defaults)
-        if "quality" in given and options["output"] != "jpeg":
-            raise InputError(f"option quality is for output=jpeg, not output={options['output']}")
-        if "channels" in given and options["output"] != "controlnet":
-            raise InputError(f"option channels is for output=controlnet, not output={options['output']}")
-        return options
+        return parse_options(given, self.parsers, self.defaults, {"quality": "jpeg", "channels": "controlnet"})
 
     def render(self, outputs: dict[str, np.ndarray], options: dict, frame_hw: tuple[int, int]) -> Rendered:
         depth = outputs["depth"][0]
@@ -84,6 +79,8 @@ class Depth:
         out = np.empty(depth.shape, np.uint8 if levels == 255 else np.uint16)
         scale = np.float32(levels / (hi - lo) if hi > lo else 0.0)
         rows = max(1, _CHUNK_FLOATS // depth.shape[1])
+        if self._scratch.size < rows * depth.shape[1]:  # a row wider than the chunk: one row at a time
+            self._scratch = np.empty(rows * depth.shape[1], np.float32)
         for top in range(0, depth.shape[0], rows):
             part = depth[top : top + rows]
             t = self._scratch[: part.size].reshape(part.shape)

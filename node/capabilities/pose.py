@@ -80,10 +80,7 @@ class Pose:
         self.max_persons = options.get("max_persons")
 
     def parse_options(self, given: dict[str, str]) -> dict:
-        options = parse_options(given, self.parsers, self.defaults)
-        if "quality" in given and options["output"] != "jpeg":
-            raise InputError(f"option quality is for output=jpeg, not output={options['output']}")
-        return options
+        return parse_options(given, self.parsers, self.defaults, {"quality": "jpeg"})
 
     def render(self, outputs: dict[str, np.ndarray], options: dict, frame_hw: tuple[int, int]) -> Rendered:
         keep = np.flatnonzero(outputs["box_scores"][0] >= options["person_threshold"])
