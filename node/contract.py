@@ -11,6 +11,10 @@ CAPABILITIES = ("depth", "segmentation", "pose")
 
 # The graphs' inputs and outputs, per capability: names the server and TensorRT bind by.
 FRAME_INPUT = "frames"  # uint8 [N, H, W, 3]
+# Per-frame parameters a graph may take beside its frames (float32 [N], one value per frame), each
+# with the value a caller that passes none gets. Pose's person_threshold decides which person slots
+# the keypoint model runs on; 0 runs it on every slot, as the graph did before it had the input.
+FRAME_PARAMETERS = {"person_threshold": 0.0}
 OUTPUTS = {
     "depth": ("depth", "depth_min", "depth_max"),  # float32 [N,H,W], [N], [N]
     "segmentation": ("classes",),  # uint8 [N,H,W]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from . import manifest
@@ -29,6 +30,14 @@ class Graph:
     outputs: tuple[dict, ...]  # name, dtype, shape (ints or dimension names) from the manifest
     tensorrt: tuple[dict, ...] = ()  # engines built from this graph, one per GPU / TensorRT version
     fp16_sha256: str | None = None  # the fp16 graph beside it, which TensorRT engines are built from
+    # The copy ONNX Runtime optimised at build time (builder.ort_optimised), checked and loaded instead
+    # of ``path`` by the ONNX Runtime backend; None where there is none for this ONNX Runtime.
+    onnxruntime_path: Path | None = None
+
+    @property
+    def onnxruntime_file(self) -> Path:
+        """What the ONNX Runtime backend loads."""
+        return self.onnxruntime_path or self.path
 
     @property
     def onnx_hashes(self) -> tuple[str, ...]:
@@ -65,8 +74,12 @@ class ServedCapability:
         return "+".join(sources)
 
 
-def load(directory: Path, wanted: tuple[str, ...] = ()) -> dict[str, ServedCapability]:
-    """Read and check the manifest; ``wanted`` empty means every capability it lists."""
+def load(directory: Path, wanted: tuple[str, ...] = (), onnxruntime: bool = False) -> dict[str, ServedCapability]:
+    """Read and check the manifest; ``wanted`` empty means every capability it lists.
+
+    ``onnxruntime``: the node runs ONNX Runtime, so each graph's optimised copy for this ONNX Runtime
+    version is what gets checked and loaded (the exported graph, where there is none).
+    """
     directory = Path(directory)
     path = directory / manifest.MANIFEST_NAME
     if not directory.is_dir():
@@ -91,12 +104,20 @@ def load(directory: Path, wanted: tuple[str, ...] = ()) -> dict[str, ServedCapab
     if not wanted:  # serving everything listed: say what is missing from "everything"
         for capability, why in failed.items():
             log.warning("%s: not served: its build failed: %s", capability, why)
-    return {name: _capability(directory, name, listed[name]) for name in (wanted or tuple(listed))}
+    version = _onnxruntime_version() if onnxruntime else None
+    return {name: _capability(directory, name, listed[name], version) for name in (wanted or tuple(listed))}
 
 
-def _capability(directory: Path, name: str, entry: dict) -> ServedCapability:
+def _onnxruntime_version() -> str | None:
     try:
-        graphs = tuple(_graph(directory, name, g) for g in entry["graphs"])
+        return metadata.version("onnxruntime")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _capability(directory: Path, name: str, entry: dict, onnxruntime: str | None) -> ServedCapability:
+    try:
+        graphs = tuple(_graph(directory, name, g, onnxruntime) for g in entry["graphs"])
         served = ServedCapability(
             name=name,
             graphs=graphs,
@@ -113,7 +134,34 @@ def _capability(directory: Path, name: str, entry: dict) -> ServedCapability:
     return served
 
 
-def _graph(directory: Path, capability: str, entry: dict) -> Graph:
+def _graph(directory: Path, capability: str, entry: dict, onnxruntime: str | None) -> Graph:
+    optimised = entry.get("onnxruntime")
+    if optimised and onnxruntime and optimised.get("version") != onnxruntime:
+        log.info("%s: optimised by ONNX Runtime %s, this is %s: loading the exported graph (its start re-optimises)",
+                 entry["path"], optimised.get("version"), onnxruntime)  # fmt: skip
+        optimised = None
+    use_optimised = bool(optimised and onnxruntime)
+    # Only what will be loaded is hashed: the exported graph, or the optimised copy instead of it.
+    path = _checked_file(directory, optimised if use_optimised else entry)
+    outputs = tuple(entry["outputs"])
+    names = tuple(o["name"] for o in outputs)
+    if names != OUTPUTS[capability]:
+        raise StartupError(f"{path}: outputs {names}, the node expects {OUTPUTS[capability]} for {capability}")
+    # Manifests from before keep-aspect graphs carry only the fixed "resolution".
+    sizing = Sizing.from_dict(entry["sizing"]) if "sizing" in entry else Sizing.fixed(*entry["resolution"])
+    return Graph(
+        path=path if not use_optimised else (directory / entry["path"]).resolve(),
+        sizing=sizing,
+        sha256=entry["sha256"],
+        outputs=outputs,
+        tensorrt=tuple(entry.get("tensorrt", ())),
+        fp16_sha256=(entry.get("fp16") or {}).get("sha256"),
+        onnxruntime_path=path if use_optimised else None,
+    )
+
+
+def _checked_file(directory: Path, entry: dict) -> Path:
+    """The artefact ``entry`` lists, inside the directory, of its size and SHA-256; else StartupError naming it."""
     path = (directory / entry["path"]).resolve()
     if directory.resolve() not in path.parents:
         raise StartupError(f"{entry['path']}: outside the engines directory {directory}; refusing to load it")
@@ -128,20 +176,7 @@ def _graph(directory: Path, capability: str, entry: dict) -> Graph:
             f"{path}: SHA-256 {digest[:16]}... does not match the manifest's {entry['sha256'][:16]}...: "
             "corrupt or replaced; rebuild"
         )
-    outputs = tuple(entry["outputs"])
-    names = tuple(o["name"] for o in outputs)
-    if names != OUTPUTS[capability]:
-        raise StartupError(f"{path}: outputs {names}, the node expects {OUTPUTS[capability]} for {capability}")
-    # Manifests from before keep-aspect graphs carry only the fixed "resolution".
-    sizing = Sizing.from_dict(entry["sizing"]) if "sizing" in entry else Sizing.fixed(*entry["resolution"])
-    return Graph(
-        path=path,
-        sizing=sizing,
-        sha256=digest,
-        outputs=outputs,
-        tensorrt=tuple(entry.get("tensorrt", ())),
-        fp16_sha256=(entry.get("fp16") or {}).get("sha256"),
-    )
+    return path
 
 
 def describe(served: ServedCapability) -> dict:

@@ -23,7 +23,7 @@ from .errors import StartupError
 def check(config: Config, default_backends: bool = True):
     """(the served capabilities, the GPU runtime for a TensorRT backend or None), checked; StartupError with a
     one-line reason otherwise. The node goes on with both, so nothing checked here is done twice."""
-    served = engines.load(config.engines, config.capabilities)
+    served = engines.load(config.engines, config.capabilities, onnxruntime=config.backend == "onnxruntime")
     check_combinations(config, served)
     gpu = _check_backend(config, served) if default_backends else None
     return served, gpu

@@ -60,7 +60,7 @@ class Node:
     def _onnxruntime(self, served: engines.ServedCapability) -> Callable:
         def open_graph(graph: engines.Graph):
             return OnnxRuntimeBackend(
-                graph.path,
+                graph.onnxruntime_file,
                 graph.outputs,
                 served.bounds,
                 max_batch=self.config.max_batch,
@@ -153,7 +153,9 @@ class Node:
         served = self.served
         if served is None:  # not checked by preflight (tests, the stream processor): check here
             try:
-                served = await asyncio.to_thread(engines.load, self.config.engines, self.config.capabilities)
+                served = await asyncio.to_thread(
+                    engines.load, self.config.engines, self.config.capabilities, self.config.backend == "onnxruntime"
+                )
                 preflight.check_combinations(self.config, served)
             except StartupError as err:
                 log.error("start-up failed: %s", err)
@@ -218,7 +220,7 @@ class Node:
                 log.info(
                     "%s: %s ready on %s (%s, %s weights) in %.2f s",
                     session.name,
-                    graph.path.name,
+                    graph.onnxruntime_file.name if backend.name == "onnxruntime" else graph.path.name,
                     backend.device,
                     backend.name,
                     session.served.weights,

@@ -134,8 +134,10 @@ class CapabilitySession:
             # The smallest frame the bounds allow: the model still runs at its nominal resolution (a
             # keep-aspect graph sizes a square frame to it), while resizing and upsampling stay cheap.
             h, w = self.served.bounds.min_hw
+            parameters = {name: np.full(1, value, np.float32)
+                          for name, value in getattr(self.capability, "warm_up_parameters", {}).items()}  # fmt: skip
             try:
-                outputs = backend.infer({FRAME_INPUT: samples.frames(h, w)})
+                outputs = backend.infer({FRAME_INPUT: samples.frames(h, w), **parameters})
             except Exception as err:
                 raise StartupError(f"{graph.path}: warm-up inference failed: {err}") from err
             bad = [name for name, v in outputs.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
@@ -286,17 +288,19 @@ class CapabilitySession:
             job.resolve(Outcome(rendered, graph, started - job.submitted, inferred - started,
                                 time.perf_counter() - inferred, len(batch)))  # fmt: skip
 
-    @staticmethod
-    def _infer(backend, batch: list[Job], stop: StopToken) -> dict[str, np.ndarray]:
+    def _infer(self, backend, batch: list[Job], stop: StopToken) -> dict[str, np.ndarray]:
+        # The graph's per-frame parameters are request options of the same name (pose: person_threshold).
+        parameters = {name: np.array([job.options[name] for job in batch], np.float32)
+                      for name in getattr(self.capability, "frame_parameters", ())}  # fmt: skip
         frame = batch[0].frame
         if isinstance(frame, JpegFrame):  # TensorRT only, which cannot stop a frame anyway
             h, w, _ = frame.shape
-            outputs = backend.infer_jpeg(frame.data, h, w, backend.gpu_decoder)
+            outputs = backend.infer_jpeg(frame.data, h, w, backend.gpu_decoder, parameters)
             if outputs is not None:
                 return outputs
             frame = frame.decode()  # the GPU decoder could not: libjpeg-turbo, as without --gpu-decode
         frames = frame[None] if len(batch) == 1 else np.stack([job.frame for job in batch])
-        return backend.infer({FRAME_INPUT: frames}, stop=stop)
+        return backend.infer({FRAME_INPUT: frames, **parameters}, stop=stop)
 
     @property
     def decodes_jpeg(self) -> bool:

@@ -131,7 +131,9 @@ class FakeTensorRT:
         class Engine:
             def __init__(self, plan):
                 self.session = ort.InferenceSession(plan, providers=["CPUExecutionProvider"])
-                self.names = ["frames"] + [o.name for o in self.session.get_outputs()]
+                self.inputs = [i.name for i in self.session.get_inputs()]  # frames, then any parameters
+                self.output_names = [o.name for o in self.session.get_outputs()]
+                self.names = self.inputs + self.output_names
                 self.num_io_tensors = len(self.names)
                 self.device_memory_size_v2 = fake.scratch_need
 
@@ -139,12 +141,12 @@ class FakeTensorRT:
                 return self.names[i]
 
             def get_tensor_mode(self, name):
-                return fake.TensorIOMode.INPUT if name == "frames" else fake.TensorIOMode.OUTPUT
+                return fake.TensorIOMode.INPUT if name in self.inputs else fake.TensorIOMode.OUTPUT
 
             def get_tensor_dtype(self, name):
                 if name == "frames":
                     return np.uint8
-                out = next(o for o in self.session.get_outputs() if o.name == name)
+                out = next(o for o in self.session.get_inputs() + self.session.get_outputs() if o.name == name)
                 return {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}[out.type]
 
             def create_execution_context(self, strategy_or_config):
@@ -192,15 +194,29 @@ class FakeTensorRT:
                 self._shapes = {}
 
             def set_input_shape(self, name, shape):
+                if name != "frames":  # a per-frame parameter: [N], set after the frames
+                    assert tuple(shape) == self.shape[:1], f"{name} {shape} for frames {self.shape}"
+                    return True
                 fake.cuda.calls.append(("set_input_shape", tuple(shape)))
                 self.shape = tuple(shape)
                 if self.shape not in self._shapes:  # TensorRT infers these; the fake asks ONNX Runtime
-                    outs = self.engine.session.run(None, {"frames": np.zeros(self.shape, np.uint8)})
-                    self._shapes[self.shape] = {n: o.shape for n, o in zip(self.engine.names[1:], outs)}
+                    outs = self.engine.session.run(None, self.feeds(np.zeros(self.shape, np.uint8)))
+                    self._shapes[self.shape] = {n: o.shape for n, o in zip(self.engine.output_names, outs)}
                 return True
 
+            def feeds(self, frames):
+                """The frames and, for each parameter, the [N] float32 values at its address."""
+                n, feeds = frames.shape[0], {"frames": frames}
+                for name in self.engine.inputs[1:]:
+                    address = self.addresses.get(name)
+                    memory = fake.cuda.memory[address] if address is not None else np.zeros(4 * n, np.uint8)
+                    feeds[name] = memory[: 4 * n].view(np.float32).copy()
+                return feeds
+
             def get_tensor_shape(self, name):
-                return self.shape if name == "frames" else self._shapes[self.shape][name]
+                if name in self.engine.inputs:
+                    return self.shape if name == "frames" else self.shape[:1]
+                return self._shapes[self.shape][name]
 
             def set_tensor_address(self, name, address):
                 self.addresses[name] = address
@@ -217,8 +233,8 @@ class FakeTensorRT:
                 assert self.device_memory_at is not None, "executed without scratch memory"
                 count = int(np.prod(self.shape))
                 frames = fake.cuda.memory[self.addresses["frames"]][:count].reshape(self.shape)
-                outs = self.engine.session.run(None, {"frames": frames})
-                for name, out in zip(self.engine.names[1:], outs):
+                outs = self.engine.session.run(None, self.feeds(frames))
+                for name, out in zip(self.engine.output_names, outs):
                     raw = np.ascontiguousarray(out).view(np.uint8).reshape(-1)
                     fake.cuda.memory[self.addresses[name]][: raw.size] = raw
                 return True

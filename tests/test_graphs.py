@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from node import samples
+from node.contract import FRAME_PARAMETERS
 from node.builder import reference, verify, weights
 from node.builder.specs import FRAME_INPUT, OUTPUTS
 from node.sizing import Sizing
@@ -27,9 +28,11 @@ def _sizing(entry) -> Sizing:
     return Sizing.from_dict(entry["graphs"][0]["sizing"])
 
 
-def _run(session, capability, frames):
+def _run(session, capability, frames, **parameters):
+    """The graph's outputs; a per-frame parameter not given takes its default (pose: every slot served)."""
     names = OUTPUTS[capability]
-    return dict(zip(names, session.run(list(names), {FRAME_INPUT: frames})))
+    feeds = {i.name: np.full(len(frames), FRAME_PARAMETERS[i.name], np.float32) for i in session.get_inputs()[1:]}
+    return dict(zip(names, session.run(list(names), {FRAME_INPUT: frames, **feeds, **parameters})))
 
 
 def test_build_verified_every_capability_on_several_sizes_and_a_batch(tiny_build):
@@ -85,6 +88,28 @@ def test_pose_graph_keypoints_match_transformers_for_the_same_boxes(tiny_build, 
     np.testing.assert_allclose(got["keypoint_scores"], want["keypoint_scores"], atol=5e-3)
 
 
+def test_pose_graph_runs_the_keypoint_model_on_the_persons_each_frame_keeps_and_zeros_the_rest(tiny_build):
+    out, entries = tiny_build
+    pose = weights.load_demo(TINY_ROLES["pose"])
+    session = _session(out, entries["pose"])
+    frames = samples.frames(100, 200, 3, seed=14)
+    scores = _run(session, "pose", frames)["box_scores"]
+    # Frame 0 keeps its best two, frame 1 its best one, frame 2 nobody: the model runs on the first two slots.
+    threshold = np.array([scores[0, 1], scores[1, 0], 2.0], np.float32)
+    got = _run(session, "pose", frames, person_threshold=threshold)
+    kept = (got["box_scores"] >= threshold[:, None]).sum(axis=1)
+    assert kept.tolist()[2] == 0 and kept.max() >= 2, kept
+    k = int(kept.max())
+    want = reference.keypoints(pose.model, pose.processor, frames, got["boxes"][:, :k])
+    err = np.linalg.norm(got["keypoints"][:, :k] - want["keypoints"], axis=-1)
+    assert np.median(err) <= verify.TOLERANCES["pose"]["keypoint_err_median_px"]
+    np.testing.assert_allclose(got["keypoint_scores"][:, :k], want["keypoint_scores"], atol=5e-3)
+    assert not got["keypoints"][:, k:].any() and not got["keypoint_scores"][:, k:].any()
+    nobody = _run(session, "pose", frames, person_threshold=np.full(3, 2.0, np.float32))
+    assert not nobody["keypoints"].any() and not nobody["keypoint_scores"].any()
+    np.testing.assert_array_equal(nobody["boxes"], got["boxes"])  # the detector's answer does not change
+
+
 def test_graphs_accept_the_largest_frame_of_their_bounds(tiny_build):
     out, entries = tiny_build
     frames = samples.frames(*TINY_BOUNDS.max_hw, 1)
@@ -107,6 +132,9 @@ def test_exported_graph_dims_are_named_and_dynamic(tiny_build):
     }
     pose_outputs = {o["name"]: o["shape"] for o in entries["pose"]["graphs"][0]["outputs"]}
     assert pose_outputs["keypoints"] == ["batch", 3, 17, 2]
+    # The per-frame threshold that decides which slots the keypoint model runs on.
+    assert entries["pose"]["graphs"][0]["inputs"][1] == {"name": "person_threshold", "dtype": "float32",
+                                                         "shape": ["batch"]}  # fmt: skip
 
 
 # ------------------------------------------------------- the fp16 graphs (what TensorRT engines are built from)

@@ -94,6 +94,6 @@ def test_a_pose_processor_without_the_affine_crop_is_refused():
     det, pose = weights.load_demo(TINY_ROLES["detector"]), weights.load_demo(TINY_ROLES["pose"])
     pose.processor.do_affine_transform = False
     with pytest.raises(BuildError, match=r"do_affine_transform=False: not supported in-graph"):
-        graphs.PoseGraph(
+        pose_graph.PoseGraph(
             det.model, det.processor, pose.model, pose.processor, 3, Sizing.of_processor(det.processor), TINY_BOUNDS
         )

@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 import torch
 
+from ..contract import FRAME_PARAMETERS
+from . import gated
 from .errors import BuildError
 from .specs import FRAME_INPUT
 
@@ -32,28 +34,60 @@ def export(graph: torch.nn.Module, output_names: tuple[str, ...], path: Path, ex
 
     The dynamo exporter was measured to break Depth Anything at sizes other than the example
     and to turn named dynamic dimensions into static ones, hence the legacy exporter and the
-    check of every dimension afterwards.
+    check of every dimension afterwards. A graph with a head and a tail (pose) is exported as
+    both and joined with the tail under an ``If`` (``gated``).
     """
     graph.eval()  # the legacy exporter restores the wrapper's own mode: it must be eval
-    example = torch.zeros((1, *example_hw, 3), dtype=torch.uint8)
+    parameters = tuple(getattr(graph, "PARAMETERS", ()))  # per-frame float32 [N] inputs after the frames
+    example = (torch.zeros((1, *example_hw, 3), dtype=torch.uint8),
+               *(torch.full((1,), FRAME_PARAMETERS[name]) for name in parameters))  # fmt: skip
+    inputs = (FRAME_INPUT, *parameters)
     dynamic_axes = {FRAME_INPUT: {0: "batch", 1: "height", 2: "width"}}
+    dynamic_axes.update({name: {0: "batch"} for name in parameters})
     dynamic_axes.update({name: _DYNAMIC_OUTPUT_DIMS[name] for name in output_names})
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer chatter about Python values; the dims are checked below
-        torch.onnx.export(
-            graph,
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[FRAME_INPUT],
-            output_names=list(output_names),
-            dynamic_axes=dynamic_axes,
-        )
-        fixed_shapes = [tuple(out.shape) for out in graph(example)]
+        if hasattr(graph, "tail"):
+            _export_gated(graph, example, inputs, output_names, dynamic_axes, path)
+        else:
+            _trace(graph, example, inputs, output_names, dynamic_axes, path)
+        fixed_shapes = [tuple(out.shape) for out in graph(*example)]
     pin_fixed_dims(path, dynamic_axes, dict(zip(output_names, fixed_shapes)))
     check_dims(path, dynamic_axes)
+
+
+def _trace(module, example: tuple, inputs, outputs, dynamic_axes: dict, path: Path) -> None:
+    torch.onnx.export(
+        module,
+        example,
+        str(path),
+        dynamo=False,
+        opset_version=OPSET,
+        input_names=list(inputs),
+        output_names=list(outputs),
+        dynamic_axes={name: axes for name, axes in dynamic_axes.items() if name in (*inputs, *outputs)},
+    )
+
+
+def _export_gated(graph, example: tuple, inputs, output_names, dynamic_axes: dict, path: Path) -> None:
+    """The head (every frame) and the tail (only when the head keeps something), joined into one graph."""
+    head_outputs = (*graph.HEAD_OUTPUTS, *graph.TAIL_INPUTS, graph.SKIP_TAIL)
+    tail_outputs = [name for name in output_names if name not in graph.HEAD_OUTPUTS]
+    # The tail's inputs beside the frames vary in their second dim too (pose: the boxes kept).
+    axes = {**dynamic_axes, **{name: {0: "batch", 1: f"{name}_count"} for name in graph.TAIL_INPUTS}}
+    head_path, tail_path = path.with_name(path.name + ".head"), path.with_name(path.name + ".tail")
+    try:
+        _trace(graph.head, example, inputs, head_outputs, axes, head_path)
+        kept = graph.head(*example)[len(graph.HEAD_OUTPUTS) : -1]  # what the tail takes, at the default parameters
+        tail_example = (example[0], *kept)
+        _trace(graph.tail, tail_example, (FRAME_INPUT, *graph.TAIL_INPUTS), tail_outputs, axes, tail_path)
+        zero_shapes = {name: tuple(out.shape[1:]) for name, out in zip(tail_outputs, graph.tail(*tail_example))}
+        joined = gated.join(onnx.load(str(head_path)), onnx.load(str(tail_path)), graph.SKIP_TAIL, zero_shapes)
+        onnx.save(joined, str(path))
+    finally:
+        head_path.unlink(missing_ok=True)
+        tail_path.unlink(missing_ok=True)
 
 
 def pin_fixed_dims(path: Path, dynamic_axes: dict[str, dict[int, str]], shapes: dict[str, tuple[int, ...]]) -> None:

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import samples
+from ..contract import FRAME_PARAMETERS
 from ..manifest import sha256
 from ..sizing import Sizing
-from . import export, precision, reference, trt_rules, verify, weights
+from . import export, ort_optimised, precision, reference, trt_rules, verify, weights
 from .errors import BuildError
-from .graphs import DepthGraph, PoseGraph, SegmentationGraph
+from .graphs import DepthGraph, SegmentationGraph
+from .pose_graph import PoseGraph
 from .specs import DEFAULT_MODELS, FRAME_INPUT, OUTPUTS, ModelSpec, ShapeBounds, roles_for, spec_for
 
 log = logging.getLogger("build")
@@ -165,13 +167,41 @@ def verify_graph(
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = OUTPUTS[capability]
+    parameters = [i.name for i in session.get_inputs() if i.name != FRAME_INPUT]
+
+    def run(frames: np.ndarray, **given) -> dict[str, np.ndarray]:
+        feeds = {n: np.full(len(frames), FRAME_PARAMETERS[n], np.float32) for n in parameters}
+        return dict(zip(names, session.run(list(names), {FRAME_INPUT: frames, **feeds, **given})))
+
     batches = [(1, hw) for hw in plan.verify_sizes] + [(min(2, plan.bounds.max_batch), plan.verify_sizes[0])]
     checks = []
     for i, (batch, (h, w)) in enumerate(batches):
         frames = samples.frames(h, w, batch, seed=plan.seed + i)
-        got = dict(zip(names, session.run(list(names), {FRAME_INPUT: frames})))
+        got = run(frames)
         want = reference_outputs(capability, loaded, frames, sizing, got)
-        checks += verify.compare(capability, f"{batch}x{h}x{w}", got, want, tolerances, graph=name or path.name)
+        label, graph = f"{batch}x{h}x{w}", name or path.name
+        checks += verify.compare(capability, label, got, want, tolerances, graph=graph)
+        if capability == "pose" and (i == 0 or batch > 1):  # the first size and the batch: each costs two more runs
+            checks += _served_persons_checks(run, frames, got["box_scores"], loaded["pose"], label, tolerances, graph)
+    return checks
+
+
+def _served_persons_checks(run, frames, box_scores, pose, label: str, tolerances, graph: str) -> list[verify.Check]:
+    """At a threshold that serves half the slots, and at one that serves none: the keypoint model ran
+    on the first k slots (k: the most any frame keeps) as transformers does for those boxes alone,
+    and every slot after them is zero."""
+    half = np.sort(box_scores, axis=1)[:, ::-1][:, (box_scores.shape[1] - 1) // 2]
+    checks = []
+    for threshold, what in ((half, "half"), (np.full(len(frames), 2.0, np.float32), "none")):
+        got = run(frames, person_threshold=threshold.astype(np.float32))
+        k = int((got["box_scores"] >= threshold[:, None]).sum(axis=1).max())
+        served = {key: got[key][:, :k] for key in ("keypoints", "keypoint_scores")}
+        if k:
+            want = reference.keypoints(pose.model, pose.processor, frames, got["boxes"][:, :k])
+            checks += verify.compare("pose", f"{label} {what} ({k} served)", served, want, tolerances, graph=graph)
+        stray = sum(int(np.count_nonzero(got[key][:, k:])) for key in ("keypoints", "keypoint_scores"))
+        checks.append(verify.Check("pose", f"{label} {what} ({k} served)", "unserved_slot_values", stray, 0,
+                                   "keypoint values in slots past the served ones", graph=graph))  # fmt: skip
     return checks
 
 
@@ -230,6 +260,8 @@ def _export_all(capability: str, plan: BuildPlan, loaded) -> tuple[list[dict], l
             continue  # refuse to ship a graph that disagrees with the reference; judged below
         signature = export.io_signature(plan.out / entry["path"])
         entry.update({"resolution": list(sizing.size), "sizing": sizing.as_dict(), **signature})
+        with step(f"{capability}: writing {entry['path']} as ONNX Runtime optimises it"):
+            entry["onnxruntime"] = ort_optimised.write(plan.out / entry["path"])
         if plan.fp16:
             fp16, fp16_checks = _fp16_graph(capability, stem, sizing, make, loaded, plan)
             if fp16 is not None:

@@ -21,14 +21,16 @@ import logging
 import time
 from pathlib import Path
 
+import onnx
+
 from .. import manifest
-from ..contract import ShapeBounds
+from ..contract import FRAME_INPUT, FRAME_PARAMETERS, ShapeBounds
 from ..runtime import engine_cache
 from ..runtime.cuda import SharedScratch, gpu_identity, gpu_tag, load_pycuda
 from ..runtime.flavours import TENSORRT, TENSORRT_RTX, Flavour
 from ..runtime.onnxruntime import OnnxRuntimeBackend
 from ..runtime.tensorrt import TensorRTBackend, load_tensorrt
-from . import verify
+from . import gated, verify
 from .errors import BuildError
 
 log = logging.getLogger("build")
@@ -80,7 +82,13 @@ def build_plan(
     builder = trt.Builder(logger)
     network = builder.create_network(flavour.network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    selected = gated.as_select(onnx.load(str(onnx_path)))  # pose: the If TensorRT cannot build, as a select
+    parsed = (
+        parser.parse(selected.SerializeToString(), str(onnx_path))
+        if selected
+        else parser.parse_from_file(str(onnx_path))
+    )
+    if not parsed:
         raise BuildError(f"{onnx_path.name}: {flavour.module}'s ONNX parser refused it:\n  {parser_errors(parser)}")
     config = builder.create_builder_config()
     if options.get("workspace_gib"):  # unset: TensorRT's default, the GPU's memory
@@ -90,7 +98,7 @@ def build_plan(
     except ValueError as err:
         raise BuildError(str(err)) from None
     profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in shapes.items():
+    for name, (low, opt, high) in {**shapes, **_parameter_shapes(network, shapes)}.items():
         profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
     if timing_cache is not None:
@@ -103,6 +111,13 @@ def build_plan(
     if timing_cache is not None:
         timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
     return bytes(memoryview(plan))
+
+
+def _parameter_shapes(network, shapes: dict) -> dict:
+    """The graph's per-frame parameters ([N] each) follow the frames' batch range in the profile."""
+    low, opt, high = (shape[:1] for shape in shapes[FRAME_INPUT])
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    return {name: (low, opt, high) for name in names if name in FRAME_PARAMETERS}
 
 
 def candidates(directory: Path, graph: dict, precision: str) -> list[tuple[str, Path, str]]:

@@ -5,6 +5,9 @@ the largest shape the bounds allow; ``infer`` runs one batch; ``__exit__`` frees
 twice is safe. Outputs returned by ``infer`` are views into the backend's own buffers, valid
 until the next ``infer`` call: callers copy what they keep. One thread calls ``infer`` at a time.
 
+``inputs`` holds the frames and may hold the graph's per-frame parameters (``FRAME_PARAMETERS``,
+float32 [N]); a parameter left out takes its default for every frame.
+
 ``infer`` may be given a ``StopToken``: another thread can then ask that one call to give up,
 and a backend that can stop raises ``RunStopped`` instead of finishing the frame.
 """
@@ -17,7 +20,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..contract import FRAME_INPUT, ShapeBounds
+from ..contract import FRAME_INPUT, FRAME_PARAMETERS, ShapeBounds
+from ..errors import StartupError
 
 
 class Backend(Protocol):
@@ -73,3 +77,23 @@ def check_frames(frames: np.ndarray, bounds: ShapeBounds, max_batch: int) -> Non
     bounds.check(h, w)
     if n > max_batch:
         raise ValueError(f"batch {n} is above this backend's {max_batch}")
+
+
+def parameter_names(path, names) -> tuple[str, ...]:
+    """The graph's inputs beside the frames; one the node does not know stops start-up, naming the file."""
+    unknown = [n for n in names if n != FRAME_INPUT and n not in FRAME_PARAMETERS]
+    if unknown:
+        raise StartupError(f"{path}: inputs {unknown} are not frames nor a parameter this node knows; rebuild it")
+    return tuple(n for n in names if n != FRAME_INPUT)
+
+
+def frame_parameters(inputs: dict[str, np.ndarray], names: tuple[str, ...], n: int) -> dict[str, np.ndarray]:
+    """Each named parameter as float32 [n]: the given values, or the default for every frame."""
+    values = {}
+    for name in names:
+        given = inputs.get(name)
+        value = np.full(n, FRAME_PARAMETERS[name], np.float32) if given is None else np.asarray(given, np.float32)
+        if value.shape != (n,):
+            raise ValueError(f"{name} must be float32 [{n}] (one value per frame), got shape {value.shape}")
+        values[name] = np.ascontiguousarray(value)
+    return values

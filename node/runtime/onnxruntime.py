@@ -24,7 +24,7 @@ import numpy as np
 
 from ..contract import FRAME_INPUT, ShapeBounds
 from ..errors import StartupError
-from .base import RunStopped, StopToken, check_frames
+from .base import RunStopped, StopToken, check_frames, frame_parameters, parameter_names
 
 log = logging.getLogger("node")
 
@@ -66,6 +66,7 @@ class OnnxRuntimeBackend:
         self._session = None
         self._binding = None
         self._buffers: dict[str, np.ndarray] = {}
+        self.parameters: tuple[str, ...] = ()  # the graph's per-frame inputs beside the frames
 
     def __enter__(self) -> OnnxRuntimeBackend:
         import onnxruntime as ort  # noqa: PLC0415 (only the backend in use is imported)
@@ -81,6 +82,7 @@ class OnnxRuntimeBackend:
         except Exception as err:  # ORT raises its own exception types per failure
             raise StartupError(f"{self.path}: ONNX Runtime could not load it: {err}") from None
         self.device = self._session.get_providers()[0]
+        self.parameters = parameter_names(self.path, [i.name for i in self._session.get_inputs()])
         self._binding = self._session.io_binding()
         max_h, max_w = self.bounds.max_hw
         for out in self.outputs:
@@ -102,6 +104,9 @@ class OnnxRuntimeBackend:
         frames = np.ascontiguousarray(frames)
         binding = self._binding
         binding.bind_input(FRAME_INPUT, "cpu", 0, np.uint8, list(frames.shape), frames.ctypes.data)
+        parameters = frame_parameters(inputs, self.parameters, n)  # held until the run ends
+        for name, value in parameters.items():
+            binding.bind_input(name, "cpu", 0, np.float32, [n], value.ctypes.data)
         results = {}
         for out in self.outputs:
             shape = _shape(out, n, h, w)

@@ -26,7 +26,7 @@ from .. import manifest
 from ..contract import FRAME_INPUT, ShapeBounds
 from ..errors import StartupError
 from . import engine_cache
-from .base import StopToken, check_frames
+from .base import StopToken, check_frames, frame_parameters, parameter_names
 from .cuda import BufferPair, SharedScratch, checked, gpu_identity, load_pycuda
 from .flavours import TENSORRT, TENSORRT_RTX, Flavour, RuntimeCache
 
@@ -85,6 +85,7 @@ class TensorRTBackend:
         self.engine = self.context = None
         self.buffers: dict[str, BufferPair] = {}
         self.outputs: list[str] = []
+        self.parameters: tuple[str, ...] = ()  # the engine's per-frame inputs beside the frames
         self.shapes: dict[str, tuple[int, ...]] = {}  # output shapes for the bound input shape
         self.input_shape: tuple[int, ...] | None = None
         self.stages_ms: dict[str, float] = {}  # copy in / compute / copy out of the last frame (CUDA events)
@@ -141,9 +142,9 @@ class TensorRTBackend:
         )
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.parameters = parameter_names(self.plan, [n for n in names if n not in self.outputs])
         max_h, max_w = self.bounds.max_hw
-        largest = (self.max_batch, max_h, max_w, 3)
-        checked(f"set_input_shape({FRAME_INPUT}, {largest})", self.context.set_input_shape, FRAME_INPUT, largest)
+        self._set_input_shapes((self.max_batch, max_h, max_w, 3))
         for name in names:
             shape = tuple(self.context.get_tensor_shape(name))
             dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
@@ -193,23 +194,50 @@ class TensorRTBackend:
         check_frames(frames, self.bounds, self.max_batch)
         frame_in = self.buffers[FRAME_INPUT]
         np.copyto(frame_in.host_view(frames.shape), frames)  # this backend's own pinned buffer: outside the lock
+        parameters = self._stage_parameters(inputs, frames.shape[0])
 
         def copy_in(stream) -> bool:
-            checked("memcpy_htod_async", self.cuda.memcpy_htod_async, frame_in.device,
-                    frame_in.host_view(frames.shape), stream)  # fmt: skip
+            for name, shape in ((FRAME_INPUT, frames.shape), *parameters):
+                pair = self.buffers[name]
+                checked(f"memcpy_htod_async({name})", self.cuda.memcpy_htod_async, pair.device,
+                        pair.host_view(shape), stream)  # fmt: skip
             return True
 
         return self._run(frames.shape, copy_in)
 
-    def infer_jpeg(self, data: bytes, height: int, width: int, decoder) -> dict[str, np.ndarray] | None:
+    def infer_jpeg(
+        self, data: bytes, height: int, width: int, decoder, inputs: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray] | None:
         """One JPEG frame (its header already checked) decoded on the GPU by ``decoder`` (``gpu_decode``)
-        straight into the engine's input buffer, then run. None when the GPU decoder could not decode it:
-        the caller decodes on the CPU and calls ``infer``."""
+        straight into the engine's input buffer, then run; ``inputs``: its parameters, if any. None when
+        the GPU decoder could not decode it: the caller decodes on the CPU and calls ``infer``."""
         self.bounds.check(height, width)
         frame_in = self.buffers[FRAME_INPUT]
         shape = (1, height, width, 3)
-        return self._run(shape, lambda stream: decoder.decode_into(data, int(frame_in.device), height, width,
-                                                                   stream.handle))  # fmt: skip
+        parameters = self._stage_parameters(inputs or {}, 1)
+
+        def copy_in(stream) -> bool:
+            for name, param_shape in parameters:
+                pair = self.buffers[name]
+                checked(f"memcpy_htod_async({name})", self.cuda.memcpy_htod_async, pair.device,
+                        pair.host_view(param_shape), stream)  # fmt: skip
+            return decoder.decode_into(data, int(frame_in.device), height, width, stream.handle)
+
+        return self._run(shape, copy_in)
+
+    def _stage_parameters(self, inputs: dict[str, np.ndarray], n: int) -> list[tuple[str, tuple[int]]]:
+        """Copy the per-frame parameters into their pinned buffers; (name, shape) of each, for the copy in."""
+        staged = []
+        for name, value in frame_parameters(inputs, self.parameters, n).items():
+            np.copyto(self.buffers[name].host_view(value.shape), value)
+            staged.append((name, value.shape))
+        return staged
+
+    def _set_input_shapes(self, shape: tuple[int, ...]) -> None:
+        """The frames' shape, and each parameter's (one value per frame)."""
+        checked(f"set_input_shape({FRAME_INPUT}, {shape})", self.context.set_input_shape, FRAME_INPUT, shape)
+        for name in self.parameters:
+            checked(f"set_input_shape({name}, {shape[:1]})", self.context.set_input_shape, name, shape[:1])
 
     def _run(self, shape: tuple[int, ...], copy_in) -> dict[str, np.ndarray] | None:
         """``copy_in(stream)`` fills the input buffer (False: it could not, nothing runs); then execute and copy out."""
@@ -222,7 +250,7 @@ class TensorRTBackend:
                 return None
             copied.record(stream)
             if shape != self.input_shape:
-                checked(f"set_input_shape({shape})", self.context.set_input_shape, FRAME_INPUT, shape)
+                self._set_input_shapes(shape)
                 self.input_shape = shape
                 self.shapes = {name: tuple(self.context.get_tensor_shape(name)) for name in self.outputs}
             checked("execute_async_v3", self.context.execute_async_v3, stream.handle)
