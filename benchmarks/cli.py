@@ -34,12 +34,14 @@ from . import (
     overhead,
     overload,
     parity,
+    photographs,
     probes,
     report,
     slowclients,
     soak,
 )
-from .overhead import bodies, progress
+from .overhead import bodies
+from .report import progress
 
 
 def _hw(text: str) -> tuple[int, int]:
@@ -71,7 +73,7 @@ def run_engine(args) -> int:
             backends.remove(name)
     sizes, frames_for = args.sizes, samples.frames
     if args.photographs:
-        sizes, frames_for = engine.photograph_frames(args.photographs)
+        sizes, frames_for = photographs.photograph_frames(args.photographs)
     for capability in args.capabilities:
         if args.interleaved:  # ONNX Runtime and transformers in turn, call by call
             pairs = engine.interleaved_rows(args.engines, capability, sizes, args.batches, progress, frames_for,
@@ -230,7 +232,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--batches", type=_list(int), default=[1], metavar="N,...", help="batch sizes (default: 1)")
     e.add_argument("--photographs", type=_list(str), metavar="NAME,...",
                    help="scikit-image photographs as the frames, at their own sizes (instead of --sizes), "
-                   "e.g. " + ",".join(parity.PHOTOGRAPHS))  # fmt: skip
+                   "e.g. " + ",".join(photographs.PHOTOGRAPHS))  # fmt: skip
     e.add_argument("--warmup", type=int, default=3, help="untimed runs first (default: 3)")
     e.add_argument("--iterations", type=int, help="exactly this many timed runs (default: until stable)")
     e.add_argument("--max-seconds", type=float, default=8.0,
@@ -351,7 +353,7 @@ def parser() -> argparse.ArgumentParser:
     pa = commands.add_parser("parity", help="photographs over HTTP beside transformers (same demo weights)")
     common(pa)
     pa.add_argument("--capabilities", type=_list(str), default=["depth", "segmentation", "pose"])
-    pa.add_argument("--photographs", type=_list(str), default=list(parity.PHOTOGRAPHS), metavar="NAME,...",
+    pa.add_argument("--photographs", type=_list(str), default=list(photographs.PHOTOGRAPHS), metavar="NAME,...",
                     help="scikit-image photographs (default: all six)")  # fmt: skip
     pa.set_defaults(run=parity.run)
     pl = commands.add_parser("plot", help="draw committed reports again from their Markdown (a PNG beside each)")

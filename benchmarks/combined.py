@@ -25,7 +25,7 @@ from PIL import Image
 from node import samples
 
 from . import nodeproc, report
-from .overhead import progress
+from .report import progress
 from .stats import summarise
 
 CAPABILITIES = ("depth", "pose", "segmentation")

@@ -18,6 +18,7 @@ from node.runtime.flavours import flavour
 from node.runtime.onnxruntime import OnnxRuntimeBackend
 from node.runtime.tensorrt import TensorRTBackend, gpu_runtime
 
+from .demo_models import demo_model
 from .machine import rss_bytes
 from .stats import measure, summarise
 
@@ -95,7 +96,7 @@ def baseline_rows(
 ) -> list[dict]:
     """transformers in PyTorch eager on the same frames; needs the export extra (torch, transformers)."""
     served = load(engines, (capability,))[capability]
-    models = {m["role"]: _demo_model(m["name"]) for m in served.models}
+    models = {m["role"]: demo_model(m["name"]) for m in served.models}
     rows = []
     for h, w in sizes:
         sizing = served.graph_for(h, w).sizing
@@ -114,7 +115,7 @@ def interleaved_rows(
     """The ONNX Runtime graph and transformers eager called in turn on the same frames: the machine's
     drift over a run hits both alike. Pairs of rows (graph, baseline) per size and batch."""
     served = load(engines, (capability,))[capability]
-    models = {m["role"]: _demo_model(m["name"]) for m in served.models}
+    models = {m["role"]: demo_model(m["name"]) for m in served.models}
     rows = []
     for h, w in sizes:
         graph = served.graph_for(h, w)
@@ -136,23 +137,6 @@ def interleaved_rows(
             rows.append(_row(capability, _baseline_name(), batch, h, w, timed["baseline"], None))
             progress(_partial(rows[-2]) + " | baseline" + _partial(rows[-1]))
     return rows
-
-
-def photograph_frames(names) -> tuple[list[tuple[int, int]], object]:
-    """(sizes, frames_for): scikit-image photographs as the frames, a batch repeating the one of that size."""
-    from .parity import photograph  # noqa: PLC0415
-
-    photos = {p.shape[:2]: p for p in map(photograph, names)}
-    return list(photos), lambda h, w, batch: np.stack([photos[(h, w)]] * batch)
-
-
-def _demo_model(name: str):
-    from node.builder import weights  # noqa: PLC0415
-    from node.builder.specs import SPECS  # noqa: PLC0415
-    from node.builder.tiny import TINY_SPECS  # noqa: PLC0415
-
-    spec = TINY_SPECS[name.removesuffix("-tiny")] if name.endswith("-tiny") else SPECS[name]
-    return weights.load_demo(spec)
 
 
 def _stack(boxes, k):

@@ -36,7 +36,7 @@ from node.engines import load
 from node.runtime.onnxruntime import OnnxRuntimeBackend
 
 from . import report
-from .overhead import progress
+from .report import progress
 
 METHODS = ("per-frame", "fixed", "smooth")
 

@@ -31,7 +31,8 @@ from node import codecs, png
 from node.capabilities.depth import Depth
 
 from . import nodeproc, report
-from .overhead import echo_floor, post, progress
+from .overhead import echo_floor, post
+from .report import progress
 from .stats import summarise
 
 STAGES = ("read", "decode", "queue", "infer", "render", "encode")

@@ -17,11 +17,8 @@ from PIL import Image
 from node import samples
 
 from . import engine, nodeproc, report
+from .report import progress
 from .stats import summarise
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def bodies(frame: np.ndarray) -> dict[str, tuple[bytes, str, str]]:

@@ -23,18 +23,12 @@ from node.engines import load
 from node.sizing import Sizing
 
 from . import nodeproc, report
-from .overhead import progress
+from .demo_models import demo_model
+from .photographs import photograph
+from .report import progress
 
-PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "hubble_deep_field")
 ROUTES = {"depth": "/infer/depth/raw", "segmentation": "/infer/segmentation/raw", "pose": "/infer/pose"}
 OPTIONS = {"depth": "", "segmentation": "", "pose": "; person_threshold=0"}
-
-
-def photograph(name: str) -> np.ndarray:
-    from skimage import data  # noqa: PLC0415 (the dev extra; bundled images, no download)
-
-    photo = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
-    return np.ascontiguousarray(photo)
 
 
 def as_graph_outputs(capability: str, body: bytes, meta: dict) -> dict[str, np.ndarray]:
@@ -83,10 +77,8 @@ def _exact_boxes(opened: dict, stack: ExitStack, served, graph, frame: np.ndarra
 def run(args) -> int:
     from node.builder import pipeline, verify  # noqa: PLC0415 (torch and transformers: the export extra)
 
-    from .engine import _demo_model  # noqa: PLC0415
-
     served = load(args.engines, tuple(args.capabilities))
-    models = {c: {m["role"]: _demo_model(m["name"]) for m in s.models} for c, s in served.items()}
+    models = {c: {m["role"]: demo_model(m["name"]) for m in s.models} for c, s in served.items()}
     rows, pose_backends = [], {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         node = nodeproc.spawn(args.engines, Path(tmp) / "node.log", capabilities=",".join(args.capabilities))

@@ -18,8 +18,9 @@ from pathlib import Path
 from node import samples
 
 from . import load, malformed, nodeproc, report
-from .overhead import bodies, progress
+from .overhead import bodies
 from .overload import rss_mib
+from .report import progress
 
 
 def _good_requests() -> list[tuple[str, bytes, str]]:
