@@ -14,13 +14,7 @@ soak       many mixed good and malformed requests: statuses and memory growth
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
-
-from node import samples
-from node.errors import StartupError
-from node.runtime.flavours import FLAVOURS
-from node.runtime.tensorrt import load_tensorrt
 
 from . import (
     coldstart,
@@ -30,16 +24,14 @@ from . import (
     framecost,
     gpucheck,
     load,
-    nodeproc,
     overhead,
     overload,
     parity,
+    photographs,
     probes,
-    report,
     slowclients,
     soak,
 )
-from .overhead import bodies, progress
 
 
 def _hw(text: str) -> tuple[int, int]:
@@ -52,149 +44,6 @@ def _hw(text: str) -> tuple[int, int]:
 
 def _list(kind):
     return lambda text: [kind(part) for part in text.split(",") if part]
-
-
-def _measuring(args) -> dict:
-    return {"warmup": args.warmup, "iterations": args.iterations, "max_seconds": args.max_seconds}
-
-
-def run_engine(args) -> int:
-    if args.interleaved and (args.iterations is None or not args.baseline):
-        raise SystemExit("--interleaved needs --iterations N and the baseline (it pairs the two, call by call)")
-    rows = []
-    backends = list(args.backends)
-    for name in [b for b in backends if b in FLAVOURS]:
-        try:
-            load_tensorrt(FLAVOURS[name])
-        except StartupError as err:
-            progress(f"{name} rows skipped: {err}")
-            backends.remove(name)
-    sizes, frames_for = args.sizes, samples.frames
-    if args.photographs:
-        sizes, frames_for = engine.photograph_frames(args.photographs)
-    for capability in args.capabilities:
-        if args.interleaved:  # ONNX Runtime and transformers in turn, call by call
-            pairs = engine.interleaved_rows(args.engines, capability, sizes, args.batches, progress, frames_for,
-                                            warmup=args.warmup, iterations=args.iterations)  # fmt: skip
-            for ours, theirs in zip(pairs[::2], pairs[1::2]):
-                ours["baseline / graph p50"] = theirs["p50 ms"] / ours["p50 ms"]
-            rows += pairs
-            continue
-        rows += engine.graph_rows(
-            args.engines, capability, sizes, args.batches, progress, backends, frames_for, **_measuring(args)
-        )
-        if args.baseline:
-            try:
-                base = engine.baseline_rows(
-                    args.engines, capability, sizes, args.batches, progress, frames_for, **_measuring(args)
-                )
-            except ImportError as err:
-                progress(f"baseline skipped: {err} (install the export extra: torch, transformers)")
-                base = []
-            for row in rows:
-                twin = next(
-                    (b for b in base if b["capability"] == row["capability"] and b["frames"] == row["frames"]), None
-                )
-                if twin and "graph" in row:
-                    row["baseline / graph p50"] = twin["p50 ms"] / row["p50 ms"]
-            rows += base
-    columns = ["capability", "backend", "frames", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "frames/s",
-               "baseline / graph p50", "process RSS MiB", "n", "stable"]  # fmt: skip
-    if any("compute p50 ms" in row for row in rows):
-        columns[8:8] = ["copy_in p50 ms", "compute p50 ms", "copy_out p50 ms"]
-    table_rows = [{c: row.get(c, "") for c in columns} for row in rows]
-    notes = [
-        "graph: the exported graph (pre- and post-processing inside) through the node's backend, in this process",
-        "baseline: the same architecture through transformers (image processor + model + post-processing), "
-        "PyTorch eager, on the same frames, in the same run; seeded demo weights (latency depends on shapes)",
-        "stable: the last 3 windows' medians within 10 % of each other (perf_analyzer's rule)"
-        if args.iterations is None
-        else f"fixed count: {args.iterations} iterations after {args.warmup} warm-up"
-        + (" (graph and baseline called in turn, frame by frame)" if args.interleaved else ""),
-        "process RSS: the benchmark process after the row (cumulative: torch loads once the baselines start)",
-    ]
-    report.write(
-        {"provenance": report.provenance({"engines": str(args.engines)}), "rows": rows},
-        "In-process latency per graph",
-        table_rows,
-        notes,
-        args.json,
-        args.markdown,
-    )
-    return 0
-
-
-def _level_line(level: dict) -> str:
-    """A load level's result as soon as it is measured."""
-    client = level.get("client", {})
-    return (f"  {level['throughput_rps']:.1f} ok/s, p50 {client.get('p50', float('nan')):.1f} ms, "
-            f"p99 {client.get('p99', float('nan')):.1f} ms, statuses {dict(level['statuses'])}")  # fmt: skip
-
-
-def run_http(args) -> int:
-    frame = samples.frame(*args.size)
-    body, content_type, _ = bodies(frame)["raw in, raw out" if args.input == "raw" else "JPEG in, PNG out"]
-    if args.input == "png":
-        import io  # noqa: PLC0415
-
-        from PIL import Image  # noqa: PLC0415
-
-        out = io.BytesIO()
-        Image.fromarray(frame).save(out, format="PNG")
-        body, content_type = out.getvalue(), "image/png"
-    path = f"/infer/{args.capability}" + (f"/{args.output}" if args.output else "")
-    with tempfile.TemporaryDirectory() as tmp:
-        node = None
-        url = args.url
-        if url is None:
-            node = nodeproc.spawn(args.engines, Path(tmp) / "node.log", queue_size=args.queue_size)
-            progress(f"started a node on port {node.port}: ready in {nodeproc.wait_ready(node):.2f} s")
-            url = f"http://127.0.0.1:{node.port}"
-        try:
-            levels = []
-            concurrency = args.concurrency if args.concurrency is not None else ([] if args.rate else [1, 2, 4, 8, 16])
-            for c in concurrency:
-                progress(f"closed loop, {c} clients, {args.duration} s: POST {path}")
-                levels.append(load.closed_loop(url, path, body, content_type, c, args.duration))
-                progress(_level_line(levels[-1]))
-            for rate in args.rate:
-                progress(f"open loop, {rate} requests/s, {args.duration} s: POST {path}")
-                levels.append(load.open_loop(url, path, body, content_type, rate, args.duration))
-                progress(_level_line(levels[-1]))
-        finally:
-            if node is not None:
-                node.stop()
-    rows = []
-    for level in levels:
-        client, server = level.get("client", {}), level.get("server_p50_ms", {})
-        rows.append(
-            {
-                "load": f"{level['concurrency']} clients" if "concurrency" in level else f"{level['rate_rps']:g} req/s",
-                "requests": level["requests"],
-                "ok/s": level["throughput_rps"],
-                "statuses": " ".join(f"{k}:{v}" for k, v in level["statuses"].items()),
-                **{f"{p} ms": client.get(p, float("nan")) for p in ("p50", "p90", "p95", "p99", "max")},
-                "node queue p50": server.get("queue", float("nan")),
-                "node infer p50": server.get("infer", float("nan")),
-                "node total p50": server.get("total", float("nan")),
-            }
-        )
-    notes = [
-        f"POST {path}, {args.input} frames {args.size[0]}x{args.size[1]} (synthetic sample frame), "
-        f"{args.duration} s per level; client latency in ms, node stages from X-Metadata (ms)",
-        "closed loop: each client sends its next request when the last is answered; open loop: requests due at a "
-        "fixed rate, latency counted from when each was due",
-        "the client runs on the same machine as the node: on a small CPU it takes cycles from it",
-    ]
-    report.write(
-        {"provenance": report.provenance({"url": args.url, "engines": str(args.engines)}), "levels": levels},
-        f"HTTP load: {args.capability}",
-        rows,
-        notes,
-        args.json,
-        args.markdown,
-    )
-    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -230,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--batches", type=_list(int), default=[1], metavar="N,...", help="batch sizes (default: 1)")
     e.add_argument("--photographs", type=_list(str), metavar="NAME,...",
                    help="scikit-image photographs as the frames, at their own sizes (instead of --sizes), "
-                   "e.g. " + ",".join(parity.PHOTOGRAPHS))  # fmt: skip
+                   "e.g. " + ",".join(photographs.PHOTOGRAPHS))  # fmt: skip
     e.add_argument("--warmup", type=int, default=3, help="untimed runs first (default: 3)")
     e.add_argument("--iterations", type=int, help="exactly this many timed runs (default: until stable)")
     e.add_argument("--max-seconds", type=float, default=8.0,
@@ -247,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
         help="onnxruntime, tensorrt and/or tensorrt-rtx (engines from build_engines.py --tensorrt / --tensorrt-rtx; "
         "default: onnxruntime)",
     )
-    e.set_defaults(run=run_engine)
+    e.set_defaults(run=engine.run)
 
     h = commands.add_parser("http", help="closed-loop concurrency sweep and open-loop rates over HTTP")
     common(h, "engines directory of the node to start when no --url is given (default: engines)")
@@ -261,7 +110,7 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--rate", type=_list(float), default=[], metavar="R,...", help="open-loop rates, requests/s")
     h.add_argument("--duration", type=float, default=10.0, help="seconds per level (default: 10)")
     h.add_argument("--queue-size", type=int, default=16, help="queue size of a node started here (default: 16)")
-    h.set_defaults(run=run_http)
+    h.set_defaults(run=load.run)
 
     o = commands.add_parser("overhead", help="HTTP latency minus in-process inference, raw and JPEG/PNG")
     common(o)
@@ -351,7 +200,7 @@ def parser() -> argparse.ArgumentParser:
     pa = commands.add_parser("parity", help="photographs over HTTP beside transformers (same demo weights)")
     common(pa)
     pa.add_argument("--capabilities", type=_list(str), default=["depth", "segmentation", "pose"])
-    pa.add_argument("--photographs", type=_list(str), default=list(parity.PHOTOGRAPHS), metavar="NAME,...",
+    pa.add_argument("--photographs", type=_list(str), default=list(photographs.PHOTOGRAPHS), metavar="NAME,...",
                     help="scikit-image photographs (default: all six)")  # fmt: skip
     pa.set_defaults(run=parity.run)
     pl = commands.add_parser("plot", help="draw committed reports again from their Markdown (a PNG beside each)")

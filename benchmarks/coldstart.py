@@ -10,7 +10,8 @@ from pathlib import Path
 from node import samples
 
 from . import nodeproc, report
-from .overhead import bodies, post, progress
+from .overhead import bodies, post
+from .report import progress
 from .stats import summarise
 
 

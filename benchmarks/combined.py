@@ -25,7 +25,7 @@ from PIL import Image
 from node import samples
 
 from . import nodeproc, report
-from .overhead import progress
+from .report import progress
 from .stats import summarise
 
 CAPABILITIES = ("depth", "pose", "segmentation")
@@ -61,46 +61,14 @@ class _Client:
 
 def run(args) -> int:
     names = [c for c in CAPABILITIES if c in args.capabilities]
-    combined_path = "/infer/" + "+".join(names)
-    jpegs = []
-    for i in range(args.frames):
-        out = io.BytesIO()
-        Image.fromarray(samples.frame(*args.size, seed=i)).save(out, format="JPEG", quality=90)
-        jpegs.append(out.getvalue())
+    jpegs = _jpegs(args.frames, args.size)
     with tempfile.TemporaryDirectory() as tmp:
         node = nodeproc.spawn(args.engines, Path(tmp) / "node.log")
         try:
             progress(f"started a node on port {node.port}: ready in {nodeproc.wait_ready(node):.2f} s")
             clients = [_Client(node.port) for _ in names]
-            pool = ThreadPoolExecutor(len(names))
-
-            def combined(body):
-                clients[0].post(combined_path, body)
-
-            def series(body):
-                for name in names:
-                    clients[0].post(f"/infer/{name}", body)
-
-            def parallel(body):
-                list(pool.map(lambda pair: pair[0].post(f"/infer/{pair[1]}", body), zip(clients, names)))
-
-            scenarios = {f"one request ({combined_path})": combined, "three in series": series,
-                         "three in parallel": parallel}  # fmt: skip
-            timings = {scenario: [] for scenario in scenarios}
-            moved = {scenario: 0 for scenario in scenarios}
-            for round_ in range(args.warmup + args.requests):
-                for scenario, send in scenarios.items():  # interleaved: the machine's noise hits all alike
-                    body = jpegs[round_ % len(jpegs)]
-                    before = sum(c.bytes for c in clients)
-                    started = time.perf_counter()
-                    send(body)
-                    took = time.perf_counter() - started
-                    if round_ >= args.warmup:
-                        timings[scenario].append(took)
-                        moved[scenario] += sum(c.bytes for c in clients) - before
-                if round_ == args.warmup:
-                    progress(f"measuring {args.requests} frames per scenario ...")
-            pool.shutdown()
+            with ThreadPoolExecutor(len(names)) as pool:
+                timings, moved = _measure(args, _scenarios(clients, names, pool), clients, jpegs)
         finally:
             node.stop()
     rows = []
@@ -125,3 +93,49 @@ def run(args) -> int:
         args.markdown,
     )
     return 0
+
+
+def _jpegs(count: int, size: tuple[int, int]) -> list[bytes]:
+    """``count`` different sample frames as JPEG q90."""
+    jpegs = []
+    for i in range(count):
+        out = io.BytesIO()
+        Image.fromarray(samples.frame(*size, seed=i)).save(out, format="JPEG", quality=90)
+        jpegs.append(out.getvalue())
+    return jpegs
+
+
+def _scenarios(clients: list[_Client], names: list[str], pool: ThreadPoolExecutor) -> dict:
+    """Scenario -> how it sends one frame (every map of it back when it returns)."""
+    combined_path = "/infer/" + "+".join(names)
+
+    def combined(body):
+        clients[0].post(combined_path, body)
+
+    def series(body):
+        for name in names:
+            clients[0].post(f"/infer/{name}", body)
+
+    def parallel(body):
+        list(pool.map(lambda pair: pair[0].post(f"/infer/{pair[1]}", body), zip(clients, names)))
+
+    return {f"one request ({combined_path})": combined, "three in series": series, "three in parallel": parallel}
+
+
+def _measure(args, scenarios: dict, clients: list[_Client], jpegs: list[bytes]) -> tuple[dict, dict]:
+    """(scenario -> seconds per frame, scenario -> bytes moved), the scenarios interleaved frame by frame."""
+    timings = {scenario: [] for scenario in scenarios}
+    moved = {scenario: 0 for scenario in scenarios}
+    for round_ in range(args.warmup + args.requests):
+        for scenario, send in scenarios.items():  # interleaved: the machine's noise hits all alike
+            body = jpegs[round_ % len(jpegs)]
+            before = sum(c.bytes for c in clients)
+            started = time.perf_counter()
+            send(body)
+            took = time.perf_counter() - started
+            if round_ >= args.warmup:
+                timings[scenario].append(took)
+                moved[scenario] += sum(c.bytes for c in clients) - before
+        if round_ == args.warmup:
+            progress(f"measuring {args.requests} frames per scenario ...")
+    return timings, moved

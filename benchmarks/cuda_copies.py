@@ -71,77 +71,88 @@ class StandInTensorRT:
     def __init__(self, stream, kernel, scratch_need: int = 1 << 20):
         self.stream, self.kernel, self.scratch_need = stream, kernel, scratch_need
         self.launches = 0
-        fake = self
-
-        class Logger:
-            WARNING = 2
-
-            def __init__(self, severity):
-                pass
-
-        class Runtime:
-            def __init__(self, logger):
-                pass
-
-            def deserialize_cuda_engine(self, plan: bytes):
-                return Engine() if plan == PLAN else None
-
-        class Engine:
-            names = list(fake.DTYPES)
-            num_io_tensors = len(names)
-            device_memory_size_v2 = fake.scratch_need
-
-            def get_tensor_name(self, i):
-                return self.names[i]
-
-            def get_tensor_mode(self, name):
-                return fake.TensorIOMode.INPUT if name == FRAME_INPUT else fake.TensorIOMode.OUTPUT
-
-            def get_tensor_dtype(self, name):
-                return fake.DTYPES[name]
-
-            def create_execution_context(self, strategy):
-                assert strategy == fake.ExecutionContextAllocationStrategy.USER_MANAGED
-                return Context()
-
-        class Context:
-            def __init__(self):
-                self.addresses, self.shape, self.device_memory = {}, None, None
-
-            def set_input_shape(self, name, shape):
-                shape = tuple(int(d) for d in shape)
-                if name != FRAME_INPUT or len(shape) != 4 or shape[3] != 3:
-                    return False
-                self.shape = shape
-                return True
-
-            def get_tensor_shape(self, name):
-                return {FRAME_INPUT: self.shape, "mean": self.shape[:3], "inverted": self.shape}[name]
-
-            def set_tensor_address(self, name, address):
-                self.addresses[name] = int(address)
-                return True
-
-            def set_device_memory(self, address, size):
-                self.device_memory = (int(address), int(size))
-
-            def execute_async_v3(self, stream_handle):
-                if stream_handle != fake.stream.handle or self.device_memory is None:
-                    return False
-                pixels = int(np.prod(self.shape[:3]))
-                a = self.addresses
-                fake.kernel.prepared_async_call(
-                    ((pixels + 255) // 256, 1), (256, 1, 1), fake.stream,
-                    a[FRAME_INPUT], a["mean"], a["inverted"], pixels,
-                )  # fmt: skip
-                fake.launches += 1
-                return True
-
-        self.Logger, self.Runtime = Logger, Runtime
+        self.Logger = _Logger
+        self.Runtime = lambda logger: _Runtime(self)
 
     @staticmethod
     def nptype(dtype):
         return dtype
+
+
+class _Logger:
+    WARNING = 2
+
+    def __init__(self, severity):
+        pass
+
+
+class _Runtime:
+    def __init__(self, fake: StandInTensorRT):
+        self.fake = fake
+
+    def deserialize_cuda_engine(self, plan: bytes):
+        return _Engine(self.fake) if plan == PLAN else None
+
+
+class _Engine:
+    """The stand-in engine: the node's input and the two outputs, scratch memory as asked."""
+
+    def __init__(self, fake: StandInTensorRT):
+        self.fake = fake
+        self.names = list(fake.DTYPES)
+        self.num_io_tensors = len(self.names)
+        self.device_memory_size_v2 = fake.scratch_need
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return self.fake.TensorIOMode.INPUT if name == FRAME_INPUT else self.fake.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name):
+        return self.fake.DTYPES[name]
+
+    def create_execution_context(self, strategy):
+        assert strategy == self.fake.ExecutionContextAllocationStrategy.USER_MANAGED
+        return _Context(self.fake)
+
+
+class _Context:
+    """Shapes as TensorRT's would follow the input's; ``execute_async_v3`` launches the kernel on the stream."""
+
+    def __init__(self, fake: StandInTensorRT):
+        self.fake = fake
+        self.addresses, self.shape, self.device_memory = {}, None, None
+
+    def set_input_shape(self, name, shape):
+        shape = tuple(int(d) for d in shape)
+        if name != FRAME_INPUT or len(shape) != 4 or shape[3] != 3:
+            return False
+        self.shape = shape
+        return True
+
+    def get_tensor_shape(self, name):
+        return {FRAME_INPUT: self.shape, "mean": self.shape[:3], "inverted": self.shape}[name]
+
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = int(address)
+        return True
+
+    def set_device_memory(self, address, size):
+        self.device_memory = (int(address), int(size))
+
+    def execute_async_v3(self, stream_handle):
+        fake = self.fake
+        if stream_handle != fake.stream.handle or self.device_memory is None:
+            return False
+        pixels = int(np.prod(self.shape[:3]))
+        a = self.addresses
+        fake.kernel.prepared_async_call(
+            ((pixels + 255) // 256, 1), (256, 1, 1), fake.stream,
+            a[FRAME_INPUT], a["mean"], a["inverted"], pixels,
+        )  # fmt: skip
+        fake.launches += 1
+        return True
 
 
 def open_backend(cuda, scratch: SharedScratch, kernel, plan_dir, bounds: ShapeBounds = BOUNDS):

@@ -14,16 +14,25 @@ import numpy as np
 from node import samples
 from node.contract import FRAME_INPUT
 from node.engines import load
-from node.runtime.flavours import flavour
+from node.errors import StartupError
+from node.runtime.flavours import FLAVOURS, flavour
 from node.runtime.onnxruntime import OnnxRuntimeBackend
-from node.runtime.tensorrt import TensorRTBackend, gpu_runtime
+from node.runtime.tensorrt import TensorRTBackend, gpu_runtime, load_tensorrt
 
+from . import photographs, report
+from .demo_models import demo_model
 from .machine import rss_bytes
 from .stats import measure, summarise
 
 
 def graph_rows(
-    engines, capability: str, sizes, batches, progress, backends=("onnxruntime",), frames_for=samples.frames,
+    engines,
+    capability: str,
+    sizes,
+    batches,
+    progress,
+    backends=("onnxruntime",),
+    frames_for=samples.frames,
     **measuring,
 ) -> list[dict]:
     """Each graph on each backend; TensorRT rows add the GPU stage split (copy in, compute, copy out)."""
@@ -95,7 +104,7 @@ def baseline_rows(
 ) -> list[dict]:
     """transformers in PyTorch eager on the same frames; needs the export extra (torch, transformers)."""
     served = load(engines, (capability,))[capability]
-    models = {m["role"]: _demo_model(m["name"]) for m in served.models}
+    models = {m["role"]: demo_model(m["name"]) for m in served.models}
     rows = []
     for h, w in sizes:
         sizing = served.graph_for(h, w).sizing
@@ -114,7 +123,7 @@ def interleaved_rows(
     """The ONNX Runtime graph and transformers eager called in turn on the same frames: the machine's
     drift over a run hits both alike. Pairs of rows (graph, baseline) per size and batch."""
     served = load(engines, (capability,))[capability]
-    models = {m["role"]: _demo_model(m["name"]) for m in served.models}
+    models = {m["role"]: demo_model(m["name"]) for m in served.models}
     rows = []
     for h, w in sizes:
         graph = served.graph_for(h, w)
@@ -138,23 +147,6 @@ def interleaved_rows(
     return rows
 
 
-def photograph_frames(names) -> tuple[list[tuple[int, int]], object]:
-    """(sizes, frames_for): scikit-image photographs as the frames, a batch repeating the one of that size."""
-    from .parity import photograph  # noqa: PLC0415
-
-    photos = {p.shape[:2]: p for p in map(photograph, names)}
-    return list(photos), lambda h, w, batch: np.stack([photos[(h, w)]] * batch)
-
-
-def _demo_model(name: str):
-    from node.builder import weights  # noqa: PLC0415
-    from node.builder.specs import SPECS  # noqa: PLC0415
-    from node.builder.tiny import TINY_SPECS  # noqa: PLC0415
-
-    spec = TINY_SPECS[name.removesuffix("-tiny")] if name.endswith("-tiny") else SPECS[name]
-    return weights.load_demo(spec)
-
-
 def _stack(boxes, k):
     padded = [np.concatenate([b, np.tile([[0, 0, 1, 1]], (k - len(b), 1))]) if len(b) < k else b[:k] for b in boxes]
     return np.stack(padded).astype(np.float32)
@@ -176,3 +168,96 @@ def _row(capability, backend, batch, h, w, timed, stable) -> dict:
         "n": s["n"],
         "stable": {True: "yes", False: "no", None: "fixed count"}[stable],
     }
+
+
+# ---------------------------------------------------------------- the command: python -m benchmarks engine
+
+COLUMNS = ["capability", "backend", "frames", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "frames/s",
+           "baseline / graph p50", "process RSS MiB", "n", "stable"]  # fmt: skip
+
+
+def run(args) -> int:
+    if args.interleaved and (args.iterations is None or not args.baseline):
+        raise SystemExit("--interleaved needs --iterations N and the baseline (it pairs the two, call by call)")
+    backends = _loadable(args.backends)
+    sizes, frames_for = args.sizes, samples.frames
+    if args.photographs:
+        sizes, frames_for = photographs.photograph_frames(args.photographs)
+    rows = []
+    for capability in args.capabilities:
+        if args.interleaved:  # ONNX Runtime and transformers in turn, call by call
+            rows += _interleaved(args, capability, sizes, frames_for)
+        else:
+            rows += graph_rows(args.engines, capability, sizes, args.batches, report.progress, backends, frames_for,
+                               **_measuring(args))  # fmt: skip
+            if args.baseline:
+                rows += _beside_baseline(rows, _baseline_or_none(args, capability, sizes, frames_for))
+    _write(args, rows)
+    return 0
+
+
+def _measuring(args) -> dict:
+    return {"warmup": args.warmup, "iterations": args.iterations, "max_seconds": args.max_seconds}
+
+
+def _loadable(backends) -> list[str]:
+    """The backends asked for, less the TensorRT flavours this machine cannot load (each said so)."""
+    kept = list(backends)
+    for name in [b for b in kept if b in FLAVOURS]:
+        try:
+            load_tensorrt(FLAVOURS[name])
+        except StartupError as err:
+            report.progress(f"{name} rows skipped: {err}")
+            kept.remove(name)
+    return kept
+
+
+def _interleaved(args, capability: str, sizes, frames_for) -> list[dict]:
+    pairs = interleaved_rows(args.engines, capability, sizes, args.batches, report.progress, frames_for,
+                             warmup=args.warmup, iterations=args.iterations)  # fmt: skip
+    for ours, theirs in zip(pairs[::2], pairs[1::2]):
+        ours["baseline / graph p50"] = theirs["p50 ms"] / ours["p50 ms"]
+    return pairs
+
+
+def _baseline_or_none(args, capability: str, sizes, frames_for) -> list[dict]:
+    try:
+        return baseline_rows(
+            args.engines, capability, sizes, args.batches, report.progress, frames_for, **_measuring(args)
+        )
+    except ImportError as err:
+        report.progress(f"baseline skipped: {err} (install the export extra: torch, transformers)")
+        return []
+
+
+def _beside_baseline(rows: list[dict], base: list[dict]) -> list[dict]:
+    """Each graph row gets the baseline's p50 over its own; returns the baseline rows."""
+    for row in rows:
+        twin = next((b for b in base if b["capability"] == row["capability"] and b["frames"] == row["frames"]), None)
+        if twin and "graph" in row:
+            row["baseline / graph p50"] = twin["p50 ms"] / row["p50 ms"]
+    return base
+
+
+def _write(args, rows: list[dict]) -> None:
+    columns = list(COLUMNS)
+    if any("compute p50 ms" in row for row in rows):
+        columns[8:8] = ["copy_in p50 ms", "compute p50 ms", "copy_out p50 ms"]
+    notes = [
+        "graph: the exported graph (pre- and post-processing inside) through the node's backend, in this process",
+        "baseline: the same architecture through transformers (image processor + model + post-processing), "
+        "PyTorch eager, on the same frames, in the same run; seeded demo weights (latency depends on shapes)",
+        "stable: the last 3 windows' medians within 10 % of each other (perf_analyzer's rule)"
+        if args.iterations is None
+        else f"fixed count: {args.iterations} iterations after {args.warmup} warm-up"
+        + (" (graph and baseline called in turn, frame by frame)" if args.interleaved else ""),
+        "process RSS: the benchmark process after the row (cumulative: torch loads once the baselines start)",
+    ]
+    report.write(
+        {"provenance": report.provenance({"engines": str(args.engines)}), "rows": rows},
+        "In-process latency per graph",
+        [{c: row.get(c, "") for c in columns} for row in rows],
+        notes,
+        args.json,
+        args.markdown,
+    )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from node.engines import load
 from node.runtime.onnxruntime import OnnxRuntimeBackend
 
 from . import report
-from .overhead import progress
+from .report import progress
 
 METHODS = ("per-frame", "fixed", "smooth")
 
@@ -84,6 +85,17 @@ def range_flicker(depth0: np.ndarray, ranges: list, depth: Depth) -> list[float]
     return flicker(maps, 0)
 
 
+@dataclass
+class _Clip:
+    """One clip through depth: each method's maps, render seconds and ranges used; inference seconds."""
+
+    maps: dict = field(default_factory=lambda: {m: [] for m in METHODS})
+    cost: dict = field(default_factory=lambda: {m: [] for m in METHODS})
+    ranges: dict = field(default_factory=lambda: {m: [] for m in METHODS})
+    infer_s: list = field(default_factory=list)
+    depth0: np.ndarray | None = None  # the first frame's relative depth
+
+
 def run(args) -> int:
     served = load(args.engines, ("depth",))["depth"]
     graph = served.graphs[0]
@@ -91,43 +103,9 @@ def run(args) -> int:
     rows, series = [], {}
     with OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds) as backend:
         for clip, (frames, shift) in clips(args.frames, args.noise, args.quality).items():
-            maps = {m: [] for m in METHODS}
-            cost = {m: [] for m in METHODS}
-            used_ranges = {m: [] for m in METHODS}
-            infer_s, fixed, state, depth0 = [], None, None, None
             progress(f"{clip}: {len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]} through depth")
-            for frame in frames:
-                started = time.perf_counter()
-                outputs = {k: v.copy() for k, v in backend.infer({FRAME_INPUT: frame[None]}).items()}
-                infer_s.append(time.perf_counter() - started)
-                hw = frame.shape[:2]
-                fixed = fixed or [float(outputs["depth_min"][0]), float(outputs["depth_max"][0])]
-                depth0 = outputs["depth"][0].copy() if depth0 is None else depth0
-                for method, options in (
-                    ("per-frame", {}),
-                    ("fixed", {"range": fixed}),
-                    ("smooth", {"smooth": args.smooth, "range": state}),
-                ):
-                    image, used, took = _render(depth, outputs, options, hw)
-                    maps[method].append(image)
-                    cost[method].append(took)
-                    used_ranges[method].append(used)
-                    if method == "smooth":
-                        state = used  # what a client sends back as the next frame's range
-            base = None
-            for method in METHODS:
-                changes = flicker(maps[method], shift)
-                series[(clip, method)] = changes
-                mean = float(np.mean(changes))
-                base = base or mean
-                rows.append({
-                    "clip": clip, "method": method if method != "smooth" else f"smooth {args.smooth:g}",
-                    "flicker mean": mean, "flicker p95": float(np.percentile(changes, 95)),
-                    "vs per-frame": base / mean if mean else float("inf"),
-                    "range flicker": float(np.mean(range_flicker(depth0, used_ranges[method], depth))),
-                    "render ms p50": float(np.median(cost[method]) * 1000),
-                    "infer ms p50": float(np.median(infer_s) * 1000),
-                })  # fmt: skip
+            measured = _through_depth(backend, depth, frames, args.smooth)
+            rows += _rows(clip, measured, shift, depth, args.smooth, series)
     notes = [
         f"{args.frames} frames a clip; sensor noise sigma {args.noise:g} (8-bit levels), JPEG quality {args.quality}",
         "flicker: mean absolute difference of consecutive 8-bit depth maps (0-255), pan aligned by its 1 px shift",
@@ -146,6 +124,49 @@ def run(args) -> int:
         _plot(series, args.plot, args.smooth)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _through_depth(backend, depth: Depth, frames: list[np.ndarray], smooth: float) -> _Clip:
+    """Every frame inferred once and rendered by each method; smoothing carries its range from frame to frame."""
+    measured, fixed, state = _Clip(), None, None
+    for frame in frames:
+        started = time.perf_counter()
+        outputs = {k: v.copy() for k, v in backend.infer({FRAME_INPUT: frame[None]}).items()}
+        measured.infer_s.append(time.perf_counter() - started)
+        hw = frame.shape[:2]
+        fixed = fixed or [float(outputs["depth_min"][0]), float(outputs["depth_max"][0])]
+        measured.depth0 = outputs["depth"][0].copy() if measured.depth0 is None else measured.depth0
+        for method, options in (
+            ("per-frame", {}),
+            ("fixed", {"range": fixed}),
+            ("smooth", {"smooth": smooth, "range": state}),
+        ):
+            image, used, took = _render(depth, outputs, options, hw)
+            measured.maps[method].append(image)
+            measured.cost[method].append(took)
+            measured.ranges[method].append(used)
+            if method == "smooth":
+                state = used  # what a client sends back as the next frame's range
+    return measured
+
+
+def _rows(clip: str, measured: _Clip, shift: int, depth: Depth, smooth: float, series: dict) -> list[dict]:
+    """One row per method; each method's frame-to-frame changes go into ``series``."""
+    rows, base = [], None
+    for method in METHODS:
+        changes = flicker(measured.maps[method], shift)
+        series[(clip, method)] = changes
+        mean = float(np.mean(changes))
+        base = base or mean
+        rows.append({
+            "clip": clip, "method": method if method != "smooth" else f"smooth {smooth:g}",
+            "flicker mean": mean, "flicker p95": float(np.percentile(changes, 95)),
+            "vs per-frame": base / mean if mean else float("inf"),
+            "range flicker": float(np.mean(range_flicker(measured.depth0, measured.ranges[method], depth))),
+            "render ms p50": float(np.median(measured.cost[method]) * 1000),
+            "infer ms p50": float(np.median(measured.infer_s) * 1000),
+        })  # fmt: skip
+    return rows
 
 
 def _plot(series: dict, path: str, smooth: float) -> None:

@@ -31,7 +31,8 @@ from node import codecs, png
 from node.capabilities.depth import Depth
 
 from . import nodeproc, report
-from .overhead import echo_floor, post, progress
+from .overhead import echo_floor, post
+from .report import progress
 from .stats import summarise
 
 STAGES = ("read", "decode", "queue", "infer", "render", "encode")
@@ -136,8 +137,14 @@ def http_rows(results: dict, sent: dict, floors: dict) -> list[dict]:
                "in KiB": sent[case] / 1024, "out KiB": got[0][2] / 1024}  # fmt: skip
         row.update({f"{k} p50 ms": stage[k]["p50"] for k in STAGES})
         rendered = [m["timings_ms"].get("render", 0) + m["timings_ms"]["encode"] for m in metas]
-        row.update({"render+encode p50 ms": float(np.median(rendered)),
-                    "http p50 ms": wire["p50"], "host p50 ms": host["p50"], "host p99 ms": host["p99"]})
+        row.update(
+            {
+                "render+encode p50 ms": float(np.median(rendered)),
+                "http p50 ms": wire["p50"],
+                "host p50 ms": host["p50"],
+                "host p99 ms": host["p99"],
+            }
+        )
         floor = floors.get(case)
         row["echo floor p50 ms"] = floor["p50"] if floor else float("nan")
         row["over echo p50 ms"] = host["p50"] - floor["p50"] if floor else float("nan")

@@ -1,4 +1,5 @@
-"""HTTP load against a node: a closed-loop concurrency sweep and an open-loop fixed-rate run.
+"""HTTP load against a node: a closed-loop concurrency sweep and an open-loop fixed-rate run
+(``python -m benchmarks http``).
 
 Each client thread keeps its own keep-alive connection. Latency is the client's view; the
 node's own stage timings (X-Metadata) are reported beside it. In open loop, latency counts
@@ -8,13 +9,22 @@ from the moment a request was due, so a stalled node cannot hide its backlog.
 from __future__ import annotations
 
 import http.client
+import io
 import json
+import tempfile
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
+from PIL import Image
+
+from node import samples
+
+from . import nodeproc, report
+from .overhead import bodies
 from .stats import summarise
 
 STAGES = ("decode", "queue", "infer", "encode", "total")
@@ -105,3 +115,86 @@ def open_loop(url, path, body, content_type, rate: float, duration_s: float, max
     with ThreadPoolExecutor(max_clients) as pool:
         list(pool.map(send, due))
     return {"rate_rps": rate, **_summary(records, time.perf_counter() - start)}
+
+
+# ---------------------------------------------------------------- the command: python -m benchmarks http
+
+
+def run(args) -> int:
+    body, content_type = _body(args)
+    path = f"/infer/{args.capability}" + (f"/{args.output}" if args.output else "")
+    with tempfile.TemporaryDirectory() as tmp:
+        node = None
+        url = args.url
+        if url is None:
+            node = nodeproc.spawn(args.engines, Path(tmp) / "node.log", queue_size=args.queue_size)
+            report.progress(f"started a node on port {node.port}: ready in {nodeproc.wait_ready(node):.2f} s")
+            url = f"http://127.0.0.1:{node.port}"
+        try:
+            levels = _levels(args, url, path, body, content_type)
+        finally:
+            if node is not None:
+                node.stop()
+    notes = [
+        f"POST {path}, {args.input} frames {args.size[0]}x{args.size[1]} (synthetic sample frame), "
+        f"{args.duration} s per level; client latency in ms, node stages from X-Metadata (ms)",
+        "closed loop: each client sends its next request when the last is answered; open loop: requests due at a "
+        "fixed rate, latency counted from when each was due",
+        "the client runs on the same machine as the node: on a small CPU it takes cycles from it",
+    ]
+    report.write(
+        {"provenance": report.provenance({"url": args.url, "engines": str(args.engines)}), "levels": levels},
+        f"HTTP load: {args.capability}",
+        [_row(level) for level in levels],
+        notes,
+        args.json,
+        args.markdown,
+    )
+    return 0
+
+
+def _body(args) -> tuple[bytes, str]:
+    """The sample frame in the format asked for: (body, Content-Type)."""
+    frame = samples.frame(*args.size)
+    if args.input == "png":
+        out = io.BytesIO()
+        Image.fromarray(frame).save(out, format="PNG")
+        return out.getvalue(), "image/png"
+    body, content_type, _ = bodies(frame)["raw in, raw out" if args.input == "raw" else "JPEG in, PNG out"]
+    return body, content_type
+
+
+def _levels(args, url: str, path: str, body: bytes, content_type: str) -> list[dict]:
+    """The closed-loop levels (1 to 16 clients unless told), then the open-loop rates."""
+    levels = []
+    concurrency = args.concurrency if args.concurrency is not None else ([] if args.rate else [1, 2, 4, 8, 16])
+    for c in concurrency:
+        report.progress(f"closed loop, {c} clients, {args.duration} s: POST {path}")
+        levels.append(closed_loop(url, path, body, content_type, c, args.duration))
+        report.progress(_level_line(levels[-1]))
+    for rate in args.rate:
+        report.progress(f"open loop, {rate} requests/s, {args.duration} s: POST {path}")
+        levels.append(open_loop(url, path, body, content_type, rate, args.duration))
+        report.progress(_level_line(levels[-1]))
+    return levels
+
+
+def _level_line(level: dict) -> str:
+    """A load level's result as soon as it is measured."""
+    client = level.get("client", {})
+    return (f"  {level['throughput_rps']:.1f} ok/s, p50 {client.get('p50', float('nan')):.1f} ms, "
+            f"p99 {client.get('p99', float('nan')):.1f} ms, statuses {dict(level['statuses'])}")  # fmt: skip
+
+
+def _row(level: dict) -> dict:
+    client, server = level.get("client", {}), level.get("server_p50_ms", {})
+    return {
+        "load": f"{level['concurrency']} clients" if "concurrency" in level else f"{level['rate_rps']:g} req/s",
+        "requests": level["requests"],
+        "ok/s": level["throughput_rps"],
+        "statuses": " ".join(f"{k}:{v}" for k, v in level["statuses"].items()),
+        **{f"{p} ms": client.get(p, float("nan")) for p in ("p50", "p90", "p95", "p99", "max")},
+        "node queue p50": server.get("queue", float("nan")),
+        "node infer p50": server.get("infer", float("nan")),
+        "node total p50": server.get("total", float("nan")),
+    }

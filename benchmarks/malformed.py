@@ -75,12 +75,30 @@ def _raw_type(w, h) -> str:
     return f"application/octet-stream; width={w}; height={h}"
 
 
+@dataclass
+class _Images:
+    """The valid images the cases are made from."""
+
+    jpeg: bytes
+    png: bytes
+    others: dict[str, bytes]  # GIF, BMP, TIFF, WEBP
+
+
 def cases(count: int = 1000, seed: int = 0) -> list[Case]:
     """At least ``count`` malformed requests: every fixed case once, then seeded variations."""
     rng = random.Random(seed)
-    jpeg, png = _image("JPEG"), _image("PNG")
-    others = {fmt: _image(fmt) for fmt in ("GIF", "BMP", "TIFF", "WEBP")}
-    fixed = [
+    images = _Images(_image("JPEG"), _image("PNG"), {fmt: _image(fmt) for fmt in ("GIF", "BMP", "TIFF", "WEBP")})
+    out = _fixed(images.jpeg)
+    while len(out) < count:
+        kind = rng.randrange(len(VARIATIONS))
+        cap = rng.choice(CAPABILITIES)
+        out.append(VARIATIONS[kind](rng, cap, images))
+    return out
+
+
+def _fixed(jpeg: bytes) -> list[Case]:
+    """Every fixed case: bombs, deep JSON, headers, Content-Types, lengths, methods and paths."""
+    return [
         Case("bomb", "png 100000x100000", _request("POST", "/infer/depth", {"Content-Type": "image/png"},
                                                     png_bomb(100000, 100000))),
         Case("bomb", "png 2^31-1 square", _request("POST", "/infer/segmentation", {"Content-Type": "image/png"},
@@ -126,64 +144,83 @@ def cases(count: int = 1000, seed: int = 0) -> list[Case]:
         Case("path", "admin routes", _request("POST", "/models/load", {"Content-Type": "application/json"},
                                               b'{"url": "http://127.0.0.1:1/"}')),
     ]  # fmt: skip
-    out = list(fixed)
-    while len(out) < count:
-        kind = rng.randrange(8)
-        cap = rng.choice(CAPABILITIES)
-        if kind == 0:  # truncated image
-            fmt, data = rng.choice((("image/jpeg", jpeg), ("image/png", png)))
-            cut = rng.randrange(0, len(data) - 1)
-            out.append(Case("truncated", f"{fmt} cut at {cut}", _request(
-                "POST", f"/infer/{cap}", {"Content-Type": fmt}, data[:cut])))  # fmt: skip
-        elif kind == 1:  # mislabelled
-            real, data = rng.choice([("jpeg", jpeg), ("png", png), *others.items(), ("text", b"hello" * 50)])
-            label = rng.choice(("image/jpeg", "image/png"))
-            if label.endswith(real.lower()):
-                label = "image/png" if label == "image/jpeg" else "image/jpeg"
-            out.append(Case("mislabelled", f"{real} as {label}", _request(
-                "POST", f"/infer/{cap}", {"Content-Type": label}, data)))  # fmt: skip
-        elif kind == 2:  # raw dimensions: zero, negative, huge, not numbers, overflowing
-            w = rng.choice((0, -1, -64, 2**31, 2**63, 10**40, "abc", "1e3", "64.0", " ", "0x40", 64, 65, 99999))
-            h = rng.choice((0, -1, 2**32 + 64, 10**40, "nan", "", 64, 1, 100000))
-            body = b"\0" * rng.choice((0, 1, 64 * 64 * 3, 64 * 64 * 3 + 1, 4096))
-            if (w, h) == (64, 64) and len(body) == 64 * 64 * 3:
-                body += b"\0"
-            out.append(Case("dimensions", f"raw {w}x{h} with {len(body)} bytes", _request(
-                "POST", f"/infer/{cap}", {"Content-Type": _raw_type(w, h)}, body)))  # fmt: skip
-        elif kind == 3:  # bombs of random claimed sizes
-            w, h = rng.choice((0, 1, 70000, 2**24, 2**31 - 1)), rng.choice((0, 1, 70000, 2**24, 2**31 - 1))
-            if rng.random() < 0.5:
-                case = Case("bomb", f"png {w}x{h}", _request("POST", f"/infer/{cap}", {"Content-Type": "image/png"},
-                                                              png_bomb(w, h)))  # fmt: skip
-            else:
-                w, h = w & 0xFFFF, h & 0xFFFF
-                case = Case("bomb", f"jpeg {w}x{h}", _request(
-                    "POST", f"/infer/{cap}", {"Content-Type": "image/jpeg"}, jpeg_with_size(w, h)))  # fmt: skip
-            out.append(case)
-        elif kind == 4:  # bad options
-            name = rng.choice(("output", "range", "threshold", "channels", "palette", "bogus", "width", ""))
-            value = rng.choice(("", "-1", "1e999", "nan", "inf", "x" * 3000, "%00", "[1,2]", "{}", "raw;raw", "9" * 99))
-            query = f"{name}={value}" + (f"&{name}=2" if rng.random() < 0.3 else "")
-            out.append(Case("options", query[:40], _request(
-                "POST", f"/infer/{cap}?{query}", {"Content-Type": "image/jpeg"}, jpeg)))  # fmt: skip
-        elif kind == 5:  # random bytes with a plausible type
-            data = rng.randbytes(rng.randrange(0, 5000))
-            label = rng.choice(("image/jpeg", "image/png", "application/octet-stream; width=64; height=64"))
-            out.append(Case("random bytes", f"{len(data)} bytes as {label}", _request(
-                "POST", f"/infer/{cap}", {"Content-Type": label}, data)))  # fmt: skip
-        elif kind == 6:  # corrupted image: bytes flipped inside a valid file
-            fmt, data = rng.choice((("image/jpeg", jpeg), ("image/png", png)))
-            data = bytearray(data)
-            for _ in range(rng.randrange(1, 20)):
-                data[rng.randrange(len(data))] = rng.randrange(256)
-            out.append(Case("corrupted", f"{fmt} with flipped bytes", _request(
-                "POST", f"/infer/{cap}", {"Content-Type": fmt}, bytes(data))))  # fmt: skip
-        else:  # unknown routes and methods
-            method = rng.choice(("GET", "PUT", "PATCH", "DELETE", "OPTIONS", "POST", "HEAD"))
-            path = rng.choice(("/", "/infer", "/infer/", "/infer/normals", "/admin", "/metrics/x", "/health/../ready",
-                               "/docs", "/v2/models", "/capability/register", f"/infer/{cap}/raw/extra"))  # fmt: skip
-            out.append(Case("routes", f"{method} {path}", _request(method, path, {})))
-    return out
+
+
+def _truncated(rng: random.Random, cap: str, images: _Images) -> Case:
+    fmt, data = rng.choice((("image/jpeg", images.jpeg), ("image/png", images.png)))
+    cut = rng.randrange(0, len(data) - 1)
+    return Case("truncated", f"{fmt} cut at {cut}", _request(
+        "POST", f"/infer/{cap}", {"Content-Type": fmt}, data[:cut]))  # fmt: skip
+
+
+def _mislabelled(rng: random.Random, cap: str, images: _Images) -> Case:
+    real, data = rng.choice([("jpeg", images.jpeg), ("png", images.png), *images.others.items(),
+                             ("text", b"hello" * 50)])  # fmt: skip
+    label = rng.choice(("image/jpeg", "image/png"))
+    if label.endswith(real.lower()):
+        label = "image/png" if label == "image/jpeg" else "image/jpeg"
+    return Case("mislabelled", f"{real} as {label}", _request(
+        "POST", f"/infer/{cap}", {"Content-Type": label}, data))  # fmt: skip
+
+
+def _dimensions(rng: random.Random, cap: str, images: _Images) -> Case:
+    """Raw dimensions: zero, negative, huge, not numbers, overflowing."""
+    w = rng.choice((0, -1, -64, 2**31, 2**63, 10**40, "abc", "1e3", "64.0", " ", "0x40", 64, 65, 99999))
+    h = rng.choice((0, -1, 2**32 + 64, 10**40, "nan", "", 64, 1, 100000))
+    body = b"\0" * rng.choice((0, 1, 64 * 64 * 3, 64 * 64 * 3 + 1, 4096))
+    if (w, h) == (64, 64) and len(body) == 64 * 64 * 3:
+        body += b"\0"
+    return Case("dimensions", f"raw {w}x{h} with {len(body)} bytes", _request(
+        "POST", f"/infer/{cap}", {"Content-Type": _raw_type(w, h)}, body))  # fmt: skip
+
+
+def _bomb(rng: random.Random, cap: str, images: _Images) -> Case:
+    """A bomb of a random claimed size."""
+    w, h = rng.choice((0, 1, 70000, 2**24, 2**31 - 1)), rng.choice((0, 1, 70000, 2**24, 2**31 - 1))
+    if rng.random() < 0.5:
+        return Case("bomb", f"png {w}x{h}", _request("POST", f"/infer/{cap}", {"Content-Type": "image/png"},
+                                                      png_bomb(w, h)))  # fmt: skip
+    w, h = w & 0xFFFF, h & 0xFFFF
+    return Case("bomb", f"jpeg {w}x{h}", _request(
+        "POST", f"/infer/{cap}", {"Content-Type": "image/jpeg"}, jpeg_with_size(w, h)))  # fmt: skip
+
+
+def _options(rng: random.Random, cap: str, images: _Images) -> Case:
+    name = rng.choice(("output", "range", "threshold", "channels", "palette", "bogus", "width", ""))
+    value = rng.choice(("", "-1", "1e999", "nan", "inf", "x" * 3000, "%00", "[1,2]", "{}", "raw;raw", "9" * 99))
+    query = f"{name}={value}" + (f"&{name}=2" if rng.random() < 0.3 else "")
+    return Case("options", query[:40], _request(
+        "POST", f"/infer/{cap}?{query}", {"Content-Type": "image/jpeg"}, images.jpeg))  # fmt: skip
+
+
+def _random_bytes(rng: random.Random, cap: str, images: _Images) -> Case:
+    """Random bytes with a plausible type."""
+    data = rng.randbytes(rng.randrange(0, 5000))
+    label = rng.choice(("image/jpeg", "image/png", "application/octet-stream; width=64; height=64"))
+    return Case("random bytes", f"{len(data)} bytes as {label}", _request(
+        "POST", f"/infer/{cap}", {"Content-Type": label}, data))  # fmt: skip
+
+
+def _corrupted(rng: random.Random, cap: str, images: _Images) -> Case:
+    """Bytes flipped inside a valid image."""
+    fmt, data = rng.choice((("image/jpeg", images.jpeg), ("image/png", images.png)))
+    data = bytearray(data)
+    for _ in range(rng.randrange(1, 20)):
+        data[rng.randrange(len(data))] = rng.randrange(256)
+    return Case("corrupted", f"{fmt} with flipped bytes", _request(
+        "POST", f"/infer/{cap}", {"Content-Type": fmt}, bytes(data)))  # fmt: skip
+
+
+def _route(rng: random.Random, cap: str, images: _Images) -> Case:
+    """Unknown routes and methods."""
+    method = rng.choice(("GET", "PUT", "PATCH", "DELETE", "OPTIONS", "POST", "HEAD"))
+    path = rng.choice(("/", "/infer", "/infer/", "/infer/normals", "/admin", "/metrics/x", "/health/../ready",
+                       "/docs", "/v2/models", "/capability/register", f"/infer/{cap}/raw/extra"))  # fmt: skip
+    return Case("routes", f"{method} {path}", _request(method, path, {}))
+
+
+# The seeded variations, in the order a seed picks them (kind = rng.randrange(8)): keep it, to replay a seed.
+VARIATIONS = (_truncated, _mislabelled, _dimensions, _bomb, _options, _random_bytes, _corrupted, _route)
 
 
 def send(port: int, case: Case, timeout: float = 10.0) -> int | str:

@@ -17,11 +17,8 @@ from PIL import Image
 from node import samples
 
 from . import engine, nodeproc, report
+from .report import progress
 from .stats import summarise
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def bodies(frame: np.ndarray) -> dict[str, tuple[bytes, str, str]]:
@@ -81,27 +78,8 @@ def echo_floor(cases: dict, requests: int, warmup: int) -> dict:
 
 
 def run(args) -> int:
-    frame = samples.frame(*args.size)
-    payloads = bodies(frame)
-    with tempfile.TemporaryDirectory() as tmp:
-        node = nodeproc.spawn(args.engines, Path(tmp) / "node.log")
-        try:
-            ready_s = nodeproc.wait_ready(node)
-            progress(f"node ready in {ready_s:.2f} s on port {node.port}")
-            served = nodeproc.capabilities(node.port)
-            results = {}
-            conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=60)
-            for capability in args.capabilities:
-                for scenario, (body, content_type, suffix) in payloads.items():
-                    path = f"/infer/{capability}{suffix}"
-                    progress(f"{capability}, {scenario}: {args.warmup} warm-up + {args.requests} requests to {path}")
-                    for _ in range(args.warmup):
-                        post(conn, path, body, content_type)
-                    samples_ = [post(conn, path, body, content_type) for _ in range(args.requests)]
-                    results[(capability, scenario)] = samples_
-            conn.close()
-        finally:
-            node.stop()
+    payloads = bodies(samples.frame(*args.size))
+    results, served = _over_http(args, payloads)
     progress("HTTP floor: the same bodies and response sizes through a bare Starlette echo on uvicorn")
     cases = {key: (payloads[key[1]][0], payloads[key[1]][1], samples_[0][2]) for key, samples_ in results.items()}
     floors = echo_floor(cases, args.requests, args.warmup)
@@ -112,34 +90,10 @@ def run(args) -> int:
             args.engines, capability, [args.size], [1], progress, warmup=5, iterations=args.requests
         )[0]  # the same sample frame through the same backend class, in this process
         for scenario in payloads:
-            samples_ = results[(capability, scenario)]
-            client = [s for s, _, _ in samples_]
-            infer = [m["timings_ms"]["infer"] / 1000 for _, m, _ in samples_]
-            over = summarise([c - i for c, i in zip(client, infer)])
-            http_ = summarise(client)
-            stage = {
-                k: summarise([m["timings_ms"][k] / 1000 for _, m, _ in samples_])["p50"] for k in ("decode", "encode")
-            }
-            rows.append(
-                {
-                    "capability": capability,
-                    "scenario": scenario,
-                    "HTTP p50 ms": http_["p50"],
-                    "HTTP p99 ms": http_["p99"],
-                    "in-process p50 ms": direct["p50 ms"],
-                    "overhead p50 ms": over["p50"],
-                    "overhead p99 ms": over["p99"],
-                    "echo floor p50 ms": floors[(capability, scenario)]["p50"],
-                    "decode p50 ms": stage["decode"],
-                    "encode p50 ms": stage["encode"],
-                }
+            row, raw[f"{capability} / {scenario}"] = _row(
+                capability, scenario, results[(capability, scenario)], direct, floors[(capability, scenario)]
             )
-            raw[f"{capability} / {scenario}"] = {
-                "http": http_,
-                "overhead": over,
-                "in_process": direct,
-                "echo_floor": floors[(capability, scenario)],
-            }
+            rows.append(row)
     h, w = args.size
     notes = [
         f"frame {h}x{w} (HxW), one request at a time over a keep-alive loopback connection (http.client)",
@@ -160,3 +114,50 @@ def run(args) -> int:
         args.markdown,
     )
     return 0
+
+
+def _over_http(args, payloads: dict) -> tuple[dict, dict]:
+    """((capability, scenario) -> each request's (seconds, X-Metadata, response bytes), /capabilities),
+    from a node this starts and stops."""
+    with tempfile.TemporaryDirectory() as tmp:
+        node = nodeproc.spawn(args.engines, Path(tmp) / "node.log")
+        try:
+            ready_s = nodeproc.wait_ready(node)
+            progress(f"node ready in {ready_s:.2f} s on port {node.port}")
+            served = nodeproc.capabilities(node.port)
+            results = {}
+            conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=60)
+            for capability in args.capabilities:
+                for scenario, (body, content_type, suffix) in payloads.items():
+                    path = f"/infer/{capability}{suffix}"
+                    progress(f"{capability}, {scenario}: {args.warmup} warm-up + {args.requests} requests to {path}")
+                    for _ in range(args.warmup):
+                        post(conn, path, body, content_type)
+                    timed = [post(conn, path, body, content_type) for _ in range(args.requests)]
+                    results[(capability, scenario)] = timed
+            conn.close()
+        finally:
+            node.stop()
+    return results, served
+
+
+def _row(capability: str, scenario: str, samples_: list, direct: dict, floor: dict) -> tuple[dict, dict]:
+    """(the table's row, the JSON report's entry) of one capability and scenario."""
+    client = [s for s, _, _ in samples_]
+    infer = [m["timings_ms"]["infer"] / 1000 for _, m, _ in samples_]
+    over = summarise([c - i for c, i in zip(client, infer)])
+    http_ = summarise(client)
+    stage = {k: summarise([m["timings_ms"][k] / 1000 for _, m, _ in samples_])["p50"] for k in ("decode", "encode")}
+    row = {
+        "capability": capability,
+        "scenario": scenario,
+        "HTTP p50 ms": http_["p50"],
+        "HTTP p99 ms": http_["p99"],
+        "in-process p50 ms": direct["p50 ms"],
+        "overhead p50 ms": over["p50"],
+        "overhead p99 ms": over["p99"],
+        "echo floor p50 ms": floor["p50"],
+        "decode p50 ms": stage["decode"],
+        "encode p50 ms": stage["encode"],
+    }
+    return row, {"http": http_, "overhead": over, "in_process": direct, "echo_floor": floor}

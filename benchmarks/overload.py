@@ -19,7 +19,8 @@ from pathlib import Path
 from node import samples
 
 from . import load, nodeproc, report
-from .overhead import bodies, progress
+from .overhead import bodies
+from .report import progress
 from .stats import summarise
 
 

@@ -23,18 +23,12 @@ from node.engines import load
 from node.sizing import Sizing
 
 from . import nodeproc, report
-from .overhead import progress
+from .demo_models import demo_model
+from .photographs import photograph
+from .report import progress
 
-PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "hubble_deep_field")
 ROUTES = {"depth": "/infer/depth/raw", "segmentation": "/infer/segmentation/raw", "pose": "/infer/pose"}
 OPTIONS = {"depth": "", "segmentation": "", "pose": "; person_threshold=0"}
-
-
-def photograph(name: str) -> np.ndarray:
-    from skimage import data  # noqa: PLC0415 (the dev extra; bundled images, no download)
-
-    photo = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
-    return np.ascontiguousarray(photo)
 
 
 def as_graph_outputs(capability: str, body: bytes, meta: dict) -> dict[str, np.ndarray]:
@@ -81,12 +75,8 @@ def _exact_boxes(opened: dict, stack: ExitStack, served, graph, frame: np.ndarra
 
 
 def run(args) -> int:
-    from node.builder import pipeline, verify  # noqa: PLC0415 (torch and transformers: the export extra)
-
-    from .engine import _demo_model  # noqa: PLC0415
-
     served = load(args.engines, tuple(args.capabilities))
-    models = {c: {m["role"]: _demo_model(m["name"]) for m in s.models} for c, s in served.items()}
+    models = {c: {m["role"]: demo_model(m["name"]) for m in s.models} for c, s in served.items()}
     rows, pose_backends = [], {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         node = nodeproc.spawn(args.engines, Path(tmp) / "node.log", capabilities=",".join(args.capabilities))
@@ -101,26 +91,8 @@ def run(args) -> int:
                     used = got
                     if capability == "pose":
                         used = {**got, "boxes": _exact_boxes(pose_backends, stack, served["pose"], graph, frame)}
-                    # transformers with the processor's own defaults, whatever the graph's sizing: for a
-                    # fixed-resolution graph this shows what the fixed size costs in fidelity.
-                    processor = models[capability]["detector" if capability == "pose" else capability].processor
-                    want = pipeline.reference_outputs(
-                        capability, models[capability], frame[None], Sizing.of_processor(processor), used
-                    )
-                    checks = verify.compare(capability, name, got, want)
-                    row = {
-                        "photograph": name,
-                        "frame": f"{frame.shape[0]}x{frame.shape[1]}",
-                        "capability": capability,
-                        "model resolution": "x".join(map(str, meta["graph_resolution"])),
-                        "mode": meta["resolution_mode"],
-                    }
-                    if capability == "depth":
-                        row["correlation"] = f'{np.corrcoef(got["depth"].ravel(), want["depth"].ravel())[0, 1]:.7f}'
-                    row.update({c.metric: f"{c.value:.4g}" for c in checks if not c.skipped})
-                    row["within tolerances"] = "yes" if all(c.ok for c in checks) else "NO"
-                    rows.append(row)
-                    progress(", ".join(f"{k} {v}" for k, v in row.items()))
+                    rows.append(_compared(name, frame, capability, meta, got, used, models[capability]))
+                    progress(", ".join(f"{k} {v}" for k, v in rows[-1].items()))
         finally:
             node.stop()
     columns = list(dict.fromkeys(c for row in rows for c in row))  # capabilities have their own metrics
@@ -141,3 +113,27 @@ def run(args) -> int:
         args.markdown,
     )
     return 0 if all(r["within tolerances"] == "yes" for r in rows) else 1
+
+
+def _compared(name: str, frame: np.ndarray, capability: str, meta: dict, got: dict, used: dict, models) -> dict:
+    """One row: the node's answer ``got`` beside transformers' on the same frame (``used``: what the
+    reference's post-processing takes from the node, pose's exact boxes)."""
+    from node.builder import pipeline, verify  # noqa: PLC0415 (torch and transformers: the export extra)
+
+    # transformers with the processor's own defaults, whatever the graph's sizing: for a
+    # fixed-resolution graph this shows what the fixed size costs in fidelity.
+    processor = models["detector" if capability == "pose" else capability].processor
+    want = pipeline.reference_outputs(capability, models, frame[None], Sizing.of_processor(processor), used)
+    checks = verify.compare(capability, name, got, want)
+    row = {
+        "photograph": name,
+        "frame": f"{frame.shape[0]}x{frame.shape[1]}",
+        "capability": capability,
+        "model resolution": "x".join(map(str, meta["graph_resolution"])),
+        "mode": meta["resolution_mode"],
+    }
+    if capability == "depth":
+        row["correlation"] = f"{np.corrcoef(got['depth'].ravel(), want['depth'].ravel())[0, 1]:.7f}"
+    row.update({c.metric: f"{c.value:.4g}" for c in checks if not c.skipped})
+    row["within tolerances"] = "yes" if all(c.ok for c in checks) else "NO"
+    return row

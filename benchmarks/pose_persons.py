@@ -43,7 +43,8 @@ def _ranked_copy(graph_path: Path, directory: str) -> Path:
     maker.output[list(maker.output).index("box_scores")] = "box_scores_tied"
     ramp = onnx.numpy_helper.from_array((1.0 - 0.01 * np.arange(slots, dtype=np.float32))[None], "box_scores_ramp")
     model.graph.initializer.append(ramp)
-    model.graph.node.insert(at + 1, onnx.helper.make_node("Mul", ["box_scores_tied", "box_scores_ramp"], ["box_scores"]))
+    ramped = onnx.helper.make_node("Mul", ["box_scores_tied", "box_scores_ramp"], ["box_scores"])
+    model.graph.node.insert(at + 1, ramped)
     path = Path(directory) / "ranked.onnx"
     onnx.save(model, str(path))
     return path

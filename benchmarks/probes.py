@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import nodeproc, report, stats
-from .overhead import progress
+from .report import progress
 
 POLL_INTERVAL_S = 5.0  # go-livepeer's health poll
 

@@ -1,4 +1,5 @@
-"""Reports: a terminal table, Markdown for the README, JSON for machines; provenance in every one."""
+"""Reports: progress on stderr while a run goes, then a terminal table, Markdown for the README, JSON for
+machines; provenance in every one."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from pathlib import Path
 from . import machine
 
 PACKAGES = ("onnxruntime", "onnxruntime-gpu", "numpy", "pillow", "starlette", "uvicorn", "httptools", "uvloop")
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def provenance(extra: dict | None = None) -> dict:

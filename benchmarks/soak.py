@@ -18,8 +18,9 @@ from pathlib import Path
 from node import samples
 
 from . import load, malformed, nodeproc, report
-from .overhead import bodies, progress
+from .overhead import bodies
 from .overload import rss_mib
+from .report import progress
 
 
 def _good_requests() -> list[tuple[str, bytes, str]]:
@@ -34,55 +35,16 @@ def _good_requests() -> list[tuple[str, bytes, str]]:
 
 
 def run(args) -> int:
-    good = _good_requests()
-    bad = [c for c in malformed.cases(2000, seed=11) if len(c.request) < 1 << 20]
-    rng = random.Random(5)
-    plan = [rng.random() < args.bad_share for _ in range(args.requests)]
-    done = 0
-    statuses = {"good": Counter(), "malformed": Counter()}
-    lock = threading.Lock()
-    samples_: list[tuple[int, float, float]] = []  # (requests done, seconds, RSS MiB)
+    soak = _Soak(args)
     with tempfile.TemporaryDirectory() as tmp:
         node = nodeproc.spawn(args.engines, Path(tmp) / "node.log", queue_size=64)
         try:
             progress(f"started a node on port {node.port}: ready in {nodeproc.wait_ready(node):.2f} s")
-            url = f"http://127.0.0.1:{node.port}"
-            started = time.perf_counter()
-            samples_.append((0, 0.0, rss_mib(node.port)))
-            next_index = iter(range(args.requests))
-
-            def client() -> None:
-                nonlocal done
-                keep_alive = load.Client(url)
-                for i in next_index:
-                    if plan[i]:
-                        kind, status = "malformed", malformed.send(node.port, bad[i % len(bad)])
-                    else:
-                        path, body, content_type = good[i % len(good)]
-                        kind, (status, _) = "good", keep_alive.post(path, body, content_type)
-                    with lock:
-                        statuses[kind][status] += 1
-                        done += 1
-                keep_alive.close()
-
-            workers = [threading.Thread(target=client) for _ in range(args.clients)]
-            for w in workers:
-                w.start()
-            every = max(1, args.requests // args.samples)
-            next_sample = every
-            while any(w.is_alive() for w in workers):
-                time.sleep(0.2)
-                if done >= next_sample:
-                    samples_.append((done, time.perf_counter() - started, rss_mib(node.port)))
-                    progress(f"{done} requests, {samples_[-1][1]:.0f} s: node RSS {samples_[-1][2]:.1f} MiB")
-                    next_sample += every
-            for w in workers:
-                w.join()
-            wall = time.perf_counter() - started
-            samples_.append((done, wall, rss_mib(node.port)))
+            soak.drive(node.port)
             alive = node.proc.poll() is None and nodeproc.get(node.port, "/health")[0] == 200
         finally:
             node.stop()
+    samples_, statuses, wall = soak.samples, soak.statuses, soak.wall
     warm = next(s for s in samples_ if s[0] >= args.requests * 0.1)
     final = samples_[-1]
     growth = (final[2] - warm[2]) / warm[2] * 100
@@ -106,3 +68,53 @@ def run(args) -> int:
         "Soak: mixed good and malformed requests", rows, notes, args.json, args.markdown,
     )  # fmt: skip
     return 0 if five_xx == 0 and alive else 1
+
+
+class _Soak:
+    """The run against one node: ``args.clients`` threads share the requests; memory sampled as they go."""
+
+    def __init__(self, args):
+        self.args, self.port = args, None
+        self.good = _good_requests()
+        self.bad = [c for c in malformed.cases(2000, seed=11) if len(c.request) < 1 << 20]
+        rng = random.Random(5)
+        self.plan = [rng.random() < args.bad_share for _ in range(args.requests)]  # True: a malformed request
+        self.done = 0
+        self.statuses = {"good": Counter(), "malformed": Counter()}
+        self.lock = threading.Lock()
+        self.samples: list[tuple[int, float, float]] = []  # (requests done, seconds, RSS MiB)
+        self.wall = 0.0
+        self._next_index = iter(range(args.requests))
+
+    def drive(self, port: int) -> None:
+        self.port = port
+        started = time.perf_counter()
+        self.samples.append((0, 0.0, rss_mib(self.port)))
+        workers = [threading.Thread(target=self._client) for _ in range(self.args.clients)]
+        for w in workers:
+            w.start()
+        every = max(1, self.args.requests // self.args.samples)
+        next_sample = every
+        while any(w.is_alive() for w in workers):
+            time.sleep(0.2)
+            if self.done >= next_sample:
+                self.samples.append((self.done, time.perf_counter() - started, rss_mib(self.port)))
+                progress(f"{self.done} requests, {self.samples[-1][1]:.0f} s: node RSS {self.samples[-1][2]:.1f} MiB")
+                next_sample += every
+        for w in workers:
+            w.join()
+        self.wall = time.perf_counter() - started
+        self.samples.append((self.done, self.wall, rss_mib(self.port)))
+
+    def _client(self) -> None:
+        keep_alive = load.Client(f"http://127.0.0.1:{self.port}")
+        for i in self._next_index:
+            if self.plan[i]:
+                kind, status = "malformed", malformed.send(self.port, self.bad[i % len(self.bad)])
+            else:
+                path, body, content_type = self.good[i % len(self.good)]
+                kind, (status, _) = "good", keep_alive.post(path, body, content_type)
+            with self.lock:
+                self.statuses[kind][status] += 1
+                self.done += 1
+        keep_alive.close()

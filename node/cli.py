@@ -93,7 +93,7 @@ def print_live_runners(config: Config) -> int:
 
     from . import manifest  # noqa: PLC0415
     from .contract import CAPABILITIES  # noqa: PLC0415
-    from .live_runner import static_runners  # noqa: PLC0415
+    from .livepeer.live_runner import static_runners  # noqa: PLC0415
 
     if not config.node_url:
         print("python -m node live-runners: --node-url is required (where the orchestrator reaches this node)",

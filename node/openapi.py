@@ -114,7 +114,8 @@ def _infer_many(names: tuple[str, ...], capabilities: list, token: bool) -> dict
             for name, part in zip(names, parts)
             for p in part["parameters"]
             if p["name"] not in ("width", "height")
-        ] + [p for p in parts[0]["parameters"] if p["name"] in ("width", "height")],
+        ]
+        + [p for p in parts[0]["parameters"] if p["name"] in ("width", "height")],
     }
     operation["responses"] = {**parts[0]["responses"], "200": {
         "description": "one part per capability",
@@ -132,39 +133,6 @@ def combinations(names: list[str]) -> list[tuple[str, ...]]:
 def document(node) -> dict:
     """The document for this node: its served capabilities and its limits."""
     token = bool(node.config.token)
-    paths = {}
-    for name, session in node.sessions.items():
-        paths[f"/infer/{name}"] = _infer(name, session.capability, token, output_in="query")
-        paths[f"/infer/{name}/{{output}}"] = _infer(name, session.capability, token, output_in="path")
-    for names in combinations(list(node.sessions)):
-        capabilities = [node.sessions[n].capability for n in names]
-        paths[f"/infer/{COMBINE.join(names)}"] = _infer_many(names, capabilities, token)
-
-    def get(summary: str, content: dict, **errors) -> dict:
-        return {"get": {"summary": summary, "responses": {"200": {"description": "ok", "content": content}, **errors}}}
-
-    json_object = {"application/json": {"schema": {"type": "object"}}}
-    paths["/health"] = get(
-        "LOADING until warm, then IDLE or OK (busy); ERROR after a fatal fault (the process is exiting)",
-        {"application/json": {"schema": {
-            "type": "object", "required": ["status"],
-            "properties": {"status": {"type": "string", "enum": ["LOADING", "IDLE", "OK", "ERROR"]}},
-        }}},
-    )  # fmt: skip
-    paths["/ready"] = get(
-        "200 once every capability is warm; 503 while loading, draining (SIGTERM) or failed",
-        json_object,
-        **{"503": _error("not_ready: loading, shutting down or failed", retry_after=True)},
-    )
-    paths["/capabilities"] = get("models, licences, graphs, backend, bounds, options and limits", json_object)
-    paths["/metrics"] = get("Prometheus metrics", {"text/plain": {"schema": {"type": "string"}}})
-    paths["/openapi.json"] = get("this document", json_object)
-    html = {"text/html": {"schema": {"type": "string"}}}
-    paths["/"] = get("the operator's page: what is served, readiness, live latency, a frame to try", html)
-    paths["/docs"] = get("this document, rendered (Swagger UI, served by the node)", html)
-    for path in ("/ui/app.js", "/ui/style.css", "/ui/docs.js", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js"):
-        media = "text/css" if path.endswith(".css") else "text/javascript"
-        paths[path] = get("an asset of the page", {media: {"schema": {"type": "string"}}})
     doc = {
         "openapi": "3.0.3",
         "info": {
@@ -175,7 +143,7 @@ def document(node) -> dict:
             f"{node.config.max_header_bytes} bytes gets 431; one that does not arrive whole within "
             f"{node.config.receive_timeout_s:g} s gets 408.",
         },
-        "paths": paths,
+        "paths": {**_infer_paths(node.sessions, token), **_other_paths()},
         "components": {
             "schemas": {
                 "Error": {
@@ -189,3 +157,47 @@ def document(node) -> dict:
     if token:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return doc
+
+
+def _infer_paths(sessions: dict, token: bool) -> dict:
+    """Each capability's two routes, then every combination's."""
+    paths = {}
+    for name, session in sessions.items():
+        paths[f"/infer/{name}"] = _infer(name, session.capability, token, output_in="query")
+        paths[f"/infer/{name}/{{output}}"] = _infer(name, session.capability, token, output_in="path")
+    for names in combinations(list(sessions)):
+        capabilities = [sessions[n].capability for n in names]
+        paths[f"/infer/{COMBINE.join(names)}"] = _infer_many(names, capabilities, token)
+    return paths
+
+
+def _get(summary: str, content: dict, **errors) -> dict:
+    return {"get": {"summary": summary, "responses": {"200": {"description": "ok", "content": content}, **errors}}}
+
+
+def _other_paths() -> dict:
+    """Everything but /infer: health, readiness, facts, metrics, this document and the operator's page."""
+    json_object = {"application/json": {"schema": {"type": "object"}}}
+    paths = {}
+    paths["/health"] = _get(
+        "LOADING until warm, then IDLE or OK (busy); ERROR after a fatal fault (the process is exiting)",
+        {"application/json": {"schema": {
+            "type": "object", "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": ["LOADING", "IDLE", "OK", "ERROR"]}},
+        }}},
+    )  # fmt: skip
+    paths["/ready"] = _get(
+        "200 once every capability is warm; 503 while loading, draining (SIGTERM) or failed",
+        json_object,
+        **{"503": _error("not_ready: loading, shutting down or failed", retry_after=True)},
+    )
+    paths["/capabilities"] = _get("models, licences, graphs, backend, bounds, options and limits", json_object)
+    paths["/metrics"] = _get("Prometheus metrics", {"text/plain": {"schema": {"type": "string"}}})
+    paths["/openapi.json"] = _get("this document", json_object)
+    html = {"text/html": {"schema": {"type": "string"}}}
+    paths["/"] = _get("the operator's page: what is served, readiness, live latency, a frame to try", html)
+    paths["/docs"] = _get("this document, rendered (Swagger UI, served by the node)", html)
+    for path in ("/ui/app.js", "/ui/style.css", "/ui/docs.js", "/docs/swagger-ui.css", "/docs/swagger-ui-bundle.js"):
+        media = "text/css" if path.endswith(".css") else "text/javascript"
+        paths[path] = _get("an asset of the page", {media: {"schema": {"type": "string"}}})
+    return paths

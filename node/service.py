@@ -16,11 +16,11 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from . import codecs, engines, preflight
-from .byoc import Registrar
 from .capabilities import CAPABILITY_CLASSES
 from .config import Config
 from .errors import NotFound, NotReady, StartupError
-from .live_runner import LiveRunners
+from .livepeer.byoc import Registrar
+from .livepeer.live_runner import LiveRunners
 from .metrics import Metrics
 from .runtime.flavours import flavour
 from .runtime.gpu_decode import GpuJpegDecoder

@@ -99,151 +99,165 @@ class FakeTensorRT:
         INVALID=SimpleNamespace(name="INVALID"),
     )
     EngineInvalidityDiagnostics = SimpleNamespace(
-        __members__={"VERSION_MISMATCH": SimpleNamespace(name="VERSION_MISMATCH", value=1),
-                     "UNSUPPORTED_CC": SimpleNamespace(name="UNSUPPORTED_CC", value=2)}  # fmt: skip
+        __members__={
+            "VERSION_MISMATCH": SimpleNamespace(name="VERSION_MISMATCH", value=1),
+            "UNSUPPORTED_CC": SimpleNamespace(name="UNSUPPORTED_CC", value=2),
+        }  # fmt: skip
     )
 
-    def __init__(
-        self, cuda: FakeCuda, scratch_need: int = 1 << 20, fail_execute: bool = False, validity=("VALID", 0)
-    ):
+    def __init__(self, cuda: FakeCuda, scratch_need: int = 1 << 20, fail_execute: bool = False, validity=("VALID", 0)):
         self.cuda, self.scratch_need, self.fail_execute = cuda, scratch_need, fail_execute
         self.validity = validity  # what get_engine_validity answers (TensorRT for RTX)
         self.runtime_cache_blobs: list[bytes] = []  # what each FAKE runtime cache was loaded from
-        fake = self
-
-        class Logger:
-            WARNING = 2
-
-            def __init__(self, severity):
-                pass
-
-        class Runtime:
-            def __init__(self, logger):
-                pass
-
-            def get_engine_validity(self, plan: bytes):
-                name, diagnostics = fake.validity
-                return getattr(fake.EngineValidity, name), diagnostics
-
-            def deserialize_cuda_engine(self, plan: bytes):
-                return Engine(plan) if plan.startswith(b"\x08") else None  # ONNX protobuf starts with field 1
-
-        class Engine:
-            def __init__(self, plan):
-                self.session = ort.InferenceSession(plan, providers=["CPUExecutionProvider"])
-                self.inputs = [i.name for i in self.session.get_inputs()]  # frames, then any parameters
-                self.output_names = [o.name for o in self.session.get_outputs()]
-                self.names = self.inputs + self.output_names
-                self.num_io_tensors = len(self.names)
-                self.device_memory_size_v2 = fake.scratch_need
-
-            def get_tensor_name(self, i):
-                return self.names[i]
-
-            def get_tensor_mode(self, name):
-                return fake.TensorIOMode.INPUT if name in self.inputs else fake.TensorIOMode.OUTPUT
-
-            def get_tensor_dtype(self, name):
-                if name == "frames":
-                    return np.uint8
-                out = next(o for o in self.session.get_inputs() + self.session.get_outputs() if o.name == name)
-                return {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}[out.type]
-
-            def create_execution_context(self, strategy_or_config):
-                config = strategy_or_config
-                if isinstance(config, RuntimeConfig):  # TensorRT for RTX: the strategy travels in a config
-                    fake.cuda.calls.append(("create_execution_context", config.strategy, config.cache))
-                else:
-                    fake.cuda.calls.append(("create_execution_context", config))
-                return Context(self)
-
-            def create_runtime_config(self):
-                return RuntimeConfig()
-
-        class RuntimeCache:
-            """FAKE just-in-time kernel cache: its bytes say how many engines used it."""
-
-            def __init__(self):
-                self.used = 0
-
-            def deserialize(self, blob: bytes) -> bool:
-                fake.runtime_cache_blobs.append(bytes(blob))
-                return blob.startswith(b"fake-runtime-cache")
-
-            def serialize(self) -> bytes:
-                return b"fake-runtime-cache used by %d" % self.used
-
-        class RuntimeConfig:
-            def __init__(self):
-                self.strategy = self.cache = None
-
-            def set_execution_context_allocation_strategy(self, strategy):
-                self.strategy = strategy
-
-            def create_runtime_cache(self):
-                return RuntimeCache()
-
-            def set_runtime_cache(self, cache):
-                cache.used += 1
-                self.cache = cache
-                return True
-
-        class Context:
-            def __init__(self, engine):
-                self.engine, self.addresses, self.shape, self.device_memory_at = engine, {}, None, None
-                self._shapes = {}
-
-            def set_input_shape(self, name, shape):
-                if name != "frames":  # a per-frame parameter: [N], set after the frames
-                    assert tuple(shape) == self.shape[:1], f"{name} {shape} for frames {self.shape}"
-                    return True
-                fake.cuda.calls.append(("set_input_shape", tuple(shape)))
-                self.shape = tuple(shape)
-                if self.shape not in self._shapes:  # TensorRT infers these; the fake asks ONNX Runtime
-                    outs = self.engine.session.run(None, self.feeds(np.zeros(self.shape, np.uint8)))
-                    self._shapes[self.shape] = {n: o.shape for n, o in zip(self.engine.output_names, outs)}
-                return True
-
-            def feeds(self, frames):
-                """The frames and, for each parameter, the [N] float32 values at its address."""
-                n, feeds = frames.shape[0], {"frames": frames}
-                for name in self.engine.inputs[1:]:
-                    address = self.addresses.get(name)
-                    memory = fake.cuda.memory[address] if address is not None else np.zeros(4 * n, np.uint8)
-                    feeds[name] = memory[: 4 * n].view(np.float32).copy()
-                return feeds
-
-            def get_tensor_shape(self, name):
-                if name in self.engine.inputs:
-                    return self.shape if name == "frames" else self.shape[:1]
-                return self._shapes[self.shape][name]
-
-            def set_tensor_address(self, name, address):
-                self.addresses[name] = address
-                return True
-
-            def set_device_memory(self, address, size):
-                fake.cuda.calls.append(("set_device_memory", address, size))
-                self.device_memory_at = address
-
-            def execute_async_v3(self, stream_handle):
-                fake.cuda.calls.append(("execute_async_v3", stream_handle))
-                if fake.fail_execute:
-                    return False
-                assert self.device_memory_at is not None, "executed without scratch memory"
-                count = int(np.prod(self.shape))
-                frames = fake.cuda.memory[self.addresses["frames"]][:count].reshape(self.shape)
-                outs = self.engine.session.run(None, self.feeds(frames))
-                for name, out in zip(self.engine.output_names, outs):
-                    raw = np.ascontiguousarray(out).view(np.uint8).reshape(-1)
-                    fake.cuda.memory[self.addresses[name]][: raw.size] = raw
-                return True
-
-        self.Logger, self.Runtime = Logger, Runtime
+        self.Logger = _FakeLogger
+        self.Runtime = lambda logger: _FakeRuntime(self)
 
     @staticmethod
     def nptype(dtype):
         return dtype
+
+
+class _FakeLogger:
+    WARNING = 2
+
+    def __init__(self, severity):
+        pass
+
+
+class _FakeRuntime:
+    def __init__(self, fake: FakeTensorRT):
+        self.fake = fake
+
+    def get_engine_validity(self, plan: bytes):
+        name, diagnostics = self.fake.validity
+        return getattr(self.fake.EngineValidity, name), diagnostics
+
+    def deserialize_cuda_engine(self, plan: bytes):
+        return _FakeEngine(self.fake, plan) if plan.startswith(b"\x08") else None  # ONNX protobuf: field 1 first
+
+
+class _FakeEngine:
+    """FAKE engine: the ONNX graph the "plan" is, run by ONNX Runtime."""
+
+    def __init__(self, fake: FakeTensorRT, plan: bytes):
+        self.fake = fake
+        self.session = ort.InferenceSession(plan, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]  # frames, then any parameters
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.names = self.inputs + self.output_names
+        self.num_io_tensors = len(self.names)
+        self.device_memory_size_v2 = fake.scratch_need
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return self.fake.TensorIOMode.INPUT if name in self.inputs else self.fake.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name):
+        if name == "frames":
+            return np.uint8
+        out = next(o for o in self.session.get_inputs() + self.session.get_outputs() if o.name == name)
+        return {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}[out.type]
+
+    def create_execution_context(self, strategy_or_config):
+        config = strategy_or_config
+        if isinstance(config, _FakeRuntimeConfig):  # TensorRT for RTX: the strategy travels in a config
+            self.fake.cuda.calls.append(("create_execution_context", config.strategy, config.cache))
+        else:
+            self.fake.cuda.calls.append(("create_execution_context", config))
+        return _FakeContext(self.fake, self)
+
+    def create_runtime_config(self):
+        return _FakeRuntimeConfig(self.fake)
+
+
+class _FakeRuntimeCache:
+    """FAKE just-in-time kernel cache: its bytes say how many engines used it."""
+
+    def __init__(self, fake: FakeTensorRT):
+        self.fake, self.used = fake, 0
+
+    def deserialize(self, blob: bytes) -> bool:
+        self.fake.runtime_cache_blobs.append(bytes(blob))
+        return blob.startswith(b"fake-runtime-cache")
+
+    def serialize(self) -> bytes:
+        return b"fake-runtime-cache used by %d" % self.used
+
+
+class _FakeRuntimeConfig:
+    def __init__(self, fake: FakeTensorRT):
+        self.fake = fake
+        self.strategy = self.cache = None
+
+    def set_execution_context_allocation_strategy(self, strategy):
+        self.strategy = strategy
+
+    def create_runtime_cache(self):
+        return _FakeRuntimeCache(self.fake)
+
+    def set_runtime_cache(self, cache):
+        cache.used += 1
+        self.cache = cache
+        return True
+
+
+class _FakeContext:
+    """FAKE execution context: ``execute_async_v3`` runs the graph on the frames at the input's "device" address
+    and writes each output at its own."""
+
+    def __init__(self, fake: FakeTensorRT, engine: _FakeEngine):
+        self.fake = fake
+        self.engine, self.addresses, self.shape, self.device_memory_at = engine, {}, None, None
+        self._shapes = {}
+
+    def set_input_shape(self, name, shape):
+        if name != "frames":  # a per-frame parameter: [N], set after the frames
+            assert tuple(shape) == self.shape[:1], f"{name} {shape} for frames {self.shape}"
+            return True
+        self.fake.cuda.calls.append(("set_input_shape", tuple(shape)))
+        self.shape = tuple(shape)
+        if self.shape not in self._shapes:  # TensorRT infers these; the fake asks ONNX Runtime
+            outs = self.engine.session.run(None, self.feeds(np.zeros(self.shape, np.uint8)))
+            self._shapes[self.shape] = {n: o.shape for n, o in zip(self.engine.output_names, outs)}
+        return True
+
+    def feeds(self, frames):
+        """The frames and, for each parameter, the [N] float32 values at its address."""
+        n, feeds = frames.shape[0], {"frames": frames}
+        for name in self.engine.inputs[1:]:
+            address = self.addresses.get(name)
+            memory = self.fake.cuda.memory[address] if address is not None else np.zeros(4 * n, np.uint8)
+            feeds[name] = memory[: 4 * n].view(np.float32).copy()
+        return feeds
+
+    def get_tensor_shape(self, name):
+        if name in self.engine.inputs:
+            return self.shape if name == "frames" else self.shape[:1]
+        return self._shapes[self.shape][name]
+
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = address
+        return True
+
+    def set_device_memory(self, address, size):
+        self.fake.cuda.calls.append(("set_device_memory", address, size))
+        self.device_memory_at = address
+
+    def execute_async_v3(self, stream_handle):
+        fake = self.fake
+        fake.cuda.calls.append(("execute_async_v3", stream_handle))
+        if fake.fail_execute:
+            return False
+        assert self.device_memory_at is not None, "executed without scratch memory"
+        count = int(np.prod(self.shape))
+        frames = fake.cuda.memory[self.addresses["frames"]][:count].reshape(self.shape)
+        outs = self.engine.session.run(None, self.feeds(frames))
+        for name, out in zip(self.engine.output_names, outs):
+            raw = np.ascontiguousarray(out).view(np.uint8).reshape(-1)
+            fake.cuda.memory[self.addresses[name]][: raw.size] = raw
+        return True
 
 
 def engines_with_fake_plans(source, target, runtime: str = "tensorrt") -> None:

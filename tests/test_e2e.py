@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import parity
+from benchmarks import parity, photographs
 from node.builder import pipeline, verify
 from node.contract import FRAME_INPUT
 from node.sizing import Sizing
@@ -124,12 +124,12 @@ def test_http_results_equal_in_process_backend_and_transformers(http, in_process
     assert checks and all(c.ok for c in checks), verify.table(checks)
 
 
-@pytest.mark.parametrize("name", parity.PHOTOGRAPHS)
+@pytest.mark.parametrize("name", photographs.PHOTOGRAPHS)
 def test_depth_over_http_on_photographs_matches_transformers_at_its_own_resolution(http, models, name):
     """What ``pipeline("depth-estimation")`` does: the processor's defaults, aspect ratio kept, multiples of 14."""
     from node.builder import reference
 
-    f = np.ascontiguousarray(parity.photograph(name)[:720])  # hubble (872 rows) cropped into the tiny bounds
+    f = np.ascontiguousarray(photographs.photograph(name)[:720])  # hubble (872 rows) cropped into the tiny bounds
     r = http.post(ROUTES["depth"], content=f.tobytes(), headers={"content-type": raw_type(f)})
     assert r.status_code == 200, r.text
     got = as_graph_outputs("depth", r)

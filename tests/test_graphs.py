@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 
 from node import samples
-from node.contract import FRAME_PARAMETERS
 from node.builder import reference, verify, weights
 from node.builder.specs import FRAME_INPUT, OUTPUTS
+from node.contract import FRAME_PARAMETERS
 from node.sizing import Sizing
 from tests.conftest import TINY_BOUNDS, TINY_ROLES
 

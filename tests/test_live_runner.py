@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from node.config import Config
-from node.live_runner import go_duration, runner_entry
+from node.livepeer.live_runner import go_duration, runner_entry
 from tests.live_runner_double import LiveRunnerDouble, Refused
 from tests.nodes import ROOT, frame, free_port, parts, raw_type, start_node, stop, wait_for_http
 from tests.orchestrator_double import OrchestratorDouble

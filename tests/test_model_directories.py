@@ -8,7 +8,7 @@ import json
 import pytest
 
 from node import manifest
-from node.builder import cli, graphs, pipeline, tiny, weights
+from node.builder import cli, graphs, pipeline, pose_graph, tiny, weights
 from node.builder.errors import BuildError
 from node.engines import load
 from node.errors import StartupError

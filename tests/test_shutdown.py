@@ -17,6 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from types import SimpleNamespace
 
 import httpx
 
@@ -60,59 +61,72 @@ def _in_flight(url: str) -> float:
     return float(re.search(r'vision_node_in_flight\{capability="segmentation"\} (\S+)', text).group(1))
 
 
+def _start_node(tiny_build, tmp_path, double: OrchestratorDouble):
+    """(process, URL, port) of a segmentation node 50 ms slower a frame, registered with ``double``."""
+    port = free_port()
+    control = tmp_path / "fault"
+    control.write_text("slow 0.05")
+    proc, url = start_node(
+        tiny_build[0], tmp_path / "node.log", str(control), module="tests.faulty_node",
+        VISION_NODE_PORT=port, VISION_NODE_CAPABILITIES="segmentation",
+        VISION_NODE_ORCHESTRATOR_URL=double.url, VISION_NODE_ORCHESTRATOR_SECRET=SECRET,
+        VISION_NODE_NODE_URL=f"http://127.0.0.1:{port}", VISION_NODE_QUEUE_SIZE="500",
+        VISION_NODE_REQUEST_TIMEOUT_S="120", VISION_NODE_DRAIN_DELAY_S="1",
+    )  # fmt: skip
+    return proc, url, port
+
+
+def _sigterm_under_load(proc, url: str, port: int) -> SimpleNamespace:
+    """SIGTERM once ``IN_FLIGHT`` requests are in flight beside the steady stream; what followed."""
+    seen = SimpleNamespace(stream=[])  # stream: (sent at, outcome, ended at, ended wall clock)
+    stopping = threading.Event()
+
+    def one():
+        sent = time.monotonic()
+        seen.stream.append((sent, *_post(port)))
+
+    with ThreadPoolExecutor(IN_FLIGHT + 200) as pool:
+        burst = [pool.submit(_post, port) for _ in range(IN_FLIGHT)]
+
+        def steady():
+            while not stopping.is_set():
+                pool.submit(one)
+                time.sleep(0.025)
+
+        streamer = threading.Thread(target=steady)
+        streamer.start()
+        wait_for(lambda: _in_flight(url) >= IN_FLIGHT, what="50 requests in flight")
+        seen.sigterm = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        probe = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # new, as a balancer's probe
+        probe.request("GET", "/ready")
+        seen.ready = probe.getresponse()
+        seen.ready_body = json.loads(seen.ready.read())
+        seen.ready_after = time.monotonic() - seen.sigterm
+        seen.code = proc.wait(60)
+        seen.exited_after = time.monotonic() - seen.sigterm
+        stopping.set()
+        streamer.join()
+        seen.burst = [f.result() for f in burst]
+    return seen
+
+
 def test_sigterm_drains_in_flight_and_a_steady_stream_then_exits_0(tiny_build, tmp_path):
     log = tmp_path / "node.log"
     with OrchestratorDouble(SECRET) as double:
-        port = free_port()
-        control = tmp_path / "fault"
-        control.write_text("slow 0.05")
-        proc, url = start_node(
-            tiny_build[0], log, str(control), module="tests.faulty_node",
-            VISION_NODE_PORT=port, VISION_NODE_CAPABILITIES="segmentation",
-            VISION_NODE_ORCHESTRATOR_URL=double.url, VISION_NODE_ORCHESTRATOR_SECRET=SECRET,
-            VISION_NODE_NODE_URL=f"http://127.0.0.1:{port}", VISION_NODE_QUEUE_SIZE="500",
-            VISION_NODE_REQUEST_TIMEOUT_S="120", VISION_NODE_DRAIN_DELAY_S="1",
-        )  # fmt: skip
+        proc, url, port = _start_node(tiny_build, tmp_path, double)
         try:
             wait_for(lambda: "segmentation" in double.registry, what=f"registration\n{log.read_text()}")
-            stream: list = []  # (sent at, outcome, ended at)
-            stopping = threading.Event()
-
-            def one():
-                sent = time.monotonic()
-                stream.append((sent, *_post(port)))  # (sent, outcome, ended, ended wall clock)
-
-            with ThreadPoolExecutor(IN_FLIGHT + 200) as pool:
-                burst = [pool.submit(_post, port) for _ in range(IN_FLIGHT)]
-
-                def steady():
-                    while not stopping.is_set():
-                        pool.submit(one)
-                        time.sleep(0.025)
-
-                streamer = threading.Thread(target=steady)
-                streamer.start()
-                wait_for(lambda: _in_flight(url) >= IN_FLIGHT, what="50 requests in flight")
-                sigterm = time.monotonic()
-                proc.send_signal(signal.SIGTERM)
-                probe = http.client.HTTPConnection("127.0.0.1", port, timeout=10)  # new, as a balancer's probe
-                probe.request("GET", "/ready")
-                ready = probe.getresponse()
-                ready_body = json.loads(ready.read())
-                ready_after = time.monotonic() - sigterm
-                code = proc.wait(60)
-                exited_after = time.monotonic() - sigterm
-                stopping.set()
-                streamer.join()
-                burst = [f.result() for f in burst]
+            seen = _sigterm_under_load(proc, url, port)
         finally:
             if proc.poll() is None:
                 stop(proc)
+        sigterm, stream, burst = seen.sigterm, seen.stream, seen.burst
         unregistered_after = double.unregistered_at[0] - sigterm if double.unregistered_at else None
 
     text = log.read_text()
-    assert code == 0, text
-    assert ready.status == 503 and ready_body["detail"] == "shutting down"
+    assert seen.code == 0, text
+    assert seen.ready.status == 503 and seen.ready_body["detail"] == "shutting down"
     assert double.unregistered == ["segmentation"] and not double.registry
     assert [status for status, *_ in burst] == [200] * IN_FLIGHT, text
     last_answer = max(at for _, at, _ in burst) - sigterm
@@ -128,9 +142,9 @@ def test_sigterm_drains_in_flight_and_a_steady_stream_then_exits_0(tiny_build, t
     lost = [ended for _, outcome, _, ended in stream if outcome == "lost"]
     assert all(abs(ended - closed) < 0.3 for ended in lost) and len(lost) <= 2, (closed, lost)
     print(
-        f"\nSIGTERM: /ready 503 after {ready_after * 1000:.1f} ms; unregistered after "
+        f"\nSIGTERM: /ready 503 after {seen.ready_after * 1000:.1f} ms; unregistered after "
         f"{unregistered_after * 1000:.0f} ms; {IN_FLIGHT}/{IN_FLIGHT} in flight answered 200 (last after "
         f"{last_answer:.2f} s); stream after SIGTERM: {len(answered)} accepted, all 200, "
         f"{after.count('refused')} refused at connect, {len(lost)} reset as the listener closed; "
-        f"exit 0 after {exited_after:.2f} s"
+        f"exit 0 after {seen.exited_after:.2f} s"
     )

@@ -15,7 +15,7 @@ from pytrickle.frames import VideoFrame  # noqa: E402
 from node.capabilities.segmentation import ADE20K_PALETTE  # noqa: E402
 from node.contract import FRAME_INPUT  # noqa: E402
 from node.errors import InputError, NotFound  # noqa: E402
-from node.streaming import ConditioningProcessor  # noqa: E402
+from node.livepeer.streaming import ConditioningProcessor  # noqa: E402
 from tests.nodes import in_process_backends  # noqa: E402
 
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from pytrickle.frame_processor import FrameProcessor
 
-from .config import Config
-from .errors import InputError
-from .service import Node
+from ..config import Config
+from ..errors import InputError
+from ..service import Node
 
 # What a stream can carry: images, so each capability's image-shaped output by default.
 STREAM_DEFAULTS = {

@@ -12,7 +12,7 @@ import logging
 import urllib.error
 import urllib.request
 
-log = logging.getLogger("node.orchestrator")
+log = logging.getLogger("node.livepeer.orchestrator")
 TIMEOUT_S = 5.0  # one call; a slower orchestrator counts as unreachable
 MAX_BACKOFF_S = 30.0
 

@@ -29,11 +29,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import __version__
-from .config import Config
+from .. import __version__
+from ..config import Config
 from .orchestrator import Backoff, Calls, post
 
-log = logging.getLogger("node.live_runner")
+log = logging.getLogger("node.livepeer.live_runner")
 
 DEFAULT_INTERVAL_S, DEFAULT_TTL_S = 5.0, 20.0  # go-livepeer's defaults, when the answer names none
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")  # longest unit first

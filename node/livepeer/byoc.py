@@ -13,10 +13,10 @@ import asyncio
 import json
 import logging
 
-from .config import Config
+from ..config import Config
 from .orchestrator import Backoff, Calls, post
 
-log = logging.getLogger("node.byoc")
+log = logging.getLogger("node.livepeer.byoc")
 
 
 def registration(config: Config, capability: str) -> dict:
