@@ -6,6 +6,7 @@ gpu-check  on a GPU without TensorRT: CUDA buffers, copies and GPU JPEG decode w
 frame-cost what a frame costs outside the network: every stage, input and output over HTTP, and every encoder
 overhead   node overhead = HTTP latency - in-process inference, raw and JPEG/PNG, beside the bare HTTP floor
 coldstart  process start -> /ready and -> first successful inference, over several starts
+pose-persons  pose's inference at 0, 1, 2, 4 and 8 persons served, beside the detector alone
 overload   open-loop load at multiples of the measured capacity: accepted latency, 503s, memory
 slow-clients  normal latency without and beside sockets that trickle a byte a second
 soak       many mixed good and malformed requests: statuses and memory growth
@@ -28,6 +29,7 @@ from . import (
     overload,
     parity,
     photographs,
+    pose_persons,
     probes,
     slowclients,
     soak,
@@ -142,6 +144,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--runs", type=int, default=5, help="number of starts (default: 5)")
     c.add_argument("--size", type=_hw, default=(512, 512), metavar="HxW", help="first-inference frame size")
     c.set_defaults(run=coldstart.run)
+
+    pp = commands.add_parser("pose-persons", help="pose at 0, 1, 2, 4 and 8 persons served, and the detector alone")
+    pose_persons.add_arguments(pp)
+    pp.set_defaults(run=pose_persons.run)
 
     ov = commands.add_parser("overload", help="open-loop load at multiples of capacity: latency, 503s, memory")
     common(ov)

@@ -1,6 +1,6 @@
 """Pose's cost per person served: the graph's inference at 0, 1, 2, 4 and 8 persons, beside the detector alone.
 
-    python -m benchmarks.pose_persons --engines engines/real --size 720x1280 [--runs 7] [--out benchmarks/results]
+    python -m benchmarks pose-persons --engines engines/real --size 720x1280 [--runs 7] [--out benchmarks/results]
 
 In process, ONNX Runtime on this CPU, scikit-image's astronaut resized. The keypoint model runs on the
 boxes whose score reaches the frame's ``person_threshold``. Demo weights give all 8 boxes one score
@@ -136,12 +136,16 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pose_persons", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engines", default="engines", help="engines directory with a pose graph (default: engines)")
     parser.add_argument("--size", type=_size, default=(720, 1280), help="frame HxW (default: 720x1280)")
     parser.add_argument("--runs", type=int, default=7, help="timed rounds over every setting (default: 7)")
     parser.add_argument("--out", help="directory for the JSON and Markdown reports (default: print only)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pose_persons", description=__doc__.split("\n")[0])
+    add_arguments(parser)
     return run(parser.parse_args(argv))
 
 

@@ -32,6 +32,11 @@ def graph_files(graph: dict) -> list[dict]:
     return [graph, graph["fp16"]] if graph.get("fp16") else [graph]
 
 
+def artefacts(graph: dict) -> list[dict]:
+    """Every file a graph entry lists (path, sha256): its ONNX graphs and ONNX Runtime's optimised copy."""
+    return graph_files(graph) + ([graph["onnxruntime"]] if graph.get("onnxruntime") else [])
+
+
 def tool_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for package in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "pillow"):

@@ -120,7 +120,10 @@ def test_tiny_build_needs_demo_weights_and_names_its_models_tiny(tmp_path):
     entry = manifest.load(tmp_path)["capabilities"]["segmentation"]
     assert entry["demo"] is True and [m["name"] for m in entry["models"]] == ["segformer-b0-ade-tiny"]
     assert "fp16" not in entry["graphs"][0]
-    assert [p.name for p in tmp_path.glob("*.onnx*")] == ["segmentation-64x64.onnx"]
+    # The graph, and the copy ONNX Runtime optimised (what a CPU node loads).
+    files = sorted(p.name for p in tmp_path.glob("*.onnx*"))
+    assert files == ["segmentation-64x64.onnx", "segmentation-64x64.ort.onnx"]
+    assert entry["graphs"][0]["onnxruntime"]["path"] == "segmentation-64x64.ort.onnx"
 
 
 def test_a_graph_that_misses_verification_leaves_no_file(tmp_path, monkeypatch):
@@ -176,7 +179,8 @@ def test_the_fp16_ladder_keeps_the_first_rung_that_verifies_or_ships_fp32_alone(
     entry = pipeline.build_capability("segmentation", tiny_plan(tmp_path / "b", verify_sizes=((90, 160),)))
     graph = entry["graphs"][0]
     assert "fp16" not in graph and [m.split(":")[0] for m in graph["fp16_missed"]] == ["fp16", "fp16-norms32"]
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["segmentation-64x64.onnx"]  # the fp32 graph ships
+    shipped = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert shipped == ["segmentation-64x64.onnx", "segmentation-64x64.ort.onnx"]  # the fp32 graph (and ORT's copy)
     assert "no fp16 graph passed verification" in caplog.text
 
 

@@ -165,14 +165,14 @@ def test_overload_gives_503_with_retry_after_and_no_other_5xx(node_url):
 def test_start_up_stops_with_the_file_named_when_an_artefact_is_corrupt(tiny_build, tmp_path):
     engines = tmp_path / "engines"
     shutil.copytree(tiny_build[0], engines)
-    target = engines / "segmentation-64x64.onnx"
+    target = engines / "segmentation-64x64.ort.onnx"  # what ONNX Runtime loads: the build's optimised copy
     data = bytearray(target.read_bytes())
     data[-10] ^= 0xFF
     target.write_bytes(data)
     proc, _ = start_node(engines, tmp_path / "log")
     assert proc.wait(30) == 2  # the artefacts are wrong: a restart cannot cure that
     text = (tmp_path / "log").read_text()
-    assert "cannot start: " in text and "segmentation-64x64.onnx: SHA-256" in text
+    assert "cannot start: " in text and "segmentation-64x64.ort.onnx: SHA-256" in text
     assert "serving" not in text and "Traceback" not in text and len(text.strip().splitlines()) == 1
 
 
@@ -205,16 +205,16 @@ def test_a_graph_onnx_runtime_cannot_load_stops_the_process(tiny_build, tmp_path
 
     engines = tmp_path / "engines"
     shutil.copytree(tiny_build[0], engines)
-    target = engines / "depth-98x98-aspect.onnx"
+    target = engines / "depth-98x98-aspect.ort.onnx"  # what ONNX Runtime loads: the build's optimised copy
     target.write_bytes(b"not an onnx model")
     data = manifest.load(engines)
-    graph = data["capabilities"]["depth"]["graphs"][0]
-    graph["sha256"], graph["bytes"] = manifest.sha256(target), target.stat().st_size
+    optimised = data["capabilities"]["depth"]["graphs"][0]["onnxruntime"]
+    optimised["sha256"], optimised["bytes"] = manifest.sha256(target), target.stat().st_size
     (engines / "manifest.json").write_text(json.dumps(data))
     proc, url = start_node(engines, tmp_path / "log")
     assert proc.wait(60) == 1
     text = (tmp_path / "log").read_text()
-    assert "depth-98x98-aspect.onnx: ONNX Runtime could not load it" in text
+    assert "depth-98x98-aspect.ort.onnx: ONNX Runtime could not load it" in text
 
 
 def test_serving_never_imports_torch_or_the_build_code(tiny_build):

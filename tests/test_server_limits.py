@@ -203,6 +203,45 @@ def test_waiting_frames_of_one_size_run_as_one_batch_with_the_results_of_single_
         np.testing.assert_array_equal(np.frombuffer(r.content, np.uint8).reshape(want.shape), want)
 
 
+def test_pose_frames_with_their_own_thresholds_run_as_one_batch_and_each_keeps_its_own_persons(tiny_build):
+    """A batch's frames carry one person_threshold each into the graph: a frame keeps only its own persons."""
+    gate, opened = threading.Event(), []
+    gate.set()
+    f = frame(seed=4)
+    with (
+        node_client(tiny_build[0], gated(gate, max_batch=4, opened=opened), capabilities=("pose",), max_batch=4,
+                    queue_size=8) as c,
+        in_process_backends(tiny_build[0]) as single,
+    ):  # fmt: skip
+        backend = opened[0]
+        backend.batches.clear()
+        gate.clear()
+        thresholds = [0.0, 0.0, 1.0, 0.0]  # the first holds the worker; the other three run together
+        with ThreadPoolExecutor(4) as pool:
+            backend.waiting.clear()
+            first = pool.submit(post, c, "/infer/pose", f, person_threshold=thresholds[0])
+            assert backend.waiting.wait(30)
+            rest = [pool.submit(post, c, "/infer/pose", f, person_threshold=t) for t in thresholds[1:]]
+            while _in_flight(c) < 4:
+                time.sleep(0.01)
+            gate.set()
+            results = [first.result()] + [r.result() for r in rest]
+        pose = single["pose"][0]
+        alone = {}
+        for t in set(thresholds):
+            outputs = pose.infer({"frames": f[None], "person_threshold": np.array([t], np.float32)})
+            alone[t] = {k: v.copy() for k, v in outputs.items()}
+    assert backend.batches == [1, 3], backend.batches
+    for t, r in zip(thresholds, results):
+        assert r.status_code == 200, r.text
+        people, want = r.json()["people"], alone[t]
+        kept = want["box_scores"][0] >= t
+        assert len(people) == int(kept.sum()) and (t < 1.0) == bool(people), (t, len(people))
+        for person, points, scores in zip(people, want["keypoints"][0][kept], want["keypoint_scores"][0][kept]):
+            np.testing.assert_allclose(np.asarray(person["keypoints"])[:, :2], points, atol=2e-3)
+            np.testing.assert_allclose(np.asarray(person["keypoints"])[:, 2], scores, atol=2e-3)
+
+
 def _in_flight(client) -> float:
     metrics = client.get("/metrics").text
     return float(next(line for line in metrics.splitlines() if line.startswith("vision_node_in_flight{")).split()[-1])

@@ -1,9 +1,10 @@
 """``python -m node.builder.sync IMAGE_DIR CACHE_DIR``: bring a container image's graphs into the engine cache.
 
-The image carries the ONNX graphs (fp32 and fp16) and their manifest; the cache (a mounted volume)
-keeps the TensorRT engines between starts. A graph whose SHA-256 changed is copied over and its
-engines are dropped from the list (they were built from the old graph); engines of unchanged graphs
-stay, so the next start only deserialises. Torch-free: it runs in the runtime image.
+The image carries the ONNX graphs (fp32 and fp16, and ONNX Runtime's optimised copy) and their
+manifest; the cache (a mounted volume) keeps the TensorRT engines between starts. A graph whose
+SHA-256 changed is copied over and its engines are dropped from the list (they were built from the
+old graph); engines of unchanged graphs stay, so the next start only deserialises. Torch-free: it
+runs in the runtime image.
 """
 
 from __future__ import annotations
@@ -28,14 +29,13 @@ def sync(source: Path, target: Path) -> list[str]:
     copied = []
     for entry in image["capabilities"].values():
         for graph in entry["graphs"]:
-            files = manifest.graph_files(graph)
-            for file in files:
+            for file in manifest.artefacts(graph):
                 path = target / file["path"]
                 if not path.exists() or manifest.sha256(path) != file["sha256"]:
                     shutil.copyfile(source / file["path"], path)
                     copied.append(file["path"])
             # An engine stays listed while the ONNX it was built from is unchanged.
-            hashes = {file["sha256"] for file in files}
+            hashes = {file["sha256"] for file in manifest.graph_files(graph)}
             graph["tensorrt"] = [e for e in engines if e.get("onnx_sha256") in hashes]
     manifest.write(target, image["capabilities"], merge=False)  # exactly the image's capabilities
     return copied
