@@ -200,7 +200,8 @@ def export_verified(capability: str, stem: str, rung: str, sizing: Sizing, make,
         with step(f"{capability}: exporting {final.name} ({precision.DESCRIPTIONS[rung]})"):
             export.export(make(rung), OUTPUTS[capability], partial, example_hw=plan.bounds.opt_hw)
         trt_rules.enforce(partial, name=final.name)
-        with step(f"{capability}: verifying {final.name} against transformers on {len(plan.verify_sizes) + 1} batches"):
+        batches = len(plan.verify_sizes) + 1 + len(sizing.budget_examples(plan.bounds.max_hw))
+        with step(f"{capability}: verifying {final.name} against transformers on {batches} batches"):
             checks = verify_graph(capability, partial, sizing, loaded, plan, tolerances, name=final.name)
         log.info("%s verification (%s):\n%s", final.name, rung, verify.table(checks))
         if not all(c.ok for c in checks):

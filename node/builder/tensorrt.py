@@ -81,6 +81,7 @@ def build_plan(
     (``trt_memory``: activation scratch, weights; empty where the builder did not say).
     """
     logger = trt_memory.recording_logger(trt)
+    logger.figures.clear()
     builder = trt.Builder(logger)
     network = builder.create_network(flavour.network_flags(trt))
     parser = trt.OnnxParser(network, logger)

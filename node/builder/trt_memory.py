@@ -14,6 +14,7 @@ INFO level at the end of every build, for the profile's largest shapes:
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 
@@ -32,8 +33,14 @@ def parse(text: str) -> dict[str, int]:
     return {FIGURES[name]: int(value) for name, value in _LINE.findall(text)}
 
 
+@functools.cache
 def recording_logger(trt):
-    """A ``trt.ILogger`` that prints warnings and errors to stderr and keeps the builder's memory figures."""
+    """A ``trt.ILogger`` that prints warnings and errors to stderr and keeps the builder's memory figures.
+
+    One per TensorRT module: TensorRT keeps the first logger a live builder was given and ignores
+    later ones ("The logger passed into createInferBuilder differs..."), so a second instance would
+    never hear its build. Clear ``figures`` before each build.
+    """
 
     class RecordingLogger(trt.ILogger):
         def __init__(self):
