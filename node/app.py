@@ -224,6 +224,7 @@ async def _part(node: Node, session, outcome, options: dict, frame, arrived: flo
         "precision": getattr(backend, "precision", None),
         "graph_resolution": list(outcome.graph.model_size(*frame_hw)),  # what the model ran at
         "resolution_mode": outcome.graph.sizing.mode,
+        **outcome.graph.budget_meta(*frame_hw),
         "batch": outcome.batch,
         "frame": list(frame_hw),
         "output": options["output"],

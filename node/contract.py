@@ -34,10 +34,15 @@ def names_capabilities(name: str) -> bool:
 
 @dataclass(frozen=True)
 class ShapeBounds:
-    """Frame sizes and batch sizes every graph (and TensorRT profile) accepts."""
+    """Frame sizes and batch sizes every graph (and TensorRT profile) accepts.
+
+    The default largest frame is 1080p: on a GPU every engine's activation memory is sized for the
+    largest frame its profile admits, and 4K costs several times as much for every capability (the
+    manifest's ``memory``, README "Frame bounds and memory"). ``--max-size 2160x3840`` admits 4K.
+    """
 
     min_hw: tuple[int, int] = (64, 64)
-    max_hw: tuple[int, int] = (2160, 3840)
+    max_hw: tuple[int, int] = (1080, 1920)
     opt_hw: tuple[int, int] = (512, 512)
     max_batch: int = 4
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -30,6 +30,8 @@ class Graph:
     outputs: tuple[dict, ...]  # name, dtype, shape (ints or dimension names) from the manifest
     tensorrt: tuple[dict, ...] = ()  # engines built from this graph, one per GPU / TensorRT version
     fp16_sha256: str | None = None  # the fp16 graph beside it, which TensorRT engines are built from
+    # weights and activation scratch at the bounds, per source (node.builder.memory); {} for older manifests
+    memory: dict = field(default_factory=dict)
     # The copy ONNX Runtime optimised at build time (builder.ort_optimised), checked and loaded instead
     # of ``path`` by the ONNX Runtime backend; None where there is none for this ONNX Runtime.
     onnxruntime_path: Path | None = None
@@ -47,6 +49,10 @@ class Graph:
     def model_size(self, height: int, width: int) -> tuple[int, int]:
         """The (height, width) the model runs at for a ``height``×``width`` frame."""
         return self.sizing.model_size(height, width)
+
+    def budget_meta(self, height: int, width: int) -> dict:
+        """For X-Metadata: whether the patch budget, not the processor, set this frame's model size."""
+        return {"patch_budget_applied": self.sizing.budget_applies(height, width)} if self.sizing.budgeted else {}
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,7 @@ def _graph(directory: Path, capability: str, entry: dict, onnxruntime: str | Non
         tensorrt=tuple(entry.get("tensorrt", ())),
         fp16_sha256=(entry.get("fp16") or {}).get("sha256"),
         onnxruntime_path=path if use_optimised else None,
+        memory=entry.get("memory", {}),
     )
 
 
@@ -194,7 +201,9 @@ def describe(served: ServedCapability) -> dict:
                 "resolution": list(g.sizing.size),
                 "resolution_mode": g.sizing.mode,
                 "sizing": g.sizing.describe(),
+                **({"max_patches": g.sizing.max_patches} if g.sizing.budgeted else {}),
                 "sha256": g.sha256,
+                "memory": g.memory,
             }
             for g in served.graphs
         ],

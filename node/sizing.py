@@ -6,6 +6,14 @@ of 14, so a 1080×1920 frame runs at 518×924 and a 360×640 one at 294×518. A 
 "keep-aspect" does the same inside the graph; a "fixed" graph always runs at one size (a
 constant cost per frame, what the peers do).
 
+A keep-aspect graph may carry a **patch budget** (``max_patches``, in cells of ``multiple`` ×
+``multiple``: Depth Anything's 14-pixel patches). Below it the graph follows the processor exactly;
+a frame for which the processor would pick more cells (a 518×3840 frame would run at 518×3836,
+10,000 patches) runs instead at the largest size of the frame's aspect ratio within the budget:
+``n``, the largest integer with n² · short ≤ budget · long, along the frame's long side and
+⌊n · short / long⌋ (at least 1) along its short side, each times ``multiple``. Integer arithmetic
+only, the same in the graph (``node.builder.model_size``).
+
 Torch-free: the node uses this to report the size a frame ran at; the build uses it to check
 the graph's own integer arithmetic against the processor's float arithmetic.
 """
@@ -28,6 +36,7 @@ class Sizing:
     width: int
     keep_aspect_ratio: bool = False
     multiple: int = 1  # each side rounded to a multiple of this (the processor's ``ensure_multiple_of``)
+    max_patches: int = 0  # keep-aspect only: the patch budget (cells of multiple x multiple); 0: none
 
     @property
     def mode(self) -> str:
@@ -38,7 +47,46 @@ class Sizing:
         """The nominal (height, width): the processor's ``size``, or the fixed resolution."""
         return self.height, self.width
 
+    @property
+    def budgeted(self) -> bool:
+        return self.keep_aspect_ratio and self.max_patches > 0
+
     def model_sizes(self, heights, widths) -> tuple[np.ndarray, np.ndarray]:
+        """The model sizes for arrays of frame sizes: the processor's, within the patch budget if there is one."""
+        new_h, new_w = self.processor_sizes(heights, widths)
+        if not self.budgeted:
+            return new_h, new_w
+        over = self.over_budget(new_h, new_w)
+        budget_h, budget_w = self.budget_sizes(heights, widths)
+        return np.where(over, budget_h, new_h), np.where(over, budget_w, new_w)
+
+    def over_budget(self, model_h, model_w) -> np.ndarray:
+        """Whether a model size (as the processor picks it) has more cells than the budget allows."""
+        m = self.multiple
+        return self.budgeted & ((np.asarray(model_h) // m) * (np.asarray(model_w) // m) > self.max_patches)
+
+    def budget_sizes(self, heights, widths) -> tuple[np.ndarray, np.ndarray]:
+        """The largest size of each frame's aspect ratio within the budget (module docstring), in int64."""
+        heights, widths = np.asarray(heights, np.int64), np.asarray(widths, np.int64)
+        long, short, budget = np.maximum(heights, widths), np.minimum(heights, widths), self.max_patches
+        n = np.floor(np.sqrt(budget * long / short)).astype(np.int64)  # exact after one step either way
+        n = n + ((n + 1) ** 2 * short <= budget * long) - (n**2 * short > budget * long)
+        k = np.maximum(n * short // long, 1)
+        wide = widths >= heights
+        return np.where(wide, k, n) * self.multiple, np.where(wide, n, k) * self.multiple
+
+    def budget_applies(self, height: int, width: int) -> bool:
+        """Whether the budget, not the processor, sets the model size for one frame."""
+        return bool(self.over_budget(*self.processor_sizes(height, width)))
+
+    def budget_examples(self, max_hw: tuple[int, int]) -> list[tuple[int, int]]:
+        """Frames up to ``max_hw`` that the budget applies to, landscape and portrait (for the build's checks)."""
+        if not self.budgeted:
+            return []
+        wide, tall = (min(max_hw[0], self.height), max_hw[1]), (max_hw[0], min(max_hw[1], self.width))
+        return [hw for hw in (wide, tall) if self.budget_applies(*hw)]
+
+    def processor_sizes(self, heights, widths) -> tuple[np.ndarray, np.ndarray]:
         """The processor's arithmetic, float64 op for op, over arrays of frame sizes."""
         heights, widths = np.asarray(heights, np.float64), np.asarray(widths, np.float64)
         scale_h, scale_w = self.height / heights, self.width / widths
@@ -58,12 +106,14 @@ class Sizing:
         return int(h), int(w)
 
     def as_dict(self) -> dict:
-        return {"mode": self.mode, "size": [self.height, self.width], "multiple": self.multiple}
+        budget = {"max_patches": self.max_patches} if self.budgeted else {}
+        return {"mode": self.mode, "size": [self.height, self.width], "multiple": self.multiple, **budget}
 
     @classmethod
     def from_dict(cls, data: dict) -> Sizing:
         height, width = data["size"]
-        return cls(int(height), int(width), data["mode"] == KEEP_ASPECT, int(data.get("multiple", 1)))
+        keep = data["mode"] == KEEP_ASPECT
+        return cls(int(height), int(width), keep, int(data.get("multiple", 1)), int(data.get("max_patches", 0)))
 
     @classmethod
     def fixed(cls, height: int, width: int) -> Sizing:
@@ -82,4 +132,8 @@ class Sizing:
     def describe(self) -> str:
         if not self.keep_aspect_ratio:
             return f"fixed {self.height}x{self.width}"
-        return f"keeps the frame's aspect ratio (nearest {self.height}x{self.width}, multiples of {self.multiple})"
+        rule = f"keeps the frame's aspect ratio (nearest {self.height}x{self.width}, multiples of {self.multiple}"
+        if self.budgeted:
+            m = self.multiple
+            rule += f"; at most {self.max_patches} patches of {m}x{m}, above which the frame's aspect ratio is kept"
+        return rule + ")"

@@ -95,10 +95,11 @@ def test_local_directory_without_processor_config_is_refused(tmp_path):
 
 
 def test_shape_bounds_refuse_out_of_bounds_frames():
-    bounds = ShapeBounds()
+    bounds = ShapeBounds()  # 1080p by default: 4K is --max-size 2160x3840 (issue 21: its memory)
     bounds.check(64, 64)
-    bounds.check(2160, 3840, batch=4)
-    for h, w, n in [(63, 64, 1), (64, 3841, 1), (2161, 100, 1), (0, 0, 1), (-5, 100, 1), (100, 100, 5)]:
+    bounds.check(1080, 1920, batch=4)
+    refused = [(63, 64, 1), (64, 1921, 1), (1081, 100, 1), (1920, 1080, 1), (0, 0, 1), (-5, 100, 1), (100, 100, 5)]
+    for h, w, n in refused:
         with pytest.raises(ValueError, match="outside"):
             bounds.check(h, w, batch=n)
 

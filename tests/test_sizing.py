@@ -116,3 +116,53 @@ def test_a_fixed_depth_resolution_stays_an_option_and_is_reported(tmp_path):
     served = load(tmp_path)["depth"]
     assert served.graph_for(90, 160).model_size(90, 160) == (98, 98)
     assert describe(served)["graphs"][0]["resolution_mode"] == "fixed"
+
+
+BUDGETED = Sizing(518, 518, keep_aspect_ratio=True, multiple=14, max_patches=2 * 37 * 37)  # the default build's
+TINY_BUDGETED = Sizing(98, 98, keep_aspect_ratio=True, multiple=14, max_patches=2 * 7 * 7)
+
+
+def test_the_patch_budget_caps_the_frames_the_processor_would_run_at_full_width():
+    # The frame: the processor keeps its 518-pixel side and runs at 518x3836 (10,138 patches).
+    assert _processor(BUDGETED, 518, 3840) == (518, 3836)
+    assert BUDGETED.model_size(518, 3840) == (266, 1988) and BUDGETED.budget_applies(518, 3840)
+    assert BUDGETED.model_size(3840, 518) == (1988, 266)  # portrait: the same rule on the other axis
+    for h, w in [(1080, 1920), (720, 1280), (2160, 3840), (299, 1920), (64, 1920)]:  # within the budget
+        assert BUDGETED.model_size(h, w) == _processor(BUDGETED, h, w) and not BUDGETED.budget_applies(h, w)
+
+
+def test_over_the_budget_the_size_keeps_the_aspect_ratio_and_fills_the_budget():
+    rng = np.random.default_rng(2)
+    sizes = list(zip(rng.integers(64, 2161, 4000).tolist(), rng.integers(64, 3841, 4000).tolist()))
+    over = [(h, w) for h, w in sizes if BUDGETED.budget_applies(h, w)]
+    assert len(over) > 100
+    for h, w in over:
+        mh, mw = BUDGETED.model_size(h, w)
+        n, k = max(mh, mw) // 14, min(mh, mw) // 14
+        long, short = max(h, w), min(h, w)
+        assert n * k <= BUDGETED.max_patches and n * n * short <= BUDGETED.max_patches * long
+        assert (n + 1) ** 2 * short > BUDGETED.max_patches * long  # n is the largest that fits
+        assert k == max(n * short // long, 1) and (mh >= mw) == (h > w)
+        assert n * k > 0.9 * BUDGETED.max_patches  # the budget is used, not squandered
+
+
+@pytest.mark.parametrize("sizing", [BUDGETED, TINY_BUDGETED])
+def test_the_graph_applies_the_patch_budget_exactly_as_the_node_reports_it(sizing, tmp_path):
+    size, session = _size_graph(sizing, TINY_BOUNDS, tmp_path / "size.onnx")
+    rng = np.random.default_rng(3)
+    (min_h, min_w), (max_h, max_w) = TINY_BOUNDS.min_hw, TINY_BOUNDS.max_hw
+    sampled = list(zip(rng.integers(min_h, max_h + 1, 300).tolist(), rng.integers(min_w, max_w + 1, 300).tolist()))
+    examples = sizing.budget_examples(TINY_BOUNDS.max_hw)
+    assert examples
+    capped = 0
+    for h, w in examples + sampled + [(min_h, max_w), (max_h, min_w), (sizing.height, max_w)]:
+        got = tuple(session.run(None, {"frames": np.zeros((1, h, w, 3), np.uint8)})[0].tolist())
+        assert got == sizing.model_size(h, w), (h, w)
+        capped += sizing.budget_applies(h, w)
+    assert capped >= 2
+
+
+def test_a_budgeted_sizing_round_trips_and_says_so():
+    assert Sizing.from_dict(BUDGETED.as_dict()) == BUDGETED and BUDGETED.as_dict()["max_patches"] == 2738
+    assert "at most 2738 patches of 14x14" in BUDGETED.describe()
+    assert "max_patches" not in DEPTH_ANYTHING.as_dict() and not Sizing.fixed(518, 518).budgeted

@@ -330,7 +330,7 @@ def test_engine_build_reuses_falls_back_to_the_fp32_graph_and_refuses(tiny_build
 
     def fake_build_plan(trt_, flavour, onnx_path, shapes, options, timing_cache=None):
         built.append(onnx_path.name)
-        return onnx_path.read_bytes()  # FAKE: the "engine" is the graph itself
+        return onnx_path.read_bytes(), {}  # FAKE: the "engine" is the graph itself
 
     monkeypatch.setattr(build_trt, "build_plan", fake_build_plan)
     engines = tmp_path / "engines"

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from node import manifest
-from node.builder import cli
+from node.builder import cli, memory
 from node.builder import tensorrt as build_trt
 from node.builder.errors import BuildError
 from node.runtime.flavours import TENSORRT_RTX
@@ -35,12 +35,42 @@ def trt():
     return tensorrt_rtx
 
 
-def test_every_graph_fp32_and_fp16_of_every_capability_compiles(tiny_build, trt):
-    out, entries = tiny_build
-    rows = build_trt.compile_check(out, list(entries))
+def test_every_graph_fp32_and_fp16_of_every_capability_compiles_within_1_gib(tiny_build, tmp_path, trt):
+    engines = tmp_path / "engines"
+    shutil.copytree(tiny_build[0], engines)
+    rows = build_trt.compile_check(engines, list(tiny_build[1]), workspace_gib=1)
     graphs = {(r["capability"], r["precision"]) for r in rows}
     assert graphs == {(c, p) for c in ("depth", "segmentation", "pose") for p in ("fp32", "fp16")}
     assert all(r["bytes"] > 100_000 for r in rows), rows
+    # The builder states each engine's device memory at the profile's largest shapes; the manifest keeps it.
+    assert all(0 < r["memory"]["weights_bytes"] < r["bytes"] and r["memory"]["activation_bytes"] > 0 for r in rows)
+    memory.record_compile_check(engines, rows, workspace_gib=1, max_batch=1)
+    for entry in manifest.load(engines)["capabilities"].values():
+        figures = entry["graphs"][0]["memory"]["tensorrt_rtx"]
+        assert set(figures) == {"fp32", "fp16"} and figures["fp16"]["max_hw"] == entry["bounds"]["max_hw"]
+        assert figures["fp16"]["activation_bytes"] < 1 << 30 and figures["fp16"]["workspace_gib"] == 1
+
+
+def test_the_real_segmentation_graph_compiles_at_the_default_bounds_within_1_gib(tmp_path, trt):
+    """SegFormer-B0 as served (demo weights, real size): at 4K bounds it needed 4 GiB, at 1080p under 1."""
+    from node.builder import export, trt_rules, weights  # noqa: PLC0415
+    from node.builder.graphs import SegmentationGraph  # noqa: PLC0415
+    from node.builder.specs import DEFAULT_MODELS, OUTPUTS, spec_for  # noqa: PLC0415
+    from node.contract import ShapeBounds  # noqa: PLC0415
+    from node.runtime import engine_cache  # noqa: PLC0415
+    from node.sizing import Sizing  # noqa: PLC0415
+
+    loaded = weights.load_demo(spec_for(DEFAULT_MODELS["segmentation"]), seed=0)
+    bounds = ShapeBounds()
+    assert bounds.max_hw == (1080, 1920)
+    graph = SegmentationGraph(loaded.model, loaded.processor, Sizing.of_processor(loaded.processor), bounds, 8)
+    path = tmp_path / "segmentation.onnx"
+    export.export(graph, OUTPUTS["segmentation"], path, example_hw=bounds.opt_hw)
+    trt_rules.enforce(path, name=path.name)
+    plan, figures = build_trt.build_plan(
+        trt, TENSORRT_RTX, path, engine_cache.profile_shapes(bounds, 1), {"workspace_gib": 1}
+    )
+    assert len(plan) > 1_000_000 and 0 < figures["activation_bytes"] < 1 << 30, figures
 
 
 def test_a_graph_the_parser_refuses_fails_naming_its_node(tmp_path, trt):

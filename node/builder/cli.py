@@ -129,6 +129,16 @@ def parser() -> argparse.ArgumentParser:
         "ratio (518 on the side nearer 518, multiples of 14), as pipeline('depth-estimation') does",
     )
     p.add_argument(
+        "--patch-budget",
+        type=float,
+        default=2.0,
+        metavar="FACTOR",
+        help="keep-aspect graphs (depth): run the model at most at FACTOR times the patches of the processor's "
+        "square (518x518: 1,369); a frame for which the processor would pick more (518x1920 would run at "
+        "518x1918, 5,069 patches) runs at the largest size of its aspect ratio within the budget, and X-Metadata "
+        "says so. 0: follow the processor at every frame (default: %(default)s)",
+    )
+    p.add_argument(
         "--min-size",
         type=_hw,
         default=ShapeBounds.min_hw,
@@ -140,7 +150,8 @@ def parser() -> argparse.ArgumentParser:
         type=_hw,
         default=ShapeBounds.max_hw,
         metavar="HxW",
-        help="largest frame accepted (default: 2160x3840)",
+        help="largest frame accepted (default: 1080x1920; 2160x3840 admits 4K, at about 4x segmentation's "
+        "TensorRT activation memory: README 'Frame bounds and memory')",
     )
     p.add_argument("--max-batch", type=int, default=ShapeBounds.max_batch, help="largest batch (default: %(default)s)")
     p.add_argument("--max-persons", type=int, default=8, help="person slots in the pose output (default: %(default)s)")
@@ -250,6 +261,8 @@ def plan_from_args(args: argparse.Namespace):
         if args.model or args.variant or args.weights != "demo":
             raise BuildError("--tiny builds its own demo models: use it with --weights demo, without --model/--variant")
         specs, verify_sizes = dict(TINY_ROLES), {"verify_sizes": TINY_VERIFY_SIZES}
+    if args.patch_budget < 0 or 0 < args.patch_budget < 1:
+        raise BuildError(f"--patch-budget {args.patch_budget}: 0 (no budget) or at least 1 (the square's patches)")
     if args.max_batch < 1 or args.max_persons < 1 or args.class_chunk < 1:
         raise BuildError("--max-batch, --max-persons and --class-chunk must be at least 1")
     bounds = ShapeBounds(
@@ -271,6 +284,7 @@ def plan_from_args(args: argparse.Namespace):
         class_chunk=args.class_chunk,
         seed=args.seed,
         fp16=args.fp16,
+        patch_budget=args.patch_budget,
         **verify_sizes,
     )
 
@@ -328,7 +342,7 @@ def _engines(args, capabilities: list[str], log, start: float) -> int:
     from .. import manifest  # noqa: PLC0415
     from ..errors import EngineError, StartupError  # noqa: PLC0415
     from ..runtime.flavours import TENSORRT, TENSORRT_RTX  # noqa: PLC0415
-    from . import tensorrt  # noqa: PLC0415
+    from . import memory, tensorrt  # noqa: PLC0415
 
     try:
         if args.compile_check:
@@ -336,6 +350,7 @@ def _engines(args, capabilities: list[str], log, start: float) -> int:
                 args.out, capabilities, max_batch=args.trt_max_batch, workspace_gib=args.trt_workspace_gib
             )
             log.info("compile check: %d graphs compiled by TensorRT for RTX:\n%s", len(rows), _compile_table(rows))
+            memory.record_compile_check(args.out, rows, args.trt_workspace_gib, args.trt_max_batch)
         for wanted, flavour in ((args.tensorrt_rtx, TENSORRT_RTX), (args.tensorrt, TENSORRT)):
             if not wanted:
                 continue
@@ -358,8 +373,12 @@ def _engines(args, capabilities: list[str], log, start: float) -> int:
 
 
 def _compile_table(rows: list[dict]) -> str:
-    lines = [f"  {'graph':<34} {'precision':<13} {'build s':>8} {'engine MB':>10}"]
-    lines += [f"  {r['graph']:<34} {r['precision']:<13} {r['seconds']:>8.1f} {r['bytes'] / 1e6:>10.1f}" for r in rows]
+    head = f"  {'graph':<34} {'precision':<13} {'build s':>8} {'engine MB':>10}"
+    lines = [f"{head} {'weights MB':>11} {'activation MB':>14}"]
+    for r in rows:
+        weights, scratch = (r["memory"].get(k, 0) / 1e6 for k in ("weights_bytes", "activation_bytes"))
+        lines.append(f"  {r['graph']:<34} {r['precision']:<13} {r['seconds']:>8.1f} {r['bytes'] / 1e6:>10.1f} "
+                     f"{weights:>11.1f} {scratch:>14.1f}")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ shape computations, so that ONNX Runtime and TensorRT size the model input per f
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import nn
@@ -39,6 +40,29 @@ def _rule(s: Sizing, height: torch.Tensor, width: torch.Tensor):
     )
 
 
+def _largest_root_bound(sizing: Sizing, bounds: ShapeBounds) -> int:
+    """An upper bound on the budget rule's ``n`` over the frames ``bounds`` allows (for the bisection)."""
+    longest, shortest = max(bounds.max_hw), min(bounds.min_hw)
+    return math.isqrt(sizing.max_patches * longest // shortest) + 1
+
+
+def _budget(s: Sizing, height, width, new_h, new_w, n_max: int):
+    """``node.sizing``'s patch budget on int64 tensors: ``n`` by bisection, integers only (TensorRT's shape rules)."""
+    m = s.multiple
+    over = torch.div(new_h, m, rounding_mode="floor") * torch.div(new_w, m, rounding_mode="floor") > s.max_patches
+    long, short = torch.maximum(height, width), torch.minimum(height, width)
+    limit = s.max_patches * long
+    lo, hi = torch.ones_like(long), torch.full_like(long, n_max)  # n*n*short <= limit holds at lo, fails above hi
+    for _ in range(n_max.bit_length()):
+        mid = torch.div(lo + hi + 1, 2, rounding_mode="floor")
+        fits = mid * mid * short <= limit
+        lo, hi = torch.where(fits, mid, lo), torch.where(fits, hi, mid - 1)
+    k = torch.maximum(torch.div(lo * short, long, rounding_mode="floor"), torch.ones_like(long))  # no int Clip
+    wide = width >= height
+    budget_h, budget_w = torch.where(wide, k, lo) * m, torch.where(wide, lo, k) * m
+    return torch.where(over, budget_h, new_h), torch.where(over, budget_w, new_w)
+
+
 def key_stride(bounds: ShapeBounds) -> int:
     """A frame size's correction key is ``height * key_stride + width``: one int64 per size in the bounds."""
     return bounds.max_hw[1] + 1
@@ -53,7 +77,7 @@ def _corrections(sizing: Sizing, bounds: ShapeBounds) -> tuple[list[int], list[i
         indexing="ij",
     )
     got_h, got_w = _rule(sizing, heights, widths)
-    want_h, want_w = (torch.from_numpy(a) for a in sizing.model_sizes(heights.numpy(), widths.numpy()))
+    want_h, want_w = (torch.from_numpy(a) for a in sizing.processor_sizes(heights.numpy(), widths.numpy()))
     if int(want_h.min()) < 1 or int(want_w.min()) < 1:
         at = torch.nonzero((want_h < 1) | (want_w < 1))[0]
         raise BuildError(
@@ -76,7 +100,7 @@ class ModelSize(nn.Module):
     processor's ``round`` one way or the other. Those frame sizes (a few hundred among the millions
     the bounds allow) are found at build time, by comparing with the processor's arithmetic over
     every frame size in the bounds, and carried as corrections: the graph picks exactly the
-    processor's size for every frame it accepts.
+    processor's size for every frame it accepts. Then the patch budget, if the sizing has one.
     """
 
     def __init__(self, sizing: Sizing, bounds: ShapeBounds):
@@ -87,6 +111,7 @@ class ModelSize(nn.Module):
         self.register_buffer("keys", torch.tensor(keys, dtype=torch.int64))
         self.register_buffer("delta_h", torch.tensor(dh, dtype=torch.int64))
         self.register_buffer("delta_w", torch.tensor(dw, dtype=torch.int64))
+        self.n_max = _largest_root_bound(sizing, bounds) if sizing.budgeted else 0
 
     def rule(self, height: torch.Tensor, width: torch.Tensor):
         return _rule(self.sizing, height, width)
@@ -100,4 +125,6 @@ class ModelSize(nn.Module):
         if self.keys.numel():
             hit = (self.keys == height * self.key_stride + width).long()
             new_h, new_w = new_h + (hit * self.delta_h).sum(), new_w + (hit * self.delta_w).sum()
+        if self.sizing.budgeted:
+            new_h, new_w = _budget(self.sizing, height, width, new_h, new_w, self.n_max)
         return new_h, new_w

@@ -6,6 +6,7 @@ and returns the manifest entry. A graph that fails verification is deleted, neve
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from .. import samples
 from ..contract import FRAME_PARAMETERS
 from ..manifest import sha256
 from ..sizing import Sizing
-from . import export, ort_optimised, precision, reference, trt_rules, verify, weights
+from . import export, memory, ort_optimised, precision, reference, trt_rules, verify, weights
 from .errors import BuildError
 from .graphs import DepthGraph, SegmentationGraph
 from .pose_graph import PoseGraph
@@ -42,6 +43,9 @@ class BuildPlan:
     seed: int = 0
     verify_sizes: tuple[tuple[int, int], ...] = samples.VERIFY_SIZES
     fp16: bool = True  # also an fp16 graph per resolution, for strongly typed TensorRT builds
+    # keep-aspect graphs: at most this many times the patches of the processor's square (0: no budget)
+    patch_budget: float = 2.0
+    measure_memory: bool = True  # the ONNX Runtime proxy of each graph's memory (memory.py), a few seconds each
 
 
 PROGRESS_EVERY_S = 10.0
@@ -106,7 +110,13 @@ def _model_entry(role: str, loaded: weights.LoadedModel) -> dict:
 
 def _sizings(capability: str, plan: BuildPlan, processor) -> list[Sizing]:
     fixed = plan.resolutions.get(capability)
-    return [Sizing.fixed(*hw) for hw in fixed] if fixed else [Sizing.of_processor(processor)]
+    if fixed:
+        return [Sizing.fixed(*hw) for hw in fixed]
+    sizing = Sizing.of_processor(processor)
+    if sizing.keep_aspect_ratio and plan.patch_budget:
+        square = (sizing.height // sizing.multiple) * (sizing.width // sizing.multiple)
+        sizing = dataclasses.replace(sizing, max_patches=int(plan.patch_budget * square))
+    return [sizing]
 
 
 def _stem(capability: str, sizing: Sizing) -> str:
@@ -174,6 +184,7 @@ def verify_graph(
         return dict(zip(names, session.run(list(names), {FRAME_INPUT: frames, **feeds, **given})))
 
     batches = [(1, hw) for hw in plan.verify_sizes] + [(min(2, plan.bounds.max_batch), plan.verify_sizes[0])]
+    batches += [(1, hw) for hw in sizing.budget_examples(plan.bounds.max_hw)]  # the patch budget at work
     checks = []
     for i, (batch, (h, w)) in enumerate(batches):
         frames = samples.frames(h, w, batch, seed=plan.seed + i)
@@ -219,7 +230,8 @@ def export_verified(capability: str, stem: str, rung: str, sizing: Sizing, make,
         with step(f"{capability}: exporting {final.name} ({precision.DESCRIPTIONS[rung]})"):
             export.export(make(rung), OUTPUTS[capability], partial, example_hw=plan.bounds.opt_hw)
         trt_rules.enforce(partial, name=final.name)
-        with step(f"{capability}: verifying {final.name} against transformers on {len(plan.verify_sizes) + 1} batches"):
+        batches = len(plan.verify_sizes) + 1 + len(sizing.budget_examples(plan.bounds.max_hw))
+        with step(f"{capability}: verifying {final.name} against transformers on {batches} batches"):
             checks = verify_graph(capability, partial, sizing, loaded, plan, tolerances, name=final.name)
         log.info("%s verification (%s):\n%s", final.name, rung, verify.table(checks))
         if not all(c.ok for c in checks):
@@ -262,6 +274,11 @@ def _export_all(capability: str, plan: BuildPlan, loaded) -> tuple[list[dict], l
         entry.update({"resolution": list(sizing.size), "sizing": sizing.as_dict(), **signature})
         with step(f"{capability}: writing {entry['path']} as ONNX Runtime optimises it"):
             entry["onnxruntime"] = ort_optimised.write(plan.out / entry["path"])
+        if plan.measure_memory:
+            with step(f"{capability}: measuring {entry['path']}'s memory at the costliest admitted frames"):
+                frames = memory.costliest_frames(sizing, plan.bounds)
+                proxy = memory.measure_proxy(plan.out / entry["path"], entry["outputs"], plan.bounds, frames)
+            entry["memory"] = {memory.PROXY: proxy}
         if plan.fp16:
             fp16, fp16_checks = _fp16_graph(capability, stem, sizing, make, loaded, plan)
             if fp16 is not None:

@@ -3,10 +3,13 @@
 Same weights, same frames, the library's own code path; the graphs are judged against these.
 Each takes the graph's ``Sizing``: for a graph that sizes as the processor does (the default),
 the processor runs with its own settings, exactly as ``pipeline("depth-estimation")`` does; for
-a fixed-resolution graph it is asked for that resolution.
+a fixed-resolution graph it is asked for that resolution; for a frame over a keep-aspect graph's
+patch budget, for the size the budget picks.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import torch
@@ -21,7 +24,11 @@ def _size(sizing: Sizing) -> dict:
 @torch.no_grad()
 def depth(model, processor, frames: np.ndarray, sizing: Sizing) -> dict[str, np.ndarray]:
     fixed = {"size": _size(sizing), "keep_aspect_ratio": False, "ensure_multiple_of": sizing.multiple}
-    kwargs = {} if sizing == Sizing.of_processor(processor) else fixed  # {}: the pipeline's own call
+    kwargs = {} if dataclasses.replace(sizing, max_patches=0) == Sizing.of_processor(processor) else fixed
+    height, width = frames.shape[1:3]
+    if sizing.budget_applies(height, width):  # the processor itself, run at the size the patch budget picks
+        budget_h, budget_w = sizing.model_size(height, width)
+        kwargs = {**fixed, "size": {"height": budget_h, "width": budget_w}}
     inputs = processor(images=list(frames), return_tensors="pt", **kwargs)
     out = model(**inputs)
     sizes = [frame.shape[:2] for frame in frames]

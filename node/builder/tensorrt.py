@@ -30,7 +30,7 @@ from ..runtime.cuda import SharedScratch, gpu_identity, gpu_tag, load_pycuda
 from ..runtime.flavours import TENSORRT, TENSORRT_RTX, Flavour
 from ..runtime.onnxruntime import OnnxRuntimeBackend
 from ..runtime.tensorrt import TensorRTBackend, load_tensorrt
-from . import gated, verify
+from . import gated, trt_memory, verify
 from .errors import BuildError
 
 log = logging.getLogger("build")
@@ -76,9 +76,14 @@ def parser_errors(parser) -> str:
 
 def build_plan(
     trt, flavour: Flavour, onnx_path: Path, shapes: dict, options: dict, timing_cache: Path | None = None
-) -> bytes:
-    """Compile one ONNX graph into a serialized engine (strongly typed); raise BuildError naming what failed."""
-    logger = trt.Logger(trt.Logger.WARNING)
+) -> tuple[bytes, dict[str, int]]:
+    """Compile one ONNX graph into a serialized engine (strongly typed); raise BuildError naming what failed.
+
+    Returns the plan and the device memory the builder says it needs at the profile's largest shapes
+    (``trt_memory``: activation scratch, weights; empty where the builder did not say).
+    """
+    logger = trt_memory.recording_logger(trt)
+    logger.figures.clear()
     builder = trt.Builder(logger)
     network = builder.create_network(flavour.network_flags(trt))
     parser = trt.OnnxParser(network, logger)
@@ -110,7 +115,7 @@ def build_plan(
         raise BuildError(f"{onnx_path.name}: {flavour.module} could not build an engine (see its log above)")
     if timing_cache is not None:
         timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
-    return bytes(memoryview(plan))
+    return bytes(memoryview(plan)), dict(logger.figures)
 
 
 def _parameter_shapes(network, shapes: dict) -> dict:
@@ -163,14 +168,14 @@ def compile_check(
             rung, path = file.get("precision", "fp32"), directory / file["path"]
             started = time.perf_counter()
             try:
-                plan = build_plan(trt, flavour, path, shapes, {"workspace_gib": workspace_gib})
+                plan, memory = build_plan(trt, flavour, path, shapes, {"workspace_gib": workspace_gib})
             except BuildError as err:
                 failures.append(str(err))
                 log.error("%s", err)
                 continue
             took = time.perf_counter() - started
             rows.append({"capability": capability, "graph": path.name, "precision": rung, "seconds": took,
-                         "bytes": len(plan)})  # fmt: skip
+                         "bytes": len(plan), "memory": memory})  # fmt: skip
             log.info("%s: %s compiled it in %.1f s (%.1f MB)", path.name, flavour.module, took, len(plan) / 1e6)
     if failures:
         raise BuildError("\n".join(failures))
@@ -255,7 +260,8 @@ class _Builder:
             return entry.get("options", {}).get("targets") == self.base["targets"]
         return entry.get("gpu") == self.gpu["name"]
 
-    def _engine(self, rung: str, onnx_path: Path, onnx_sha: str, bounds: ShapeBounds) -> tuple[dict, Path, float]:
+    def _engine(self, rung: str, onnx_path: Path, onnx_sha: str, bounds: ShapeBounds) -> tuple[dict, Path, dict]:
+        """(facts, plan path, what the build said: seconds and device memory), building only when no match."""
         shapes = engine_cache.profile_shapes(bounds, self.base["max_batch"])
         options = {**self.base, "precision": rung, "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}
         facts = engine_cache.wanted(onnx_sha, self.flavour, self.trt.__version__, options, self.gpu)
@@ -263,14 +269,15 @@ class _Builder:
         found = _read_sidecar(plan)
         decision, why = engine_cache.decide(found, facts)
         log.info("%s: %s: %s (%s)", self.flavour.backend, plan.name, decision, why)
-        took = (found or {}).get("build_seconds", 0.0)
+        built = {k: (found or {}).get(k, d) for k, d in (("build_seconds", 0.0), ("device_memory", {}))}
         if decision == "build":
             started = time.perf_counter()
-            plan.write_bytes(build_plan(self.trt, self.flavour, onnx_path, shapes, options, self.timing_cache))
-            took = time.perf_counter() - started
+            data, memory = build_plan(self.trt, self.flavour, onnx_path, shapes, options, self.timing_cache)
+            plan.write_bytes(data)
+            built = {"build_seconds": round(time.perf_counter() - started, 1), "device_memory": memory}
             size = plan.stat().st_size / 1e6
-            log.info("%s: built %s in %.0f s (%.1f MB)", self.flavour.backend, plan.name, took, size)
-        return facts, plan, took
+            log.info("%s: built %s in %.0f s (%.1f MB)", self.flavour.backend, plan.name, built["build_seconds"], size)
+        return facts, plan, built
 
     @property
     def timing_cache(self) -> Path | None:
@@ -278,10 +285,10 @@ class _Builder:
             return None
         return self.directory / f"timing-{gpu_tag(self.gpu['name'], self.gpu['compute_capability'])}.cache"
 
-    def _record(self, facts: dict, plan: Path, took: float, gate_checks) -> dict:
-        _write_sidecar(plan, {**facts, "build_seconds": round(took, 1)})
+    def _record(self, facts: dict, plan: Path, built: dict, gate_checks) -> dict:
+        _write_sidecar(plan, {**facts, **built})
         return {**facts, "plan": plan.name, "sha256": manifest.sha256(plan), "bytes": plan.stat().st_size,
-                "build_seconds": round(took, 1), "gate": gate_checks}  # fmt: skip
+                **built, "gate": gate_checks}  # fmt: skip
 
 
 class _RtxBuilder(_Builder):
@@ -291,8 +298,8 @@ class _RtxBuilder(_Builder):
 
     def engine_for(self, capability: str, graph: dict, bounds: ShapeBounds) -> dict:
         rung, onnx_path, onnx_sha = candidates(self.directory, graph, self.precision)[0]
-        facts, plan, took = self._engine(rung, onnx_path, onnx_sha, bounds)
-        return self._record(facts, plan, took, None)  # gate: the self-test on the RTX card
+        facts, plan, built = self._engine(rung, onnx_path, onnx_sha, bounds)
+        return self._record(facts, plan, built, None)  # gate: the self-test on the RTX card
 
 
 class _GatedBuilder(_Builder):
@@ -308,11 +315,11 @@ class _GatedBuilder(_Builder):
         reference, tried = self.directory / graph["path"], []
         for rung, onnx_path, onnx_sha in candidates(self.directory, graph, self.precision):
             tried.append(rung)
-            facts, plan, took = self._engine(rung, onnx_path, onnx_sha, bounds)
+            facts, plan, built = self._engine(rung, onnx_path, onnx_sha, bounds)
             checks = gate(capability, plan, reference, graph["outputs"], bounds, self.trt, self.cuda, self.cuda_context)
             log.info("tensorrt: %s (%s) against onnxruntime fp32:\n%s", plan.name, rung, verify.table(checks))
             if all(c.ok for c in checks):
-                return self._record(facts, plan, took, [c.as_dict() for c in checks])
+                return self._record(facts, plan, built, [c.as_dict() for c in checks])
             plan.unlink(missing_ok=True)
             engine_cache.sidecar(plan).unlink(missing_ok=True)
             log.warning("tensorrt: the %s engine of %s missed the accuracy gate", rung, graph["path"])
