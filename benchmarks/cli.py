@@ -173,7 +173,7 @@ def parser() -> argparse.ArgumentParser:
     so = commands.add_parser("soak", help="mixed good and malformed requests: statuses and memory growth")
     common(so)
     so.add_argument("--requests", type=int, default=6000,
-                    help="requests in all (default: 6000, about a minute; the README's soak ran 100000)")  # fmt: skip
+                    help="requests in all (default: 6000, about a minute; the measured soak ran 100000)")  # fmt: skip
     so.add_argument("--clients", type=int, default=4, help="concurrent clients (default: 4)")
     so.add_argument("--bad-share", type=float, default=0.5, help="share of malformed requests (default: 0.5)")
     so.add_argument("--samples", type=int, default=20, help="memory samples over the run (default: 20)")

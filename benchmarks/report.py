@@ -1,4 +1,4 @@
-"""Reports: progress on stderr while a run goes, then a terminal table, Markdown for the README, JSON for
+"""Reports: progress on stderr while a run goes, then a terminal table, Markdown for docs/measurements.md, JSON for
 machines; provenance in every one."""
 
 from __future__ import annotations

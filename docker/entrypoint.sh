@@ -1,5 +1,5 @@
 #!/bin/sh
-# Start the vision node in its container. Each step is a plain shell step too (README, "Docker").
+# Start the vision node in its container. Each step is a plain shell step too (docs/operating.md, "Docker").
 set -eu
 IMAGE_ENGINES="${IMAGE_ENGINES:-/opt/vision-node/engines}"          # graphs exported at image build
 export VISION_NODE_ENGINES="${VISION_NODE_ENGINES:-/cache/engines}"  # volume: engines kept per GPU

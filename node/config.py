@@ -77,7 +77,7 @@ class Config:
     )
     log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
     access_log: bool = _opt(False, "log every request (off: one line per frame is noise at video rates)")
-    # Livepeer BYOC registration (see README "Registering with a Livepeer orchestrator").
+    # Livepeer BYOC registration (see docs/livepeer.md, "Registering with a Livepeer orchestrator").
     orchestrator_url: str = _opt("", "orchestrator to register every capability with once warm (empty: none)")
     orchestrator_secret: str = _opt("", "the orchestrator's secret, sent raw in Authorization as go-livepeer expects")
     node_url: str = _opt("", "URL at which the orchestrator reaches this node (needed to register)")
@@ -95,7 +95,7 @@ class Config:
     currency: str = _opt("wei", "currency of the price: wei or eth (or empty)")
     token: str = _opt("", "Bearer token /infer requires (403 otherwise); sent to the orchestrator at registration")
     register_interval_s: float = _opt(30.0, "BYOC: re-register this often: the orchestrator forgets on restart")
-    # Livepeer live runners (see README "Live runners"): go-livepeer's successor of BYOC.
+    # Livepeer live runners (docs/livepeer.md, "Registering as a Livepeer live runner"): the successor of BYOC.
     register_as: str = _opt(
         "byoc",
         "how to register with --orchestrator-url: byoc (capability/register), live-runner (runners/heartbeat) or both",

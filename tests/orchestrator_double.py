@@ -1,4 +1,4 @@
-"""A TEST DOUBLE of a go-livepeer orchestrator's BYOC side, built from the facts in the README.
+"""A TEST DOUBLE of a go-livepeer orchestrator's BYOC side, built from the facts in docs/livepeer.md.
 
 Registration: raw secret in Authorization (400 on a wrong one), JSON fields checked by type,
 ``ok`` on success, registry in memory keyed by name (``restart()`` forgets it). A job:

@@ -142,7 +142,7 @@ def test_engine_rows_on_fake_tensorrt_carry_the_gpu_stage_split(tiny_build, tmp_
 
 
 def test_overload_slow_clients_and_soak_commands_report_their_figures(tiny_build, tmp_path):
-    """Short runs of the hardening benchmarks (the long ones are in the README): each prints its figure."""
+    """Short runs of the hardening benchmarks (the long ones are in docs/measurements.md): each prints its figure."""
     run = [sys.executable, "-m", "benchmarks"]
     engines = ["--engines", str(tiny_build[0])]
 

@@ -230,16 +230,27 @@ assert not leaked, leaked
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=120)
 
 
-def readme_calls() -> list[str]:
-    """The shell lines of the README's "Calling the node" block."""
-    text = (ROOT / "README.md").read_text()
-    block = text.split("## Calling the node", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+CALL_PAGES = ("README.md", "docs/api.md")  # each has a "## Calling the node" heading over one bash block
+
+
+def calling_block(page: str) -> list[str]:
+    """The shell lines of a page's "## Calling the node" ```bash block."""
+    text = (ROOT / page).read_text()
+    assert "\n## Calling the node\n" in text, f"{page} lost its '## Calling the node' section"
+    block = text.split("\n## Calling the node\n", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     return [line for line in block.strip().splitlines() if line and not line.startswith("#")]
 
 
+def readme_calls() -> list[str]:
+    """The README's calls (one per capability), then every example of docs/api.md's "Calling the node"."""
+    return [line for page in CALL_PAGES for line in calling_block(page)]
+
+
 def test_readme_curl_examples_work_against_the_node(node_url, tmp_path):
+    readme, api = (calling_block(page) for page in CALL_PAGES)
+    assert all(any(f"/infer/{cap}" in line for line in readme) for cap in ("depth", "segmentation", "pose"))
+    assert sum(line.count("curl ") for line in api) >= 8
     lines = readme_calls()
-    assert sum(line.count("curl ") for line in lines) >= 8
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for line in lines:
         done = subprocess.run(

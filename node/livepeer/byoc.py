@@ -1,6 +1,6 @@
 """Livepeer BYOC registration: register each served capability with an orchestrator, keep it there.
 
-go-livepeer's facts (see README): ``POST {orchestrator}/capability/register`` with the raw secret
+go-livepeer's facts (see docs/livepeer.md): ``POST {orchestrator}/capability/register`` with the raw secret
 in ``Authorization`` and a JSON body; 200 ``ok`` on success, 400 on a wrong secret. The registry
 is in memory with no heartbeat, so a restarted orchestrator forgets us: we re-register every
 ``register_interval_s``, retry with backoff while it is unreachable, and unregister (plain-text

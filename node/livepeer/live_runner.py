@@ -1,6 +1,6 @@
 """Livepeer live runners: each served capability registers itself as one runner and keeps it alive.
 
-go-livepeer's protocol (``ai/runner/live_runner.go``, ``server/ai_http.go``; see the README):
+go-livepeer's protocol (``ai/runner/live_runner.go``, ``server/ai_http.go``; see docs/livepeer.md):
 
 - ``POST {orchestrator}/runners/heartbeat`` with the orchestrator's secret raw in ``Authorization``
   registers a runner: its ``app``, the ``runner_url`` the orchestrator proxies to, ``mode``,
