@@ -44,6 +44,11 @@ from .runtime.base import StopToken
 
 log = logging.getLogger("node")
 
+# Capabilities load in parallel but warm up one at a time: ONNX Runtime's threads spin between operators,
+# so three warm-ups at once on 2 cores mostly fought (the demo build was ready in 3.03 s so, 2.64 s this
+# way; benchmarks coldstart). Loading (reading, parsing, allocating) still overlaps.
+_WARM_UP = threading.Lock()
+
 
 @dataclass(eq=False)  # identity: a job is found in the queue by itself, never by comparing frames
 class Job:
@@ -137,7 +142,8 @@ class CapabilitySession:
             parameters = {name: np.full(1, value, np.float32)
                           for name, value in getattr(self.capability, "warm_up_parameters", {}).items()}  # fmt: skip
             try:
-                outputs = backend.infer({FRAME_INPUT: samples.frames(h, w), **parameters})
+                with _WARM_UP:
+                    outputs = backend.infer({FRAME_INPUT: samples.frames(h, w), **parameters})
             except Exception as err:
                 raise StartupError(f"{graph.path}: warm-up inference failed: {err}") from err
             bad = [name for name, v in outputs.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
