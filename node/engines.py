@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -111,7 +112,12 @@ def load(directory: Path, wanted: tuple[str, ...] = (), onnxruntime: bool = Fals
         for capability, why in failed.items():
             log.warning("%s: not served: its build failed: %s", capability, why)
     version = _onnxruntime_version() if onnxruntime else None
-    return {name: _capability(directory, name, listed[name], version) for name in (wanted or tuple(listed))}
+    # One thread per capability: hashing its files is most of a start's first half second, and hashlib
+    # lets go of the GIL. Results are taken in order, so the first bad capability is the one reported.
+    names = wanted or tuple(listed)
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        checked = [pool.submit(_capability, directory, name, listed[name], version) for name in names]
+        return {name: future.result() for name, future in zip(names, checked)}
 
 
 def _onnxruntime_version() -> str | None:
