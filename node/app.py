@@ -107,12 +107,7 @@ async def infer(request: Request) -> Response:
         _check_token(request, node.config.token)
     livepeer_session = request.headers.get(LIVEPEER_SESSION_ID)
     deadline = time.monotonic() + node.config.request_timeout_s
-    names = request.path_params["capability"].split(COMBINE)
-    if len(set(names)) != len(names):
-        raise InputError(f"{request.path_params['capability']}: a capability is named twice")
-    sessions = [node.session(name) for name in names]
-    if len(names) > 1 and "output" in request.path_params:
-        raise InputError(f"a combination takes each capability's output as an option, e.g. {names[0]}.output=raw")
+    names, sessions = _sessions_named(request, node)
     media_type, ct_params = codecs.parse_content_type(request.headers.get("content-type"))
     codecs.check_media_type(media_type)
     given = _request_options(request, ct_params)
@@ -122,13 +117,7 @@ async def infer(request: Request) -> Response:
     body = await _read_body(request, node.config.max_body_bytes)
 
     started_decode = time.perf_counter()
-    # --gpu-decode: one capability's JPEG is checked from its header here and decoded on the GPU by its worker.
-    on_gpu = media_type == "image/jpeg" and len(sessions) == 1 and sessions[0].decodes_jpeg
-    args = (body, media_type, width, height, common_bounds([s.served.bounds for s in sessions]), on_gpu)
-    if media_type == codecs.RAW or on_gpu:  # a view of the body, or a header: no work to move off the loop
-        frame = codecs.decode(*args)
-    else:
-        frame = await run_in_threadpool(codecs.decode, *args)
+    frame = await _decode(body, media_type, width, height, sessions)
     decoded = time.perf_counter()
     for session in sessions:  # all or none: no await between these checks and the submissions
         session.check_room()
@@ -157,6 +146,29 @@ async def infer(request: Request) -> Response:
     }
     body, media_type = codecs.multipart([(name, encoded, meta) for name, (encoded, meta) in zip(names, parts)])
     return Response(body, media_type=media_type, headers={"X-Metadata": json.dumps(summary)})
+
+
+def _sessions_named(request: Request, node: Node) -> tuple[list[str], list]:
+    """The capabilities the path names (``depth+pose``: several) and their sessions; 4xx for a bad name."""
+    names = request.path_params["capability"].split(COMBINE)
+    if len(set(names)) != len(names):
+        raise InputError(f"{request.path_params['capability']}: a capability is named twice")
+    sessions = [node.session(name) for name in names]
+    if len(names) > 1 and "output" in request.path_params:
+        raise InputError(f"a combination takes each capability's output as an option, e.g. {names[0]}.output=raw")
+    return names, sessions
+
+
+async def _decode(body, media_type: str, width, height, sessions: list):
+    """The frame, decoded off the event loop where that is work (JPEG, PNG), within every session's bounds.
+
+    --gpu-decode: one capability's JPEG is checked from its header here and decoded on the GPU by its worker.
+    """
+    on_gpu = media_type == "image/jpeg" and len(sessions) == 1 and sessions[0].decodes_jpeg
+    args = (body, media_type, width, height, common_bounds([s.served.bounds for s in sessions]), on_gpu)
+    if media_type == codecs.RAW or on_gpu:  # a view of the body, or a header: no work to move off the loop
+        return codecs.decode(*args)
+    return await run_in_threadpool(codecs.decode, *args)
 
 
 async def _each(awaitables: list) -> list:

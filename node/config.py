@@ -118,6 +118,12 @@ class Config:
     gpu_vram_mb: int = _opt(0, "its memory in MiB (default: the TensorRT backend's GPU's)")
 
     def __post_init__(self):
+        problems = self._serving_problems() + self._livepeer_problems()
+        if problems:
+            raise StartupError("invalid configuration: " + "; ".join(problems))
+
+    def _serving_problems(self) -> list[str]:
+        """What is wrong with the settings of serving itself: limits, timeouts, batching, backend, names."""
         problems = []
         if not 0 < self.port < 65536:
             problems.append(f"port: {self.port} is not a TCP port")
@@ -145,10 +151,22 @@ class Config:
             problems.append("gpu_decode: needs a TensorRT backend (--backend tensorrt or tensorrt-rtx)")
         if not 0 <= self.png_compression <= 9:
             problems.append(f"png_compression: must be 0-9, got {self.png_compression}")
+        bad_combinations = [c for c in self.combinations if COMBINE not in c or not names_capabilities(c)]
+        if bad_combinations:
+            problems.append(f"combinations: expected two or more of {', '.join(CAPABILITIES)} joined by +: "
+                            f"{bad_combinations}")  # fmt: skip
+        unknown = [c for c in self.capabilities if c not in CAPABILITIES]
+        if unknown:
+            problems.append(f"capabilities: unknown {', '.join(unknown)}; known: {', '.join(CAPABILITIES)}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 problems.append(f"{f.name}: {getattr(self, f.name)!r} is not one of {', '.join(choices)}")
+        return problems
+
+    def _livepeer_problems(self) -> list[str]:
+        """What is wrong with the registration settings (BYOC, live runners)."""
+        problems = []
         if self.orchestrator_url and not (self.node_url and self.orchestrator_secret):
             problems.append("orchestrator_url: registering also needs node_url and orchestrator_secret")
         if self.price_scaling < 1:
@@ -171,15 +189,7 @@ class Config:
             bad_pairs = [p for p in getattr(self, name) if p.partition("=")[0] not in CAPABILITIES or "=" not in p[:-1]]
             if bad_pairs:
                 problems.append(f"{name}: expected CAP={value} with CAP one of {', '.join(CAPABILITIES)}: {bad_pairs}")
-        bad_combinations = [c for c in self.combinations if COMBINE not in c or not names_capabilities(c)]
-        if bad_combinations:
-            problems.append(f"combinations: expected two or more of {', '.join(CAPABILITIES)} joined by +: "
-                            f"{bad_combinations}")  # fmt: skip
-        unknown = [c for c in self.capabilities if c not in CAPABILITIES]
-        if unknown:
-            problems.append(f"capabilities: unknown {', '.join(unknown)}; known: {', '.join(CAPABILITIES)}")
-        if problems:
-            raise StartupError("invalid configuration: " + "; ".join(problems))
+        return problems
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides) -> Config:

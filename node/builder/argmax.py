@@ -147,6 +147,51 @@ def _list_cells(key: torch.Tensor, per_pass: int, passes: int):
     return torch.cat(picks, dim=1), key.amax() > 0
 
 
+def _candidates(logits: torch.Tensor, k: int):
+    """Per cell between four logit samples, its candidate classes: (padded logits, ranked, slots).
+
+    ``slots`` [N, cells, k+1] are the first candidates in class order and ``ranked`` their keys: a cell
+    has at least m candidates where the m-th key is positive (cheaper than counting all classes).
+    """
+    n, num_classes, h, w = logits.shape
+    # Classes last: the slices below copy whole runs and the per-cell reductions run along contiguous memory
+    # (ONNX Runtime spent ~2x as long on the class-first layout). Pad one replicated sample at each end, so
+    # that every cell has four corners (edges included).
+    padded = logits.permute(0, 2, 3, 1).index_select(1, torch.tensor([0, *range(h), h - 1]))
+    padded = padded.index_select(2, torch.tensor([0, *range(w), w - 1]))  # N,h+2,w+2,C
+    # The four corners of every cell, as shifted views (top-left, top-right, bottom-left, bottom-right).
+    corners = [padded[:, :-1, :-1], padded[:, :-1, 1:], padded[:, 1:, :-1], padded[:, 1:, 1:]]
+    slack = _DOMINANCE_SLACK * logits.abs().amax(dim=(1, 2, 3)).reshape(n, 1, 1, 1)
+    # One dominator per cell, the class with the highest minimum over its corners: on the demo build's
+    # photographs it leaves at most 7-11 candidates (adding the corners' winners as dominators cut that
+    # to 8 but cost four times the work).
+    lowest = torch.minimum(torch.minimum(corners[0], corners[1]), torch.minimum(corners[2], corners[3]))
+    dominator = lowest.argmax(dim=3, keepdim=True)
+    gaps = [corner.gather(3, dominator) - corner for corner in corners]
+    # c may win somewhere in the cell unless the dominator beats it by more than the slack at all corners.
+    alive = torch.minimum(torch.minimum(gaps[0], gaps[1]), torch.minimum(gaps[2], gaps[3])) <= slack
+    order = (num_classes - torch.arange(num_classes)).float()
+    cells = (h + 1) * (w + 1)
+    ranked, slots = (alive.float() * order).topk(min(k + 1, num_classes), dim=3)
+    return padded, ranked.reshape(n, cells, -1), slots.reshape(n, cells, -1)
+
+
+def _every_class(score_blocks, rows: int, num_classes: int, chunk: int) -> torch.Tensor:
+    """The winning class of every pixel of ``rows`` blocks over all classes, ``chunk`` at a time
+    (strict > keeps the first); ``score_blocks(class_ids [rows, c])`` scores a chunk."""
+    best_score = values = None
+    for start in range(0, num_classes, chunk):
+        ids = torch.arange(start, min(start + chunk, num_classes))[None, :].expand(rows, -1)
+        score, index = score_blocks(ids).max(dim=1)
+        index = (index + start).float()
+        if best_score is None:
+            best_score, values = score, index
+        else:
+            better = score > best_score
+            best_score, values = torch.where(better, score, best_score), torch.where(better, index, values)
+    return values
+
+
 def upsampled_argmax(logits: torch.Tensor, size, chunk: int = 8) -> torch.Tensor:
     """``argmax(interpolate(logits, size, bilinear, align_corners=False), dim=1)``, working only where it can change.
 
@@ -165,28 +210,7 @@ def upsampled_argmax(logits: torch.Tensor, size, chunk: int = 8) -> torch.Tensor
     n, num_classes, h, w = logits.shape
     out_h, out_w = size
     k = min(ARGMAX_TIERS[1][1], num_classes)  # candidate slots kept per cell
-    # Classes last: the slices below copy whole runs and the per-cell reductions run along contiguous memory
-    # (ONNX Runtime spent ~2x as long on the class-first layout). Pad one replicated sample at each end, so
-    # that every cell has four corners (edges included).
-    padded = logits.permute(0, 2, 3, 1).index_select(1, torch.tensor([0, *range(h), h - 1]))
-    padded = padded.index_select(2, torch.tensor([0, *range(w), w - 1]))  # N,h+2,w+2,C
-    # The four corners of every cell, as shifted views (top-left, top-right, bottom-left, bottom-right).
-    corners = [padded[:, :-1, :-1], padded[:, :-1, 1:], padded[:, 1:, :-1], padded[:, 1:, 1:]]
-    slack = _DOMINANCE_SLACK * logits.abs().amax(dim=(1, 2, 3)).reshape(n, 1, 1, 1)
-    # One dominator per cell, the class with the highest minimum over its corners: on the demo build's
-    # photographs it leaves at most 7-11 candidates (adding the corners' winners as dominators cut that
-    # to 8 but cost four times the work).
-    lowest = torch.minimum(torch.minimum(corners[0], corners[1]), torch.minimum(corners[2], corners[3]))
-    dominator = lowest.argmax(dim=3, keepdim=True)
-    gaps = [corner.gather(3, dominator) - corner for corner in corners]
-    # c may win somewhere in the cell unless the dominator beats it by more than the slack at all corners.
-    alive = torch.minimum(torch.minimum(gaps[0], gaps[1]), torch.minimum(gaps[2], gaps[3])) <= slack
-    order = (num_classes - torch.arange(num_classes)).float()
-    # The first candidates in class order, one more than the slots: a cell has at least m candidates where
-    # the m-th ranked score is positive (cheaper than counting all classes).
-    cells = (h + 1) * (w + 1)
-    ranked, slots = (alive.float() * order).topk(min(k + 1, num_classes), dim=3)
-    ranked, slots = ranked.reshape(n, cells, -1), slots.reshape(n, cells, -1)
+    padded, ranked, slots = _candidates(logits, k)
 
     def at_least(m):  # [N, cells]: has the cell m candidates or more?
         return ranked[:, :, m - 1] > 0 if m <= ranked.shape[2] else torch.zeros_like(ranked[:, :, 0], dtype=torch.bool)
@@ -236,16 +260,10 @@ def upsampled_argmax(logits: torch.Tensor, size, chunk: int = 8) -> torch.Tensor
             scores = torch.where(cell_used[:, :, None], corner_scores(first, cell_slots), torch.as_tensor(_EMPTY_SLOT))
             best = _score_blocks(scores, wy, wx).argmax(dim=1)  # M,by,bx: the first of equal scores
             values = cell_slots.float().gather(1, best.flatten(1))
-        else:  # every class, folded ``chunk`` at a time (strict > keeps the first)
-            best_score = values = None
-            for start in range(0, num_classes, chunk):
-                ids = torch.arange(start, min(start + chunk, num_classes))[None, :].expand(first.shape[0], -1)
-                score, index = _score_blocks(corner_scores(first, ids), wy, wx).max(dim=1)
-                index = (index + start).float()
-                if best_score is None:
-                    best_score, values = score, index
-                else:
-                    better = score > best_score
-                    best_score, values = torch.where(better, score, best_score), torch.where(better, index, values)
+        else:
+            def score(ids, first=first, wy=wy, wx=wx):
+                return _score_blocks(corner_scores(first, ids), wy, wx)
+
+            values = _every_class(score, first.shape[0], num_classes, chunk)
         flat = flat.scatter(0, target, values.reshape(-1))
     return _dense_fallback(overflow, flat[:-1].reshape(n, out_h, out_w), logits, chunk)
