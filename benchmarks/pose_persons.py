@@ -72,6 +72,30 @@ def _thresholds(scores: np.ndarray, slots: int) -> dict[str, float]:
     return settings
 
 
+def _parity(served, infer, frames, settings) -> list[str]:
+    """Per count, the served keypoints against transformers' ViTPose on those boxes alone (same demo weights),
+    and the values left in the slots past them (must be none)."""
+    from node.builder import reference  # noqa: PLC0415 (the export extra: torch, transformers)
+
+    from .demo_models import demo_model  # noqa: PLC0415
+
+    pose = demo_model(next(m["name"] for m in served.models if m["role"] == "pose"))
+    lines = []
+    for name, threshold in settings.items():
+        boxes, _, keypoints, keypoint_scores = infer(threshold)
+        n = int(name.split()[0])
+        stray = int(np.count_nonzero(keypoints[:, n:])) + int(np.count_nonzero(keypoint_scores[:, n:]))
+        if n:
+            want = reference.keypoints(pose.model, pose.processor, frames, boxes[:, :n])
+            err = np.linalg.norm(keypoints[:, :n] - want["keypoints"], axis=-1)
+            score_err = float(np.abs(keypoint_scores[:, :n] - want["keypoint_scores"]).max())
+            lines.append(f"{name} against transformers: keypoint error median {np.median(err):.4f} px, max "
+                         f"{err.max():.4f} px, score error max {score_err:.2e}; values past them: {stray}")  # fmt: skip
+        else:
+            lines.append(f"{name}: values in the keypoint outputs: {stray}")
+    return lines
+
+
 def run(args) -> int:
     h, w = args.size
     served = engines.load(args.engines, ("pose",))["pose"]
@@ -89,6 +113,7 @@ def run(args) -> int:
 
         scores = infer(ranked, 0.0)[1][0]
         settings = _thresholds(scores, len(scores))
+        parity = _parity(served, lambda t: infer(ranked, t), frames, settings) if args.parity else []
         calls = {"detector alone": lambda: infer(detector, 0.0)}
         calls.update({name: (lambda t=t: infer(ranked, t)) for name, t in settings.items()})
         times = {name: [] for name in calls}
@@ -99,10 +124,10 @@ def run(args) -> int:
                 start = time.perf_counter()
                 call()
                 times[name].append(time.perf_counter() - start)
-    return _report(args, scores, settings, times, sweep, tied)
+    return _report(args, scores, settings, times, sweep, tied, parity)
 
 
-def _report(args, scores, settings, times, sweep, tied) -> int:
+def _report(args, scores, settings, times, sweep, tied, parity) -> int:
     detector = statistics.median(times["detector alone"])
     eight = statistics.median(times["8 persons"]) if "8 persons" in times else float("nan")
     rows = []
@@ -122,6 +147,7 @@ def _report(args, scores, settings, times, sweep, tied) -> int:
         "the graph as built (demo weights): box scores " + ", ".join(f"{s:.4f}" for s in tied)
         + "; persons served per person_threshold: " + ", ".join(f"{t:.1f}: {n}" for t, n in sweep),
     ]
+    notes += parity
     prov = report.provenance({"engines": Path(args.engines).name})
     data = {"provenance": prov, "rows": rows, "sweep": [{"person_threshold": t, "persons": n} for t, n in sweep]}
     out = Path(args.out) if args.out else None
@@ -141,6 +167,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=_size, default=(720, 1280), help="frame HxW (default: 720x1280)")
     parser.add_argument("--runs", type=int, default=7, help="timed rounds over every setting (default: 7)")
     parser.add_argument("--out", help="directory for the JSON and Markdown reports (default: print only)")
+    parser.add_argument("--parity", action="store_true",
+                        help="also compare each count's keypoints with transformers (the export extra; demo weights)")
 
 
 def main(argv=None) -> int:

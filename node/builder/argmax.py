@@ -176,6 +176,17 @@ def _candidates(logits: torch.Tensor, k: int):
     return padded, ranked.reshape(n, cells, -1), slots.reshape(n, cells, -1)
 
 
+def _candidate_winners(corners_of, wy, wx, slots, used, listed, width: int) -> torch.Tensor:
+    """The winning class of every pixel of the ``listed`` cells among their first ``width`` candidates
+    (an empty slot scores ``_EMPTY_SLOT`` at every corner, so it never wins)."""
+    k = slots.shape[2]
+    cell_slots = slots.gather(1, listed[:, :, None].expand(-1, -1, k))[:, :, :width].reshape(-1, width)
+    cell_used = used.gather(1, listed[:, :, None].expand(-1, -1, k))[:, :, :width].reshape(-1, width)
+    scores = torch.where(cell_used[:, :, None], corners_of(cell_slots), torch.as_tensor(_EMPTY_SLOT))
+    best = _score_blocks(scores, wy, wx).argmax(dim=1)  # M,by,bx: the first of equal scores
+    return cell_slots.float().gather(1, best.flatten(1))
+
+
 def _every_class(score_blocks, rows: int, num_classes: int, chunk: int) -> torch.Tensor:
     """The winning class of every pixel of ``rows`` blocks over all classes, ``chunk`` at a time
     (strict > keeps the first); ``score_blocks(class_ids [rows, c])`` scores a chunk."""
@@ -253,17 +264,13 @@ def upsampled_argmax(logits: torch.Tensor, size, chunk: int = 8) -> torch.Tensor
         listed, left_out = _list_cells(wanted.float(), per_pass, passes)
         overflow = overflow | left_out
         first, wy, wx, target = blocks(listed)
-        if width is not None:
-            width = min(width, k)
-            cell_slots = slots.gather(1, listed[:, :, None].expand(-1, -1, k))[:, :, :width].reshape(-1, width)
-            cell_used = used.gather(1, listed[:, :, None].expand(-1, -1, k))[:, :, :width].reshape(-1, width)
-            scores = torch.where(cell_used[:, :, None], corner_scores(first, cell_slots), torch.as_tensor(_EMPTY_SLOT))
-            best = _score_blocks(scores, wy, wx).argmax(dim=1)  # M,by,bx: the first of equal scores
-            values = cell_slots.float().gather(1, best.flatten(1))
-        else:
-            def score(ids, first=first, wy=wy, wx=wx):
-                return _score_blocks(corner_scores(first, ids), wy, wx)
+        def corners_of(ids, first=first):  # [M, S] class ids -> their scores at the cells' corners [M, S, 4]
+            return corner_scores(first, ids)
 
-            values = _every_class(score, first.shape[0], num_classes, chunk)
+        if width is not None:
+            values = _candidate_winners(corners_of, wy, wx, slots, used, listed, min(width, k))
+        else:
+            values = _every_class(lambda ids, wy=wy, wx=wx: _score_blocks(corners_of(ids), wy, wx), first.shape[0],
+                                  num_classes, chunk)  # fmt: skip
         flat = flat.scatter(0, target, values.reshape(-1))
     return _dense_fallback(overflow, flat[:-1].reshape(n, out_h, out_w), logits, chunk)
