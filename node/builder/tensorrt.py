@@ -87,13 +87,9 @@ def build_plan(
     builder = trt.Builder(logger)
     network = builder.create_network(flavour.network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    selected = gated.as_select(onnx.load(str(onnx_path)))  # pose: the If TensorRT cannot build, as a select
-    parsed = (
-        parser.parse(selected.SerializeToString(), str(onnx_path))
-        if selected
-        else parser.parse_from_file(str(onnx_path))
-    )
-    if not parsed:
+    model = onnx.load(str(onnx_path))
+    model = gated.as_select(model) or model  # pose: the If TensorRT cannot build, as a select
+    if not parser.parse(model.SerializeToString(), str(onnx_path)):
         raise BuildError(f"{onnx_path.name}: {flavour.module}'s ONNX parser refused it:\n  {parser_errors(parser)}")
     config = builder.create_builder_config()
     if options.get("workspace_gib"):  # unset: TensorRT's default, the GPU's memory

@@ -197,10 +197,7 @@ class TensorRTBackend:
         parameters = self._stage_parameters(inputs, frames.shape[0])
 
         def copy_in(stream) -> bool:
-            for name, shape in ((FRAME_INPUT, frames.shape), *parameters):
-                pair = self.buffers[name]
-                checked(f"memcpy_htod_async({name})", self.cuda.memcpy_htod_async, pair.device,
-                        pair.host_view(shape), stream)  # fmt: skip
+            self._copy_in(stream, [(FRAME_INPUT, frames.shape), *parameters])
             return True
 
         return self._run(frames.shape, copy_in)
@@ -217,13 +214,17 @@ class TensorRTBackend:
         parameters = self._stage_parameters(inputs or {}, 1)
 
         def copy_in(stream) -> bool:
-            for name, param_shape in parameters:
-                pair = self.buffers[name]
-                checked(f"memcpy_htod_async({name})", self.cuda.memcpy_htod_async, pair.device,
-                        pair.host_view(param_shape), stream)  # fmt: skip
+            self._copy_in(stream, parameters)
             return decoder.decode_into(data, int(frame_in.device), height, width, stream.handle)
 
         return self._run(shape, copy_in)
+
+    def _copy_in(self, stream, staged: list[tuple[str, tuple[int, ...]]]) -> None:
+        """Enqueue the copy of each (input name, shape) from its pinned buffer to the device."""
+        for name, shape in staged:
+            pair = self.buffers[name]
+            checked(f"memcpy_htod_async({name})", self.cuda.memcpy_htod_async, pair.device, pair.host_view(shape),
+                    stream)  # fmt: skip
 
     def _stage_parameters(self, inputs: dict[str, np.ndarray], n: int) -> list[tuple[str, tuple[int]]]:
         """Copy the per-frame parameters into their pinned buffers; (name, shape) of each, for the copy in."""
