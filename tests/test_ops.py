@@ -1,60 +1,12 @@
-"""The in-graph building blocks against the libraries they reproduce (Pillow, scipy, torch)."""
+"""The in-graph building blocks against the libraries they reproduce (scipy, torch; Pillow: test_pil_resize)."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from node import samples
 from node.builder import argmax, ops, trt_rules
-
-PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
-
-
-# (input, output, filter, whether Pillow 13 resamples horizontally first for that size pair)
-RESIZE_CASES = [
-    ((360, 640), (98, 98), "bicubic", True),
-    ((1080, 1920), (518, 924), "bicubic", True),
-    ((97, 131), (518, 518), "bicubic", True),
-    ((720, 1280), (512, 512), "bilinear", True),
-    ((64, 64), (640, 640), "bilinear", True),
-    ((150, 100), (98, 98), "bicubic", False),
-]
-
-
-@pytest.mark.parametrize(("in_hw", "out_hw", "name", "same_order"), RESIZE_CASES)
-def test_resize_like_pil_matches_pillow_within_rounding(in_hw, out_hw, name, same_order):
-    frame = samples.frame(*in_hw, seed=3)
-    want = np.asarray(Image.fromarray(frame).resize(out_hw[::-1], PIL_FILTERS[name])).astype(np.float32)
-    got = ops.resize_like_pil(torch.from_numpy(frame)[None], out_hw, name)[0].permute(1, 2, 0).numpy()
-    assert got.shape == want.shape
-    diff = np.abs(got - want)
-    if same_order:  # only Pillow's 22-bit fixed-point coefficients and ties differ
-        assert diff.max() <= 2 and (diff > 0).mean() < 0.05
-    else:  # the known deviation: Pillow went vertical-first, intermediate rounding differs
-        assert diff.mean() < 0.3 and (diff > 2).mean() < 0.001
-
-
-def test_resample_matrix_rows_are_normalised_and_identity_at_scale_one():
-    for in_size, out_size in [(100, 37), (37, 100), (64, 64)]:
-        weights = ops.pil_resample_matrix(torch.tensor(float(in_size)), out_size, "bicubic")
-        assert weights.shape == (out_size, in_size)
-        torch.testing.assert_close(weights.sum(1), torch.ones(out_size))
-    torch.testing.assert_close(ops.pil_resample_matrix(torch.tensor(64.0), 64, "bilinear"), torch.eye(64))
-
-
-@pytest.mark.parametrize("name", ["bilinear", "bicubic"])
-def test_resample_taps_are_the_band_of_the_dense_matrix(name):
-    # Downscaling (wide filters), upscaling, near 1:1 and the 4K edge of the bounds.
-    for in_size, out_size in [(1920, 512), (3840, 512), (64, 512), (513, 512), (512, 512), (1080, 518), (97, 518)]:
-        dense = ops.pil_resample_matrix(torch.tensor(float(in_size)), out_size, name)
-        index, weights = ops.pil_resample_taps(in_size, out_size, name)
-        assert index.min() >= 0 and index.max() < in_size
-        banded = torch.zeros_like(dense).scatter_add_(1, index, weights)
-        torch.testing.assert_close(banded, dense, rtol=0, atol=2e-7)  # the same weights, summed in another order
-        assert torch.equal(banded != 0, dense != 0)  # every tap the dense row uses, and no other
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 8, 150, 400])
@@ -195,13 +147,6 @@ def test_normalise_folds_rescale_mean_and_std():
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     want = (x / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     torch.testing.assert_close(ops.normalise(x, 1 / 255, mean, std), want)
-
-
-def test_pil_filter_name_refuses_filters_the_graph_cannot_run():
-    assert ops.pil_filter_name(3) == "bicubic"
-    assert ops.pil_filter_name(Image.BILINEAR) == "bilinear"
-    with pytest.raises(ValueError, match="not supported in-graph"):
-        ops.pil_filter_name(Image.LANCZOS)
 
 
 @pytest.mark.parametrize(

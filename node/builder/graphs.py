@@ -16,7 +16,7 @@ from torch import nn
 from ..capabilities.segmentation import ADE20K_PALETTE
 from ..contract import ShapeBounds
 from ..sizing import Sizing
-from . import argmax, ops, precision
+from . import argmax, ops, pil_resize, precision
 from .errors import BuildError
 from .model_size import ModelSize
 
@@ -32,7 +32,7 @@ def check_processor(processor) -> None:
         if getattr(processor, flag, None) is not None and bool(getattr(processor, flag)) == refused:
             raise BuildError(f"{name}.{flag}={refused}: not supported in-graph (preprocessor_config.json)")
     try:
-        ops.pil_filter_name(processor.resample)
+        pil_resize.filter_name(processor.resample)
     except ValueError as err:
         raise BuildError(f"{name}.{err} (preprocessor_config.json)") from None
 
@@ -52,11 +52,11 @@ class _Preprocess(nn.Module):
         super().__init__()
         check_processor(processor)
         self.size = ModelSize(sizing, bounds)
-        self.filter = ops.pil_filter_name(processor.resample)
+        self.filter = pil_resize.filter_name(processor.resample)
         self.rescale, self.mean, self.std = _normalisation(processor)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = ops.resize_like_pil(frames, self.size(frames), self.filter)
+        x = pil_resize.resize_like_pil(frames, self.size(frames), self.filter)
         return ops.normalise(x, self.rescale, self.mean, self.std)
 
 

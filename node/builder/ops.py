@@ -2,25 +2,14 @@
 
 Everything here works on dynamic frame sizes (the ONNX exporter records the shape
 arithmetic) and uses only operators that ONNX Runtime and TensorRT both run: MatMul,
-elementwise maths, Resize, GridSample, ArgMax/ReduceMax, Gather. Segmentation's argmax is in ``argmax``.
+elementwise maths, Resize, GridSample, ArgMax/ReduceMax, Gather. Segmentation's argmax is in ``argmax``,
+the image processors' Pillow resize in ``pil_resize``.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-# PIL's filters (src/libImaging/Resample.c): bicubic uses a = -0.5, bilinear is a triangle.
-_PIL_FILTERS = {"bicubic": 2.0, "bilinear": 1.0}
-_PIL_RESAMPLE_IDS = {2: "bilinear", 3: "bicubic"}
-
-
-def pil_filter_name(resample) -> str:
-    """Map a transformers/PIL ``resample`` value (int or enum) to a filter name."""
-    name = _PIL_RESAMPLE_IDS.get(int(resample))
-    if name is None:
-        raise ValueError(f"resample={resample!r} is not supported in-graph (only bilinear=2, bicubic=3)")
-    return name
 
 
 def dim_size(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -30,88 +19,6 @@ def dim_size(x: torch.Tensor, dim: int) -> torch.Tensor:
     "registered as constants" warning does not apply: the graph computes it from ``Shape``).
     """
     return torch.as_tensor(x.shape[dim]).float()
-
-
-def _pil_kernel(x: torch.Tensor, name: str) -> torch.Tensor:
-    ax = x.abs()
-    if name == "bilinear":
-        return torch.clamp(1.0 - ax, min=0.0)
-    a = -0.5
-    near = ((a + 2.0) * ax - (a + 3.0)) * ax * ax + 1.0
-    far = (((ax - 5.0) * ax + 8.0) * ax - 4.0) * a
-    return torch.where(ax < 1.0, near, torch.where(ax < 2.0, far, torch.zeros_like(ax)))
-
-
-def pil_resample_matrix(in_size: torch.Tensor, out_size: int, name: str) -> torch.Tensor:
-    """Dense ``[out_size, in_size]`` weights of PIL's antialiased resampling along one axis.
-
-    Mirrors ``precompute_coeffs`` in Pillow: when shrinking, the filter is stretched by the
-    scale (that is the antialiasing), each output sample uses the window PIL uses, and every
-    row is normalised to sum to one. ``in_size`` comes from ``dim_size`` so it stays dynamic.
-    """
-    support = _PIL_FILTERS[name]
-    src = torch.arange(in_size, dtype=torch.float32)
-    scale = in_size / out_size
-    filter_scale = torch.clamp(scale, min=1.0)
-    centre = (torch.arange(out_size, dtype=torch.float32)[:, None] + 0.5) * scale
-    reach = support * filter_scale
-    in_window = (src[None, :] >= torch.floor(centre - reach + 0.5)) & (src[None, :] < torch.floor(centre + reach + 0.5))
-    weights = _pil_kernel((src[None, :] - centre + 0.5) / filter_scale, name) * in_window.float()
-    return weights / weights.sum(dim=1, keepdim=True)
-
-
-def pil_resample_taps(in_size, out_size, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(indices, weights), each ``[out_size, K]``: the nonzero band of ``pil_resample_matrix``.
-
-    Same window, kernel and normalisation as the dense matrix, for only the taps an output sample
-    reaches: a window of ``2 × reach`` samples holds at most ``ceil(2 × reach)`` of them, plus one
-    spare against the rounding of ``centre``. Taps past the window get weight 0 (their index is
-    clamped into the axis). ``K`` follows the scale, so it is computed in the graph too, from the
-    integer sizes: TensorRT bounds integer shape arithmetic, not a ``ceil`` of floats.
-    ``in_size`` and ``out_size``: ints or int64 scalars (traced from the frame's shape).
-    """
-    support = _PIL_FILTERS[name]
-    in_int, out_int = torch.as_tensor(in_size), torch.as_tensor(out_size)
-    reach_x2 = int(2 * support)  # 2 × support, a whole number for both filters
-    taps = torch.div(reach_x2 * in_int + out_int - 1, out_int, rounding_mode="floor")  # ceil(2 × reach) ...
-    taps = torch.maximum(taps, torch.as_tensor(reach_x2)) + 1  # ... or 2 × support; TensorRT clips only floats
-    in_f = in_int.float()
-    scale = in_f / out_int.float()
-    filter_scale = torch.clamp(scale, min=1.0)
-    reach = support * filter_scale
-    centre = (torch.arange(out_size, dtype=torch.float32) + 0.5) * scale
-    first = torch.clamp(torch.floor(centre - reach + 0.5), min=0.0)
-    end = torch.minimum(torch.floor(centre + reach + 0.5), in_f)
-    src = first[:, None] + torch.arange(taps).float()[None, :]
-    weights = _pil_kernel((src - centre[:, None] + 0.5) / filter_scale, name) * (src < end[:, None]).float()
-    index = torch.minimum(src, in_f - 1.0).long()
-    return index, weights / weights.sum(dim=1, keepdim=True)
-
-
-def resize_like_pil(frames: torch.Tensor, size, name: str) -> torch.Tensor:
-    """Resize uint8-valued NHWC frames to ``size`` (h, w) the way Pillow does; returns NCHW float.
-
-    ``size`` may be traced (computed from the frame's shape in the graph): every shape below is
-    then taken from a tensor, never from ``size`` as a Python number.
-
-    Pillow resamples horizontally, rounds to uint8, then vertically and rounds again; doing the
-    same (rounding half up, as its fixed-point maths does) keeps the graph within a rounding
-    step of the reference image processor. Pillow 13 goes vertical-first for some size pairs;
-    there about a fifth of the pixels differ by one level (see ``verify.TOLERANCES``). Both
-    passes gather the few taps each output sample needs (``pil_resample_taps``) and sum them: the
-    dense ``[width, model width]`` matrix product this replaces did ~120× the work at 1080p.
-    """
-    n, h, w, c = frames.shape
-    out_h, out_w = size
-    x = frames.float().permute(0, 1, 3, 2)  # N,H,C,W: the taps gathered along the last axis
-    index, weights = pil_resample_taps(torch.as_tensor(frames.shape[2]), out_w, name)
-    x = (x.index_select(3, index.reshape(-1)).reshape(n, h, c, -1, index.shape[1]) * weights).sum(dim=4)
-    x = torch.clamp(torch.floor(x + 0.5), 0.0, 255.0)  # N,H,C,out_w
-    index, weights = pil_resample_taps(torch.as_tensor(frames.shape[1]), out_h, name)
-    x = x.index_select(1, index.reshape(-1)).reshape(n, -1, index.shape[1], c, x.shape[3])
-    x = (x * weights[:, :, None, None]).sum(dim=2)  # N,out_h,C,out_w
-    x = torch.clamp(torch.floor(x + 0.5), 0.0, 255.0)
-    return x.permute(0, 2, 1, 3)
 
 
 def _torch_cubic_taps(in_size: torch.Tensor, out_size) -> tuple[torch.Tensor, torch.Tensor]:

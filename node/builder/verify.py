@@ -13,10 +13,9 @@ import numpy as np
 from .errors import BuildError
 from .specs import OUTPUTS
 
-# Limits for ONNX Runtime (fp32) against transformers on CPU. The graph resizes like Pillow
-# (same filter, antialiasing and rounding) but always horizontal pass first; Pillow 13 picks
-# the vertical pass first for some size pairs, and then ~20 % of resized pixels differ by one
-# level (otherwise ~0.01 %). The limits are set from the worst case measured on the tiny test
+# Limits for ONNX Runtime (fp32) against transformers on CPU. The graph resizes exactly as Pillow does
+# (``pil_resize``: same coefficients, rounding and pass order), so what differs is float32 rounding in
+# the models, and class ties it moves. The limits are set from the worst case measured on the tiny test
 # models, which are far more sensitive to that than trained ones; the table shows the margin.
 TOLERANCES = {
     "depth": {"max_rel_err": 5e-2, "mean_rel_err": 5e-3},  # |Δ| / depth range of the frame
