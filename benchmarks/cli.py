@@ -208,6 +208,8 @@ def parser() -> argparse.ArgumentParser:
     pa.add_argument("--capabilities", type=_list(str), default=["depth", "segmentation", "pose"])
     pa.add_argument("--photographs", type=_list(str), default=list(photographs.PHOTOGRAPHS), metavar="NAME,...",
                     help="scikit-image photographs (default: all six)")  # fmt: skip
+    pa.add_argument("--sizes", type=_list(_hw), default=[], metavar="HxW,...",
+                    help="also each photograph resized to these frame sizes, e.g. 720x1280,1080x1920")  # fmt: skip
     pa.set_defaults(run=parity.run)
     pl = commands.add_parser("plot", help="draw committed reports again from their Markdown (a PNG beside each)")
     pl.add_argument("reports", type=Path, nargs="+", metavar="REPORT.md")

@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from node.contract import FRAME_INPUT
 from node.engines import load
@@ -82,8 +83,7 @@ def run(args) -> int:
         node = nodeproc.spawn(args.engines, Path(tmp) / "node.log", capabilities=",".join(args.capabilities))
         try:
             progress(f"started a node on port {node.port}: ready in {nodeproc.wait_ready(node, timeout=600):.2f} s")
-            for name in args.photographs:
-                frame = photograph(name)
+            for name, frame in _frames(args.photographs, args.sizes):
                 for capability in args.capabilities:
                     body, meta = post(node.port, capability, frame)
                     got = as_graph_outputs(capability, body, meta)
@@ -98,7 +98,8 @@ def run(args) -> int:
     columns = list(dict.fromkeys(c for row in rows for c in row))  # capabilities have their own metrics
     rows = [{c: row.get(c, "") for c in columns} for row in rows]
     notes = [
-        "frames: scikit-image's bundled photographs, sent as raw RGB; the reference: transformers with the "
+        "frames: scikit-image's bundled photographs (at their own size, and resized to each --sizes), sent as "
+        "raw RGB; the reference: transformers with the "
         "model's own processor defaults and post-processing, same demo weights",
         "pose keypoints are judged on the node's own boxes, unrounded (the reference runs ViTPose on them), as in "
         "the build; "
@@ -113,6 +114,16 @@ def run(args) -> int:
         args.markdown,
     )
     return 0 if all(r["within tolerances"] == "yes" for r in rows) else 1
+
+
+def _frames(names, sizes):
+    """(name, frame) for each photograph at its own size, then resized to each of ``sizes`` (Pillow's
+    Lanczos, as a camera or a video scaler would deliver it; the aspect ratio follows the size)."""
+    for name in names:
+        photo = photograph(name)
+        yield name, photo
+        for h, w in sizes or ():
+            yield name, np.asarray(Image.fromarray(photo).resize((w, h), Image.LANCZOS))
 
 
 def _compared(name: str, frame: np.ndarray, capability: str, meta: dict, got: dict, used: dict, models) -> dict:

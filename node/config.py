@@ -42,7 +42,7 @@ class Config:
     device: str = _opt("auto", "ONNX Runtime device: auto takes CUDA when onnxruntime-gpu sees a GPU", choices=DEVICES)
     threads: int = _opt(0, "ONNX Runtime intra-op threads per session (0: ONNX Runtime's default)")
     keep_arena_pixels: int = _opt(
-        1280 * 720,
+        1920 * 1080,  # every frame of the default bounds: they keep ~10-20 MiB more than 720p ones
         "ONNX Runtime: frames of up to this many pixels (times the batch) keep the CPU memory arena between frames; "
         "a larger one gives its memory back when it ends (0: every frame does)",
     )

@@ -45,7 +45,7 @@ class OnnxRuntimeBackend:
         max_batch: int = 1,
         device: str = "auto",
         threads: int = 0,
-        keep_arena_pixels: int = 1280 * 720,
+        keep_arena_pixels: int = 1920 * 1080,
     ):
         self.path = Path(path)
         self.outputs = outputs  # manifest: name, dtype, shape (frame dimension names or ints)
