@@ -7,8 +7,6 @@ class score to the frame, then argmax, with the work only where the answer can c
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -102,50 +100,38 @@ def _bilinear_taps(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Ten
 
 
 @torch.jit.script
-def _fold_chunk(best_score: torch.Tensor, best_class: torch.Tensor, part: torch.Tensor, start: float):
-    """Fold the bilinear upsampling of ``part``'s classes into (best score, best class).
+def _fold_chunk_if(
+    overflow: torch.Tensor, best: tuple[torch.Tensor, torch.Tensor], part: torch.Tensor, start: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where ``overflow``, fold the bilinear upsampling of ``part``'s classes into ``best`` (score, class).
 
+    Scripted so that each chunk is an ONNX ``If`` that runs only for the frames that need it (ONNX Runtime
+    skips the branch; it is the dense cost only where the tiers overflow). One If per chunk, unrolled:
+    TensorRT for RTX 1.7 fails with an internal error on a Loop, inside an If or not, and one If around
+    every chunk cost it 1,031 MiB of activations at 1080p bounds (581 so). ONNX Runtime's copy of the
+    graph has the chain merged into one If (``merged_ifs``): it copied the pair out of every skipped one.
     Bilinear taps and weighted sums in torch's own order (no Resize), so that it is torch's argmax bit
     for bit but for ties of a float32 rounding.
     """
-    y0, y1, wy = _bilinear_taps(part.shape[2], best_score.shape[1])
-    x0, x1, wx = _bilinear_taps(part.shape[3], best_score.shape[2])
-    wy = wy[:, None]
-    part = part.index_select(3, x0) * (1.0 - wx) + part.index_select(3, x1) * wx
-    part = part.index_select(2, y0) * (1.0 - wy) + part.index_select(2, y1) * wy
-    score, index = part.max(dim=1)
-    better = score > best_score
-    return torch.where(better, score, best_score), torch.where(better, index.float() + start, best_class)
-
-
-@functools.cache
-def _dense_fold(num_classes: int, chunk: int):
-    """A scripted ``(overflow, sparse, logits) -> classes``: ``sparse``, or where ``overflow`` the dense fold.
-
-    One ONNX ``If`` around every chunk, unrolled in the source: TensorRT for RTX 1.7 fails with an
-    internal error on a Loop, inside an If or not, and an If per chunk made ONNX Runtime copy the
-    running (score, class) pair out of every skipped branch (~50 ms of a 1080p frame). TorchScript
-    unrolls no loop over ints, hence the generated lines; ``CompilationUnit`` resolves ``_fold_chunk``
-    from this module.
-    """
-    folds = "".join(
-        f"        score, best = _fold_chunk(score, best, logits[:, {start}:{start + chunk}], {float(start)})\n"
-        for start in range(0, num_classes, chunk)
-    )
-    source = (
-        "def dense_fold(overflow: Tensor, sparse: Tensor, logits: Tensor) -> Tensor:\n"
-        "    if bool(overflow):\n"
-        "        score, best = torch.full_like(sparse, -1.0e30), sparse\n"  # the first chunk overwrites every pixel
-        f"{folds}"
-        "        return best\n"
-        "    return sparse\n"
-    )
-    return torch.jit.CompilationUnit(source).dense_fold
+    best_score, best_class = best
+    if bool(overflow):
+        y0, y1, wy = _bilinear_taps(part.shape[2], best_score.shape[1])
+        x0, x1, wx = _bilinear_taps(part.shape[3], best_score.shape[2])
+        wy = wy[:, None]
+        part = part.index_select(3, x0) * (1.0 - wx) + part.index_select(3, x1) * wx
+        part = part.index_select(2, y0) * (1.0 - wy) + part.index_select(2, y1) * wy
+        score, index = part.max(dim=1)
+        better = score > best_score
+        return torch.where(better, score, best_score), torch.where(better, index.float() + start, best_class)
+    return best_score, best_class
 
 
 def _dense_fallback(overflow: torch.Tensor, sparse: torch.Tensor, logits: torch.Tensor, chunk: int) -> torch.Tensor:
     """``sparse``, or where ``overflow`` the dense fold of ``chunked_upsampled_argmax``, ``chunk`` classes at a time."""
-    return _dense_fold(logits.shape[1], chunk)(overflow, sparse, logits)
+    best = (torch.full_like(sparse, -1.0e30), sparse)  # the first chunk overwrites every pixel
+    for start in range(0, logits.shape[1], chunk):
+        best = _fold_chunk_if(overflow, best, logits[:, start : start + chunk], float(start))
+    return best[1]
 
 
 def _list_cells(key: torch.Tensor, per_pass: int, passes: int):
@@ -280,7 +266,6 @@ def upsampled_argmax(logits: torch.Tensor, size, chunk: int = 8) -> torch.Tensor
         listed, left_out = _list_cells(wanted.float(), per_pass, passes)
         overflow = overflow | left_out
         first, wy, wx, target = blocks(listed)
-
         def corners_of(ids, first=first):  # [M, S] class ids -> their scores at the cells' corners [M, S, 4]
             return corner_scores(first, ids)
 

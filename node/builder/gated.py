@@ -9,7 +9,7 @@ model only when a box is kept) is exported as its head and its tail, and joined 
 
 TensorRT for RTX 1.7 crashes building a conditional whose branch reshapes by a data-dependent size (the
 keypoint model's batch is the count of boxes kept), so for TensorRT the If becomes a select
-(``as_select``): both branches run and ``Where`` picks; the head always hands the tail at least one
+(``selects``): both branches run and ``Where`` picks; the head always hands the tail at least one
 box, so on a GPU no person costs one keypoint crop (ONNX Runtime, which runs the If, skips it).
 
 The tail's values and initializers are renamed under a prefix (ONNX names are unique across scopes);
@@ -115,23 +115,3 @@ def _zeros(batch_of: str, outputs: list[str], tail: onnx.ModelProto, zero_shapes
         ]
         values.append(_value(f"zeros/{name}", tail, name))
     return helper.make_graph(nodes, "zeros", [], values)
-
-
-def as_select(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """The model with its gating If turned into both branches and a ``Where`` (for TensorRT); None if it has none."""
-    graph = model.graph
-    index = next((i for i, n in enumerate(graph.node) if n.op_type == "If" and n.name == SKIP_NODE), None)
-    if index is None:
-        return None
-    node = graph.node[index]
-    branches = {a.name: a.g for a in node.attribute}
-    then, other = branches["then_branch"], branches["else_branch"]
-    inlined = [*then.node, *other.node]
-    inlined += [
-        helper.make_node("Where", [node.input[0], t.name, e.name], [out], name=f"select/{out}")
-        for t, e, out in zip(then.output, other.output, node.output)
-    ]
-    del graph.node[index]
-    for offset, inner in enumerate(inlined):
-        graph.node.insert(index + offset, inner)
-    return model

@@ -7,6 +7,9 @@ CPU's: the node loads it with every optimisation on, which adds only the layout 
 (a copy saved at that level would be bound to the build machine's instruction set). It is tied to the
 ONNX Runtime version that wrote it (its fused operators are that version's): a node with another
 version loads the exported graph instead, and says so.
+
+Before ONNX Runtime optimises it, chains of ``If``s on one condition are merged into one
+(``merged_ifs``: segmentation's dense argmax fold), which ONNX Runtime does not do itself.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from __future__ import annotations
 from importlib import metadata
 from pathlib import Path
 
+import onnx
+
 from ..manifest import sha256
+from . import merged_ifs
 
 SUFFIX = ".ort.onnx"
 LEVEL = "extended"
@@ -29,7 +35,10 @@ def write(graph: Path) -> dict:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(target)
     options.log_severity_level = 3
-    ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(graph))
+    source = model.SerializeToString() if merged_ifs.merge(model) else str(graph)
+    del model
+    ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     return {
         "path": target.name,
         "sha256": sha256(target),

@@ -30,7 +30,7 @@ from ..runtime.cuda import SharedScratch, gpu_identity, gpu_tag, load_pycuda
 from ..runtime.flavours import TENSORRT, TENSORRT_RTX, Flavour
 from ..runtime.onnxruntime import OnnxRuntimeBackend
 from ..runtime.tensorrt import TensorRTBackend, load_tensorrt
-from . import gated, trt_memory, verify
+from . import selects, trt_memory, verify
 from .errors import BuildError
 
 log = logging.getLogger("build")
@@ -88,7 +88,7 @@ def build_plan(
     network = builder.create_network(flavour.network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     model = onnx.load(str(onnx_path))
-    model = gated.as_select(model) or model  # pose: the If TensorRT cannot build, as a select
+    model = selects.for_tensorrt(model)  # the Ifs TensorRT for RTX cannot build, as selects
     if not parser.parse(model.SerializeToString(), str(onnx_path)):
         raise BuildError(f"{onnx_path.name}: {flavour.module}'s ONNX parser refused it:\n  {parser_errors(parser)}")
     config = builder.create_builder_config()

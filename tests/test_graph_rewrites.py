@@ -1,0 +1,110 @@
+"""The rewrites of exported graphs for one runtime: merged Ifs (ONNX Runtime's copy), selects (TensorRT's).
+
+Each rewritten graph must give the same outputs as the exported one, in ONNX Runtime, down to the bit,
+on both sides of every condition it touches.
+"""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper
+
+from node import samples
+from node.builder import merged_ifs, ort_optimised, pil_resize, selects
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _count(model: onnx.ModelProto, op: str) -> int:
+    return sum(node.op_type == op for node in model.graph.node)
+
+
+def _chain(links: int) -> onnx.ModelProto:
+    """x, flag -> each link, where flag: state = state * 2 + link; else the state passes through."""
+    nodes = [helper.make_node("Cast", ["flag"], ["taken"], to=TensorProto.BOOL)]
+    state = "x"
+    for i in range(links):
+        step = helper.make_tensor(f"step{i}", TensorProto.FLOAT, [], [float(i + 1)])
+        then = helper.make_graph(
+            [helper.make_node("Constant", [], [f"c{i}"], value=step),
+             helper.make_node("Mul", [state, "two"], [f"m{i}"]),
+             helper.make_node("Add", [f"m{i}", f"c{i}"], [f"t{i}"])],
+            f"then{i}", [], [helper.make_tensor_value_info(f"t{i}", TensorProto.FLOAT, None)])  # fmt: skip
+        other = helper.make_graph([helper.make_node("Identity", [state], [f"e{i}"])], f"else{i}", [],
+                                  [helper.make_tensor_value_info(f"e{i}", TensorProto.FLOAT, None)])  # fmt: skip
+        nodes.append(helper.make_node("If", ["taken"], [f"s{i}"], name=f"link{i}", then_branch=then, else_branch=other))
+        state = f"s{i}"
+    graph = helper.make_graph(
+        nodes, "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3]),
+         helper.make_tensor_value_info("flag", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info(state, TensorProto.FLOAT, None)],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_chain_of_ifs_on_one_condition_becomes_one_if_with_the_same_results():
+    original = _chain(5)
+    merged = _chain(5)
+    assert merged_ifs.merge(merged) == 4
+    assert _count(merged, "If") == 1 and _count(merged, "Cast") == 1
+    x = np.array([1.0, -2.0, 0.5], np.float32)
+    for flag in (1.0, 0.0):  # every link taken (x·32 + 57), and none (x itself)
+        feeds = {"x": x, "flag": np.array(flag, np.float32)}
+        want = _session(original).run(None, feeds)[0]
+        assert np.array_equal(_session(merged).run(None, feeds)[0], want)
+    assert np.array_equal(_session(merged).run(None, {"x": x, "flag": np.array(1, np.float32)})[0], x * 32 + 57)
+
+
+def test_ifs_on_different_conditions_are_left_alone():
+    model = _chain(3)
+    model.graph.node.insert(1, helper.make_node("Not", ["taken"], ["other"]))
+    model.graph.node[-1].input[0] = "other"  # the last link decides on something else
+    assert merged_ifs.merge(model) == 1
+    assert _count(model, "If") == 2
+
+
+def test_onnx_runtimes_copy_of_the_segmentation_graph_runs_its_dense_fold_as_one_if(tiny_build, tmp_path):
+    directory, entries = tiny_build
+    exported = directory / entries["segmentation"]["graphs"][0]["path"]
+    copy = onnx.load(str(directory / ort_optimised.SUFFIX.join(exported.name.rsplit(".onnx", 1))))
+    assert _count(onnx.load(str(exported)), "If") > 2 and _count(copy, "If") == 2  # the fold, and the resize order
+    frames = {
+        "smooth": samples.frames(300, 500, batch=2),
+        "noise": np.random.default_rng(1).integers(0, 256, (1, 720, 1280, 3), dtype=np.uint8),  # overflows the tiers
+    }
+    plain = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    optimised = ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
+    for name, f in frames.items():
+        assert np.array_equal(optimised.run(None, {"frames": f})[0], plain.run(None, {"frames": f})[0]), name
+
+
+def _resize_graph(tmp_path) -> onnx.ModelProto:
+    class Resize(torch.nn.Module):
+        def forward(self, frames):
+            return pil_resize.resize_like_pil(frames, (96, 96), "bicubic")
+
+    path = tmp_path / "resize.onnx"
+    axes = {"frames": {0: "batch", 1: "height", 2: "width"}}
+    torch.onnx.export(Resize(), (torch.zeros((1, 120, 160, 3), dtype=torch.uint8),), str(path), dynamo=False,
+                      opset_version=17, input_names=["frames"], output_names=["x"], dynamic_axes=axes)  # fmt: skip
+    return onnx.load(str(path))
+
+
+def test_for_tensorrt_the_resize_order_becomes_a_select_with_the_same_results(tmp_path):
+    exported = _resize_graph(tmp_path)
+    selected = selects.for_tensorrt(_resize_graph(tmp_path))
+    assert _count(exported, "If") == 1 and _count(selected, "If") == 0
+    assert [n.op_type for n in selected.graph.node if n.name.startswith("select/")] == ["Where"]
+    for h, w in [(120, 160), (400, 110), (50, 70)]:  # horizontal first, vertical first (portrait), upscaling
+        feeds = {"frames": samples.frames(h, w)}
+        assert np.array_equal(_session(selected).run(None, feeds)[0], _session(exported).run(None, feeds)[0])
+
+
+def test_for_tensorrt_an_if_on_data_stays(tmp_path):
+    model = _chain(2)  # decided by the value of the input flag, not by a shape
+    assert _count(selects.for_tensorrt(model), "If") == 2
