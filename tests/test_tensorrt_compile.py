@@ -76,12 +76,13 @@ def test_the_real_segmentation_graph_compiles_at_the_default_bounds_within_1_gib
 def test_a_graph_the_parser_refuses_fails_naming_its_node(tmp_path, trt):
     frames = helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", "height", "width", 3])
     out = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
-    nodes = [
-        helper.make_node("Transpose", ["frames"], ["t"], name="transpose_u8", perm=[0, 3, 1, 2]),
+    nodes = [  # arithmetic on the uint8 frame (a transpose of it ``selects`` would cast first)
+        helper.make_node("Mul", ["frames", "two"], ["t"], name="mul_u8"),
         helper.make_node("Cast", ["t"], ["out"], name="cast", to=TensorProto.FLOAT),
     ]
     opset = [helper.make_opsetid("", 17)]
-    model = helper.make_model(helper.make_graph(nodes, "bad", [frames], [out]), opset_imports=opset)
+    two = helper.make_tensor("two", TensorProto.UINT8, [], [2])
+    model = helper.make_model(helper.make_graph(nodes, "bad", [frames], [out], [two]), opset_imports=opset)
     path = tmp_path / "bad.onnx"
     onnx.save(model, str(path))
     shapes = {"frames": ((1, 64, 64, 3), (1, 128, 128, 3), (1, 256, 256, 3))}
@@ -89,7 +90,7 @@ def test_a_graph_the_parser_refuses_fails_naming_its_node(tmp_path, trt):
         build_trt.build_plan(trt, TENSORRT_RTX, path, shapes, {})
     message = str(refused.value)
     assert "bad.onnx: tensorrt_rtx's ONNX parser refused it" in message
-    assert "node 'transpose_u8' (Transpose): INVALID_NODE" in message and "UInt8" in message
+    assert "node 'mul_u8' (Mul)" in message and "UInt8" in message
     assert "cudaError" not in message  # this CPU machine's driver complaint is not the reason
 
 
@@ -99,16 +100,16 @@ def test_the_compile_check_of_the_cli_fails_naming_the_node(tiny_build, tmp_path
     data = json.loads((engines / "manifest.json").read_text())
     broken = engines / data["capabilities"]["depth"]["graphs"][0]["path"]
     model = onnx.load(str(broken))
-    for node in model.graph.node:  # undo the fix: transpose the uint8 frame before casting it
-        if node.op_type == "Cast" and node.input[0] == "frames":
-            node.op_type = "Transpose"
-            del node.attribute[:]
-            node.attribute.append(helper.make_attribute("perm", [0, 1, 2, 3]))
+    # an extra output that computes on the uint8 frame before casting it
+    model.graph.initializer.append(helper.make_tensor("two", TensorProto.UINT8, [], [2]))
+    model.graph.node.extend([helper.make_node("Mul", ["frames", "two"], ["doubled"], name="mul_u8"),
+                             helper.make_node("Cast", ["doubled"], ["doubled_f"], to=TensorProto.FLOAT)])  # fmt: skip
+    model.graph.output.append(helper.make_tensor_value_info("doubled_f", TensorProto.FLOAT, None))
     onnx.save(model, str(broken))
     caplog.set_level(logging.INFO, logger="build")
     argv = ["--tensorrt-only", "--compile-check", "--capabilities", "depth", "--out", str(engines)]
     assert cli.main(argv) == 1
-    assert "parser refused it" in caplog.text and "(Transpose): INVALID_NODE" in caplog.text
+    assert "parser refused it" in caplog.text and "node 'mul_u8' (Mul)" in caplog.text
 
 
 def test_tensorrt_rtx_engines_are_built_ahead_of_time_from_the_fp16_graph(tiny_build, tmp_path, trt, caplog):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from node.builder import export, trt_rules
+from node.builder import export, selects, trt_rules
 from node.builder.errors import BuildError
 
 FRAMES = helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", "height", "width", 3])
@@ -30,12 +30,12 @@ def named(violations):
     return {(v.node, v.op) for v in violations}
 
 
-def test_every_exported_graph_fp32_and_fp16_keeps_the_rules(tiny_build):
+def test_every_exported_graph_fp32_and_fp16_keeps_the_rules_as_tensorrt_is_given_it(tiny_build):
     out, entries = tiny_build
     for entry in entries.values():
         for graph_ in entry["graphs"]:
             for path in (graph_["path"], graph_["fp16"]["path"]):
-                assert trt_rules.check(onnx.load(str(out / path))) == [], path
+                assert trt_rules.check(selects.for_tensorrt(onnx.load(str(out / path)))) == [], path
 
 
 def test_uint8_read_by_anything_but_a_cast_to_float_is_named():
@@ -90,13 +90,25 @@ def test_operators_outside_the_parser_and_int_inputs_to_float_only_layers_are_na
 
 
 def test_the_build_refuses_an_exported_graph_that_breaks_them_naming_the_node(tmp_path: Path):
-    class TransposeFirst(torch.nn.Module):  # what the pose graph did before: permute the uint8 frame, then cast
+    class ArithmeticFirst(torch.nn.Module):  # computes on the uint8 frame before casting it
+        def forward(self, frames):
+            depth = (frames // 2).float().mean(dim=3)
+            return depth, depth.flatten(1).amin(dim=1), depth.flatten(1).amax(dim=1)
+
+    path = tmp_path / "bad.onnx"
+    export.export(ArithmeticFirst(), ("depth", "depth_min", "depth_max"), path, example_hw=(64, 64))
+    onnx.checker.check_model(str(path))  # valid ONNX, which ONNX Runtime runs: only TensorRT's rules refuse it
+    with pytest.raises(BuildError, match=r"(?s)bad\.onnx breaks TensorRT's rules.*\(Div\)"):
+        trt_rules.enforce(path)
+
+
+def test_a_graph_that_moves_the_uint8_frame_before_its_cast_is_cast_first_for_tensorrt(tmp_path: Path):
+    class TransposeFirst(torch.nn.Module):  # what the resize does: lay the frame out as uint8, then cast
         def forward(self, frames):
             depth = frames.permute(0, 3, 1, 2).float().mean(dim=1)
             return depth, depth.flatten(1).amin(dim=1), depth.flatten(1).amax(dim=1)
 
-    path = tmp_path / "bad.onnx"
+    path = tmp_path / "moves.onnx"
     export.export(TransposeFirst(), ("depth", "depth_min", "depth_max"), path, example_hw=(64, 64))
-    onnx.checker.check_model(str(path))  # valid ONNX, which ONNX Runtime runs: only TensorRT's rules refuse it
-    with pytest.raises(BuildError, match=r"(?s)bad\.onnx breaks TensorRT's rules.*node '/Transpose' \(Transpose\)"):
-        trt_rules.enforce(path)
+    assert named(trt_rules.check(onnx.load(str(path)))) == {("/Transpose", "Transpose")}  # as exported
+    trt_rules.enforce(path)  # as TensorRT is given it: cast, then transposed

@@ -10,7 +10,7 @@ the node:
 - no float64, nor any other type TensorRT lacks (uint16/32/64, int16, strings, complex);
 - every operator in the ONNX-TensorRT parser's support matrix for TensorRT 10.x, standard domain.
 
-Torch-free: it needs only ``onnx``.
+They are checked on the graph as TensorRT is given it (``selects``). Torch-free: it needs only ``onnx``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
+from . import selects
 from .errors import BuildError
 
 # ONNX-TensorRT parser for TensorRT 10.x (onnx-tensorrt docs/operators.md, the 10.15 matrix:
@@ -174,8 +175,9 @@ def check(model: onnx.ModelProto) -> list[Violation]:
 
 
 def enforce(path: Path, name: str | None = None) -> None:
-    """Raise ``BuildError`` naming every node of the graph at ``path`` that TensorRT would refuse."""
-    violations = check(onnx.load(str(path), load_external_data=False))
+    """Raise ``BuildError`` naming every node of the graph at ``path`` that TensorRT would refuse, as
+    TensorRT is given it (``selects.for_tensorrt``, which ``build_plan`` applies too)."""
+    violations = check(selects.for_tensorrt(onnx.load(str(path), load_external_data=False)))
     if violations:
         listed = "\n  ".join(str(v) for v in violations[:20])
         more = f"\n  ... and {len(violations) - 20} more" if len(violations) > 20 else ""
