@@ -90,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--interleaved", action="store_true",
                    help="call the ONNX Runtime graph and transformers in turn on each frame (needs --iterations): "
                    "drift on a noisy machine hits both alike")  # fmt: skip
+    e.add_argument("--rotate-sizes", action="store_true",
+                   help="time every size in turn, round by round, and give each size's p50 over the first's "
+                   "(needs --iterations and --no-baseline; ONNX Runtime)")  # fmt: skip
     e.add_argument(
         "--backends",
         type=_list(str),

@@ -8,6 +8,7 @@ run. Its weights are the architecture's seeded demo weights: latency depends on 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 
 import numpy as np
 
@@ -36,7 +37,7 @@ def graph_rows(
     **measuring,
 ) -> list[dict]:
     """Each graph on each backend; TensorRT rows add the GPU stage split (copy in, compute, copy out)."""
-    served = load(engines, (capability,))[capability]
+    served = load(engines, (capability,), onnxruntime="onnxruntime" in backends)[capability]
     rows = []
     for backend_name in backends:
         for h, w in sizes:
@@ -62,6 +63,34 @@ def graph_rows(
     return rows
 
 
+def rotated_rows(engines, capability: str, sizes, progress, frames_for, warmup: int, iterations: int) -> list[dict]:
+    """One ONNX Runtime backend per graph, every size in turn within each iteration: a noisy machine's
+    drift hits all sizes alike, so their ratios can be read (segmentation at 1080p against 512²)."""
+    served = load(engines, (capability,), onnxruntime=True)[capability]
+    frames = {hw: frames_for(*hw, 1) for hw in sizes}
+    backends, timed = {}, {hw: [] for hw in sizes}
+    with ExitStack() as stack:
+        for hw in sizes:
+            graph = served.graph_for(*hw)
+            if graph.path not in backends:
+                backends[graph.path] = stack.enter_context(_open("onnxruntime", graph, served.bounds, 1))
+        names = {path: f"{b.name} ({b.device})" for path, b in backends.items()}
+        progress(f"{capability}: {', '.join(f'{h}x{w}' for h, w in sizes)} in turn, {iterations} rounds")
+        for round_ in range(warmup + iterations):
+            for hw in sizes:
+                backend = backends[served.graph_for(*hw).path]
+                start = time.perf_counter()
+                backend.infer({FRAME_INPUT: frames[hw]})
+                if round_ >= warmup:
+                    timed[hw].append(time.perf_counter() - start)
+    rows, first = [], summarise(timed[sizes[0]])["p50"]
+    for (h, w), seconds in timed.items():
+        row = _row(capability, names[served.graph_for(h, w).path], 1, h, w, seconds, None)
+        rows.append({**row, f"p50 / {sizes[0][0]}x{sizes[0][1]} p50": row["p50 ms"] / first})
+        progress(_partial(row))
+    return rows
+
+
 def _partial(row: dict) -> str:
     """One measured row as soon as it exists: a long run shows its results as it goes."""
     stable = {"yes": "stable", "no": "not stable: the budget ran out"}.get(row["stable"], row["stable"])
@@ -70,7 +99,7 @@ def _partial(row: dict) -> str:
 
 def _open(backend_name: str, graph, bounds, batch: int):
     if backend_name == "onnxruntime":
-        return OnnxRuntimeBackend(graph.path, graph.outputs, bounds, max_batch=batch)
+        return OnnxRuntimeBackend(graph.onnxruntime_file, graph.outputs, bounds, max_batch=batch)  # what the node loads
     return TensorRTBackend.for_graph(graph, bounds, gpu_runtime(flavour(backend_name), graph.path.parent))
 
 
@@ -122,7 +151,7 @@ def interleaved_rows(
 ) -> list[dict]:
     """The ONNX Runtime graph and transformers eager called in turn on the same frames: the machine's
     drift over a run hits both alike. Pairs of rows (graph, baseline) per size and batch."""
-    served = load(engines, (capability,))[capability]
+    served = load(engines, (capability,), onnxruntime=True)[capability]
     models = {m["role"]: demo_model(m["name"]) for m in served.models}
     rows = []
     for h, w in sizes:
@@ -179,13 +208,18 @@ COLUMNS = ["capability", "backend", "frames", "p50 ms", "p90 ms", "p95 ms", "p99
 def run(args) -> int:
     if args.interleaved and (args.iterations is None or not args.baseline):
         raise SystemExit("--interleaved needs --iterations N and the baseline (it pairs the two, call by call)")
+    if args.rotate_sizes and (args.iterations is None or args.baseline or args.interleaved):
+        raise SystemExit("--rotate-sizes needs --iterations N and --no-baseline (it times the graph alone)")
     backends = _loadable(args.backends)
     sizes, frames_for = args.sizes, samples.frames
     if args.photographs:
         sizes, frames_for = photographs.photograph_frames(args.photographs)
     rows = []
     for capability in args.capabilities:
-        if args.interleaved:  # ONNX Runtime and transformers in turn, call by call
+        if args.rotate_sizes:  # every size in turn, round by round
+            rows += rotated_rows(args.engines, capability, sizes, report.progress, frames_for, args.warmup,
+                                 args.iterations)  # fmt: skip
+        elif args.interleaved:  # ONNX Runtime and transformers in turn, call by call
             rows += _interleaved(args, capability, sizes, frames_for)
         else:
             rows += graph_rows(args.engines, capability, sizes, args.batches, report.progress, backends, frames_for,
@@ -240,7 +274,7 @@ def _beside_baseline(rows: list[dict], base: list[dict]) -> list[dict]:
 
 
 def _write(args, rows: list[dict]) -> None:
-    columns = list(COLUMNS)
+    columns = list(COLUMNS) + sorted({c for row in rows for c in row if c.startswith("p50 / ")})
     if any("compute p50 ms" in row for row in rows):
         columns[8:8] = ["copy_in p50 ms", "compute p50 ms", "copy_out p50 ms"]
     notes = [
@@ -250,7 +284,8 @@ def _write(args, rows: list[dict]) -> None:
         "stable: the last 3 windows' medians within 10 % of each other (perf_analyzer's rule)"
         if args.iterations is None
         else f"fixed count: {args.iterations} iterations after {args.warmup} warm-up"
-        + (" (graph and baseline called in turn, frame by frame)" if args.interleaved else ""),
+        + (" (graph and baseline called in turn, frame by frame)" if args.interleaved else "")
+        + (" (every size in turn, round by round, one session per graph)" if args.rotate_sizes else ""),
         "process RSS: the benchmark process after the row (cumulative: torch loads once the baselines start)",
     ]
     report.write(
