@@ -112,3 +112,22 @@ def test_a_graph_that_moves_the_uint8_frame_before_its_cast_is_cast_first_for_te
     export.export(TransposeFirst(), ("depth", "depth_min", "depth_max"), path, example_hw=(64, 64))
     assert named(trt_rules.check(onnx.load(str(path)))) == {("/Transpose", "Transpose")}  # as exported
     trt_rules.enforce(path)  # as TensorRT is given it: cast, then transposed
+
+
+def test_a_float64_constant_inside_an_if_branch_is_found():
+    cast = helper.make_node("Cast", ["frames"], ["f"], name="cast", to=TensorProto.FLOAT)
+    flag = helper.make_node("ReduceMax", ["f"], ["m"], name="max", keepdims=0)
+    positive = helper.make_node("Greater", ["m", "zero"], ["c"], name="positive")
+    zero = helper.make_node(
+        "Constant", [], ["zero"], name="zero_const", value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0])
+    )
+    double = helper.make_tensor("d", TensorProto.DOUBLE, [], [1.0])
+    branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["one64"], name="one64", value=double),
+         helper.make_node("Cast", ["one64"], ["one"], name="to_float", to=TensorProto.FLOAT)],
+        "branch", [], [float_output("one")])  # fmt: skip
+    other = helper.make_graph([helper.make_node("Identity", ["m"], ["same"], name="same")], "other", [],
+                              [float_output("same")])  # fmt: skip
+    choose = helper.make_node("If", ["c"], ["out"], name="choose", then_branch=branch, else_branch=other)
+    violations = trt_rules.check(graph([cast, flag, zero, positive, choose], [float_output()]))
+    assert named(violations) == {("one64", "Constant")}

@@ -93,27 +93,35 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
         graph = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
     except onnx.shape_inference.InferenceError:  # e.g. an operator of an unknown domain: check what is typed
         graph = model.graph
-    types = {
-        v.name: v.type.tensor_type.elem_type
-        for v in (*graph.input, *graph.output, *graph.value_info)
-        if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type
-    }
-    types.update({t.name: t.data_type for t in graph.initializer})
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    types[node.output[0]] = attr.t.data_type
+    types: dict[str, int] = {}
+    for body in _graphs(graph):  # If/Loop/Scan bodies too: a branch's constants reach TensorRT as well
+        types.update({
+            v.name: v.type.tensor_type.elem_type
+            for v in (*body.input, *body.output, *body.value_info)
+            if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type
+        })  # fmt: skip
+        types.update({t.name: t.data_type for t in body.initializer})
+        for node in body.node:
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        types[node.output[0]] = attr.t.data_type
     return types
 
 
-def _subgraph_ops(graph: onnx.GraphProto):
-    """(node, op) of every node, nested If/Loop/Scan bodies included."""
+def _graphs(graph: onnx.GraphProto):
+    """``graph`` and every If/Loop/Scan body in it, nested ones included."""
+    yield graph
     for node in graph.node:
-        yield node
         for attr in node.attribute:
             for sub in (attr.g, *attr.graphs) if attr.type in (attr.GRAPH, attr.GRAPHS) else ():
-                yield from _subgraph_ops(sub)
+                yield from _graphs(sub)
+
+
+def _subgraph_ops(graph: onnx.GraphProto):
+    """Every node, nested If/Loop/Scan bodies included."""
+    for body in _graphs(graph):
+        yield from body.node
 
 
 def check(model: onnx.ModelProto) -> list[Violation]:
@@ -148,8 +156,7 @@ def check(model: onnx.ModelProto) -> list[Violation]:
             if kind is None:
                 found.append(Violation(node.name, node.op_type, f"the type of '{out}' cannot be inferred"))
             elif kind in _UNSUPPORTED:
-                name = _UNSUPPORTED[kind]
-                found.append(Violation(node.name, node.op_type, f"makes {name} tensor '{out}': TensorRT has no {name}"))
+                found.append(_makes_unsupported(node, out, kind))
             elif kind == TensorProto.UINT8:
                 source = types.get(node.input[0]) if node.input else None
                 if node.op_type != "Cast" or source not in _FLOATS:
@@ -168,10 +175,22 @@ def check(model: onnx.ModelProto) -> list[Violation]:
                     node.name, node.op_type,
                     f"reads uint8 tensor '{name}' ({where}): TensorRT takes uint8 only into a Cast to float32/float16",
                 ))  # fmt: skip
+    found += _unsupported_in_bodies(graph, types)
     for value in graph.output:
         if types.get(value.name) == TensorProto.UINT8 and value.name in edges:
             found.append(Violation(value.name, "output", "a uint8 output must be made by a Cast from float32/float16"))
     return found
+
+
+def _unsupported_in_bodies(graph: onnx.GraphProto, types: dict[str, int]) -> list[Violation]:
+    """Inside If/Loop/Scan bodies: the tensors of a type TensorRT lacks (a branch's float64 constant)."""
+    return [_makes_unsupported(node, out, types[out]) for body in list(_graphs(graph))[1:] for node in body.node
+            for out in node.output if types.get(out) in _UNSUPPORTED]  # fmt: skip
+
+
+def _makes_unsupported(node: onnx.NodeProto, out: str, kind: int) -> Violation:
+    name = _UNSUPPORTED[kind]
+    return Violation(node.name, node.op_type, f"makes {name} tensor '{out}': TensorRT has no {name}")
 
 
 def enforce(path: Path, name: str | None = None) -> None:
