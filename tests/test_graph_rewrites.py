@@ -4,14 +4,22 @@ Each rewritten graph must give the same outputs as the exported one, in ONNX Run
 on both sides of every condition it touches.
 """
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 from onnx import TensorProto, helper
 
 from node import samples
-from node.builder import merged_ifs, ort_optimised, pil_resize, selects
+from node.builder import argmax, export, graphs, merged_ifs, ort_optimised, pil_resize, selects, weights
+from node.builder.specs import OUTPUTS
+from node.sizing import Sizing
+from tests.conftest import TINY_BOUNDS, TINY_ROLES
+from tests.test_ops import TIERS
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -68,19 +76,36 @@ def test_ifs_on_different_conditions_are_left_alone():
     assert _count(model, "If") == 2
 
 
-def test_onnx_runtimes_copy_of_the_segmentation_graph_runs_its_dense_fold_as_one_if(tiny_build, tmp_path):
-    directory, entries = tiny_build
-    exported = directory / entries["segmentation"]["graphs"][0]["path"]
-    copy = onnx.load(str(directory / ort_optimised.SUFFIX.join(exported.name.rsplit(".onnx", 1))))
-    assert _count(onnx.load(str(exported)), "If") > 2 and _count(copy, "If") == 2  # the fold, and the resize order
-    frames = {
-        "smooth": samples.frames(300, 500, batch=2),
-        "noise": np.random.default_rng(1).integers(0, 256, (1, 720, 1280, 3), dtype=np.uint8),  # overflows the tiers
-    }
+def _dense_fold_ran(copy: Path, frames: np.ndarray) -> bool:
+    """Did ONNX Runtime run any node of the merged fold's then-branch on ``frames``? (its profile says)"""
+    merged = next(n for n in onnx.load(str(copy)).graph.node if n.name.startswith("merged/"))
+    then = {node.name for node in next(a.g for a in merged.attribute if a.name == "then_branch").node}
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(copy.parent / "profile")
+    session = ort.InferenceSession(str(copy), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"frames": frames})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return any(e.get("cat") == "Node" and e["name"].removesuffix("_kernel_time") in then for e in events)
+
+
+@pytest.mark.parametrize("tiers", ["shipped", "overflowing"])
+def test_onnx_runtimes_copy_of_the_segmentation_graph_runs_its_dense_fold_as_one_if(tiers, tmp_path, monkeypatch):
+    # Shipped tiers: these frames fit them (the fold is skipped); tiers of a few cells: it runs.
+    monkeypatch.setattr(argmax, "ARGMAX_TIERS", TIERS[tiers])
+    loaded = weights.load_demo(TINY_ROLES["segmentation"])
+    graph = graphs.SegmentationGraph(
+        loaded.model, loaded.processor, Sizing.of_processor(loaded.processor), TINY_BOUNDS, 8
+    )
+    exported = tmp_path / "segmentation.onnx"
+    export.export(graph, OUTPUTS["segmentation"], exported, example_hw=(128, 128))
+    copy = tmp_path / ort_optimised.write(exported)["path"]
+    assert _count(onnx.load(str(exported)), "If") > 2 and _count(onnx.load(str(copy)), "If") == 2  # fold, resize order
     plain = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
-    optimised = ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
-    for name, f in frames.items():
-        assert np.array_equal(optimised.run(None, {"frames": f})[0], plain.run(None, {"frames": f})[0]), name
+    optimised = ort.InferenceSession(str(copy), providers=["CPUExecutionProvider"])
+    frames = samples.frames(300, 500, batch=2)
+    assert np.array_equal(optimised.run(None, {"frames": frames})[0], plain.run(None, {"frames": frames})[0])
+    assert _dense_fold_ran(copy, frames) == (tiers == "overflowing")
 
 
 def _resize_graph(tmp_path) -> onnx.ModelProto:

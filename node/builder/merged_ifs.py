@@ -11,6 +11,8 @@ chunk in turn, whose else-branch passes the first pair through once. Same operat
 
 from __future__ import annotations
 
+from collections import Counter
+
 import onnx
 from onnx import TensorProto, helper
 
@@ -18,14 +20,15 @@ from onnx import TensorProto, helper
 def merge(model: onnx.ModelProto) -> int:
     """Merge every chain in ``model``'s main graph (in place); the number of Ifs removed."""
     graph = model.graph
-    removed = 0
-    names = [n.name for n in graph.node]
+    names = Counter(n.name for n in graph.node)
+    removed, conditions = 0, set()  # the removed links' conditions: their Casts may have no reader left
     for chain in _chains(graph):
-        if any(not link.name or names.count(link.name) > 1 for link in chain):
+        if any(not link.name or names[link.name] > 1 for link in chain):
             continue  # merged by name below: leave an unnamed chain as it is
         removed += len(chain) - 1
+        conditions.update(link.input[0] for link in chain[:-1])
         _merge_chain(graph, chain)
-    _drop_unused_casts(graph)
+    _drop_unread_casts(graph, conditions)
     return removed
 
 
@@ -117,11 +120,12 @@ def _merge_chain(graph: onnx.GraphProto, chain: list[onnx.NodeProto]) -> None:
     graph.node.extend(kept)
 
 
-def _drop_unused_casts(graph: onnx.GraphProto) -> None:
-    """The conditions' Casts that no If reads any more."""
+def _drop_unread_casts(graph: onnx.GraphProto, conditions: set[str]) -> None:
+    """The Casts that made ``conditions``, where nothing reads them any more."""
     readers = _readers(graph)
-    used_outputs = {v.name for v in graph.output}
-    kept = [n for n in graph.node if n.op_type != "Cast" or any(readers.get(o) or o in used_outputs for o in n.output)]
+    outputs = {v.name for v in graph.output}
+    dropped = {o for o in conditions if not readers.get(o) and o not in outputs}
+    kept = [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] in dropped)]
     del graph.node[:]
     graph.node.extend(kept)
 
