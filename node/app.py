@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -124,18 +125,19 @@ async def infer(request: Request) -> Response:
     jobs = [session.submit(frame, options[session.name], deadline) for session in sessions]
     results = await _each([s.result(job) for s, job in zip(sessions, jobs)])
     parts = await _each([
-        _part(node, session, outcome, options[session.name], frame, arrived,
+        _part(session, outcome, options[session.name], frame, arrived, node.config.png_compression,
               started_decode - started_read, decoded - started_decode)
         for session, outcome in zip(sessions, results)
     ])  # fmt: skip
-    if livepeer_session:
-        for session in sessions:
-            node.metrics.live_runner_frames.labels(session.name).inc()
+    # The metrics are taken once the answer is on its way: off the request's latency.
+    observed = BackgroundTask(_observe, node, [(s.name, timings) for s, (_, _, timings) in zip(sessions, parts)],
+                              livepeer_session is not None)  # fmt: skip
     if len(parts) == 1:
-        encoded, meta = parts[0]
+        encoded, meta, _ = parts[0]
         if livepeer_session:
             meta["livepeer_session"] = livepeer_session
-        return Response(encoded.body, media_type=encoded.media_type, headers={"X-Metadata": json.dumps(meta)})
+        headers = {"X-Metadata": json.dumps(meta)}
+        return Response(encoded.body, media_type=encoded.media_type, headers=headers, background=observed)
     summary = {
         "capabilities": names,
         "frame": [int(frame.shape[0]), int(frame.shape[1])],
@@ -144,8 +146,15 @@ async def infer(request: Request) -> Response:
                        "total": round((time.perf_counter() - arrived) * 1000, 3)},  # fmt: skip
         **({"livepeer_session": livepeer_session} if livepeer_session else {}),
     }
-    body, media_type = codecs.multipart([(name, encoded, meta) for name, (encoded, meta) in zip(names, parts)])
-    return Response(body, media_type=media_type, headers={"X-Metadata": json.dumps(summary)})
+    body, media_type = codecs.multipart([(name, encoded, meta) for name, (encoded, meta, _) in zip(names, parts)])
+    return Response(body, media_type=media_type, headers={"X-Metadata": json.dumps(summary)}, background=observed)
+
+
+async def _observe(node: Node, timings: list[tuple[str, dict]], live_runner: bool) -> None:
+    for name, stages in timings:
+        node.metrics.observe(name, stages)
+        if live_runner:
+            node.metrics.live_runner_frames.labels(name).inc()
 
 
 def _sessions_named(request: Request, node: Node) -> tuple[list[str], list]:
@@ -205,10 +214,11 @@ def _options_per_capability(sessions, given: dict[str, str]) -> dict[str, dict]:
     return parsed
 
 
-async def _part(node: Node, session, outcome, options: dict, frame, arrived: float, read_s: float, decode_s: float):
-    """(encoded, X-Metadata) of one capability's result; its timings go to the metrics."""
+async def _part(session, outcome, options: dict, frame, arrived: float, png_level: int, read_s: float,
+                decode_s: float):  # fmt: skip
+    """(encoded, X-Metadata, timings) of one capability's result."""
     started = time.perf_counter()
-    encode_args = (outcome.rendered, options, node.config.png_compression)
+    encode_args = (outcome.rendered, options, png_level)
     if options["output"] == "raw":  # no work to move off the loop: the bytes are the rendered array
         encoded = session.capability.encode(*encode_args)
     else:
@@ -223,20 +233,9 @@ async def _part(node: Node, session, outcome, options: dict, frame, arrived: flo
         "encode": done - started,
         "total": done - arrived,
     }
-    node.metrics.observe(session.name, timings)
-    backend = session.backends[outcome.graph]
     frame_hw = (int(frame.shape[0]), int(frame.shape[1]))
     meta = {
-        "capability": session.name,
-        "model": "+".join(m["name"] for m in session.served.models),
-        "weights": session.served.weights,
-        "demo": session.served.demo,
-        "backend": backend.name,
-        "device": backend.device,
-        "precision": getattr(backend, "precision", None),
-        "graph_resolution": list(outcome.graph.model_size(*frame_hw)),  # what the model ran at
-        "resolution_mode": outcome.graph.sizing.mode,
-        **outcome.graph.budget_meta(*frame_hw),
+        **session.graph_meta(outcome.graph, *frame_hw),
         "batch": outcome.batch,
         "frame": list(frame_hw),
         "output": options["output"],
@@ -244,7 +243,7 @@ async def _part(node: Node, session, outcome, options: dict, frame, arrived: flo
         **encoded.meta,
         "timings_ms": {stage: round(seconds * 1000, 3) for stage, seconds in timings.items()},
     }
-    return encoded, meta
+    return encoded, meta, timings
 
 
 async def health(request: Request) -> Response:
@@ -356,10 +355,19 @@ class _CountResponses:
         else:
             route = path if path in self.KNOWN else "other"
 
+        status = None
+
         async def counting_send(message):
+            nonlocal status
             if message["type"] == "http.response.start":
-                self.node.metrics.responses.labels(route, str(message["status"])).inc()
-            await send(message)
+                status = message["status"]
+                return await send(message)
+            try:
+                await send(message)
+            finally:  # counted once the answer is sent (or could not be): off its latency
+                if status is not None and not message.get("more_body", False):
+                    self.node.metrics.responses.labels(route, str(status)).inc()
+                    status = None
 
         await self.app(scope, receive, counting_send)
 

@@ -15,6 +15,7 @@ to the next frame instead of finishing one nobody waits for; that is no failure.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -121,6 +122,8 @@ class CapabilitySession:
         self._running: Running | None = None
         self._running_lock = threading.Lock()  # orders giving up (event loop) against starting a frame (worker)
         self._closing = False
+        # X-Metadata's part that follows from the graph and the frame size alone: built once per size
+        self.graph_meta = functools.lru_cache(maxsize=256)(self._graph_meta)
 
     @property
     def name(self) -> str:
@@ -156,8 +159,24 @@ class CapabilitySession:
         self.warm = True
         return time.perf_counter() - start
 
+    def _graph_meta(self, graph: Graph, height: int, width: int) -> dict:
+        backend = self.backends[graph]
+        return {
+            "capability": self.name,
+            "model": "+".join(m["name"] for m in self.served.models),
+            "weights": self.served.weights,
+            "demo": self.served.demo,
+            "backend": backend.name,
+            "device": backend.device,
+            "precision": getattr(backend, "precision", None),
+            "graph_resolution": graph.model_size(height, width),  # what the model ran at (a list in JSON)
+            "resolution_mode": graph.sizing.mode,
+            **graph.budget_meta(height, width),
+        }
+
     def close(self) -> None:
         self.warm = False
+        self.graph_meta.cache_clear()
         if self._worker is not None:
             with self._wake:
                 self._closing = True

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from starlette.testclient import TestClient
 
-from benchmarks import load, report
+from benchmarks import echo, load, report
 from benchmarks.stats import is_stable, measure, summarise
 from tests.nodes import frame, raw_type
 
@@ -284,11 +285,30 @@ def test_frame_cost_measures_every_stage_and_encoder_against_a_node_it_starts(ti
     assert all(r["p50 ms"] > 0 and r["KiB"] > 0 for r in encoders)
 
 
-def test_overhead_ab_reports_the_node_beside_the_bare_floor(tiny_build):
+def test_overhead_ab_reads_the_node_against_the_echo_the_waiting_echo_and_the_bare_app_with_its_model(
+    tiny_build, tmp_path
+):
     done = subprocess.run([sys.executable, "-m", "benchmarks.overhead_ab", "--engines", str(tiny_build[0]),
-                           "--capability", "depth", "--size", "96x128", "--rounds", "6"],
+                           "--capability", "depth", "--size", "96x128", "--rounds", "5", "--block", "2",
+                           "--json", str(tmp_path / "ab.json"), "--markdown", str(tmp_path / "ab.md")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    figures = dict(line.strip().split(": ") for line in done.stdout.splitlines()[1:])
-    assert {"node p50 ms", "echo p50 ms", "echo+hop p50 ms", "node over echo p50 ms"} <= set(figures)
-    assert float(figures["echo p50 ms"]) > 0 and float(figures["node p50 ms"]) > 0
+    figures = dict(line.strip().split(": ") for line in done.stdout.splitlines()[1:] if ": " in line)
+    targets = ("node", "echo", "echo+hop", "echo+sleep", "bare+model")
+    assert {f"{t} p50 ms" for t in targets} <= set(figures)
+    assert all(float(figures[f"{t} p50 ms"]) > 0 for t in targets)
+    result = json.loads((tmp_path / "ab.json").read_text())["results"]
+    assert result["wait ms"] > 0  # the node's own inference, which the waiting echo sleeps as long
+    assert result["response bytes"] == 96 * 128 * 4  # float32 depth, and the bare app answered as many bytes
+    assert result["graph"].endswith(".ort.onnx")  # the bare app runs the file the node loads
+    for name in ("echo", "echo+sleep", "bare+model"):
+        assert result[f"node over {name} p50 ms"] == result["p50"]["node"] - result["p50"][name]
+    assert "node over bare+model" in (tmp_path / "ab.md").read_text()
+
+
+def test_the_waiting_echo_sleeps_on_its_worker_and_says_how_long():
+    with TestClient(echo.app) as client:
+        answer = client.post("/echo-wait?n=5&ms=30", content=b"x" * 100)
+        assert answer.status_code == 200 and answer.content == bytes(5)
+        assert 30 <= float(answer.headers["X-Wait-ms"]) < 1000
+        assert client.post("/echo-hop?n=3", content=b"").content == bytes(3)

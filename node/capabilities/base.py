@@ -7,6 +7,7 @@ small owned result) and ``encode`` (any thread: PNG, raw bytes or JSON).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,5 +94,10 @@ def parse_options(
 def raw_output(array: np.ndarray) -> Encoded:
     """The array's little-endian bytes, without a copy when it is already so; X-Metadata says dtype and shape."""
     array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    meta = {"dtype": array.dtype.name, "shape": list(array.shape)}
+    meta = {"dtype": _dtype_name(array.dtype), "shape": list(array.shape)}
     return Encoded(memoryview(array).cast("B"), "application/octet-stream", meta)
+
+
+@functools.cache
+def _dtype_name(dtype: np.dtype) -> str:
+    return dtype.name  # numpy builds it in Python on every call
