@@ -153,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("wait ms", *(f"node over {name} p50 ms" for name in CONTROLS)):
         print(f"  {key}: {result[key]:.3f}")
     if args.json or args.markdown:
-        rows = [{"target": name, "p50 ms": result["p50"][name], "p99 ms": result["p99"][name]} for name in TARGETS]
-        rows += [{"target": f"node over {name}", "p50 ms": result[f"node over {name} p50 ms"], "p99 ms": "—"}
-                 for name in CONTROLS]  # fmt: skip
+        over = {name: f"{result[f'node over {name} p50 ms']:+.2f} ms" for name in CONTROLS}
+        rows = [{"target": name, "p50 ms": result["p50"][name], "p99 ms": result["p99"][name],
+                 "node over it, p50": over.get(name, "")} for name in TARGETS]  # fmt: skip
         notes = [
             f"{args.capability}, raw frame {args.size} (HxW) in ({size[0] * size[1] * 3} bytes),"
             f" raw map out ({result['response bytes']} bytes); per round, {args.block + 1} requests in a row to each"

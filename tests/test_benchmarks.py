@@ -303,7 +303,9 @@ def test_overhead_ab_reads_the_node_against_the_echo_the_waiting_echo_and_the_ba
     assert result["graph"].endswith(".ort.onnx")  # the bare app runs the file the node loads
     for name in ("echo", "echo+sleep", "bare+model"):
         assert result[f"node over {name} p50 ms"] == result["p50"]["node"] - result["p50"][name]
-    assert "node over bare+model" in (tmp_path / "ab.md").read_text()
+    table = (tmp_path / "ab.md").read_text()
+    assert "node over it, p50" in table
+    assert f"| bare+model | {result['p50']['bare+model']:.2f} |" in table
 
 
 def test_the_waiting_echo_sleeps_on_its_worker_and_says_how_long():
