@@ -31,6 +31,7 @@ import http.client
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,11 +128,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="512x512", help="HxW (default: 512x512)")
     p.add_argument("--rounds", type=int, default=50, help="rounds, a block to every target each (default: 50)")
     p.add_argument("--block", type=int, default=6, help="requests kept per target and round (default: 6)")
+    p.add_argument("--runs", type=int, default=1,
+                   help="runs, each with a fresh node and echo; figures are their medians (default: 1)")  # fmt: skip
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--markdown", type=Path, help="also write a Markdown report here")
     args = p.parse_args(argv)
     size = tuple(int(d) for d in args.size.split("x"))
     graph = load(args.engines, (args.capability,), onnxruntime=True)[args.capability].graph_for(*size)
+    runs = []
+    for i in range(args.runs):
+        runs.append(_run(args, graph, size))
+        overs = ", ".join(f"over {name} {runs[-1][f'node over {name} p50 ms']:.3f}" for name in CONTROLS)
+        report.progress(f"run {i + 1}/{args.runs}: node {overs} ms")
+    result = {
+        "graph": graph.onnxruntime_file.name,
+        "wait ms": statistics.median([r["wait ms"] for r in runs]),
+        "response bytes": runs[0]["response bytes"],
+        "p50": {name: statistics.median([r["p50"][name] for r in runs]) for name in TARGETS},
+        "p99": {name: statistics.median([r["p99"][name] for r in runs]) for name in TARGETS},
+        **{key: statistics.median([r[key] for r in runs]) for key in (f"node over {name} p50 ms" for name in CONTROLS)},
+        "runs": runs,
+    }
+    print(f"{args.capability} raw in, raw out, {args.size}, {args.rounds} rounds of {args.block} requests a target,"
+          f" {args.runs} run(s), medians:")  # fmt: skip
+    for name in TARGETS:
+        print(f"  {name} p50 ms: {result['p50'][name]:.3f}")
+    for key in ("wait ms", *(f"node over {name} p50 ms" for name in CONTROLS)):
+        print(f"  {key}: {result[key]:.3f}")
+    if args.json or args.markdown:
+        _write(args, size, result)
+    return 0
+
+
+def _run(args, graph, size: tuple[int, int]) -> dict:
+    """One run: a fresh echo (with the node's graph for /model) and a fresh node."""
     echo_port = nodeproc.free_port()
     command = [sys.executable, "-m", "uvicorn", "benchmarks.echo:app", "--port", str(echo_port)]
     model = {"ECHO_MODEL": str(graph.onnxruntime_file), "ECHO_MODEL_OUTPUT": graph.outputs[0]["name"]}
@@ -141,40 +171,37 @@ def main(argv: list[str] | None = None) -> int:
         node = nodeproc.spawn(args.engines, Path(tmp) / "node.log")
         try:
             nodeproc.wait_ready(node)
-            result = {"graph": graph.onnxruntime_file.name,
-                      **measure(node.port, echo_port, args.capability, size, args.rounds, args.block)}  # fmt: skip
+            return measure(node.port, echo_port, args.capability, size, args.rounds, args.block)
         finally:
             node.stop()
             echo.terminate()
             echo.wait()
-    print(f"{args.capability} raw in, raw out, {args.size}, {args.rounds} rounds of {args.block} requests a target:")
-    for name in TARGETS:
-        print(f"  {name} p50 ms: {result['p50'][name]:.3f}")
-    for key in ("wait ms", *(f"node over {name} p50 ms" for name in CONTROLS)):
-        print(f"  {key}: {result[key]:.3f}")
-    if args.json or args.markdown:
-        over = {name: f"{result[f'node over {name} p50 ms']:+.2f} ms" for name in CONTROLS}
-        rows = [{"target": name, "p50 ms": result["p50"][name], "p99 ms": result["p99"][name],
-                 "node over it, p50": over.get(name, "")} for name in TARGETS]  # fmt: skip
-        notes = [
-            f"{args.capability}, raw frame {args.size} (HxW) in ({size[0] * size[1] * 3} bytes),"
-            f" raw map out ({result['response bytes']} bytes); per round, {args.block + 1} requests in a row to each"
-            f" target, the first not kept (it follows another target's); {args.rounds} rounds, the targets' order"
-            " rotated every round; keep-alive loopback connections, one request at a time",
-            "each figure is the round trip less the time the request's worker spent: the node's own inference"
-            " (X-Metadata), the echo's sleep and the bare app's session.run (X-Wait-ms); echo+hop's worker does"
-            " nothing",
-            f"echo+sleep: the echo's worker sleeps {result['wait ms']:.1f} ms, the node's median inference over"
-            " its warm-up requests; over echo+hop, it is what a wait that long costs a bare app on this machine",
-            f"bare+model: the graph the node loads ({result['graph']}), run by ONNX Runtime with default options"
-            " in a bare Starlette handler on a worker thread; over it, the node's own code",
-        ]
-        command = "python -m benchmarks.overhead_ab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        prov = report.provenance({"engines": str(args.engines), "command": command})
-        report.write({"provenance": prov, "results": result},
-                     "Node overhead, raw in and raw out, against bare apps on the same HTTP stack", rows, notes,
-                     args.json, args.markdown)  # fmt: skip
-    return 0
+
+
+def _write(args, size: tuple[int, int], result: dict) -> None:
+    each = {name: " / ".join(f"{r[f'node over {name} p50 ms']:+.2f}" for r in result["runs"]) for name in CONTROLS}
+    over = {name: f"{result[f'node over {name} p50 ms']:+.2f} ms" for name in CONTROLS}
+    rows = [{"target": name, "p50 ms": result["p50"][name], "p99 ms": result["p99"][name],
+             "node over it, p50": over.get(name, ""), "each run": each.get(name, "")} for name in TARGETS]  # fmt: skip
+    notes = [
+        f"{args.capability}, raw frame {args.size} (HxW) in ({size[0] * size[1] * 3} bytes),"
+        f" raw map out ({result['response bytes']} bytes); per round, {args.block + 1} requests in a row to each"
+        f" target, the first not kept (it follows another target's); {args.rounds} rounds, the targets' order"
+        " rotated every round; keep-alive loopback connections, one request at a time",
+        f"{args.runs} run(s), each with a fresh node and echo; every figure is the median of the runs' figures",
+        "each figure is the round trip less the time the request's worker spent: the node's own inference"
+        " (X-Metadata), the echo's sleep and the bare app's session.run (X-Wait-ms); echo+hop's worker does"
+        " nothing",
+        f"echo+sleep: the echo's worker sleeps {result['wait ms']:.1f} ms, the node's median inference over"
+        " its warm-up requests; over echo+hop, it is what a wait that long costs a bare app on this machine",
+        f"bare+model: the graph the node loads ({result['graph']}), run by ONNX Runtime with default options"
+        " in a bare Starlette handler on a worker thread; over it, the node's own code",
+    ]
+    command = "python -m benchmarks.overhead_ab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    prov = report.provenance({"engines": str(args.engines), "command": command})
+    report.write({"provenance": prov, "results": result},
+                 "Node overhead, raw in and raw out, against bare apps on the same HTTP stack", rows, notes,
+                 args.json, args.markdown)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -289,7 +289,7 @@ def test_overhead_ab_reads_the_node_against_the_echo_the_waiting_echo_and_the_ba
     tiny_build, tmp_path
 ):
     done = subprocess.run([sys.executable, "-m", "benchmarks.overhead_ab", "--engines", str(tiny_build[0]),
-                           "--capability", "depth", "--size", "96x128", "--rounds", "5", "--block", "2",
+                           "--capability", "depth", "--size", "96x128", "--rounds", "5", "--block", "2", "--runs", "2",
                            "--json", str(tmp_path / "ab.json"), "--markdown", str(tmp_path / "ab.md")],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -301,11 +301,14 @@ def test_overhead_ab_reads_the_node_against_the_echo_the_waiting_echo_and_the_ba
     assert result["wait ms"] > 0  # the node's own inference, which the waiting echo sleeps as long
     assert result["response bytes"] == 96 * 128 * 4  # float32 depth, and the bare app answered as many bytes
     assert result["graph"].endswith(".ort.onnx")  # the bare app runs the file the node loads
+    assert len(result["runs"]) == 2  # each with its own node and echo
     for name in ("echo", "echo+sleep", "bare+model"):
-        assert result[f"node over {name} p50 ms"] == result["p50"]["node"] - result["p50"][name]
+        each = [run[f"node over {name} p50 ms"] for run in result["runs"]]
+        assert each == [run["p50"]["node"] - run["p50"][name] for run in result["runs"]]
+        assert result[f"node over {name} p50 ms"] == pytest.approx(sum(each) / 2)  # the median of two
     table = (tmp_path / "ab.md").read_text()
     assert "node over it, p50" in table
-    assert f"| bare+model | {result['p50']['bare+model']:.2f} |" in table
+    assert f"| bare+model | {result['p50']['bare+model']:.2f} |" in table and "each run" in table
 
 
 def test_the_waiting_echo_sleeps_on_its_worker_and_says_how_long():
