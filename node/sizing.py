@@ -75,7 +75,6 @@ class Sizing:
         wide = widths >= heights
         return np.where(wide, k, n) * self.multiple, np.where(wide, n, k) * self.multiple
 
-    @lru_cache(maxsize=4096)  # noqa: B019 (as model_size: asked once a request, for X-Metadata)
     def budget_applies(self, height: int, width: int) -> bool:
         """Whether the budget, not the processor, sets the model size for one frame."""
         return bool(self.over_budget(*self.processor_sizes(height, width)))
