@@ -266,6 +266,7 @@ def upsampled_argmax(logits: torch.Tensor, size, chunk: int = 8) -> torch.Tensor
         listed, left_out = _list_cells(wanted.float(), per_pass, passes)
         overflow = overflow | left_out
         first, wy, wx, target = blocks(listed)
+
         def corners_of(ids, first=first):  # [M, S] class ids -> their scores at the cells' corners [M, S, 4]
             return corner_scores(first, ids)
 

@@ -55,16 +55,19 @@ def _continues(last, node, index: int, producer, readers) -> bool:
     """Does ``node`` take ``last``'s outputs as its state, on the same condition, and nothing else read them?"""
     if _condition(last, producer) != _condition(node, producer):
         return False
-    branches = {a.name: a.g for a in node.attribute}
-    other = branches["else_branch"]
-    passed = _passed_through(other)
+    passed = _passed_through(_branch(node, "else_branch"))
     if passed is None or not set(passed.values()) <= set(last.output):
         return False
-    if _passed_through({a.name: a.g for a in last.attribute}["else_branch"]) is None:  # the chain's first
+    if _passed_through(_branch(last, "else_branch")) is None:  # the chain's first
         return False
-    if any(_has_subgraph(n) for n in branches["then_branch"].node):
+    if any(_has_subgraph(n) for n in _branch(node, "then_branch").node):
         return False
     return all(readers.get(out, set()) == {index} for out in last.output)
+
+
+def _branch(node: onnx.NodeProto, name: str) -> onnx.GraphProto:
+    """An If's ``then_branch`` or ``else_branch``."""
+    return next(a.g for a in node.attribute if a.name == name)
 
 
 def _passed_through(branch: onnx.GraphProto) -> dict[str, str] | None:
@@ -88,7 +91,7 @@ def _merge_chain(graph: onnx.GraphProto, chain: list[onnx.NodeProto]) -> None:
     first, last = chain[0], chain[-1]
     nodes, state = [], None  # state: each chain link's outputs -> the then-branch values that compute them
     for link in chain:
-        then = {a.name: a.g for a in link.attribute}["then_branch"]
+        then = _branch(link, "then_branch")
         for inner in then.node:
             copy = onnx.NodeProto()
             copy.CopyFrom(inner)
@@ -97,13 +100,13 @@ def _merge_chain(graph: onnx.GraphProto, chain: list[onnx.NodeProto]) -> None:
             nodes.append(copy)
         state = {out: value.name for out, value in zip(link.output, then.output)}
     # The else-branch: the first link's inputs, passed through to the outputs the last link still has.
-    first_else = {a.name: a.g for a in first.attribute}["else_branch"]
+    first_else = _branch(first, "else_branch")
     origin = {out: _passed_through(first_else)[v.name] for out, v in zip(first.output, first_else.output)}
     for link in chain[1:]:
-        other = {a.name: a.g for a in link.attribute}["else_branch"]
+        other = _branch(link, "else_branch")
         passed = _passed_through(other)
         origin = {out: origin[passed[v.name]] for out, v in zip(link.output, other.output)}
-    then = {a.name: a.g for a in last.attribute}["then_branch"]
+    then = _branch(last, "then_branch")
     values = [helper.make_tensor_value_info(f"merged_else/{out}", v.type.tensor_type.elem_type, None)
               for out, v in zip(last.output, then.output)]  # fmt: skip
     identities = [helper.make_node("Identity", [origin[out]], [value.name]) for out, value in zip(last.output, values)]
