@@ -311,7 +311,7 @@ def test_overhead_ab_reads_the_node_against_the_echo_the_waiting_echo_and_the_ba
     assert f"| bare+model | {result['p50']['bare+model']:.2f} |" in table and "each run" in table
 
 
-def test_the_waiting_echo_sleeps_on_its_worker_and_says_how_long():
+def test_the_waiting_echo_sleeps_as_long_as_asked_and_says_how_long():
     with TestClient(echo.app) as client:
         answer = client.post("/echo-wait?n=5&ms=30", content=b"x" * 100)
         assert answer.status_code == 200 and answer.content == bytes(5)
