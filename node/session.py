@@ -317,15 +317,17 @@ class CapabilitySession:
         # The graph's per-frame parameters are request options of the same name (pose: person_threshold).
         parameters = {name: np.array([job.options[name] for job in batch], np.float32)
                       for name in getattr(self.capability, "frame_parameters", ())}  # fmt: skip
+        # What render passes on as it is, the backend writes into arrays the requests own (no copy after).
+        owned = {name for job in batch for name in self.capability.keeps(job.options)}
         frame = batch[0].frame
         if isinstance(frame, JpegFrame):  # TensorRT only, which cannot stop a frame anyway
             h, w, _ = frame.shape
-            outputs = backend.infer_jpeg(frame.data, h, w, backend.gpu_decoder, parameters)
+            outputs = backend.infer_jpeg(frame.data, h, w, backend.gpu_decoder, parameters, owned)
             if outputs is not None:
                 return outputs
             frame = frame.decode()  # the GPU decoder could not: libjpeg-turbo, as without --gpu-decode
         frames = frame[None] if len(batch) == 1 else np.stack([job.frame for job in batch])
-        return backend.infer({FRAME_INPUT: frames, **parameters}, stop=stop)
+        return backend.infer({FRAME_INPUT: frames, **parameters}, stop=stop, owned=owned)
 
     @property
     def decodes_jpeg(self) -> bool:

@@ -48,7 +48,7 @@ class FaultInjectingBackend(WrappedBackend):
         self.control = control
         self.broken = False
 
-    def infer(self, inputs, stop=None):
+    def infer(self, inputs, stop=None, owned=()):
         fault = self.control.read_text().strip() if self.control.exists() else ""
         if fault in ("oom", "error"):
             self.control.unlink()
@@ -60,7 +60,7 @@ class FaultInjectingBackend(WrappedBackend):
             threading.Event().wait()
         if fault.startswith("slow "):
             time.sleep(float(fault.split()[1]))
-        return self.inner.infer(inputs, stop)
+        return self.inner.infer(inputs, stop, owned)
 
 
 def main() -> int:

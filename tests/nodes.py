@@ -142,8 +142,8 @@ class WrappedBackend:
     def __exit__(self, *exc):
         self.inner.__exit__(*exc)
 
-    def infer(self, inputs, stop=None):
-        return self.inner.infer(inputs, stop)
+    def infer(self, inputs, stop=None, owned=()):
+        return self.inner.infer(inputs, stop, owned)
 
     def memory(self):
         return self.inner.memory()
@@ -162,11 +162,11 @@ class GatedBackend(WrappedBackend):
         self.batches: list[int] = []  # the batch size of each frame run
         self.waiting = threading.Event()  # set when a frame is held at the gate
 
-    def infer(self, inputs, stop=None):
+    def infer(self, inputs, stop=None, owned=()):
         self.waiting.set()
         self.gate.wait()
         self.batches.append(len(inputs[FRAME_INPUT]))
-        return self.inner.infer(inputs, stop)
+        return self.inner.infer(inputs, stop, owned)
 
 
 def gated(gate: threading.Event, max_batch: int = 1, opened: list | None = None):

@@ -122,11 +122,11 @@ def gate_one(name: str, gate: threading.Event, fail: bool = False):
     class Failing(WrappedBackend):
         warmed = False
 
-        def infer(self, inputs, stop=None):
+        def infer(self, inputs, stop=None, owned=()):
             if self.warmed:
                 raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code (injected)")
             self.warmed = True
-            return self.inner.infer(inputs, stop)
+            return self.inner.infer(inputs, stop, owned)
 
     def for_capability(served):
         def open_graph(graph):

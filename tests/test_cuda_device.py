@@ -310,7 +310,9 @@ def test_session_runs_waiting_frames_as_batches_on_its_worker_thread(gpu, tmp_pa
     trt = StandInTensorRT(scratch.stream, kernel)
     graph = Graph(plan, (64, 64), "stand-in", ())
     served = ServedCapability("stand-in", (graph,), bounds, (), True, {}, {})
-    capability = SimpleNamespace(render=lambda outputs, options, hw: {k: v.copy() for k, v in outputs.items()})
+    capability = SimpleNamespace(
+        keeps=lambda options: (), render=lambda outputs, options, hw: {k: v.copy() for k, v in outputs.items()}
+    )
     session = CapabilitySession(
         served, capability, lambda g: TensorRTBackend(plan, bounds, scratch, trt, cuda, max_batch=4), queue_size=16,
         max_batch=4, batch_window_s=0.05,  # a GPU frame is faster than the event loop queues nine requests

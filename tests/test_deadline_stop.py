@@ -72,12 +72,12 @@ class SlowDevice(WrappedBackend):
         super().__exit__(*exc)
         self.slow.__exit__(*exc)
 
-    def infer(self, inputs, stop=None):
+    def infer(self, inputs, stop=None, owned=()):
         self.batches.append(len(inputs[FRAME_INPUT]))
         if stop is not None:
             stop.on_stop(lambda: self.stopped_at.append(time.monotonic()))
         self.slow.infer(inputs, stop)
-        return self.inner.infer(inputs, stop)
+        return self.inner.infer(inputs, stop, owned)
 
 
 def slow_device(slow_onnx, opened: list, max_batch: int = 1):

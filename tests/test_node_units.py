@@ -279,3 +279,58 @@ def test_backend_outputs_are_views_into_buffers_allocated_once(tiny_build):
             backend.infer({FRAME_INPUT: frames(32, 32)})
     assert backend.device == "closed"
     backend.__exit__(None, None, None)  # closing twice is safe
+
+
+def test_outputs_the_caller_owns_are_new_arrays_the_next_frame_leaves_alone(tiny_build):
+    from node.contract import FRAME_INPUT
+    from node.runtime.onnxruntime import OnnxRuntimeBackend
+    from node.samples import frames
+
+    served = load(tiny_build[0], ("depth",))["depth"]
+    graph = served.graphs[0]
+    with OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds) as backend:
+        first, second = frames(64, 80, seed=1), frames(64, 80, seed=2)
+        want = {k: v.copy() for k, v in backend.infer({FRAME_INPUT: first}).items()}
+        got = backend.infer({FRAME_INPUT: first}, owned={"depth"})
+        assert not np.shares_memory(got["depth"], backend._buffers["depth"]) and got["depth"].shape == (1, 64, 80)
+        assert np.shares_memory(got["depth_max"], backend._buffers["depth_max"])  # the others: the buffers, as ever
+        np.testing.assert_array_equal(got["depth"], want["depth"])
+        other = backend.infer({FRAME_INPUT: second}, owned={"depth"})["depth"]
+        backend.infer({FRAME_INPUT: second})
+        assert not np.array_equal(other, want["depth"])  # the frames differ, so an overwrite would show
+        np.testing.assert_array_equal(got["depth"], want["depth"])
+
+
+@pytest.mark.parametrize(("capability", "given"), [("depth", {"output": "raw"}), ("segmentation", {"output": "raw"})])
+def test_a_raw_answer_is_the_requests_own_array_after_the_next_frame_ran(tiny_build, capability, given):
+    """The session asks the backend for the outputs render passes on as they are (keeps): a request's answer,
+    encoded after its frame, is not the next frame's."""
+    import asyncio
+    import time
+
+    from node.capabilities import CAPABILITY_CLASSES
+    from node.contract import FRAME_INPUT
+    from node.runtime.onnxruntime import OnnxRuntimeBackend
+    from node.samples import frames
+    from node.session import CapabilitySession
+
+    served = load(tiny_build[0], (capability,))[capability]
+    capability = CAPABILITY_CLASSES[capability](served.options)
+    options = capability.parse_options(given)
+    name = capability.keeps(options)[0]
+    session = CapabilitySession(served, capability, lambda g: OnnxRuntimeBackend(g.path, g.outputs, served.bounds), 4)
+    session.open()
+    first, second = frames(64, 80, seed=1)[0], frames(64, 80, seed=2)[0]
+    try:
+        with OnnxRuntimeBackend(served.graphs[0].path, served.graphs[0].outputs, served.bounds) as reference:
+            want = reference.infer({FRAME_INPUT: first[None]})[name][0].copy()
+
+        async def one_after_the_other():
+            deadline = time.monotonic() + 60
+            return await session.run(first, options, deadline), await session.run(second, options, deadline)
+
+        answer, later = asyncio.run(one_after_the_other())
+    finally:
+        session.close()
+    assert not np.array_equal(later.rendered.payload, want)
+    np.testing.assert_array_equal(answer.rendered.payload, want)

@@ -87,6 +87,17 @@ def test_per_frame_sequence_copies_valid_regions_and_allocates_nothing(tiny_buil
                                           "pop"]  # fmt: skip
 
 
+def test_outputs_the_caller_owns_are_copied_out_of_the_pinned_buffers(tiny_build, fakes):
+    backend, reference, _ = open_backend(tiny_build, "depth", fakes)
+    f = frames(120, 160, seed=3)
+    got = backend.infer({FRAME_INPUT: f}, owned={"depth"})
+    assert not np.shares_memory(got["depth"], backend.buffers["depth"].host)
+    assert np.shares_memory(got["depth_max"], backend.buffers["depth_max"].host)  # the others: views, as ever
+    want = reference.infer({FRAME_INPUT: f})["depth"].copy()
+    backend.infer({FRAME_INPUT: frames(120, 160, seed=4)})  # the next frame overwrites the buffer, not the copy
+    np.testing.assert_array_equal(got["depth"], want)
+
+
 def test_engines_share_one_scratch_sized_to_the_largest(tiny_build):
     cuda = FakeCuda()
     scratch = SharedScratch(cuda)

@@ -1,8 +1,10 @@
 """What every capability shares: request options as data, and the rendered result.
 
 A capability turns the graph's outputs into what a client asked for, in two steps:
-``render`` (worker thread, right after inference, copies out of the backend's buffers into a
-small owned result) and ``encode`` (any thread: PNG, raw bytes or JSON).
+``render`` (worker thread, right after inference, makes from the backend's buffers a result
+the request owns) and ``encode`` (any thread: PNG, raw bytes or JSON). An output that ``render``
+would only copy, a capability names in ``keeps(options)``: the backend then writes it into an
+array the request owns (``runtime.base``), and ``render`` passes that on as it is.
 """
 
 from __future__ import annotations

@@ -65,13 +65,17 @@ class Depth:
     def parse_options(self, given: dict[str, str]) -> dict:
         return parse_options(given, self.parsers, self.defaults, {"quality": "jpeg", "channels": "controlnet"})
 
+    def keeps(self, options: dict) -> tuple[str, ...]:
+        """The outputs ``render`` passes on as they are: the float32 map, for ``raw``."""
+        return ("depth",) if options["output"] == "raw" else ()
+
     def render(self, outputs: dict[str, np.ndarray], options: dict, frame_hw: tuple[int, int]) -> Rendered:
         depth = outputs["depth"][0]
         frame_range = [float(outputs["depth_min"][0]), float(outputs["depth_max"][0])]
         lo, hi = range_to_use(options["range"], options["smooth"], frame_range)
         meta = {"depth_range": [lo, hi], "frame_depth_range": frame_range}
         if options["output"] == "raw":
-            return Rendered(depth.copy(), meta)
+            return Rendered(depth, meta)  # the request's own array (keeps)
         return Rendered(self._normalise(depth, lo, hi, _LEVELS[options["output"]]), meta)
 
     def _normalise(self, depth: np.ndarray, lo: float, hi: float, levels: int) -> np.ndarray:

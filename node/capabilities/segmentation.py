@@ -56,8 +56,12 @@ class Segmentation:
     def parse_options(self, given: dict[str, str]) -> dict:
         return parse_options(given, self.parsers, self.defaults)
 
+    def keeps(self, options: dict) -> tuple[str, ...]:
+        """The outputs ``render`` passes on as they are: the class map, for every output."""
+        return ("classes",)
+
     def render(self, outputs: dict[str, np.ndarray], options: dict, frame_hw: tuple[int, int]) -> Rendered:
-        return Rendered(outputs["classes"][0].copy())
+        return Rendered(outputs["classes"][0])  # the request's own array (keeps)
 
     def image(self, rendered: Rendered, options: dict) -> np.ndarray:
         """The map as an image array, for streams (pytrickle): ADE20K colours, or class ids in one channel."""

@@ -3,7 +3,9 @@
 ``__init__`` stores configuration; ``__enter__`` loads the graph and allocates every buffer for
 the largest shape the bounds allow; ``infer`` runs one batch; ``__exit__`` frees, and freeing
 twice is safe. Outputs returned by ``infer`` are views into the backend's own buffers, valid
-until the next ``infer`` call: callers copy what they keep. One thread calls ``infer`` at a time.
+until the next ``infer`` call, except those named in ``owned``: those are new arrays the caller
+keeps (a caller that would copy an output anyway asks for it so, and the backend writes it there
+when it can). One thread calls ``infer`` at a time.
 
 ``inputs`` holds the frames and may hold the graph's per-frame parameters (``FRAME_PARAMETERS``,
 float32 [N]); a parameter left out takes its default for every frame.
@@ -15,7 +17,7 @@ and a backend that can stop raises ``RunStopped`` instead of finishing the frame
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import numpy as np
@@ -32,7 +34,9 @@ class Backend(Protocol):
 
     def __exit__(self, *exc) -> None: ...
 
-    def infer(self, inputs: dict[str, np.ndarray], stop: StopToken | None = None) -> dict[str, np.ndarray]: ...
+    def infer(
+        self, inputs: dict[str, np.ndarray], stop: StopToken | None = None, owned: Collection[str] = ()
+    ) -> dict[str, np.ndarray]: ...
 
     def memory(self) -> dict[str, int]:
         """Bytes this backend holds, by kind (e.g. ``{"host_buffers": ...}``)."""

@@ -2,7 +2,9 @@
 
 Output buffers are allocated once at open time for the largest frame and batch the bounds
 allow; each call binds the input and the valid region of each output buffer through an
-``IOBinding``, so ONNX Runtime writes straight into them and nothing is allocated per frame.
+``IOBinding``, so ONNX Runtime writes straight into them and nothing is allocated per frame. An
+output the caller keeps (``owned``) is bound to a new array instead: written there, it needs no
+copy out of the buffer (1 MB for a 512² depth map).
 
 Each call gets its own ``RunOptions``, which serve two things:
 
@@ -18,6 +20,7 @@ Each call gets its own ``RunOptions``, which serve two things:
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +100,9 @@ class OnnxRuntimeBackend:
         self._buffers = {}
         self.device = "closed"
 
-    def infer(self, inputs: dict[str, np.ndarray], stop: StopToken | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self, inputs: dict[str, np.ndarray], stop: StopToken | None = None, owned: Collection[str] = ()
+    ) -> dict[str, np.ndarray]:
         frames = inputs[FRAME_INPUT]
         check_frames(frames, self.bounds, self.max_batch)
         n, h, w, _ = frames.shape
@@ -110,7 +115,10 @@ class OnnxRuntimeBackend:
         results = {}
         for out in self.outputs:
             shape = _shape(out, n, h, w)
-            view = self._buffers[out["name"]][: int(np.prod(shape))].reshape(shape)
+            if out["name"] in owned:
+                view = np.empty(shape, out["dtype"])
+            else:
+                view = self._buffers[out["name"]][: int(np.prod(shape))].reshape(shape)
             binding.bind_output(out["name"], "cpu", 0, view.dtype, list(shape), view.ctypes.data)
             results[out["name"]] = view
         run = self._ort.RunOptions()  # this call's own: a stop that comes late reaches no other frame

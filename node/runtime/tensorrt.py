@@ -17,6 +17,7 @@ hang watch (``--hang-timeout-s``) covers a frame that never ends.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,7 +189,9 @@ class TensorRTBackend:
         size = getattr(engine, "device_memory_size_v2", None)
         return int(size if size is not None else engine.device_memory_size)
 
-    def infer(self, inputs: dict[str, np.ndarray], stop: StopToken | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self, inputs: dict[str, np.ndarray], stop: StopToken | None = None, owned: Collection[str] = ()
+    ) -> dict[str, np.ndarray]:
         """One batch; ``stop`` is ignored: enqueued TensorRT work cannot be cancelled (see the module's docstring)."""
         frames = inputs[FRAME_INPUT]
         check_frames(frames, self.bounds, self.max_batch)
@@ -200,10 +203,16 @@ class TensorRTBackend:
             self._copy_in(stream, [(FRAME_INPUT, frames.shape), *parameters])
             return True
 
-        return self._run(frames.shape, copy_in)
+        return self._run(frames.shape, copy_in, owned)
 
     def infer_jpeg(
-        self, data: bytes, height: int, width: int, decoder, inputs: dict[str, np.ndarray] | None = None
+        self,
+        data: bytes,
+        height: int,
+        width: int,
+        decoder,
+        inputs: dict[str, np.ndarray] | None = None,
+        owned: Collection[str] = (),
     ) -> dict[str, np.ndarray] | None:
         """One JPEG frame (its header already checked) decoded on the GPU by ``decoder`` (``gpu_decode``)
         straight into the engine's input buffer, then run; ``inputs``: its parameters, if any. None when
@@ -217,7 +226,7 @@ class TensorRTBackend:
             self._copy_in(stream, parameters)
             return decoder.decode_into(data, int(frame_in.device), height, width, stream.handle)
 
-        return self._run(shape, copy_in)
+        return self._run(shape, copy_in, owned)
 
     def _copy_in(self, stream, staged: list[tuple[str, tuple[int, ...]]]) -> None:
         """Enqueue the copy of each (input name, shape) from its pinned buffer to the device."""
@@ -240,8 +249,9 @@ class TensorRTBackend:
         for name in self.parameters:
             checked(f"set_input_shape({name}, {shape[:1]})", self.context.set_input_shape, name, shape[:1])
 
-    def _run(self, shape: tuple[int, ...], copy_in) -> dict[str, np.ndarray] | None:
-        """``copy_in(stream)`` fills the input buffer (False: it could not, nothing runs); then execute and copy out."""
+    def _run(self, shape: tuple[int, ...], copy_in, owned: Collection[str]) -> dict[str, np.ndarray] | None:
+        """``copy_in(stream)`` fills the input buffer (False: it could not, nothing runs); then execute and copy out.
+        Outputs in ``owned`` are copied out of their pinned buffers once more, for the caller to keep."""
         cuda, stream, start, copied, computed, done = self.cuda, self.scratch.stream, *self.events
         # The node's CUDA context is per thread in pycuda: the session's worker and warm-up threads push it here.
         with self.scratch.lock, self.scratch.current():
@@ -263,6 +273,8 @@ class TensorRTBackend:
                 results[name] = view
             done.record(stream)
             checked("Stream.synchronize", stream.synchronize)
+        for name in owned:
+            results[name] = results[name].copy()
         if not self._cache_saved:
             self._save_runtime_cache()  # the first frame (the warm-up) compiled this shape's kernels
         self.stages_ms = {
