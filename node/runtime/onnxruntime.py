@@ -2,9 +2,9 @@
 
 Output buffers are allocated once at open time for the largest frame and batch the bounds
 allow; each call binds the input and the valid region of each output buffer through an
-``IOBinding``, so ONNX Runtime writes straight into them and nothing is allocated per frame. An
-output the caller keeps (``owned``) is bound to a new array instead: written there, it needs no
-copy out of the buffer (1 MB for a 512² depth map).
+``IOBinding``, so ONNX Runtime writes straight into them. Nothing is allocated per frame but
+what the caller keeps: an output named in ``owned`` is bound to a new array, the caller's, which
+spares the copy out of the buffer it would otherwise make (1 MB for a 512² depth map).
 
 Each call gets its own ``RunOptions``, which serve two things:
 
