@@ -57,17 +57,19 @@ async def echo_wait(request):
 
 @functools.cache
 def _session():
+    """The session, its frame input's name and the output asked for: looked up once, as the node does."""
     import onnxruntime as ort  # noqa: PLC0415 (only /model needs it)
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(os.environ["ECHO_MODEL"], options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(os.environ["ECHO_MODEL"], options, providers=["CPUExecutionProvider"])
+    return session, session.get_inputs()[0].name, [os.environ["ECHO_MODEL_OUTPUT"]]
 
 
 def _run(frame: np.ndarray) -> tuple[np.ndarray, float]:
-    session = _session()
+    session, frame_input, output = _session()
     start = time.perf_counter()
-    (out,) = session.run([os.environ["ECHO_MODEL_OUTPUT"]], {session.get_inputs()[0].name: frame})
+    (out,) = session.run(output, {frame_input: frame})
     return out, time.perf_counter() - start
 
 
