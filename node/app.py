@@ -7,7 +7,6 @@ calls and its errors into JSON.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -21,10 +20,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import __version__, codecs, engines, openapi, ui
+from . import __version__, codecs, engines, openapi, stream_api, ui
+from .auth import check_token
 from .config import Config
 from .contract import COMBINE, common_bounds, names_capabilities
-from .errors import Forbidden, InputError, NodeError, NotReady, PayloadTooLarge, RequestTimeout
+from .errors import InputError, NodeError, NotReady, PayloadTooLarge, RequestTimeout
 from .service import Node, backend_memory
 
 log = logging.getLogger("node")
@@ -82,14 +82,6 @@ async def _read_body(request: Request, limit: int) -> bytearray:
     return body
 
 
-def _check_token(request: Request, token: str) -> None:
-    """With a token configured, /infer needs ``Authorization: Bearer <token>``: 403 otherwise, never 401
-    (an orchestrator drops a capability whose container answers 401)."""
-    given = request.headers.get("authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise Forbidden("this node needs Authorization: Bearer <token> (the token given at registration)")
-
-
 # go-livepeer's live-runner proxy adds this (and a session token, never read nor logged here): one id per
 # persistent session, or per request for single-shot runners. Per-stream state keys on it.
 LIVEPEER_SESSION_ID = "livepeer-session-id"
@@ -105,7 +97,7 @@ async def infer(request: Request) -> Response:
     arrived = time.perf_counter()
     node: Node = request.state.node
     if node.config.token:
-        _check_token(request, node.config.token)
+        check_token(request, node.config.token)
     livepeer_session = request.headers.get(LIVEPEER_SESSION_ID)
     deadline = time.monotonic() + node.config.request_timeout_s
     names, sessions = _sessions_named(request, node)
@@ -281,6 +273,12 @@ async def capabilities(request: Request) -> Response:
             "route": f"/infer/{name}",
             "outputs": list(cap.outputs),
             "options": {k: v for k, v in cap.defaults.items()},
+            "stream": {
+                "url": f"/live/{name}",  # go-livepeer appends /stream/start, /stream/params, /stream/stop
+                "capacity": node.streams.capacity,
+                "active": node.streams.active(name),
+                "outputs": list(cap.stream_outputs),
+            },
         }
     return JSONResponse(
         {
@@ -385,6 +383,7 @@ def create_app(config: Config, open_backend: Callable | None = None, served: dic
             Route("/capabilities", capabilities, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi_document, methods=["GET"]),
+            *stream_api.routes(),
             *ui.routes(),
         ],
         lifespan=node.lifespan,

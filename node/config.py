@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .contract import CAPABILITIES, COMBINE, names_capabilities
 from .errors import StartupError
@@ -21,6 +22,8 @@ REGISTRATIONS = ("byoc", "live-runner", "both")
 RUNNER_MODES = ("single-shot", "persistent")
 PRICE_UNITS = ("fixed", "720p", "hour")
 DEVICES = ("auto", "cpu", "cuda")
+STREAM_ENCODERS = ("libx264", "h264_nvenc")
+EVENT_GAP_S = 30.0  # go-livepeer's gateway ends a stream whose events channel stays silent this long
 
 
 def _opt(default, help: str, **meta):
@@ -74,6 +77,24 @@ class Config:
         False,
         "decode JPEG frames on the GPU (nvImageCodec, the gpu-decode extra) straight into the engine's input buffer; "
         "TensorRT backends, one capability per request (combinations decode once on the CPU)",
+    )
+    # Live streams (docs/livepeer.md, "Live video"): trickle channels of H.264 in MPEG-TS, in and out.
+    stream_capacity: int = _opt(
+        4, "live streams each capability takes at once (/live/<capability>/stream/start; 503 past it; 0: no streams)"
+    )
+    stream_encoder: str = _opt(
+        "libx264",
+        "H.264 encoder of the streams' maps: libx264 (CPU) or h264_nvenc (an NVIDIA GPU's, where FFmpeg has it)",
+        choices=STREAM_ENCODERS,
+    )
+    stream_status_interval_s: float = _opt(
+        5.0, "a status event on each stream's events channel this often (go-livepeer ends a stream after 30 s of none)"
+    )
+    stream_idle_timeout_s: float = _opt(30.0, "a stream whose input brings no frame for this long ends, with an error")
+    stream_hosts: tuple[str, ...] = _opt(
+        (),
+        "hosts (name or name:port) a stream's channels may be on; empty: the host of --orchestrator-url when one is "
+        "set, else any (then keep the node's port private or set --token: a stream start makes the node connect)",
     )
     log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
     access_log: bool = _opt(False, "log every request (off: one line per frame is noise at video rates)")
@@ -147,6 +168,13 @@ class Config:
             problems.append(f"max_header_bytes: {self.max_header_bytes} is too small for ordinary headers")
         if self.max_consecutive_failures < 1:
             problems.append(f"max_consecutive_failures: must be >= 1, got {self.max_consecutive_failures}")
+        if self.stream_capacity < 0:
+            problems.append(f"stream_capacity: must be >= 0, got {self.stream_capacity}")
+        if not 0 < self.stream_status_interval_s < EVENT_GAP_S / 2:
+            problems.append(f"stream_status_interval_s: must be > 0 and < {EVENT_GAP_S / 2:g} (go-livepeer ends a "
+                            f"stream after {EVENT_GAP_S:g} s without an event), got {self.stream_status_interval_s}")
+        if self.stream_idle_timeout_s <= 0:
+            problems.append(f"stream_idle_timeout_s: must be > 0, got {self.stream_idle_timeout_s}")
         if self.gpu_decode and self.backend == "onnxruntime":
             problems.append("gpu_decode: needs a TensorRT backend (--backend tensorrt or tensorrt-rtx)")
         if not 0 <= self.png_compression <= 9:
@@ -240,6 +268,14 @@ class Config:
 
     def runner_app(self, capability: str) -> str:
         return _pairs(self.runner_apps).get(capability, f"vision/{capability}")
+
+    @property
+    def trickle_hosts(self) -> frozenset[str]:
+        """Where streams' channels may be (lower-case host or host:port); empty: anywhere."""
+        if self.stream_hosts:
+            return frozenset(h.lower() for h in self.stream_hosts)
+        host = urlsplit(self.orchestrator_url).hostname if self.orchestrator_url else None
+        return frozenset({host.lower()}) if host else frozenset()
 
     @property
     def registers_byoc(self) -> bool:

@@ -36,6 +36,12 @@ class NotFound(NodeError):
     status, code = 404, "not_found"
 
 
+class Conflict(NodeError):
+    """The request clashes with what runs: a stream id already in use."""
+
+    status, code = 409, "conflict"
+
+
 class PayloadTooLarge(NodeError):
     status, code = 413, "payload_too_large"
 

@@ -48,6 +48,23 @@ class Metrics:
             ["capability"],
             registry=self.registry,
         )
+        self.streams = Gauge(
+            "vision_node_streams", "Live streams running, per capability", ["capability"], registry=self.registry
+        )
+        self.stream_frames = Counter(
+            "vision_node_stream_frames",
+            "Live streams' frames per capability: in (decoded), out (published), dropped (a newer frame took its "
+            "place, or its deadline passed), skipped (max_framerate), failed (unreadable, refused or failed)",
+            ["capability", "kind"],
+            registry=self.registry,
+        )
+        self.stream_latency = Histogram(
+            "vision_node_stream_latency_seconds",
+            "Live streams: a frame's packet leaving the demuxer to its map handed to the output channel",
+            ["capability"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
         self.ready = Gauge("vision_node_ready", "1 when every capability is warm", registry=self.registry)
         self.memory = Gauge(
             "vision_node_backend_memory_bytes",

@@ -14,11 +14,13 @@ from .contract import COMBINE
 from .errors import (
     BackendFailed,
     BackendOutOfMemory,
+    Conflict,
     DeadlineExceeded,
     EngineError,
     Forbidden,
     FrameRejected,
     InputError,
+    NotFound,
     NotReady,
     Overloaded,
     PayloadTooLarge,
@@ -143,7 +145,7 @@ def document(node) -> dict:
             f"{node.config.max_header_bytes} bytes gets 431; one that does not arrive whole within "
             f"{node.config.receive_timeout_s:g} s gets 408.",
         },
-        "paths": {**_infer_paths(node.sessions, token), **_other_paths()},
+        "paths": {**_infer_paths(node.sessions, token), **_stream_paths(node.sessions, token), **_other_paths()},
         "components": {
             "schemas": {
                 "Error": {
@@ -168,6 +170,63 @@ def _infer_paths(sessions: dict, token: bool) -> dict:
     for names in combinations(list(sessions)):
         capabilities = [sessions[n].capability for n in names]
         paths[f"/infer/{COMBINE.join(names)}"] = _infer_many(names, capabilities, token)
+    return paths
+
+
+_CHANNELS = ("subscribe_url", "publish_url", "control_url", "events_url", "data_url")
+_STREAM_START = {
+    "type": "object",
+    "description": "go-livepeer's BYOC start (byoc/stream_orchestrator.go); a live-runner session names no channel "
+    "(the node asks the session's Livepeer-Session-Control for them)",
+    "properties": {
+        **{key: {"type": "string", "format": "uri"} for key in _CHANNELS},
+        "gateway_request_id": {"type": "string"},
+        "params": {
+            "type": "object",
+            "nullable": True,
+            "description": "the capability's options as over HTTP, and width, height, max_framerate",
+        },
+    },
+}
+_STREAM_ID = {
+    "name": "X-Stream-Id",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "the stream (go-livepeer sends it; a live-runner session's Livepeer-Session-Id works too)",
+}
+
+
+def _stream_paths(sessions: dict, token: bool) -> dict:
+    """Each capability's stream URL (/live/{name}) and the calls go-livepeer makes under it; /streams."""
+    json_object = {"application/json": {"schema": {"type": "object"}}}
+
+    def call(summary: str, body: dict | None, *errors) -> dict:
+        responses = {"200": {"description": "ok", "content": json_object}}
+        responses.update(_errors(*errors, *([Forbidden] if token else [])))
+        operation = {"summary": summary, "parameters": [_STREAM_ID], "responses": responses}
+        if body is not None:
+            operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+        if token:
+            operation["security"] = [{"bearer": []}]
+        return operation
+
+    paths = {}
+    for name in sessions:
+        summary = f"{name}: start a live stream (trickle channels of H.264 in MPEG-TS)"
+        start = call(summary, _STREAM_START, InputError, NotFound, Conflict, PayloadTooLarge, Overloaded, NotReady)
+        paths[f"/live/{name}/stream/start"] = {"post": start}
+        paths[f"/live/{name}/live-video-to-video"] = {"post": {**start, "summary": f"{name}: the same as stream/start"}}
+        summary = f"{name}: new params for a running stream (a flat JSON object)"
+        paths[f"/live/{name}/stream/params"] = {
+            "post": call(summary, {"type": "object"}, InputError, NotFound, PayloadTooLarge)
+        }
+        stop = call(f"{name}: stop a stream (the body, if any, is plain text: why)", None, InputError, PayloadTooLarge)
+        stop["requestBody"] = {"required": False, "content": {"text/plain": {"schema": {"type": "string"}}}}
+        paths[f"/live/{name}/stream/stop"] = {"post": stop}
+        summary = f"{name}: a stream's status (X-Stream-Id), or every stream of {name}"
+        paths[f"/live/{name}/stream/status"] = {"get": call(summary, None, NotFound, NotReady)}
+    paths["/streams"] = _get("every live stream: fps, latency, frames, params", json_object)
     return paths
 
 

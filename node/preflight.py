@@ -25,8 +25,20 @@ def check(config: Config, default_backends: bool = True):
     one-line reason otherwise. The node goes on with both, so nothing checked here is done twice."""
     served = engines.load(config.engines, config.capabilities, onnxruntime=config.backend == "onnxruntime")
     check_combinations(config, served)
+    _check_stream_encoder(config)
     gpu = _check_backend(config, served) if default_backends else None
     return served, gpu
+
+
+def _check_stream_encoder(config: Config) -> None:
+    """Streams' maps leave as H.264: the encoder asked for must open here (NVENC needs a GPU and FFmpeg with it)."""
+    if not config.stream_capacity:
+        return
+    from .streams.video import encoder_works  # PyAV is imported only where streams are served
+
+    why = encoder_works(config.stream_encoder)
+    if why:
+        raise StartupError(f"--stream-encoder {why} (or --stream-capacity 0 to serve no streams)")
 
 
 def check_combinations(config: Config, served) -> None:

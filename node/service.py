@@ -19,7 +19,7 @@ from . import codecs, engines, preflight
 from .capabilities import CAPABILITY_CLASSES
 from .config import Config
 from .errors import NotFound, NotReady, StartupError
-from .livepeer.byoc import Registrar
+from .livepeer.byoc import LIVE_SUFFIX, Registrar
 from .livepeer.live_runner import LiveRunners
 from .metrics import Metrics
 from .runtime.flavours import flavour
@@ -27,6 +27,7 @@ from .runtime.gpu_decode import GpuJpegDecoder
 from .runtime.onnxruntime import OnnxRuntimeBackend
 from .runtime.tensorrt import GpuRuntime, TensorRTBackend, gpu_runtime
 from .session import CapabilitySession
+from .streams.manager import Streams
 
 log = logging.getLogger("node")
 
@@ -56,6 +57,7 @@ class Node:
         self.registrar: Registrar | None = None
         self.live_runners: LiveRunners | None = None
         self.openapi: dict | None = None  # node.openapi.document, made on first request
+        self.streams = Streams(config, self.metrics)
 
     def _onnxruntime(self, served: engines.ServedCapability) -> Callable:
         def open_graph(graph: engines.Graph):
@@ -130,6 +132,7 @@ class Node:
     async def drain(self) -> None:
         """SIGTERM's first step: ``/ready`` turns 503 and the orchestrator is told we are leaving."""
         self.draining = True
+        self.streams.closing = True  # no new stream; those running go on until the node stops
         self.metrics.ready.set(0)
         await asyncio.gather(*(r.stop() for r in (self.registrar, self.live_runners) if r is not None))
 
@@ -177,6 +180,7 @@ class Node:
             )
             self.sessions[name] = session
             self.metrics.track(session)
+            self.metrics.streams.labels(name).set_function(lambda name=name: self.streams.active(name))
             if entry.demo:
                 log.warning("%s: DEMO weights (seeded random, not a trained model): its maps mean nothing", name)
         warm_up = asyncio.create_task(self._warm_up())
@@ -187,6 +191,7 @@ class Node:
             watch.cancel()
             await warm_up
             await self.drain()  # unregister (once): the orchestrator stops routing here
+            await self.streams.close()  # each stream ends (an event, its threads joined) before the engines go
             if self.error and self.warm:
                 log.warning("not closing the backends: after a fatal fault only the process exit frees them safely")
             else:
@@ -239,7 +244,8 @@ class Node:
         # Only once warm: a registered node must answer.
         offered = [*self.sessions, *self.config.combinations]  # a combination is a capability of its own
         if self.config.registers_byoc:
-            self.registrar = Registrar(self.config, offered)
+            live = [name + LIVE_SUFFIX for name in self.sessions] if self.config.stream_capacity else []
+            self.registrar = Registrar(self.config, offered + live)
             self.registrar.start()
         if self.config.registers_live_runners:
             self.live_runners = LiveRunners(self.config, offered, lambda: self.runner_status, self.gpu_facts)

@@ -35,6 +35,7 @@ from .errors import (
     BackendOutOfMemory,
     DeadlineExceeded,
     EngineError,
+    FrameRejected,
     InputError,
     NotReady,
     Overloaded,
@@ -59,6 +60,7 @@ class Job:
     future: asyncio.Future  # on the request's event loop
     submitted: float = field(default_factory=time.perf_counter)
     abandoned: bool = False
+    streamed: bool = False  # a live stream's frame: admitted with its stream, not by the request queue
 
     def resolve(self, outcome=None, error: Exception | None = None) -> None:
         """Hand the result to the request's event loop (from the worker thread)."""
@@ -110,6 +112,7 @@ class CapabilitySession:
         self.on_failure = on_failure  # every backend failure's kind (runtime.faults), for the metrics
         self.backends: dict[Graph, object] = {}
         self.pending = 0  # accepted, not finished (changed on the event loop only)
+        self.streamed = 0  # of which live streams' frames (each stream has at most one here)
         self.running_since: float | None = None  # time.monotonic() when the running frame started
         self.failures = 0  # backend failures in a row (worker thread only)
         self.max_batch = max_batch
@@ -193,16 +196,28 @@ class CapabilitySession:
         return await self.result(self.submit(frame, options, deadline))
 
     def check_room(self) -> None:
-        """Raise Overloaded (503) when one more request would not fit; the event loop's thread only."""
-        if self.pending > self.queue_size:
+        """Raise Overloaded (503) when one more request would not fit; the event loop's thread only.
+
+        Live streams' frames do not count: a stream was admitted whole when it started."""
+        if self.pending - self.streamed > self.queue_size:
             raise Overloaded(f"{self.name}: {self.waiting} requests already waiting (queue size {self.queue_size})")
 
-    def submit(self, frame: np.ndarray, options: dict, deadline: float) -> Job:
-        """Queue a frame (no await: several sessions can take one request together, or none of them)."""
-        self.check_room()
-        job = Job(frame, options, deadline, asyncio.get_running_loop().create_future())
+    def submit(self, frame: np.ndarray, options: dict, deadline: float, streamed: bool = False) -> Job:
+        """Queue a frame (no await: several sessions can take one request together, or none of them).
+
+        A frame outside the bounds is refused here (422), whoever sends it: no backend is handed one,
+        and none is counted as a backend failure."""
+        if not isinstance(frame, JpegFrame):  # its header was checked against the bounds already
+            try:
+                self.served.bounds.check(frame.shape[0], frame.shape[1])
+            except ValueError as err:
+                raise FrameRejected(f"{self.name}: {err}") from None
+        if not streamed:
+            self.check_room()
+        job = Job(frame, options, deadline, asyncio.get_running_loop().create_future(), streamed=streamed)
         self.pending += 1
-        job.future.add_done_callback(self._finished)
+        self.streamed += streamed
+        job.future.add_done_callback(functools.partial(self._finished, job))
         with self._wake:
             self._jobs.append(job)
             self._wake.notify()
@@ -213,13 +228,13 @@ class CapabilitySession:
         try:
             outcome = await asyncio.wait_for(asyncio.shield(job.future), max(deadline - time.monotonic(), 0))
         except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
-            self._give_up(job)
+            self.give_up(job)
             raise DeadlineExceeded(f"{self.name}: no result within the request deadline") from None
         if outcome is None:  # dropped by the worker: its deadline had passed
             raise DeadlineExceeded(f"{self.name}: the deadline passed while the request waited")
         return outcome
 
-    def _give_up(self, job: Job) -> None:
+    def give_up(self, job: Job) -> None:
         """Its request stops waiting; its frame is stopped too if none of the frame's jobs still waits."""
         with self._running_lock:
             job.abandoned = True
@@ -227,8 +242,9 @@ class CapabilitySession:
             if running is not None and job in running.jobs and all(j.abandoned for j in running.jobs):
                 running.stop.stop()
 
-    def _finished(self, future) -> None:
+    def _finished(self, job: Job, future) -> None:
         self.pending -= 1
+        self.streamed -= job.streamed
         if not future.cancelled():
             future.exception()  # retrieved here too, so an abandoned job's error is not reported twice
 
@@ -337,7 +353,7 @@ class CapabilitySession:
     def _backend_failed(self, err: Exception, what: str) -> Exception:
         """The error for this request; a broken device is also reported to the node."""
         kind = faults.classify(err)
-        if kind == faults.STOPPED:  # asked for by _give_up: says nothing about the backend
+        if kind == faults.STOPPED:  # asked for by give_up: says nothing about the backend
             log.info("%s: stopped %s: every request it served had passed its deadline", self.name, what)
             return DeadlineExceeded(f"{self.name}: stopped: no result within the request deadline")
         self.on_failure(kind)

@@ -25,7 +25,14 @@ does, as they do:
   ``runners[i]: ...``) and polls each ``health_url`` every ``health_interval`` (3 s timeout),
   healthy only on exactly ``healthy_status_code``.
 
-Not modelled: payments (on-chain 402s), the o2r trickle channel, proxy templates, callbacks.
+- Session callbacks, with a trickle server (``trickle=``, a ``benchmarks.trickle_server.TrickleServer``):
+  ``POST /runner/{id}/session/{sid}/channels`` with the session's token (401 ``invalid authorization``
+  otherwise; 404 for an unknown session) makes each named channel ``{sid}-{name}`` (names with ``/``
+  become ``-``; alphanumerics, ``_`` and ``-`` only: 400) and answers ``{"channels": [{name,
+  channel_name, url, mime_type}]}`` (``CreateLiveRunnerTrickleChannel``); existing names are
+  idempotent. Stopping a session closes its channels (``closeChannelsLocked``).
+
+Not modelled: payments (on-chain 402s), the o2r trickle channel, proxy templates, the other callbacks.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -64,7 +72,8 @@ def _go_duration(seconds: float) -> str:
 
 class LiveRunnerDouble:
     def __init__(self, secret: str, interval: float = 0.5, ttl: float = 2.0, onchain: bool = False,
-                 health_interval: float = 0.3, delay_s: float = 0.0):  # fmt: skip
+                 health_interval: float = 0.3, delay_s: float = 0.0, trickle=None):  # fmt: skip
+        self.trickle = trickle  # a TrickleServer for session channels (None: the callback answers 404)
         self.secret, self.interval, self.ttl, self.onchain = secret, interval, ttl, onchain
         self.health_interval = health_interval
         self.delay_s = delay_s  # a slow orchestrator: each heartbeat takes this long to be applied and answered
@@ -74,6 +83,7 @@ class LiveRunnerDouble:
         self.sessions: dict[tuple[str, str], dict] = {}
         self.log: list[tuple[float, str, str, int]] = []  # (monotonic, kind, runner id, status) of every call
         self.forwarded: list[dict] = []  # headers the runner received, per proxied request
+        self.channel_calls: list[dict] = []  # headers of each channels callback the runner made
         app = Starlette(
             routes=[
                 Route("/runners/heartbeat", self.heartbeat, methods=["POST"]),
@@ -83,6 +93,7 @@ class LiveRunnerDouble:
                 Route("/apps/{runner_id}/session/{session_id}/stop", self.stop_session, methods=["POST"]),
                 Route("/apps/{runner_id}/session/{session_id}/app/{path:path}", self.in_session, methods=_ANY),
                 Route("/apps/{runner_id}/app/{path:path}", self.single_shot, methods=_ANY),
+                Route("/runner/{runner_id}/session/{session_id}/channels", self.channels, methods=["POST"]),
             ]
         )
         self.port = free_port()
@@ -317,8 +328,40 @@ class LiveRunnerDouble:
     async def stop_session(self, request: Request) -> Response:
         if request.path_params["runner_id"] not in self.runners:
             return PlainTextResponse("runner not found\n", status_code=404)
-        self.sessions.pop((request.path_params["runner_id"], request.path_params["session_id"]), None)
+        session = self.sessions.pop((request.path_params["runner_id"], request.path_params["session_id"]), None)
+        for channel in (session or {}).get("channels", {}).values():
+            self.trickle.close_channel(channel["channel_name"])  # the session's channels go with it
         return Response(status_code=204)  # go-livepeer answers 204 even for an unknown session
+
+    async def channels(self, request: Request) -> Response:
+        """``CreateLiveRunnerTrickleChannel``: the session's token, then each named channel (idempotent)."""
+        key = (request.path_params["runner_id"], request.path_params["session_id"])
+        session = self.sessions.get(key)
+        if session is None or self.trickle is None:
+            return PlainTextResponse("runner session not found\n", status_code=404)
+        if not hmac.compare_digest(request.headers.get("livepeer-session-token", ""), _session_token(*key)):
+            return PlainTextResponse("invalid authorization\n", status_code=401)
+        try:
+            asked = (await request.json())["channels"]
+        except (ValueError, KeyError, TypeError):
+            return PlainTextResponse("invalid body\n", status_code=400)
+        if not asked:
+            return PlainTextResponse("channels is required\n", status_code=400)
+        made = session.setdefault("channels", {})
+        answer = []
+        for channel in asked:
+            name = (channel.get("name") or "").strip().replace("/", "-")
+            if not name or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                why = "trickle channel name may only contain alphanumerics, underscores, or hyphens\n"
+                return PlainTextResponse(why, status_code=400)
+            if name not in made:
+                channel_name = f"{key[1]}-{name}"
+                mime = (channel.get("mime_type") or "").strip() or "application/octet-stream"
+                url = self.trickle.create_channel(channel_name, mime)
+                made[name] = {"name": name, "channel_name": channel_name, "url": url, "mime_type": mime}
+            answer.append(made[name])
+        self.channel_calls.append(dict(request.headers))
+        return JSONResponse({"channels": answer})
 
     async def in_session(self, request: Request) -> Response:
         try:
@@ -344,7 +387,7 @@ class LiveRunnerDouble:
 
     async def _proxy(self, request: Request, runner: dict, session_id: str) -> Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        token = hashlib.sha256(f"{runner['id']}:{session_id}".encode()).hexdigest()
+        token = _session_token(runner["id"], session_id)
         headers.update({
             "Livepeer-Runner-Route": request.path_params["runner_id"],
             "Livepeer-Session-Id": session_id,
@@ -361,6 +404,10 @@ class LiveRunnerDouble:
             return PlainTextResponse(f"{err}\n", status_code=502)
         back = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}
         return Response(answer.content, status_code=answer.status_code, headers=back)
+
+
+def _session_token(runner_id: str, session_id: str) -> str:
+    return hashlib.sha256(f"{runner_id}:{session_id}".encode()).hexdigest()
 
 
 _ANY = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]

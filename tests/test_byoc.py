@@ -39,7 +39,7 @@ def registered(tiny_build, tmp_path_factory):
             VISION_NODE_REGISTER_INTERVAL_S="0.5", VISION_NODE_COMBINATIONS="depth+pose",
         )  # fmt: skip
         try:
-            wait_for(lambda: len(double.registry) == 4, what=f"registration\n{log.read_text() if log.exists() else ''}")
+            wait_for(lambda: len(double.registry) == 7, what=f"registration\n{log.read_text() if log.exists() else ''}")
             yield double, proc, url, log
         finally:
             if proc.poll() is None:
@@ -48,7 +48,8 @@ def registered(tiny_build, tmp_path_factory):
 
 def test_each_capability_registers_with_go_livepeer_fields(registered):
     double, _, url, log = registered
-    assert set(double.registry) == {"vision-depth", "segmentation", "pose", "depth+pose"}
+    assert set(double.registry) == {"vision-depth", "segmentation", "pose", "depth+pose", "vision-depth-live",
+                                    "segmentation-live", "pose-live"}
     body = double.registry["pose"]
     assert body == {
         "name": "pose",
@@ -63,11 +64,21 @@ def test_each_capability_registers_with_go_livepeer_fields(registered):
     assert "register vision-depth at" in log.read_text() and ": ok" in log.read_text()
 
 
+def test_each_capability_registers_a_streaming_capability_whose_url_takes_go_livepeers_stream_calls(registered):
+    double, _, url, _ = registered
+    live = double.registry["vision-depth-live"]
+    assert live["url"] == f"{url}/live/depth"  # go-livepeer calls {url}/stream/start ...
+    assert live["capacity"] == 4  # --stream-capacity: streams, not requests
+    assert live["description"] == "vision node: depth conditioning maps of live video" and live["token"] == TOKEN
+    status = httpx.get(f"{live['url']}/stream/status", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status.status_code == 200 and status.json() == {"capability": "depth", "capacity": 4, "streams": []}
+
+
 def test_re_registers_after_the_orchestrator_restarts(registered):
     double, *_ = registered
     double.restart()
     assert not double.registry
-    wait_for(lambda: len(double.registry) == 4, timeout=10, what="re-registration")
+    wait_for(lambda: len(double.registry) == 7, timeout=10, what="re-registration")
 
 
 @pytest.mark.parametrize(
@@ -134,7 +145,7 @@ def test_infer_without_the_token_is_403_never_401(registered):
 def test_unregisters_every_capability_on_sigterm(registered):
     double, proc, _, log = registered
     assert stop(proc) == 0
-    assert set(double.unregistered) >= {"vision-depth", "segmentation", "pose", "depth+pose"}
+    assert set(double.unregistered) >= {"vision-depth", "segmentation", "pose", "depth+pose", "vision-depth-live"}
     assert not double.registry
     assert "unregister pose at" in log.read_text()
 

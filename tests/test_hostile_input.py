@@ -29,7 +29,8 @@ TOKEN = "hostile-token"
 def node(tiny_build, tmp_path_factory):
     """(url, port, log) of a node with a token and a short receive deadline."""
     log = tmp_path_factory.mktemp("hostile") / "node.log"
-    proc, url = start_node(tiny_build[0], log, VISION_NODE_TOKEN=TOKEN, VISION_NODE_RECEIVE_TIMEOUT_S="2")
+    proc, url = start_node(tiny_build[0], log, VISION_NODE_TOKEN=TOKEN, VISION_NODE_RECEIVE_TIMEOUT_S="2",
+                           VISION_NODE_STREAM_HOSTS="trickle.example")
     try:
         wait_for_http(f"{url}/ready", proc, log)
         yield url, int(url.rsplit(":", 1)[1]), log
@@ -153,9 +154,18 @@ def test_urls_in_a_request_cause_no_outbound_connection(node):
         client.post("/infer/depth", content=b'{"image_url": "%s"}' % target.encode(),
                     headers={**sneaky, "Content-Type": "application/json"})  # fmt: skip
         client.get(f"/capabilities?url={target}", headers=sneaky)
+        # a stream's start names channels to connect to: only on the hosts streams may use (--stream-hosts)
+        channels = {key: target for key in ("subscribe_url", "publish_url", "control_url", "events_url")}
+        started = [
+            client.post("/live/depth/stream/start", json={"gateway_request_id": "s", **channels}, headers=sneaky),
+            client.post("/live/pose/stream/start", json={}, headers={**sneaky, "Livepeer-Session-Id": "s",
+                                                                     "Livepeer-Session-Control": target}),
+        ]
     watcher.join()
     canary.close()
     assert accepted == [], "the node connected to a URL it was sent"
+    for response in started:
+        assert response.status_code == 400 and "--stream-hosts" in response.json()["detail"], response.text
 
 
 def test_schema_driven_fuzzing_finds_no_server_error_and_conforms_to_the_published_document(node, tmp_path):

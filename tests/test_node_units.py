@@ -334,3 +334,43 @@ def test_a_raw_answer_is_the_requests_own_array_after_the_next_frame_ran(tiny_bu
         session.close()
     assert not np.array_equal(later.rendered.payload, want)
     np.testing.assert_array_equal(answer.rendered.payload, want)
+
+
+def test_a_frame_outside_the_bounds_is_refused_by_the_session_and_never_counts_as_a_backend_failure(tiny_build):
+    """Whoever hands the session a frame (the HTTP decoder, a live stream): outside the bounds is 422, and four such
+    frames in a row leave the node as it was (a backend failure would count, and the third would stop the node)."""
+    import asyncio
+    import time
+
+    from node.capabilities import CAPABILITY_CLASSES
+    from node.runtime.onnxruntime import OnnxRuntimeBackend
+    from node.samples import frames
+    from node.session import CapabilitySession
+
+    served = load(tiny_build[0], ("depth",))["depth"]
+    capability = CAPABILITY_CLASSES["depth"](served.options)
+    fatal, failures = [], []
+    session = CapabilitySession(served, capability, lambda g: OnnxRuntimeBackend(g.path, g.outputs, served.bounds), 0,
+                                on_fatal=fatal.append, on_failure=failures.append)  # fmt: skip
+    session.open()
+    options = capability.parse_options({})
+    too_small, too_wide = frames(32, 32)[0], np.zeros((64, served.bounds.max_hw[1] + 2, 3), np.uint8)
+
+    async def scenario():
+        refused = []
+        for frame in (too_small, too_wide, too_small, too_wide):
+            with pytest.raises(FrameRejected, match="outside the graph's bounds") as caught:
+                session.submit(frame, options, time.monotonic() + 10, streamed=True)
+            refused.append(caught.value.status)
+        # streamed frames are admitted with their stream, not by the request queue (here of size 0)
+        jobs = [session.submit(frames(64, 80, seed=i)[0], options, time.monotonic() + 30, streamed=True)
+                for i in range(3)]  # fmt: skip
+        outcomes = [await session.result(job) for job in jobs]
+        return refused, outcomes
+
+    try:
+        refused, outcomes = asyncio.run(scenario())
+    finally:
+        session.close()
+    assert refused == [422] * 4 and not fatal and not failures and session.failures == 0
+    assert len(outcomes) == 3 and session.pending == 0 and session.streamed == 0

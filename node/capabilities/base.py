@@ -27,6 +27,15 @@ class Rendered:
 
 
 @dataclass(frozen=True)
+class Picture:
+    """A map as a video frame carries it: grey levels, palette indices or RGB (encoded by ``streams.video``)."""
+
+    pixels: np.ndarray  # uint8 [H, W] for "gray8" and "pal8", [H, W, 3] for "rgb24"
+    format: str
+    palette: np.ndarray | None = None  # "pal8": uint8 [N, 3] RGB colours of indices 0..N-1
+
+
+@dataclass(frozen=True)
 class Encoded:
     body: bytes | memoryview  # a memoryview spares copying a raw array once more
     media_type: str

@@ -26,9 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import codecs
-from ..errors import InputError
 from ..png import GREY_PALETTE
-from .base import Encoded, Rendered, choice, jpeg_quality, number, parse_options, raw_output, value_range
+from .base import Encoded, Picture, Rendered, choice, jpeg_quality, number, parse_options, raw_output, value_range
 
 OUTPUTS = ("controlnet", "png16", "jpeg", "raw8", "raw")
 _LEVELS = {"png16": 65535, "controlnet": 255, "jpeg": 255, "raw8": 255}
@@ -95,12 +94,9 @@ class Depth:
             np.copyto(out[top : top + rows], t, casting="unsafe")  # truncates: with the + 0.5, rounds
         return out
 
-    def image(self, rendered: Rendered, options: dict) -> np.ndarray:
-        """The 8-bit map as an image array (1 or 3 channels), for streams (pytrickle)."""
-        if options["output"] != "controlnet":
-            raise InputError("a stream carries 8-bit images: depth needs output=controlnet")
-        grey = rendered.payload[..., None]
-        return np.repeat(grey, 3, axis=2) if options["channels"] == 3 else grey
+    def picture(self, rendered: Rendered, options: dict) -> Picture:
+        """The 8-bit map as grey video (``controlnet``, the stream output): a grey frame is a grey RGB map."""
+        return Picture(rendered.payload, "gray8")
 
     def encode(self, rendered: Rendered, options: dict, png_level: int) -> Encoded:
         output = options["output"]

@@ -16,8 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .. import codecs
-from ..errors import InputError
-from .base import Encoded, Rendered, choice, jpeg_quality, number, parse_options
+from .base import Encoded, Picture, Rendered, choice, jpeg_quality, number, parse_options
 
 OUTPUTS = ("json", "skeleton", "jpeg")
 
@@ -125,11 +124,9 @@ class Pose:
         }
         return json.dumps(result, separators=(",", ":")).encode()
 
-    def image(self, rendered: Rendered, options: dict) -> np.ndarray:
-        """The skeleton as an RGB array, for streams (pytrickle)."""
-        if options["output"] != "skeleton":
-            raise InputError("a stream carries images: pose needs output=skeleton")
-        return skeleton_rgb(rendered.payload, options)
+    def picture(self, rendered: Rendered, options: dict) -> Picture:
+        """The skeleton as video (``skeleton``, the stream output): its palette indices and palette."""
+        return Picture(np.asarray(skeleton(rendered.payload, options)), "pal8", SKELETON_PALETTE)
 
 
 def skeleton_rgb(people: dict, options: dict) -> np.ndarray:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import codecs
-from ..errors import InputError
-from .base import Encoded, Rendered, choice, parse_options, raw_output
+from .base import Encoded, Picture, Rendered, choice, parse_options, raw_output
 
 OUTPUTS = ("palette", "classes", "raw")
 
@@ -63,13 +62,11 @@ class Segmentation:
     def render(self, outputs: dict[str, np.ndarray], options: dict, frame_hw: tuple[int, int]) -> Rendered:
         return Rendered(outputs["classes"][0])  # the request's own array (keeps)
 
-    def image(self, rendered: Rendered, options: dict) -> np.ndarray:
-        """The map as an image array, for streams (pytrickle): ADE20K colours, or class ids in one channel."""
+    def picture(self, rendered: Rendered, options: dict) -> Picture:
+        """The map as video: ADE20K colours (``palette``), or class ids as grey levels (``classes``)."""
         if options["output"] == "palette":
-            return _PALETTE[rendered.payload]
-        if options["output"] == "classes":
-            return rendered.payload[..., None]
-        raise InputError("a stream carries images: segmentation needs output=palette or classes")
+            return Picture(rendered.payload, "pal8", _PALETTE)
+        return Picture(rendered.payload, "gray8")
 
     def encode(self, rendered: Rendered, options: dict, png_level: int) -> Encoded:
         if options["output"] == "raw":

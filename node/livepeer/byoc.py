@@ -19,13 +19,28 @@ from .orchestrator import Backoff, Calls, post
 log = logging.getLogger("node.livepeer.byoc")
 
 
+LIVE_SUFFIX = "-live"  # a capability's streaming registration: depth-live, with its own URL and capacity
+
+
 def registration(config: Config, capability: str) -> dict:
-    """The JSON body go-livepeer's ``/capability/register`` reads."""
+    """The JSON body go-livepeer's ``/capability/register`` reads.
+
+    ``depth`` takes frames at ``{node}/infer/depth`` (capacity: requests); ``depth-live`` takes streams, whose
+    calls go-livepeer makes at ``{url}/stream/start`` ..., so its URL is ``{node}/live/depth`` (capacity: streams).
+    """
+    base = config.node_url.rstrip("/")
+    if capability.endswith(LIVE_SUFFIX):
+        served = capability.removesuffix(LIVE_SUFFIX)
+        name, what = config.registered_name(served) + LIVE_SUFFIX, f"{served} conditioning maps of live video"
+        url, capacity = f"{base}/live/{served}", config.stream_capacity
+    else:
+        name, what = config.registered_name(capability), f"{capability} conditioning maps per frame"
+        url, capacity = base, config.advertised_capacity
     body = {
-        "name": config.registered_name(capability),
-        "description": f"vision node: {capability} conditioning maps per frame",
-        "url": config.node_url.rstrip("/"),
-        "capacity": config.advertised_capacity,
+        "name": name,
+        "description": f"vision node: {what}",
+        "url": url,
+        "capacity": capacity,
         "price_per_unit": config.price_per_unit,
         "price_scaling": config.price_scaling,
         "currency": config.currency,
@@ -36,7 +51,7 @@ def registration(config: Config, capability: str) -> dict:
 
 
 class Registrar:
-    """Keeps every served capability registered while the node runs."""
+    """Keeps every served capability registered while the node runs (``depth``; ``depth-live`` for its streams)."""
 
     def __init__(self, config: Config, capabilities: list[str]):
         self.config = config
@@ -84,7 +99,7 @@ class Registrar:
         return False
 
     def _unregister(self, capability: str) -> None:
-        name = self.config.registered_name(capability)
+        name = registration(self.config, capability)["name"]
         try:
             status, text = post(
                 f"{self.base}/capability/unregister", self.config.orchestrator_secret, name.encode(), "text/plain"

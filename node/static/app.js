@@ -1,6 +1,7 @@
 // The operator page: what the node serves, whether it is ready, its live latency and queues, and a
-// frame tried through depth, segmentation and pose. It only reads /health, /ready, /capabilities and
-// /metrics, and sends frames to /infer like any client: nothing on the inference path is added for it.
+// frame tried through depth, segmentation and pose, and its live streams. It only reads /health, /ready,
+// /capabilities, /metrics and /streams, and sends frames to /infer like any client: nothing on the
+// inference path is added for it.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -210,12 +211,40 @@ function wireTryPanel() {
   $("sample").addEventListener("click", async () => tryFrame(await sampleFrame()));
 }
 
+function cell(text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  return td;
+}
+
+// Each stream's row, from /streams (rates and percentiles over the stream's last 10 s).
+async function refreshStreams() {
+  const { body } = await json("/streams");
+  const rows = body.streams.map((s) => {
+    const tr = document.createElement("tr");
+    const f = s.frames;
+    const ms = (v) => (v === null ? "–" : v.toFixed(1) + " ms");
+    [
+      s.stream_id,
+      s.capability,
+      s.size ? `${s.size[1]}×${s.size[0]}` : "…",
+      `${s.fps.in.toFixed(1)} / ${s.fps.out.toFixed(1)}`,
+      `${ms(s.latency_ms.p50)} / ${ms(s.latency_ms.p95)}`,
+      `${f.in} / ${f.out} / ${f.dropped} / ${f.failed}`,
+      `${s.seconds.toFixed(0)} s`,
+    ].forEach((text) => tr.appendChild(cell(text)));
+    return tr;
+  });
+  $("streams").querySelector("tbody").replaceChildren(...rows);
+  $("streams-note").hidden = rows.length > 0;
+}
+
 async function main() {
   wireTryPanel();
   await refreshCapabilities();
   const tick = async () => {
     const ready = await refreshHealth();
-    if (ready) await refreshMetrics();
+    if (ready) await Promise.all([refreshMetrics(), refreshStreams()]);
   };
   await tick();
   setInterval(tick, 2000);
