@@ -87,6 +87,10 @@ class Config:
         "H.264 encoder of the streams' maps: libx264 (CPU) or h264_nvenc (an NVIDIA GPU's, where FFmpeg has it)",
         choices=STREAM_ENCODERS,
     )
+    stream_quality: int = _opt(
+        23, "the streams' H.264 quality: x264's CRF (NVENC's CQ), 0-51, lower is closer to /infer's maps and costs "
+        "more CPU and bytes (23: x264's default, what pytrickle sends)",
+    )
     stream_status_interval_s: float = _opt(
         5.0, "a status event on each stream's events channel this often (go-livepeer ends a stream after 30 s of none)"
     )
@@ -173,6 +177,8 @@ class Config:
         if not 0 < self.stream_status_interval_s < EVENT_GAP_S / 2:
             problems.append(f"stream_status_interval_s: must be > 0 and < {EVENT_GAP_S / 2:g} (go-livepeer ends a "
                             f"stream after {EVENT_GAP_S:g} s without an event), got {self.stream_status_interval_s}")
+        if not 0 <= self.stream_quality <= 51:
+            problems.append(f"stream_quality: must be 0-51 (x264's CRF), got {self.stream_quality}")
         if self.stream_idle_timeout_s <= 0:
             problems.append(f"stream_idle_timeout_s: must be > 0, got {self.stream_idle_timeout_s}")
         if self.gpu_decode and self.backend == "onnxruntime":

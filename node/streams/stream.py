@@ -68,6 +68,7 @@ class Channels:
 @dataclass(frozen=True)
 class Settings:
     encoder: str = "libx264"
+    quality: int = 23  # x264's CRF
     status_interval_s: float = 5.0
     idle_timeout_s: float = 30.0
     frame_timeout_s: float = 10.0  # a frame's deadline in the session
@@ -176,7 +177,7 @@ class Stream:
         current, publishing = asyncio.current_task(), self._publishing
         for task in self._tasks:
             if task is not current and task is not publishing:
-                task.cancel()
+                task.cancel()  # (each loop also looks at _halt: Python 3.11's wait_for can swallow a cancel)
         if self._job is not None:
             self.session.give_up(self._job)
         for feed in list(self._open_feeds):
@@ -190,7 +191,7 @@ class Stream:
                 await asyncio.wait_for(asyncio.shield(publishing), 5.0)
             except asyncio.TimeoutError:
                 publishing.cancel()
-        await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
+        await _cancelled([t for t in self._tasks if t is not current])
         if error:
             self.stats.error(reason)
         final = {"type": "error" if error else "stream_stopped", "reason": reason, **self.status()}
@@ -227,6 +228,7 @@ class Stream:
             "size": list(self.size) if self.size else None,
             "params": self.options.public(),
             **summary,
+            "control": {"keepalives": self.keepalives},
             # ai-runner's status vocabulary, which go-livepeer's gateway keeps as the stream's status
             "input_status": {"fps": summary["fps"]["in"], "last_input_time": self.stats.last_input},
             "inference_status": {
@@ -243,6 +245,8 @@ class Stream:
         subscriber = Subscriber(self.http, self.channels.subscribe, CURRENT)
         try:
             async for segment in subscriber:
+                if self._halt.is_set():
+                    break
                 if segment.latest is not None and segment.seq < segment.latest - 1:
                     segment.close()  # a whole segment behind the live edge: catch up rather than lag
                     subscriber.skip_to(CURRENT)
@@ -322,7 +326,7 @@ class Stream:
     # ---------------------------------------------------------------- inference
 
     async def _infer(self) -> None:
-        while True:
+        while not self._halt.is_set():
             await self._frame_ready.wait()
             await self._encoding.acquire()
             frame, self._latest = self._latest, None
@@ -372,7 +376,8 @@ class Stream:
                         if encoder is not None:
                             encoder.close()
                         encoder = video.Encoder(
-                            width, height, self.settings.encoder, self._segment_starts, self._bytes_out
+                            width, height, self.settings.encoder, self._segment_starts, self._bytes_out,
+                            self.settings.quality,
                         )
                         segment = None
                     encoder.write(picture, item.frame.pts, new_segment=item.frame.segment != segment)
@@ -449,6 +454,8 @@ class Stream:
         subscriber = Subscriber(self.http, self.channels.control, CURRENT)
         try:
             async for segment in subscriber:
+                if self._halt.is_set():
+                    break
                 text = await segment.read()
                 try:
                     message = json.loads(text)
@@ -469,7 +476,7 @@ class Stream:
 
     async def _watch(self) -> None:
         next_status = time.monotonic()
-        while True:
+        while not self._halt.is_set():
             now = time.monotonic()
             if self.channels.events and now >= next_status:
                 next_status = now + self.settings.status_interval_s
@@ -516,3 +523,10 @@ class Stream:
             pass
 
 
+async def _cancelled(tasks: list[asyncio.Future]) -> None:
+    """Cancel until every task has ended: a cancel that Python 3.11's wait_for swallowed is sent again."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)

@@ -35,6 +35,7 @@ ENCODER_OPTIONS = {
     "libx264": {"preset": "superfast", "tune": "zerolatency", "forced-idr": "1"},
     "h264_nvenc": {"preset": "p1", "tune": "ull", "zerolatency": "1", "forced-idr": "1", "rc": "vbr"},
 }
+QUALITY_OPTION = {"libx264": "crf", "h264_nvenc": "cq"}
 
 
 class InputStopped(Exception):
@@ -73,6 +74,7 @@ class Feed:
                 return b""
             chunk = self._chunks.get()
             if self.stopped:
+                self._chunks.put(None)  # FFmpeg may read again after the error: it must not block then either
                 raise InputStopped
             if chunk is None:
                 self._ended = True
@@ -163,7 +165,13 @@ class Encoder:
     muxer writes them, both on the calling thread."""
 
     def __init__(
-        self, width: int, height: int, codec: str, on_segment: Callable[[], None], on_bytes: Callable[[bytes], None]
+        self,
+        width: int,
+        height: int,
+        codec: str,
+        on_segment: Callable[[], None],
+        on_bytes: Callable[[bytes], None],
+        quality: int = 23,
     ):
         self.width, self.height = width, height
         self.codec = av.CodecContext.create(codec, "w")
@@ -171,7 +179,7 @@ class Encoder:
         self.codec.time_base = PTS_TIME_BASE
         self.codec.thread_count = 1  # many streams share the cores; one thread each keeps their count fixed
         self.codec.gop_size = 1 << 20  # keyframes where segments start, and only there
-        self.codec.options = ENCODER_OPTIONS.get(codec, {})
+        self.codec.options = {**ENCODER_OPTIONS.get(codec, {}), QUALITY_OPTION.get(codec, "crf"): str(quality)}
         self.codec.open()
         self._on_segment, self._on_bytes = on_segment, on_bytes
         self._container: av.container.OutputContainer | None = None
