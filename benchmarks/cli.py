@@ -10,6 +10,7 @@ pose-persons  pose's inference at 0, 1, 2, 4 and 8 persons served, beside the de
 overload   open-loop load at multiples of the measured capacity: accepted latency, 503s, memory
 slow-clients  normal latency without and beside sockets that trickle a byte a second
 soak       many mixed good and malformed requests: statuses and memory growth
+stream     live streams (trickle, H.264): fps out, latency beside a relay's floor, drops, stages, CPU per map
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from . import (
     probes,
     slowclients,
     soak,
+    stream,
 )
 
 
@@ -214,6 +216,10 @@ def parser() -> argparse.ArgumentParser:
     pa.add_argument("--sizes", type=_list(_hw), default=[], metavar="HxW,...",
                     help="also each photograph resized to these frame sizes, e.g. 720x1280,1080x1920")  # fmt: skip
     pa.set_defaults(run=parity.run)
+    st = commands.add_parser("stream", help="live streams: fps out, latency over a relay's floor, stages, CPU per map")
+    common(st)
+    stream.add_arguments(st)
+    st.set_defaults(run=stream.run)
     pl = commands.add_parser("plot", help="draw committed reports again from their Markdown (a PNG beside each)")
     pl.add_argument("reports", type=Path, nargs="+", metavar="REPORT.md")
     pl.set_defaults(run=run_plot)

@@ -68,6 +68,7 @@ class Node:
                 max_batch=self.config.max_batch,
                 device=self.config.device,
                 threads=self.config.threads,
+                spin=self.config.onnxruntime_spin,
                 keep_arena_pixels=self.config.keep_arena_pixels,
             )
 

@@ -141,12 +141,13 @@ def test_the_advertised_capacity_is_what_the_node_accepts_before_503(tiny_build,
 def test_a_persistent_session_carries_many_frames_and_counts_once(tiny_build, tmp_path):
     with LiveRunnerDouble(SECRET) as double:
         proc, url = runner_node(tiny_build[0], tmp_path / "log", double, VISION_NODE_RUNNER_MODE="persistent",
-                                VISION_NODE_CAPABILITIES="segmentation", VISION_NODE_QUEUE_SIZE="1")  # fmt: skip
+                                VISION_NODE_CAPABILITIES="segmentation", VISION_NODE_STREAM_CAPACITY="2")  # fmt: skip
         try:
             wait_for(lambda: double.discoverable(), what="the runner")
             runner_id = by_app(double)["vision/segmentation"]
             assert double.runners[runner_id]["fields"]["mode"] == "persistent"
-            sessions = [httpx.post(f"{double.url}/apps/{runner_id}/session").json() for _ in range(2)]  # capacity 2
+            # persistent: a session is a stream, so the capacity is the streams a capability takes (2 here)
+            sessions = [httpx.post(f"{double.url}/apps/{runner_id}/session").json() for _ in range(2)]
             assert httpx.post(f"{double.url}/apps/{runner_id}/session").status_code == 503
             for i in range(5):
                 r = infer_through(f"{sessions[0]['app_url']}/infer/segmentation/raw", frame(64, 96, seed=i))
@@ -322,3 +323,48 @@ def test_capacity_is_derived_and_a_larger_one_is_warned_about():
     warnings = Config(orchestrator_url="http://o", orchestrator_secret="s", node_url="http://n", capacity=9,
                       queue_size=4).registration_warnings()  # fmt: skip
     assert len(warnings) == 1 and "capacity 9 is more than a capability accepts before answering 503 (5" in warnings[0]
+
+
+def test_a_persistent_session_runs_a_live_stream_through_the_channels_the_node_asks_the_session_for(
+    tiny_build, tmp_path
+):
+    """The live-runner shape of a stream: the client starts it through its session with no channel named; the node
+    asks the session's control URL for in/out/control/events channels and answers their public URLs; the client
+    publishes to "in" and reads "out"; stopping the session closes its channels, which ends the stream."""
+    import asyncio
+
+    from benchmarks.live_clip import decode_frames, encode_segments, photo_clip
+    from benchmarks.live_io import Reader, publish
+    from benchmarks.trickle_server import TrickleServer
+
+    segments = encode_segments(photo_clip(48, 96, 128, seed=7), fps=24, gop=24)
+    with TrickleServer() as trickle, LiveRunnerDouble(SECRET, trickle=trickle) as double:
+        proc, url = runner_node(tiny_build[0], tmp_path / "log", double, VISION_NODE_RUNNER_MODE="persistent",
+                                VISION_NODE_CAPABILITIES="depth")  # fmt: skip
+        try:
+            wait_for(lambda: double.discoverable(), what="the runner")
+            runner_id = by_app(double)["vision/depth"]
+            session = httpx.post(f"{double.url}/apps/{runner_id}/session").json()
+            started = httpx.post(f"{session['app_url']}/live/depth/stream/start", json={"params": {"channels": 1}})
+            assert started.status_code == 200, started.text
+            channels = started.json()["channels"]
+            assert set(channels) == {"in", "out", "control", "events"}
+            assert started.json()["stream_id"] == session["session_id"]
+            assert double.channel_calls[-1]["livepeer-session-token"]  # asked with the session's own token
+
+            async def stream():
+                reader = Reader(channels["out"], keep_frames=True)
+                reading = asyncio.ensure_future(reader.run())
+                await publish(channels["in"], segments, 24)
+                await asyncio.sleep(0.5)
+                assert httpx.post(f"{session['control_url']}/stop").status_code == 204  # the client leaves
+                await asyncio.wait_for(reading, 10)
+                return reader.frames
+
+            frames = asyncio.run(stream())
+            inputs = {pts for s in segments for pts, _ in decode_frames(s.data)}
+            assert frames and {a.pts for a in frames} <= inputs and len(frames) >= 0.8 * len(inputs)
+            wait_for(lambda: httpx.get(f"{url}/streams").json()["streams"] == [], what="the stream's end")
+        finally:
+            stop(proc)
+        assert "stopped: the input channel ended" in (tmp_path / "log").read_text()

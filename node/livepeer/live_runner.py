@@ -58,7 +58,7 @@ def runner_entry(config: Config, capability: str, gpu: dict | None = None) -> di
         "app": config.runner_app(capability),
         "runner_url": config.node_url.rstrip("/"),
         "mode": config.runner_mode,
-        "capacity": config.advertised_capacity,
+        "capacity": config.runner_capacity,
         "version": config.runner_version or __version__,
     }
     if config.runner_metadata:

@@ -49,6 +49,7 @@ class OnnxRuntimeBackend:
         device: str = "auto",
         threads: int = 0,
         keep_arena_pixels: int = 1920 * 1080,
+        spin: bool = False,
     ):
         self.path = Path(path)
         self.outputs = outputs  # manifest: name, dtype, shape (frame dimension names or ints)
@@ -63,6 +64,7 @@ class OnnxRuntimeBackend:
         self.max_batch = min(max_batch, bounds.max_batch)
         self.requested_device = device
         self.threads = threads
+        self.spin = spin
         self.keep_arena_pixels = keep_arena_pixels
         self.device = "closed"
         self._ort = None
@@ -79,6 +81,8 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads
+        if not self.spin:  # idle threads sleep instead of spinning on the cores the streams' codecs need
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: ORT warns about things the build already checked
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=providers)

@@ -173,10 +173,31 @@ class Stream:
         return self.ended
 
     async def _shutdown(self, reason: str, error: bool) -> None:
+        try:
+            await self._wind_down()
+            if error:
+                self.stats.error(reason)
+            final = {"type": "error" if error else "stream_stopped", "reason": reason, **self.status()}
+            await self._event(final, timeout=2.0)
+            if self._events is not None:
+                await self._events.close()
+        finally:  # whatever happened above, the stream is gone and whoever waits for its end hears of it
+            self.state = "stopped"
+            frames, seconds = self.stats.frames, time.monotonic() - self.stats.started
+            counts = ", ".join(f"{frames[kind]} {kind}" for kind in ("in", "out", "dropped", "skipped", "failed"))
+            level = logging.WARNING if error else logging.INFO
+            log.log(level, "stream %s (%s) stopped: %s; frames: %s over %.1f s", self.id, self.capability.name,
+                    reason, counts, seconds)
+            self._on_end(self)
+            if not self.ended.done():
+                self.ended.set_result(reason)
+
+    async def _wind_down(self) -> None:
+        """Input first, then the threads (joined), then the output's last segment, then every task."""
         self._halt.set()
-        current, publishing = asyncio.current_task(), self._publishing
+        publishing = self._publishing
         for task in self._tasks:
-            if task is not current and task is not publishing:
+            if task is not publishing:
                 task.cancel()  # (each loop also looks at _halt: Python 3.11's wait_for can swallow a cancel)
         if self._job is not None:
             self.session.give_up(self._job)
@@ -186,27 +207,11 @@ class Stream:
         self._maps.put(None)  # the encoder finishes the maps it holds, then ends its segment
         while any(thread.is_alive() for thread in self._threads):  # joined without a thread of the loop's pool
             await asyncio.sleep(0.005)
-        if publishing is not None and publishing is not current:
-            try:  # the last segment's end reaches the output channel
-                await asyncio.wait_for(asyncio.shield(publishing), 5.0)
-            except asyncio.TimeoutError:
-                publishing.cancel()
-        await _cancelled([t for t in self._tasks if t is not current])
-        if error:
-            self.stats.error(reason)
-        final = {"type": "error" if error else "stream_stopped", "reason": reason, **self.status()}
-        await self._event(final, timeout=2.0)
-        if self._events is not None:
-            await self._events.close()
-        self.state = "stopped"
-        frames, seconds = self.stats.frames, time.monotonic() - self.stats.started
-        counts = ", ".join(f"{frames[kind]} {kind}" for kind in ("in", "out", "dropped", "skipped", "failed"))
-        level = logging.WARNING if error else logging.INFO
-        log.log(level, "stream %s (%s) stopped: %s; frames: %s over %.1f s", self.id, self.capability.name, reason,
-                counts, seconds)
-        self._on_end(self)
-        if not self.ended.done():
-            self.ended.set_result(reason)
+        try:  # the last segment's end reaches the output channel
+            await asyncio.wait_for(asyncio.shield(publishing), 5.0)
+        except asyncio.TimeoutError:
+            publishing.cancel()
+        await _cancelled(self._tasks)
 
     def update(self, given) -> None:
         """New params (``/stream/params``, the control channel); InputError leaves the stream as it was."""
@@ -230,10 +235,10 @@ class Stream:
             **summary,
             "control": {"keepalives": self.keepalives},
             # ai-runner's status vocabulary, which go-livepeer's gateway keeps as the stream's status
-            "input_status": {"fps": summary["fps"]["in"], "last_input_time": self.stats.last_input},
+            "input_status": {"fps": summary["fps"]["in"], "last_input_time": _wall(self.stats.last_input)},
             "inference_status": {
                 "fps": summary["fps"]["out"],
-                "last_output_time": self.stats.last_output,
+                "last_output_time": _wall(self.stats.last_output),
                 "last_params": self.options.public(),
                 "last_error": self.stats.last_error,
             },
@@ -521,6 +526,11 @@ class Stream:
             self._loop.call_soon_threadsafe(function, *args)
         except RuntimeError:  # the loop closed: the process is ending
             pass
+
+
+def _wall(monotonic: float | None) -> float | None:
+    """A time.monotonic() as Unix time (what ai-runner's status reports)."""
+    return None if monotonic is None else round(time.time() - (time.monotonic() - monotonic), 3)
 
 
 async def _cancelled(tasks: list[asyncio.Future]) -> None:

@@ -7,7 +7,7 @@ parser (``fflags=+noparse``): a PES is handed over as the frame it carries, wher
 hold every frame until the next one begins. A PES that declares its length is then handed over as
 soon as its last byte arrives; one that does not (FFmpeg's default for video) when the next begins.
 
-Encoding: one encoder per stream (libx264 ``superfast``/``zerolatency``: no B-frames, no lookahead,
+Encoding: one encoder per stream (libx264 ``ultrafast``/``zerolatency``: no B-frames, no lookahead,
 one frame in, one packet out; or NVENC), and one MPEG-TS muxer per output segment, so that every
 segment starts with PAT/PMT and an IDR frame and decodes on its own. The muxer flushes after every
 frame and writes each video PES with its length, so a reader gets a frame the moment it is written.
@@ -32,7 +32,7 @@ _INPUT_OPTIONS = {"probesize": "32", "analyzeduration": "0", "fpsprobesize": "0"
 _OUTPUT_OPTIONS = {"flush_packets": "1", "omit_video_pes_length": "0"}
 # What each encoder needs to add no latency and to start a segment with an IDR frame when asked.
 ENCODER_OPTIONS = {
-    "libx264": {"preset": "superfast", "tune": "zerolatency", "forced-idr": "1"},
+    "libx264": {"preset": "ultrafast", "tune": "zerolatency", "forced-idr": "1"},
     "h264_nvenc": {"preset": "p1", "tune": "ull", "zerolatency": "1", "forced-idr": "1", "rc": "vbr"},
 }
 QUALITY_OPTION = {"libx264": "crf", "h264_nvenc": "cq"}
