@@ -121,6 +121,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
+async def streams_ended(url: str, timeout: float = 5.0) -> None:
+    """Until the node lists no stream (or the timeout: the caller's assertions say what is left)."""
+    async with httpx.AsyncClient() as http:
+        end = time.monotonic() + timeout
+        while (await http.get(f"{url}/streams")).json()["streams"] and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+
+
 def node_threads_fds(proc) -> tuple[int, int]:
     threads = int(re.search(r"^Threads:\s+(\d+)", Path(f"/proc/{proc.pid}/status").read_text(), re.M).group(1))
     return threads, len(os.listdir(f"/proc/{proc.pid}/fd"))
@@ -216,10 +224,7 @@ def test_an_unpaid_stream_whose_channels_vanish_ends_itself(live):
             publishing = asyncio.ensure_future(publish(started.subscribe_url, clip(frames=240), FPS))
             await asyncio.sleep(1.0)
             await orch.vanish("unpaid")  # go-livepeer's monitorOrchStream: channels closed, no /stream/stop
-            for _ in range(100):
-                if not httpx.get(f"{url}/streams").json()["streams"]:
-                    break
-                await asyncio.sleep(0.05)
+            await streams_ended(url)
             await publishing  # the publisher too sees its channel gone
             return httpx.get(f"{url}/streams").json()["streams"]
         finally:
@@ -285,10 +290,7 @@ def test_a_non_h264_input_ends_its_stream_with_an_error_event(live):
         try:
             started = await orch.start("mpeg2", None)
             publishing = asyncio.ensure_future(publish(started.subscribe_url, clip(codec="mpeg2video"), FPS))
-            for _ in range(100):
-                if not httpx.get(f"{url}/streams").json()["streams"]:
-                    break
-                await asyncio.sleep(0.05)
+            await streams_ended(url)
             events = orch.events("mpeg2")
             await orch.stop("mpeg2")
             publishing.cancel()
@@ -366,8 +368,7 @@ def test_an_input_that_stops_ends_its_stream_after_the_idle_timeout(live):
             started = await orch.start("idle", None)
             await publish(started.subscribe_url, clip(frames=24), FPS)  # then nothing: the source went quiet
             began = time.monotonic()
-            while httpx.get(f"{url}/streams").json()["streams"] and time.monotonic() - began < 15:
-                await asyncio.sleep(0.1)
+            await streams_ended(url, timeout=15)
             return time.monotonic() - began, orch.events("idle")
         finally:
             await orch.close()
