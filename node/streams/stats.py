@@ -21,7 +21,7 @@ class Window:
     def add(self, value: float = 0.0, now: float | None = None) -> None:
         self._items.append((time.monotonic() if now is None else now, value))
 
-    def _recent(self, now: float) -> list[float]:
+    def recent(self, now: float) -> list[float]:
         while self._items and self._items[0][0] < now - self.seconds:
             self._items.popleft()
         return [v for _, v in self._items]
@@ -30,10 +30,10 @@ class Window:
         """Events a second over the window (or since ``since``, when that is shorter)."""
         now = time.monotonic() if now is None else now
         span = min(self.seconds, now - since)
-        return len(self._recent(now)) / span if span > 0 else 0.0
+        return len(self.recent(now)) / span if span > 0 else 0.0
 
     def percentiles(self, *qs: float, now: float | None = None) -> list[float | None]:
-        values = self._recent(time.monotonic() if now is None else now)
+        values = self.recent(time.monotonic() if now is None else now)
         if not values:
             return [None] * len(qs)
         return [float(v) for v in np.percentile(values, qs)]
@@ -47,6 +47,7 @@ class StreamStats:
         self.frames = Counter()  # in, out, dropped (a newer frame took its place), skipped (max_framerate), failed
         self.frames_in, self.frames_out = Window(), Window()
         self.latency = Window()  # seconds from the frame's packet demuxed to its map handed to the publisher
+        self.batch = Window()  # frames in the engine call each map came from (streams of a capability batch)
         self.stages = {stage: Window() for stage in STAGES}
         self.errors = 0
         self.last_error: str | None = None
@@ -58,8 +59,9 @@ class StreamStats:
         self.frames_in.add(now=now)
         self.last_input = now
 
-    def sent(self, now: float, latency: float, stages: dict[str, float]) -> None:
+    def sent(self, now: float, latency: float, stages: dict[str, float], batch: int = 1) -> None:
         self.frames["out"] += 1
+        self.batch.add(batch, now)
         self.frames_out.add(now=now)
         self.latency.add(latency, now)
         for stage, seconds in stages.items():
@@ -81,6 +83,7 @@ class StreamStats:
             "latency_ms": {"p50": _ms(p50), "p95": _ms(p95)},
             "frames": {k: self.frames[k] for k in ("in", "out", "dropped", "skipped", "failed")},
             "stages_ms_p50": {stage: _ms(w.percentiles(50, now=now)[0]) for stage, w in self.stages.items()},
+            "batch_max": int(max(self.batch.recent(now), default=1)),  # frames in one engine call, at most
             "errors": self.errors,
             "last_error": self.last_error,
             "seconds": round(now - self.started, 1),

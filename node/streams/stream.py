@@ -449,7 +449,7 @@ class Stream:
             "publish": now - item.encoded,
         }
         latency = now - item.frame.demuxed
-        self.stats.sent(now, latency, stages)
+        self.stats.sent(now, latency, stages, outcome.batch)
         self.counters["out"].inc()
         self.counters["latency"].observe(latency)
 
