@@ -444,3 +444,29 @@ def test_streams_show_in_metrics_capabilities_and_the_streams_list(live):
     assert 'vision_node_streams{capability="pose"} 1.0' in metrics
     assert re.search(r'vision_node_stream_frames_total\{capability="pose",kind="out"\} [1-9]', metrics)
     assert 'vision_node_stream_latency_seconds_count{capability="pose"}' in metrics
+
+
+def test_a_stream_slower_than_its_input_keeps_the_newest_frame_and_its_latency_bounded(tiny_build, tmp_path):
+    """Inference four times slower than the input (the STAND-IN ENGINE, 160 ms a frame, GIL released): frames drop
+    before inference and the latency stays about one inference, from the first second to the last."""
+    log = tmp_path / "node.log"
+    with TrickleServer() as trickle:
+        proc, url = start_node(tiny_build[0], log, "--standin-ms", "160", module="benchmarks.standin")
+        try:
+            wait_for_http(f"{url}/ready", proc, log)
+            orch = StreamOrchestrator(trickle, f"{url}/live/depth")
+
+            async def scenario():
+                try:
+                    return await stream_through(orch, "slow", clip(frames=96, seed=8))
+                finally:
+                    await orch.close()
+
+            reader, sent, _ = run(scenario())
+        finally:
+            assert stop(proc) == 0, log.read_text()
+    latency = sorted((sent[a.pts], a.time - sent[a.pts]) for a in reader.frames)
+    first, last = [lat for _, lat in latency[:3]], [lat for _, lat in latency[-3:]]
+    print(f"\n{len(latency)} maps of 96 frames; latency first {np.round(first, 3)} s, last {np.round(last, 3)} s")
+    assert 96 * 0.1 < len(latency) < 96 * 0.5  # most frames dropped: about one map per inference
+    assert max(last) < 2 * 0.160 + 0.2 and max(last) < max(first) + 0.1  # bounded, and no growth
