@@ -3,7 +3,7 @@
 
 import sys
 
-from node.builder.cli import main
+from vision_node.builder.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

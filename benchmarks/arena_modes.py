@@ -15,9 +15,9 @@ import statistics
 import time
 from pathlib import Path
 
-from node import samples
-from node.contract import FRAME_INPUT
-from node.engines import load
+from vision_node import samples
+from vision_node.contract import FRAME_INPUT
+from vision_node.engines import load
 
 SHRINK = "memory.enable_memory_arena_shrinkage"
 
@@ -28,7 +28,7 @@ def _cpu_s() -> float:
 
 
 def main(argv=None) -> int:
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnxruntime as ort
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.arena_modes", description=__doc__.split("\n")[0])
     parser.add_argument("--engines", type=Path, required=True)

@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from node import samples
+from vision_node import samples
 
 from . import nodeproc, report
 from .overhead import bodies, post
@@ -35,7 +35,7 @@ def run(args) -> int:
             runs.append({"ready_s": ready_s, "first_inference_s": first})
             progress(f"start {i + 1}/{args.runs}: ready {ready_s:.2f} s, " + ", ".join(
                 f"first {c} {s:.2f} s" for c, s in first.items()
-            ))  # fmt: skip
+            ))
     ready = summarise([r["ready_s"] for r in runs])
     rows = [{"measure": "start -> /ready 200", **{k: ready[k] / 1000 for k in ("min", "p50", "p95", "max")}}]
     for capability in runs[0]["first_inference_s"]:
@@ -45,7 +45,7 @@ def run(args) -> int:
         )
     rows = [{"measure": r["measure"], **{f"{k} s": v for k, v in r.items() if k != "measure"}} for r in rows]
     notes = [
-        f"{args.runs} starts of `python -m node serve` (fresh process each; the OS file cache is warm after the first)",
+        f"{args.runs} starts of `vision-node serve` (fresh process each; the OS file cache is warm after the first)",
         "ready = first 200 from /ready (every graph loaded, hashed and warm); first inference: one raw "
         f"{args.size[0]}x{args.size[1]} frame per capability, in turn, right after ready",
     ]

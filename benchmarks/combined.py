@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from node import samples
+from vision_node import samples
 
 from . import nodeproc, report
 from .report import progress
@@ -77,7 +77,7 @@ def run(args) -> int:
         rows.append({
             "scenario": scenario, "frames": summary["n"], "p50 ms": summary["p50"], "p99 ms": summary["p99"],
             "max ms": summary["max"], "KiB moved per frame": moved[scenario] / len(seconds) / 1024,
-        })  # fmt: skip
+        })
     notes = [
         f"{args.size[1]}x{args.size[0]} JPEG frames (quality 90); default outputs: depth and segmentation PNG, "
         "pose JSON",

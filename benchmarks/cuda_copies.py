@@ -19,9 +19,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from node.contract import FRAME_INPUT, ShapeBounds
-from node.runtime.cuda import SharedScratch
-from node.runtime.tensorrt import TensorRTBackend
+from vision_node.contract import FRAME_INPUT, ShapeBounds
+from vision_node.runtime.cuda import SharedScratch
+from vision_node.runtime.tensorrt import TensorRTBackend
 
 BOUNDS = ShapeBounds(min_hw=(64, 64), max_hw=(1080, 1920), opt_hw=(512, 512), max_batch=1)
 PLAN = b"STAND-IN PLAN: not a TensorRT engine"
@@ -48,7 +48,7 @@ def reference(frames: np.ndarray) -> dict[str, np.ndarray]:
 
 def compile_kernel():
     """The stand-in kernel, compiled for the current context's GPU (nvcc)."""
-    from pycuda.compiler import SourceModule  # noqa: PLC0415
+    from pycuda.compiler import SourceModule
 
     kernel = SourceModule(KERNEL).get_function("stand_in")
     kernel.prepare("PPPq")
@@ -150,7 +150,7 @@ class _Context:
         fake.kernel.prepared_async_call(
             ((pixels + 255) // 256, 1), (256, 1, 1), fake.stream,
             a[FRAME_INPUT], a["mean"], a["inverted"], pixels,
-        )  # fmt: skip
+        )
         fake.launches += 1
         return True
 
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--sizes", nargs="+", default=["512x512", "1080x1920"], help="HxW")
     args = parser.parse_args(argv)
-    from node.runtime.cuda import gpu_identity, load_pycuda  # noqa: PLC0415
+    from vision_node.runtime.cuda import gpu_identity, load_pycuda
 
     cuda, context = load_pycuda()
     context.push()
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
             backend = open_backend(cuda, scratch, compile_kernel(), tmp)
             try:
                 results = [((h, w), measure(backend, h, w, args.frames)) for h, w in
-                           (tuple(int(d) for d in size.split("x")) for size in args.sizes)]  # fmt: skip
+                           (tuple(int(d) for d in size.split("x")) for size in args.sizes)]
             finally:
                 backend.__exit__(None, None, None)
                 scratch.free()

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 def demo_model(name: str):
     """The demo weights of ``name`` (a model of ``SPECS``, or of ``TINY_SPECS`` with its ``-tiny`` suffix)."""
-    from node.builder import weights  # noqa: PLC0415
-    from node.builder.specs import SPECS  # noqa: PLC0415
-    from node.builder.tiny import TINY_SPECS  # noqa: PLC0415
+    from vision_node.builder import weights
+    from vision_node.builder.specs import SPECS
+    from vision_node.builder.tiny import TINY_SPECS
 
     spec = TINY_SPECS[name.removesuffix("-tiny")] if name.endswith("-tiny") else SPECS[name]
     return weights.load_demo(spec)

@@ -58,7 +58,7 @@ async def echo_wait(request):
 @functools.cache
 def _session():
     """The session, its frame input's name and the output asked for: looked up once, as the node does."""
-    import onnxruntime as ort  # noqa: PLC0415 (only /model needs it)
+    import onnxruntime as ort  # only /model needs it
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

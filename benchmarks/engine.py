@@ -1,7 +1,7 @@
 """In-process latency of each graph on a backend, beside what a user would run instead.
 
 The baseline is the same architecture through transformers in PyTorch eager (image processor +
-model + post-processing, as ``node.builder.reference`` runs it), on the same frames, in the same
+model + post-processing, as ``vision_node.builder.reference`` runs it), on the same frames, in the same
 run. Its weights are the architecture's seeded demo weights: latency depends on shapes, not values.
 """
 
@@ -12,13 +12,13 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from node import samples
-from node.contract import FRAME_INPUT
-from node.engines import load
-from node.errors import StartupError
-from node.runtime.flavours import FLAVOURS, flavour
-from node.runtime.onnxruntime import OnnxRuntimeBackend
-from node.runtime.tensorrt import TensorRTBackend, gpu_runtime, load_tensorrt
+from vision_node import samples
+from vision_node.contract import FRAME_INPUT
+from vision_node.engines import load
+from vision_node.errors import StartupError
+from vision_node.runtime.flavours import FLAVOURS, flavour
+from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
+from vision_node.runtime.tensorrt import TensorRTBackend, gpu_runtime, load_tensorrt
 
 from . import photographs, report
 from .demo_models import demo_model
@@ -105,7 +105,7 @@ def _open(backend_name: str, graph, bounds, batch: int):
 
 def _baseline(served, models, frames, sizing):
     """One call of the transformers path on ``frames``: image processor + model + post-processing."""
-    from node.builder import reference  # noqa: PLC0415
+    from vision_node.builder import reference
 
     capability, max_persons = served.name, served.options.get("max_persons", 8)
 
@@ -123,7 +123,7 @@ def _baseline(served, models, frames, sizing):
 
 
 def _baseline_name() -> str:
-    import torch  # noqa: PLC0415
+    import torch
 
     return f"transformers eager (torch {torch.__version__}, CPU)"
 
@@ -161,7 +161,7 @@ def interleaved_rows(
             progress(f"{capability} {batch}x{h}x{w}: {graph.path.name} on onnxruntime and transformers, in turn")
             with _open("onnxruntime", graph, served.bounds, batch) as backend:
                 calls = {"graph": lambda b=backend, f=frames: b.infer({FRAME_INPUT: f}),
-                         "baseline": _baseline(served, models, frames, graph.sizing)}  # fmt: skip
+                         "baseline": _baseline(served, models, frames, graph.sizing)}
                 timed = {name: [] for name in calls}
                 for i in range(warmup + iterations):
                     for name, call in calls.items():
@@ -202,7 +202,7 @@ def _row(capability, backend, batch, h, w, timed, stable) -> dict:
 # ---------------------------------------------------------------- the command: python -m benchmarks engine
 
 COLUMNS = ["capability", "backend", "frames", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "frames/s",
-           "baseline / graph p50", "process RSS MiB", "n", "stable"]  # fmt: skip
+           "baseline / graph p50", "process RSS MiB", "n", "stable"]
 
 
 def run(args) -> int:
@@ -218,12 +218,12 @@ def run(args) -> int:
     for capability in args.capabilities:
         if args.rotate_sizes:  # every size in turn, round by round
             rows += rotated_rows(args.engines, capability, sizes, report.progress, frames_for, args.warmup,
-                                 args.iterations)  # fmt: skip
+                                 args.iterations)
         elif args.interleaved:  # ONNX Runtime and transformers in turn, call by call
             rows += _interleaved(args, capability, sizes, frames_for)
         else:
             rows += graph_rows(args.engines, capability, sizes, args.batches, report.progress, backends, frames_for,
-                               **_measuring(args))  # fmt: skip
+                               **_measuring(args))
             if args.baseline:
                 rows += _beside_baseline(rows, _baseline_or_none(args, capability, sizes, frames_for))
     _write(args, rows)
@@ -248,7 +248,7 @@ def _loadable(backends) -> list[str]:
 
 def _interleaved(args, capability: str, sizes, frames_for) -> list[dict]:
     pairs = interleaved_rows(args.engines, capability, sizes, args.batches, report.progress, frames_for,
-                             warmup=args.warmup, iterations=args.iterations)  # fmt: skip
+                             warmup=args.warmup, iterations=args.iterations)
     for ours, theirs in zip(pairs[::2], pairs[1::2]):
         ours["baseline / graph p50"] = theirs["p50 ms"] / ours["p50 ms"]
     return pairs

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from node.capabilities.depth import Depth
-from node.contract import FRAME_INPUT
-from node.engines import load
-from node.runtime.onnxruntime import OnnxRuntimeBackend
+from vision_node.capabilities.depth import Depth
+from vision_node.contract import FRAME_INPUT
+from vision_node.engines import load
+from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
 
 from . import report
 from .report import progress
@@ -51,7 +51,7 @@ def _degrade(image: np.ndarray, rng: np.random.Generator, noise: float, quality:
 
 def clips(frames: int, noise: float, quality: int, seed: int = 0) -> dict[str, tuple[list[np.ndarray], int]]:
     """name -> (frames, horizontal shift per frame in pixels)."""
-    from skimage import data  # noqa: PLC0415 (the bench extra)
+    from skimage import data  # the bench extra
 
     rng = np.random.default_rng(seed)
     still = data.astronaut()  # 512x512
@@ -115,11 +115,11 @@ def run(args) -> int:
         "render: normalisation to the 8-bit map, the only step that differs between the methods",
         f"weights: {served.weights}" + (" (demo: random weights; the network's response to noise is arbitrary, "
                                          "so read the ratios, not the levels)" if served.demo else ""),
-    ]  # fmt: skip
+    ]
     prov = report.provenance({"engines": str(args.engines), "model": [m["name"] for m in served.models]})
     report.write({"provenance": prov, "rows": rows, "series": {f"{c}/{m}": s for (c, m), s in series.items()}},
                  "Depth flicker: per-frame min-max, fixed range, smoothing", rows, notes, args.json,
-                 args.markdown)  # fmt: skip
+                 args.markdown)
     if args.plot:
         _plot(series, args.plot, args.smooth)
         print(f"wrote {args.plot}")
@@ -165,15 +165,15 @@ def _rows(clip: str, measured: _Clip, shift: int, depth: Depth, smooth: float, s
             "range flicker": float(np.mean(range_flicker(measured.depth0, measured.ranges[method], depth))),
             "render ms p50": float(np.median(measured.cost[method]) * 1000),
             "infer ms p50": float(np.median(measured.infer_s) * 1000),
-        })  # fmt: skip
+        })
     return rows
 
 
 def _plot(series: dict, path: str, smooth: float) -> None:
-    import matplotlib  # noqa: PLC0415 (the bench extra)
+    import matplotlib  # the bench extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     clips_ = sorted({c for c, _ in series}, reverse=True)
     fig, axes = plt.subplots(1, len(clips_), figsize=(5 * len(clips_), 3.4), sharey=True)

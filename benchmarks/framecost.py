@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from node import codecs, png
-from node.capabilities.depth import Depth
+from vision_node import codecs, png
+from vision_node.capabilities.depth import Depth
 
 from . import nodeproc, report
 from .overhead import echo_floor, post
@@ -48,7 +48,7 @@ EXTRA = {"pose": {"person_threshold": "0"}}
 
 def photograph(h: int, w: int) -> np.ndarray:
     """scikit-image's astronaut (a person, for pose), resized to h x w."""
-    from skimage import data  # noqa: PLC0415 (the bench extra; bundled, no download)
+    from skimage import data  # the bench extra; bundled, no download
 
     return np.asarray(Image.fromarray(data.astronaut()).resize((w, h), Image.Resampling.BICUBIC))
 
@@ -134,7 +134,7 @@ def http_rows(results: dict, sent: dict, floors: dict) -> list[dict]:
         host = summarise([t - m["timings_ms"]["infer"] / 1000 for t, m in zip(trips, metas)])
         wire = summarise([t - m["timings_ms"]["total"] / 1000 for t, m in zip(trips, metas)])
         row = {"frame": f"{h}x{w}", "capability": capability, "output": output, "in": kind,
-               "in KiB": sent[case] / 1024, "out KiB": got[0][2] / 1024}  # fmt: skip
+               "in KiB": sent[case] / 1024, "out KiB": got[0][2] / 1024}
         row.update({f"{k} p50 ms": stage[k]["p50"] for k in STAGES})
         rendered = [m["timings_ms"].get("render", 0) + m["timings_ms"]["encode"] for m in metas]
         row.update(
@@ -157,10 +157,10 @@ PLOTTED = ("read", "decode", "queue", "render", "encode", "http")
 
 def plot_stages(rows: list[dict], path: Path, title: str) -> None:
     """Each row's host time as stacked stages (medians), so where a frame's milliseconds go reads at a glance."""
-    import matplotlib  # noqa: PLC0415 (the bench extra)
+    import matplotlib  # the bench extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     labels = [f"{r['frame']} {r['capability']}/{r['output']} ({r['in']} in)" for r in rows]
     fig, ax = plt.subplots(figsize=(9, 0.22 * len(rows) + 1.5))
@@ -192,8 +192,8 @@ def smooth_map(h: int, w: int) -> np.ndarray:
 
 def encoders() -> dict:
     """name -> encode(map8) -> bytes: every encoder tried, each on a uint8 [H, W] map."""
-    import cv2  # noqa: PLC0415 (the bench extra)
-    import deflate  # noqa: PLC0415
+    import cv2  # the bench extra
+    import deflate
 
     cv2.setNumThreads(1)
 
@@ -239,7 +239,7 @@ def encoder_rows(maps: dict, repeats: int) -> list[dict]:
         for name, encode in encoders().items():
             stats, out = _timed(lambda e=encode, m=m: e(m), repeats)
             rows.append({"map": f"{label} {h}x{w}", "encoder": name, "p50 ms": stats["p50"], "p99 ms": stats["p99"],
-                         "KiB": len(out) / 1024})  # fmt: skip
+                         "KiB": len(out) / 1024})
     return rows
 
 
@@ -257,7 +257,7 @@ def node_render_rows(sizes, repeats: int) -> list[dict]:
             total, _ = _timed(partial(_render_and_encode, depth, outputs, options, (h, w)), repeats)
             rows.append({"map": f"smooth {h}x{w}", "encoder": f"node: depth render + encode, output={output}",
                          "p50 ms": total["p50"], "p99 ms": total["p99"], "KiB": len(bytes(encoded.body)) / 1024,
-                         "render p50 ms": render["p50"], "encode p50 ms": encode["p50"]})  # fmt: skip
+                         "render p50 ms": render["p50"], "encode p50 ms": encode["p50"]})
     return rows
 
 
@@ -273,7 +273,7 @@ def run(args) -> int:
     results, sent, demo_maps = measure_http(args)
     progress("HTTP floor: the raw-in cases' bytes through a bare Starlette echo on uvicorn")
     raw_cases = {case: (b"\0" * sent[case], "application/octet-stream", got[0][2])
-                 for case, got in results.items() if case[3] == "raw"}  # fmt: skip
+                 for case, got in results.items() if case[3] == "raw"}
     floors = echo_floor(raw_cases, max(args.requests, 30), args.warmup + 5)
     rows = http_rows(results, sent, floors)
     served = sorted({r[1] for r in results})
@@ -310,11 +310,11 @@ def run(args) -> int:
     enc_notes = [
         f"median and p99 of {args.repeats} runs in this process, one thread; 'demo depth' is the node's 8-bit"
         " depth map of the photograph (random weights: noise), 'smooth' a synthetic map like a trained model's",
-        "node rows are the node's own functions (node.codecs, node.png, Depth.render/encode)",
+        "node rows are the node's own functions (vision_node.codecs, vision_node.png, Depth.render/encode)",
     ]
     suffixed = {k: _suffixed(v) for k, v in (("json", args.json), ("markdown", args.markdown))}
     report.write({"provenance": prov, "rows": enc_rows}, "Encoders on the same 8-bit maps (in process)", enc_rows,
-                 enc_notes, suffixed["json"], suffixed["markdown"])  # fmt: skip
+                 enc_notes, suffixed["json"], suffixed["markdown"])
     return 0
 
 

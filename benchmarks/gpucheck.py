@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # What the GPU machine may lack, for CPython 3.12 on x86-64 Linux (the lent machine's).
 WHEELS = ("pytools", "platformdirs", "mako", "markupsafe", "siphash24", "simplejpeg", "isal",
-          "nvidia-nvimgcodec-cu13", "nvidia-nvjpeg")  # fmt: skip
+          "nvidia-nvimgcodec-cu13", "nvidia-nvjpeg")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 SIZES = ((720, 1280), (1080, 1920))
 TOLERANCE = {"max": 8, "mean": 0.5}  # nvJPEG's IDCT is not libjpeg-turbo's: a few levels on few pixels
@@ -64,7 +64,7 @@ def download(folder: Path) -> int:
     subprocess.run([*pip, "--no-binary=pycuda", "pycuda==2026.1"], check=True)
     platforms = [a for p in PLATFORMS for a in ("--platform", p)]
     subprocess.run([*pip, "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", *platforms,
-                    *WHEELS], check=True)  # fmt: skip
+                    *WHEELS], check=True)
     size = sum(f.stat().st_size for f in folder.iterdir())
     progress(f"{folder}: {len(list(folder.iterdir()))} files, {size / 2**20:.1f} MiB (a device run carries 64 MiB)")
     return 0
@@ -80,7 +80,7 @@ def install(folder: Path | None, target: Path) -> None:
     files = sorted(str(f) for f in folder.iterdir() if f.suffix in (".whl", ".gz"))
     progress(f"installing {len(files)} carried files into {target} (pycuda builds from source: about a minute)")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), *files], check=True)  # fmt: skip
+                    "--target", str(target), *files], check=True)
     sys.path.insert(0, str(target))
     os.environ["PYTHONPATH"] = os.pathsep.join([str(target), str(ROOT), os.environ.get("PYTHONPATH", "")])
 
@@ -96,22 +96,22 @@ def _importable(module: str) -> bool:
 def device_tests() -> dict:
     progress("tests/test_cuda_device.py (real CUDA, STAND-IN engine)")
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                           "tests/test_cuda_device.py"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+                           "tests/test_cuda_device.py"], cwd=ROOT, capture_output=True, text=True)
     tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
     return {"exit": done.returncode, "summary": tail, "output": done.stdout[-4000:]}
 
 
 def decode_check(frames: int) -> dict:
     """nvImageCodec into the backend's input buffer against libjpeg-turbo on the CPU, same JPEGs, same backend."""
-    import numpy as np  # noqa: PLC0415
-    import simplejpeg  # noqa: PLC0415
+    import numpy as np
+    import simplejpeg
 
-    from node import samples  # noqa: PLC0415
-    from node.contract import FRAME_INPUT  # noqa: PLC0415
-    from node.runtime.cuda import SharedScratch, gpu_identity, load_pycuda  # noqa: PLC0415
-    from node.runtime.gpu_decode import GpuJpegDecoder  # noqa: PLC0415
+    from vision_node import samples
+    from vision_node.contract import FRAME_INPUT
+    from vision_node.runtime.cuda import SharedScratch, gpu_identity, load_pycuda
+    from vision_node.runtime.gpu_decode import GpuJpegDecoder
 
-    from .cuda_copies import compile_kernel, open_backend  # noqa: PLC0415
+    from .cuda_copies import compile_kernel, open_backend
 
     cuda, context = load_pycuda()
     context.push()
@@ -163,13 +163,13 @@ def _compare(backend, decoder, data, h, w, frames, np, simplejpeg, frame_input) 
         "pixels equal %": float((diff == 0).mean() * 100),
         "within tolerance": bool(diff.max() <= TOLERANCE["max"] and diff.mean() <= TOLERANCE["mean"]),
         **{f"{name} {k}": v for name, t in timed.items() for k, v in t.items()},
-    }  # fmt: skip
+    }
 
 
 def copies() -> str:
     progress("benchmarks.cuda_copies at 720p and 1080p")
     done = subprocess.run([sys.executable, "-m", "benchmarks.cuda_copies", "--frames", "200", "--sizes",
-                           *(f"{h}x{w}" for h, w in SIZES)], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+                           *(f"{h}x{w}" for h, w in SIZES)], cwd=ROOT, capture_output=True, text=True)
     return done.stdout if done.returncode == 0 else f"failed ({done.returncode}):\n{done.stderr[-2000:]}"
 
 
@@ -204,7 +204,7 @@ def _markdown(report: dict) -> str:
              "Command: `python -m benchmarks.gpucheck --wheels .whl --out OUT`", "",
              f"## tests/test_cuda_device.py: {report['tests']['summary']}", "",
              "## Copies (benchmarks.cuda_copies)", "", report["copies"], "",
-             "## nvImageCodec into the input buffer", ""]  # fmt: skip
+             "## nvImageCodec into the input buffer", ""]
     decode = report["decode"]
     if "error" in decode:
         lines.append(f"failed: {decode['error']}")
@@ -213,13 +213,13 @@ def _markdown(report: dict) -> str:
         rows = decode["rows"]
         lines += ["", "| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
         lines += ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |"
-                  for r in rows]  # fmt: skip
+                  for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--wheels", type=Path, default=Path(".whl"),
-                   help="the carried wheels and the pycuda sdist (default: .whl)")  # fmt: skip
+                   help="the carried wheels and the pycuda sdist (default: .whl)")
     p.add_argument("--download", type=Path, metavar="DIR", help="only download the wheels to carry into DIR")
     p.add_argument("--out", default="gpu-check", help="folder for gpu-check.md and .json (default: gpu-check)")
     p.add_argument("--frames", type=int, default=100, help="timed frames per path and size (default: 100)")

@@ -41,7 +41,7 @@ class Segment:
 
 def photo_clip(frames: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
     """RGB uint8 frames: a slow pan and a slight zoom across a photograph, plus Gaussian sensor noise."""
-    from skimage import data  # noqa: PLC0415 (the bench/dev extra)
+    from skimage import data  # the bench/dev extra
 
     rng = np.random.default_rng(seed)
     photo = Image.fromarray([data.astronaut, data.coffee, data.chelsea][seed % 3]())
@@ -64,7 +64,7 @@ def photo_clip(frames: int, height: int, width: int, seed: int = 0) -> list[np.n
 
 
 def encode_segments(frames: list[np.ndarray], fps: int = 24, gop: int = 24, codec: str = "libx264",
-                    pts0: int = PTS_HZ) -> list[Segment]:  # fmt: skip
+                    pts0: int = PTS_HZ) -> list[Segment]:
     """Video-only MPEG-TS segments of ``gop`` frames, each a standalone TS starting at a keyframe.
 
     Each segment is its own encoder and muxer (a GOP is independent anyway), so every segment starts with
@@ -81,7 +81,7 @@ def encode_segments(frames: list[np.ndarray], fps: int = 24, gop: int = 24, code
             # the next frame's PES begins: one frame interval more (42 ms at 24 fps) in every reader. 0 writes
             # the length whenever it fits (a frame under 64 KiB), and the frame can be decoded on arrival.
             "omit_video_pes_length": "0",
-        })  # fmt: skip
+        })
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = Fraction(1, fps)  # MPEG-2 accepts only its frame rates, not 1/90000
@@ -144,4 +144,4 @@ def pes_time(b: bytes | bytearray, i: int) -> int:
 def _put_ts(b: bytearray, i: int, v: int) -> None:
     v &= (1 << 33) - 1
     b[i : i + 5] = bytes([b[i] & 0xF0 | v >> 29 & 0x0E | 1, v >> 22 & 0xFF, v >> 14 & 0xFE | 1, v >> 7 & 0xFF,
-                          v << 1 & 0xFE | 1])  # fmt: skip
+                          v << 1 & 0xFE | 1])

@@ -74,7 +74,7 @@ async def subscribe(http: aiohttp.ClientSession, url: str, seq: int = 0) -> Asyn
 
 
 async def publish(channel_url: str, segments: list[Segment], fps: float, start_seq: int = 0,
-                  loop_clip: int = 1) -> dict[int, float]:  # fmt: skip
+                  loop_clip: int = 1) -> dict[int, float]:
     """POST segment n to ``{channel_url}/{start_seq + n}``, frame i's bytes at t0 + i/fps (t0: frame 0 sent).
 
     ``loop_clip`` repeats the clip with pts continuing. Returns {pts: time.monotonic() when the frame's last

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from node import samples
+from vision_node import samples
 
 from . import nodeproc, report
 from .overhead import bodies
@@ -183,7 +183,7 @@ def _level_line(level: dict) -> str:
     """A load level's result as soon as it is measured."""
     client = level.get("client", {})
     return (f"  {level['throughput_rps']:.1f} ok/s, p50 {client.get('p50', float('nan')):.1f} ms, "
-            f"p99 {client.get('p99', float('nan')):.1f} ms, statuses {dict(level['statuses'])}")  # fmt: skip
+            f"p99 {client.get('p99', float('nan')):.1f} ms, statuses {dict(level['statuses'])}")
 
 
 def _row(level: dict) -> dict:

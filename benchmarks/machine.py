@@ -26,7 +26,7 @@ def gpu() -> dict | None:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,memory.used,memory.total", "--format=csv,noheader,nounits", "-i", "0"],
             capture_output=True, text=True, timeout=10, check=True,
-        ).stdout  # fmt: skip
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     name, used, total = (part.strip() for part in out.strip().split(","))

@@ -143,24 +143,24 @@ def _fixed(jpeg: bytes) -> list[Case]:
         Case("path", "url in path", _request("POST", "/infer/http://169.254.169.254/latest", {})),
         Case("path", "admin routes", _request("POST", "/models/load", {"Content-Type": "application/json"},
                                               b'{"url": "http://127.0.0.1:1/"}')),
-    ]  # fmt: skip
+    ]
 
 
 def _truncated(rng: random.Random, cap: str, images: _Images) -> Case:
     fmt, data = rng.choice((("image/jpeg", images.jpeg), ("image/png", images.png)))
     cut = rng.randrange(0, len(data) - 1)
     return Case("truncated", f"{fmt} cut at {cut}", _request(
-        "POST", f"/infer/{cap}", {"Content-Type": fmt}, data[:cut]))  # fmt: skip
+        "POST", f"/infer/{cap}", {"Content-Type": fmt}, data[:cut]))
 
 
 def _mislabelled(rng: random.Random, cap: str, images: _Images) -> Case:
     real, data = rng.choice([("jpeg", images.jpeg), ("png", images.png), *images.others.items(),
-                             ("text", b"hello" * 50)])  # fmt: skip
+                             ("text", b"hello" * 50)])
     label = rng.choice(("image/jpeg", "image/png"))
     if label.endswith(real.lower()):
         label = "image/png" if label == "image/jpeg" else "image/jpeg"
     return Case("mislabelled", f"{real} as {label}", _request(
-        "POST", f"/infer/{cap}", {"Content-Type": label}, data))  # fmt: skip
+        "POST", f"/infer/{cap}", {"Content-Type": label}, data))
 
 
 def _dimensions(rng: random.Random, cap: str, images: _Images) -> Case:
@@ -171,7 +171,7 @@ def _dimensions(rng: random.Random, cap: str, images: _Images) -> Case:
     if (w, h) == (64, 64) and len(body) == 64 * 64 * 3:
         body += b"\0"
     return Case("dimensions", f"raw {w}x{h} with {len(body)} bytes", _request(
-        "POST", f"/infer/{cap}", {"Content-Type": _raw_type(w, h)}, body))  # fmt: skip
+        "POST", f"/infer/{cap}", {"Content-Type": _raw_type(w, h)}, body))
 
 
 def _bomb(rng: random.Random, cap: str, images: _Images) -> Case:
@@ -179,10 +179,10 @@ def _bomb(rng: random.Random, cap: str, images: _Images) -> Case:
     w, h = rng.choice((0, 1, 70000, 2**24, 2**31 - 1)), rng.choice((0, 1, 70000, 2**24, 2**31 - 1))
     if rng.random() < 0.5:
         return Case("bomb", f"png {w}x{h}", _request("POST", f"/infer/{cap}", {"Content-Type": "image/png"},
-                                                      png_bomb(w, h)))  # fmt: skip
+                                                      png_bomb(w, h)))
     w, h = w & 0xFFFF, h & 0xFFFF
     return Case("bomb", f"jpeg {w}x{h}", _request(
-        "POST", f"/infer/{cap}", {"Content-Type": "image/jpeg"}, jpeg_with_size(w, h)))  # fmt: skip
+        "POST", f"/infer/{cap}", {"Content-Type": "image/jpeg"}, jpeg_with_size(w, h)))
 
 
 def _options(rng: random.Random, cap: str, images: _Images) -> Case:
@@ -190,7 +190,7 @@ def _options(rng: random.Random, cap: str, images: _Images) -> Case:
     value = rng.choice(("", "-1", "1e999", "nan", "inf", "x" * 3000, "%00", "[1,2]", "{}", "raw;raw", "9" * 99))
     query = f"{name}={value}" + (f"&{name}=2" if rng.random() < 0.3 else "")
     return Case("options", query[:40], _request(
-        "POST", f"/infer/{cap}?{query}", {"Content-Type": "image/jpeg"}, images.jpeg))  # fmt: skip
+        "POST", f"/infer/{cap}?{query}", {"Content-Type": "image/jpeg"}, images.jpeg))
 
 
 def _random_bytes(rng: random.Random, cap: str, images: _Images) -> Case:
@@ -198,7 +198,7 @@ def _random_bytes(rng: random.Random, cap: str, images: _Images) -> Case:
     data = rng.randbytes(rng.randrange(0, 5000))
     label = rng.choice(("image/jpeg", "image/png", "application/octet-stream; width=64; height=64"))
     return Case("random bytes", f"{len(data)} bytes as {label}", _request(
-        "POST", f"/infer/{cap}", {"Content-Type": label}, data))  # fmt: skip
+        "POST", f"/infer/{cap}", {"Content-Type": label}, data))
 
 
 def _corrupted(rng: random.Random, cap: str, images: _Images) -> Case:
@@ -208,14 +208,14 @@ def _corrupted(rng: random.Random, cap: str, images: _Images) -> Case:
     for _ in range(rng.randrange(1, 20)):
         data[rng.randrange(len(data))] = rng.randrange(256)
     return Case("corrupted", f"{fmt} with flipped bytes", _request(
-        "POST", f"/infer/{cap}", {"Content-Type": fmt}, bytes(data)))  # fmt: skip
+        "POST", f"/infer/{cap}", {"Content-Type": fmt}, bytes(data)))
 
 
 def _route(rng: random.Random, cap: str, images: _Images) -> Case:
     """Unknown routes and methods."""
     method = rng.choice(("GET", "PUT", "PATCH", "DELETE", "OPTIONS", "POST", "HEAD"))
     path = rng.choice(("/", "/infer", "/infer/", "/infer/normals", "/admin", "/metrics/x", "/health/../ready",
-                       "/docs", "/v2/models", "/capability/register", f"/infer/{cap}/raw/extra"))  # fmt: skip
+                       "/docs", "/v2/models", "/capability/register", f"/infer/{cap}/raw/extra"))
     return Case("routes", f"{method} {path}", _request(method, path, {}))
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from node import samples
+from vision_node import samples
 
 from . import nodeproc
 
@@ -39,7 +39,7 @@ def post(port: int, capability: str, h: int, w: int, timeout: float = 600) -> tu
     start = time.perf_counter()
     try:
         conn.request("POST", f"/infer/{capability}/{OUTPUT[capability]}", f.tobytes(),
-                     {"content-type": f"application/octet-stream; width={w}; height={h}"})  # fmt: skip
+                     {"content-type": f"application/octet-stream; width={w}; height={h}"})
         response = conn.getresponse()
         response.read()
         meta = json.loads(response.getheader("x-metadata") or "{}")

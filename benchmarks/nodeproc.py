@@ -1,4 +1,4 @@
-"""Start ``python -m node serve`` as its own process and time it: spawn -> ready -> first inference."""
+"""Start ``python -m vision_node serve`` as its own process and time it: spawn -> ready -> first inference."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def spawn(engines: Path, log: Path, **env) -> NodeProcess:
     environ.update({f"VISION_NODE_{k.upper()}": str(v) for k, v in env.items()})
     with open(log, "w") as out:
         spawned = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "node", "serve"], env=environ, stdout=out, stderr=out)
+        proc = subprocess.Popen([sys.executable, "-m", "vision_node", "serve"], env=environ, stdout=out, stderr=out)
     return NodeProcess(proc, port, log, spawned)
 
 

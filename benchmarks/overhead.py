@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from node import samples
+from vision_node import samples
 
 from . import engine, nodeproc, report
 from .report import progress

@@ -16,7 +16,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from node import samples
+from vision_node import samples
 
 from . import load, nodeproc, report
 from .overhead import bodies
@@ -64,7 +64,7 @@ def _node_levels(args, max_batch: int, reference: float | None, tmp: str) -> dic
     body, content_type, _ = bodies(frame)["raw in, raw out"]
     path = f"/infer/{args.capability}/raw"
     node = nodeproc.spawn(args.engines, Path(tmp) / f"node-{max_batch}.log", capabilities=args.capability,
-                          queue_size=args.queue_size, max_batch=max_batch)  # fmt: skip
+                          queue_size=args.queue_size, max_batch=max_batch)
     rows = []
     try:
         progress(f"max batch {max_batch}: node on port {node.port}, ready in {nodeproc.wait_ready(node):.2f} s")
@@ -98,10 +98,10 @@ def _node_levels(args, max_batch: int, reference: float | None, tmp: str) -> dic
                 "503 max ms": no["max"],
                 "other": sum(n for s, n in statuses.items() if s not in (200, 503)),
                 "node RSS MiB": rss_mib(node.port),
-            })  # fmt: skip
+            })
             last = rows[-1]
             progress(f"  ok {last['ok /s']:.1f}/s, accepted p50 {last['accepted p50 ms']:.1f} ms p99 "
-                     f"{last['accepted p99 ms']:.1f} ms, 503: {last['503']}, other: {last['other']}")  # fmt: skip
+                     f"{last['accepted p99 ms']:.1f} ms, 503: {last['503']}, other: {last['other']}")
             rows[-1]["statuses"] = {str(k): v for k, v in statuses.items()}
     finally:
         node.stop()
@@ -132,5 +132,5 @@ def run(args) -> int:
         {"provenance": report.provenance({"engines": str(args.engines)}), "capacity_rps": reference, "nodes": nodes,
          "levels": nodes[0]["rows"]},
         f"Overload: {args.capability} at multiples of capacity", rows, notes, args.json, args.markdown,
-    )  # fmt: skip
+    )
     return 0

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from node.contract import FRAME_INPUT
-from node.engines import load
-from node.sizing import Sizing
+from vision_node.contract import FRAME_INPUT
+from vision_node.engines import load
+from vision_node.sizing import Sizing
 
 from . import nodeproc, report
 from .demo_models import demo_model
@@ -68,7 +68,7 @@ def _exact_boxes(opened: dict, stack: ExitStack, served, graph, frame: np.ndarra
     """The boxes the pose graph used, unrounded: the JSON gives them to 0.01 px, and ViTPose on
     random demo weights has heatmaps flat enough for that to move a keypoint. Same graph, same
     frame, in this process; each graph is opened once (``opened``, closed with ``stack``)."""
-    from node.runtime.onnxruntime import OnnxRuntimeBackend  # noqa: PLC0415
+    from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
 
     if graph not in opened:
         opened[graph] = stack.enter_context(OnnxRuntimeBackend(graph.path, graph.outputs, served.bounds))
@@ -129,7 +129,7 @@ def _frames(names, sizes):
 def _compared(name: str, frame: np.ndarray, capability: str, meta: dict, got: dict, used: dict, models) -> dict:
     """One row: the node's answer ``got`` beside transformers' on the same frame (``used``: what the
     reference's post-processing takes from the node, pose's exact boxes)."""
-    from node.builder import pipeline, verify  # noqa: PLC0415 (torch and transformers: the export extra)
+    from vision_node.builder import pipeline, verify  # torch and transformers: the export extra
 
     # transformers with the processor's own defaults, whatever the graph's sizing: for a
     # fixed-resolution graph this shows what the fixed size costs in fidelity.

@@ -12,7 +12,7 @@ PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "hubble
 
 
 def photograph(name: str) -> np.ndarray:
-    from skimage import data  # noqa: PLC0415 (the dev extra; bundled images, no download)
+    from skimage import data  # the dev extra; bundled images, no download
 
     photo = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
     return np.ascontiguousarray(photo)

@@ -33,7 +33,7 @@ _NOT_NAMES = {"stable", "statuses"}  # text columns that describe a measurement,
 
 def _label(row: dict, columns: list[str]) -> str:
     parts = [str(row[c]) for c in columns
-             if c not in _NOT_NAMES and _number(row[c]) is None and str(row[c]) not in ("", "nan")]  # fmt: skip
+             if c not in _NOT_NAMES and _number(row[c]) is None and str(row[c]) not in ("", "nan")]
     label = " · ".join(parts) or "row"
     return label if len(label) <= 72 else label[:71] + "…"
 
@@ -52,10 +52,10 @@ def plot(rows: list[dict], path: str | Path, title: str) -> bool:
     """Draw ``rows`` to ``path``; False (nothing written) when the table has nothing to draw."""
     if not rows:
         return False
-    import matplotlib  # noqa: PLC0415 (the bench extra)
+    import matplotlib  # the bench extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     columns = list(rows[0])
     if "load" in columns:

@@ -24,9 +24,9 @@ import onnx
 import onnx.numpy_helper
 import onnxruntime as ort
 
-from node import engines
-from node.contract import FRAME_INPUT
-from node.runtime.onnxruntime import OnnxRuntimeBackend
+from vision_node import engines
+from vision_node.contract import FRAME_INPUT
+from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
 
 from . import report
 from .framecost import photograph
@@ -75,9 +75,9 @@ def _thresholds(scores: np.ndarray, slots: int) -> dict[str, float]:
 def _parity(served, infer, frames, settings) -> list[str]:
     """Per count, the served keypoints against transformers' ViTPose on those boxes alone (same demo weights),
     and the values left in the slots past them (must be none)."""
-    from node.builder import reference  # noqa: PLC0415 (the export extra: torch, transformers)
+    from vision_node.builder import reference  # the export extra: torch, transformers
 
-    from .demo_models import demo_model  # noqa: PLC0415
+    from .demo_models import demo_model
 
     pose = demo_model(next(m["name"] for m in served.models if m["role"] == "pose"))
     lines = []
@@ -90,7 +90,7 @@ def _parity(served, infer, frames, settings) -> list[str]:
             err = np.linalg.norm(keypoints[:, :n] - want["keypoints"], axis=-1)
             score_err = float(np.abs(keypoint_scores[:, :n] - want["keypoint_scores"]).max())
             lines.append(f"{name} against transformers: keypoint error median {np.median(err):.4f} px, max "
-                         f"{err.max():.4f} px, score error max {score_err:.2e}; values past them: {stray}")  # fmt: skip
+                         f"{err.max():.4f} px, score error max {score_err:.2e}; values past them: {stray}")
         else:
             lines.append(f"{name}: values in the keypoint outputs: {stray}")
     return lines
@@ -140,7 +140,7 @@ def _report(args, scores, settings, times, sweep, tied, parity) -> int:
             "p90_ms": float(np.percentile(samples, 90)) * 1000,
             "x_detector": p50 / detector,
             "x_8_persons": p50 / eight,
-        })  # fmt: skip
+        })
     notes = [
         f"{args.size[0]}x{args.size[1]} frame, {args.runs} rounds; the timed copy's box scores (best first): "
         + ", ".join(f"{s:.4f}" for s in scores),
@@ -153,7 +153,7 @@ def _report(args, scores, settings, times, sweep, tied, parity) -> int:
     out = Path(args.out) if args.out else None
     stem = f"pose-persons-{args.size[0]}x{args.size[1]}"
     report.write(data, "Pose cost per person served (ONNX Runtime, this CPU)", rows, notes,
-                 out / f"{stem}.json" if out else None, out / f"{stem}.md" if out else None)  # fmt: skip
+                 out / f"{stem}.json" if out else None, out / f"{stem}.md" if out else None)
     return 0
 
 

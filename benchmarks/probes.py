@@ -48,7 +48,7 @@ def run(args) -> int:
                     **{f"{p} ms": summary[p] for p in ("p50", "p99", "max")},
                     "node CPU ms / probe": cpu_ms,
                     "one core at 1 probe / 5 s, %": cpu_ms / (POLL_INTERVAL_S * 1000) * 100,
-                })  # fmt: skip
+                })
                 progress(f"{path}: p50 {summary['p50']:.2f} ms, node CPU {cpu_ms:.3f} ms per probe")
         finally:
             node.stop()

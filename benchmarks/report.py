@@ -92,7 +92,7 @@ def write(report: dict, text_title: str, rows: list[dict], notes: list[str], jso
 
 def _plot(rows: list[dict], png: Path, title: str) -> str | None:
     """The PNG beside the Markdown (its name, for the link), or None when there is nothing to draw."""
-    from . import plots  # noqa: PLC0415
+    from . import plots
 
     try:
         drawn = plots.plot(rows, png, title)

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from node import samples
+from vision_node import samples
 
 from . import load, nodeproc, report
 from .overhead import bodies
@@ -151,7 +151,7 @@ def run(args) -> int:
     rows, phases = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         node = nodeproc.spawn(args.engines, Path(tmp) / "node.log", capabilities="segmentation",
-                              receive_timeout_s=args.receive_timeout)  # fmt: skip
+                              receive_timeout_s=args.receive_timeout)
         try:
             progress(f"started a node on port {node.port}: ready in {nodeproc.wait_ready(node):.2f} s")
             url = f"http://127.0.0.1:{node.port}"
@@ -189,5 +189,5 @@ def run(args) -> int:
          "slow_sockets_held_s": held_s, "slow_socket_answers": {str(k): v for k, v in statuses.items()},
          "phases": {k: summarise(v) for k, v in phases.items()}},
         "Slow clients: normal latency without and beside them", rows, notes, args.json, args.markdown,
-    )  # fmt: skip
+    )
     return 0

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from node import samples
+from vision_node import samples
 
 from . import load, malformed, nodeproc, report
 from .overhead import bodies
@@ -66,7 +66,7 @@ def run(args) -> int:
          "five_xx": five_xx, "alive": alive, "samples": samples_,
          "statuses": {k: {str(s): n for s, n in v.items()} for k, v in statuses.items()}},
         "Soak: mixed good and malformed requests", rows, notes, args.json, args.markdown,
-    )  # fmt: skip
+    )
     return 0 if five_xx == 0 and alive else 1
 
 

@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from node import cli
-from node.config import Config
-from node.contract import FRAME_INPUT
+from vision_node import cli
+from vision_node.config import Config
+from vision_node.contract import FRAME_INPUT
 
 DEFAULT_MS = 2.0
 

@@ -14,11 +14,11 @@ import threading
 import time
 from pathlib import Path
 
-from node import samples
-from node.contract import FRAME_INPUT
-from node.engines import load
-from node.runtime.base import RunStopped, StopToken
-from node.runtime.onnxruntime import OnnxRuntimeBackend
+from vision_node import samples
+from vision_node.contract import FRAME_INPUT
+from vision_node.engines import load
+from vision_node.runtime.base import RunStopped, StopToken
+from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
 
 
 def stop_after(backend: OnnxRuntimeBackend, frames, seconds: float) -> float | None:

@@ -1,7 +1,7 @@
 """``python -m benchmarks stream``: live streams through the node, beside a relay that only copies them.
 
 Three processes on this machine: a trickle server (the double after go-livepeer's, autocreating, as the
-orchestrator's would hold the channels), the node (``python -m node serve``, or the stand-in engine of
+orchestrator's would hold the channels), the node (``python -m vision_node serve``, or the stand-in engine of
 ``benchmarks.standin`` in place of the network, optionally pinned to CPUs with ``taskset``), and this
 harness, which starts streams as go-livepeer's orchestrator does (``benchmarks.stream_orchestrator``),
 publishes a real H.264 clip into each at its own pace (24 fps, 1 s GOPs, photographs with camera motion)
@@ -95,7 +95,7 @@ def run(args) -> int:
         notes.append(f"the node pinned to CPU(s) {args.node_cpus} (taskset); trickle server and harness unpinned")
     prov = report.provenance({"capability": args.capability, "standin_ms": args.standin_ms})
     report.write({"provenance": prov, "runs": runs, "rows": rows}, "Live streams", rows, notes, args.json,
-                 args.markdown)  # fmt: skip
+                 args.markdown)
     if args.markdown:
         _plot(rows, Path(args.markdown).with_suffix(".png"))  # in place of the generic one: against the streams
     return 0
@@ -103,10 +103,10 @@ def run(args) -> int:
 
 def _plot(rows: list[dict], png: Path) -> None:
     """Latency p95 and output rate against the number of streams, one line per build and size."""
-    import matplotlib  # noqa: PLC0415 (the bench extra)
+    import matplotlib  # the bench extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     fig, (latency, rate) = plt.subplots(1, 2, figsize=(11, 4.2))
     for key in dict.fromkeys((r["what"], r["size"]) for r in rows):
@@ -141,7 +141,7 @@ class _TrickleProcess:
     def __enter__(self):
         root = Path(__file__).resolve().parents[1]
         self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT], cwd=root, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+                                     stdout=subprocess.PIPE, text=True)
         self.url = self.proc.stdout.readline().strip()
         self.http = httpx.Client(timeout=10)
         return self
@@ -165,14 +165,14 @@ class _Node:
         self.port = nodeproc.free_port()
         env = {**os.environ, "VISION_NODE_ENGINES": str(args.engines), "VISION_NODE_PORT": str(self.port),
                "VISION_NODE_STREAM_CAPACITY": str(capacity), "VISION_NODE_STREAM_STATUS_INTERVAL_S": "2",
-               "VISION_NODE_CAPABILITIES": args.capability}  # fmt: skip
-        module = ["-m", "node", "serve"]
+               "VISION_NODE_CAPABILITIES": args.capability}
+        module = ["-m", "vision_node", "serve"]
         if args.standin_ms is not None:
             module = ["-m", "benchmarks.standin", "--standin-ms", str(args.standin_ms)]
         pin = ["taskset", "-c", args.node_cpus] if args.node_cpus else []
         with open(log, "w") as out:
             self.proc = subprocess.Popen([*pin, sys.executable, *module], env=env, stdout=out, stderr=out,
-                                         cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+                                         cwd=Path(__file__).resolve().parents[1])
         self.url = f"http://127.0.0.1:{self.port}"
         nodeproc.wait_ready(nodeproc.NodeProcess(self.proc, self.port, log, time.perf_counter()))
 
@@ -202,7 +202,7 @@ async def _streamed(trickle, node: _Node, segments, n: int, args) -> dict:
         cpu = node.cpu_seconds() - cpu
         async with httpx.AsyncClient(timeout=10) as http:
             statuses = [(await http.get(f"{node.url}/live/{args.capability}/stream/status",
-                                        headers={"X-Stream-Id": i})).json() for i in ids]  # fmt: skip
+                                        headers={"X-Stream-Id": i})).json() for i in ids]
         await asyncio.gather(*(orch.stop(i) for i in ids))
         await asyncio.gather(*outcome.pop("reading"))
     finally:
@@ -212,7 +212,7 @@ async def _streamed(trickle, node: _Node, segments, n: int, args) -> dict:
     frames_in = sum(s["frames"]["in"] for s in statuses)
     outcome["dropped"] = sum(s["frames"]["dropped"] for s in statuses) / max(1, frames_in)
     outcome["stages_ms"] = {stage: float(np.median([s["stages_ms_p50"][stage] or 0 for s in statuses]))
-                            for stage in STAGES}  # fmt: skip
+                            for stage in STAGES}
     return outcome
 
 
@@ -253,7 +253,7 @@ async def _drive(pairs: list[tuple[str, str]], segments, args) -> dict:
     ms = lambda values, q: float(np.percentile(values, q) * 1000) if values else math.nan  # noqa: E731
     return {"delivered_min": min(delivered), "delivered_median": float(np.median(delivered)),
             "latency_p50_ms": ms(latencies, 50), "latency_p95_ms": ms(latencies, 95),
-            "p95_first_10s_ms": ms(first, 95), "p95_last_10s_ms": ms(last, 95), "reading": reading}  # fmt: skip
+            "p95_first_10s_ms": ms(first, 95), "p95_last_10s_ms": ms(last, 95), "reading": reading}
 
 
 def _row(what: str, size, n: int, r: dict) -> dict:
@@ -261,7 +261,7 @@ def _row(what: str, size, n: int, r: dict) -> dict:
            "fps out (min)": round(r["delivered_min"] * FPS, 1), "delivered": round(r["delivered_median"], 3),
            "p50 ms": round(r["latency_p50_ms"], 1), "p95 ms": round(r["latency_p95_ms"], 1),
            "p95 first 10 s ms": round(r["p95_first_10s_ms"], 1), "p95 last 10 s ms": round(r["p95_last_10s_ms"], 1),
-           "dropped": f"{r['dropped']:.0%}", "node CPU ms/map": round(r["node_cpu_ms_per_map"], 2)}  # fmt: skip
+           "dropped": f"{r['dropped']:.0%}", "node CPU ms/map": round(r["node_cpu_ms_per_map"], 2)}
     row.update({f"{stage} ms": round(r["stages_ms"].get(stage, math.nan), 2) for stage in STAGES})
     return row
 
@@ -276,4 +276,4 @@ def _floor_columns(rows: list[dict]) -> None:
 
 def _line(row: dict) -> str:
     return json.dumps({k: row[k] for k in ("what", "size", "streams", "fps out (min)", "p50 ms", "p95 ms",
-                                           "dropped", "node CPU ms/map")})  # fmt: skip
+                                           "dropped", "node CPU ms/map")})

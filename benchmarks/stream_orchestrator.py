@@ -67,7 +67,7 @@ class StreamOrchestrator:
     """
 
     def __init__(self, trickle: TrickleServer, capability_url: str, token: str | None = None,
-                 keepalive_s: float = 10.0, event_gap_s: float = 30.0, timeout_s: float = 30.0) -> None:  # fmt: skip
+                 keepalive_s: float = 10.0, event_gap_s: float = 30.0, timeout_s: float = 30.0) -> None:
         self.trickle = trickle
         self.capability_url = capability_url.rstrip("/")
         self.token = token
@@ -76,7 +76,7 @@ class StreamOrchestrator:
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self, stream_id: str, params: dict | None, ingress: bool = True, egress: bool = True,
-                    data: bool = False) -> StartResult:  # fmt: skip
+                    data: bool = False) -> StartResult:
         """StartStream: create the channels, POST /stream/start; on success start the gateway's loops."""
         wanted = {"control_url": (f"{stream_id}-control", JSON), "events_url": (f"{stream_id}-events", JSON)}
         if ingress:
@@ -153,7 +153,7 @@ class StreamOrchestrator:
         if self._http is None:
             # As Go's http.Client: its User-Agent and Accept-Encoding, no Accept, no Content-Type unless set.
             self._http = aiohttp.ClientSession(headers={"User-Agent": "Go-http-client/1.1", "Accept-Encoding": "gzip"},
-                                               skip_auto_headers=("Accept", "Content-Type"))  # fmt: skip
+                                               skip_auto_headers=("Accept", "Content-Type"))
         return self._http
 
     async def _worker(self, route: str, stream_id: str, body: bytes, content_type: str | None) -> tuple[int, str]:
@@ -165,7 +165,7 @@ class StreamOrchestrator:
             headers["Content-Type"] = content_type
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         async with self._session().post(self.capability_url + route, data=body, headers=headers,
-                                        timeout=timeout) as resp:  # fmt: skip
+                                        timeout=timeout) as resp:
             return resp.status, await resp.text()
 
     async def _write_control(self, stream: _Stream, message: bytes) -> bool:
@@ -231,6 +231,6 @@ def _go_json(value) -> bytes:
 
     text = json.dumps(go(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
-                         ("\u2029", "\\u2029")):  # fmt: skip
+                         ("\u2029", "\\u2029")):
         text = text.replace(char, escape)
     return text.encode()

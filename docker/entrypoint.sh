@@ -8,7 +8,7 @@ export VISION_NODE_BACKEND="${VISION_NODE_BACKEND:-tensorrt}"
 APP="${APP:-/opt/vision-node}"
 
 # 1. The image's graphs into the cache; engines of unchanged graphs are kept.
-python -m node.builder.sync "$IMAGE_ENGINES" "$VISION_NODE_ENGINES"
+python -m vision_node.builder.sync "$IMAGE_ENGINES" "$VISION_NODE_ENGINES"
 # 2. Engines: reused when they match, built otherwise (TensorRT: for this GPU, checked against ONNX
 #    Runtime; TensorRT for RTX: ahead of time, specialised on the card at the first run).
 case "$VISION_NODE_BACKEND" in
@@ -16,4 +16,4 @@ case "$VISION_NODE_BACKEND" in
     tensorrt-rtx) python "$APP/build_engines.py" --tensorrt-only --tensorrt-rtx --out "$VISION_NODE_ENGINES" ;;
 esac
 # 3. Serve; registers with the orchestrator once warm when VISION_NODE_ORCHESTRATOR_URL is set.
-exec python -m node serve
+exec python -m vision_node serve

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny configurations of the real architectures (``node.builder.tiny``), built offline."""
+"""Shared fixtures: tiny configurations of the real architectures (``vision_node.builder.tiny``), built offline."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import logging
 
 import pytest
 
-from node.builder.specs import ShapeBounds
-from node.builder.tiny import TINY_ROLES, TINY_SPECS, TINY_VERIFY_SIZES  # noqa: F401 (re-exported to tests)
+from vision_node.builder.specs import ShapeBounds
+from vision_node.builder.tiny import TINY_ROLES, TINY_SPECS, TINY_VERIFY_SIZES  # noqa: F401 (re-exported to tests)
 
 TINY_BOUNDS = ShapeBounds(min_hw=(64, 64), max_hw=(720, 1280), opt_hw=(128, 128), max_batch=4)
 
 
 def tiny_plan(out, **overrides):
-    from node.builder.pipeline import BuildPlan
+    from vision_node.builder.pipeline import BuildPlan
 
     fields = dict(
         out=out,
@@ -30,8 +30,8 @@ def tiny_plan(out, **overrides):
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory):
     """All three capabilities built once with tiny demo models: (out dir, manifest entries)."""
-    from node import manifest
-    from node.builder import pipeline
+    from vision_node import manifest
+    from vision_node.builder import pipeline
 
     logging.getLogger("build").setLevel(logging.INFO)
     out = tmp_path_factory.mktemp("engines")

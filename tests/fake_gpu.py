@@ -2,7 +2,7 @@
 
 They prove our call sequence, buffer sizes, copies of the valid region and the shared scratch
 handling, NOT TensorRT: the fake "engine" is the ONNX graph run by ONNX Runtime on "device"
-memory that is host numpy arrays. TensorRT itself is proven by ``python -m node selftest`` on a GPU.
+memory that is host numpy arrays. TensorRT itself is proven by ``python -m vision_node selftest`` on a GPU.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class FakeTensorRT:
         __members__={
             "VERSION_MISMATCH": SimpleNamespace(name="VERSION_MISMATCH", value=1),
             "UNSUPPORTED_CC": SimpleNamespace(name="UNSUPPORTED_CC", value=2),
-        }  # fmt: skip
+        }
     )
 
     def __init__(self, cuda: FakeCuda, scratch_need: int = 1 << 20, fail_execute: bool = False, validity=("VALID", 0)):
@@ -262,13 +262,13 @@ class _FakeContext:
 
 def engines_with_fake_plans(source, target, runtime: str = "tensorrt") -> None:
     """Copy an engines directory and list, for each graph, a FAKE TensorRT (or TensorRT for RTX) "plan"."""
-    import json  # noqa: PLC0415
-    import shutil  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
+    import json
+    import shutil
+    from pathlib import Path
 
-    from node import manifest  # noqa: PLC0415
-    from node.runtime import engine_cache  # noqa: PLC0415
-    from node.runtime.flavours import flavour  # noqa: PLC0415
+    from vision_node import manifest
+    from vision_node.runtime import engine_cache
+    from vision_node.runtime.flavours import flavour
 
     shutil.copytree(source, target)
     data = manifest.load(target)
@@ -286,7 +286,7 @@ def engines_with_fake_plans(source, target, runtime: str = "tensorrt") -> None:
 
 def patch_in_fake_gpu(monkeypatch) -> tuple[FakeTensorRT, list]:
     """FAKE TensorRT (any flavour) and pycuda where the node loads them: (the fake, the flavours loaded)."""
-    from node.runtime import tensorrt as trt_backend  # noqa: PLC0415
+    from vision_node.runtime import tensorrt as trt_backend
 
     trt, loaded = FakeTensorRT(FakeCuda()), []
     monkeypatch.setattr(trt_backend, "load_tensorrt", lambda flavour=None: loaded.append(flavour) or trt)
@@ -296,9 +296,9 @@ def patch_in_fake_gpu(monkeypatch) -> tuple[FakeTensorRT, list]:
 
 def fp16_reference(engines, capability: str):
     """ONNX Runtime on ``capability``'s fp16 graph: what the FAKE engine built from it computes."""
-    from node import manifest  # noqa: PLC0415
-    from node.engines import load  # noqa: PLC0415
-    from node.runtime.onnxruntime import OnnxRuntimeBackend  # noqa: PLC0415
+    from vision_node import manifest
+    from vision_node.engines import load
+    from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
 
     served = load(engines, (capability,))[capability]
     graph = served.graphs[0]
@@ -307,7 +307,7 @@ def fp16_reference(engines, capability: str):
 
 
 class FakeNvImgCodec:
-    """FAKE of the slice of ``nvidia.nvimgcodec`` that ``node.runtime.gpu_decode`` uses: NOT nvJPEG.
+    """FAKE of the slice of ``nvidia.nvimgcodec`` that ``vision_node.runtime.gpu_decode`` uses: NOT nvJPEG.
 
     It decodes with libjpeg-turbo (simplejpeg) on the CPU and writes the pixels into FakeCuda's "device"
     memory at the address the caller's ``__cuda_array_interface__`` names, so what is proven is the node's
@@ -328,7 +328,7 @@ class FakeNvImgCodec:
                     raise RuntimeError("Could not create decoder")  # what nvImageCodec says without a driver
 
             def decode(self, stream, image=None, params=None, cuda_stream=0):
-                import simplejpeg  # noqa: PLC0415
+                import simplejpeg
 
                 if codec.refuse:
                     return None
@@ -343,11 +343,11 @@ class FakeNvImgCodec:
         self.Decoder = Decoder
 
     @staticmethod
-    def DecodeParams(**kwargs):  # noqa: N802 (nvImageCodec's name)
+    def DecodeParams(**kwargs):  # nvImageCodec's name
         return SimpleNamespace(**kwargs)
 
     @staticmethod
-    def CodeStream(data: bytes):  # noqa: N802
+    def CodeStream(data: bytes):
         return SimpleNamespace(data=data)
 
     @staticmethod

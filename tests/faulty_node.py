@@ -1,6 +1,6 @@
 """FAULT INJECTION: the real node process, whose backends fail on command.
 
-``python -m tests.faulty_node CONTROL_FILE`` runs ``node.cli.serve`` as ``python -m node serve``
+``python -m tests.faulty_node CONTROL_FILE`` runs ``vision_node.cli.serve`` as ``python -m vision_node serve``
 does (settings from ``VISION_NODE_*``), with each real ONNX Runtime backend wrapped in
 ``FaultInjectingBackend``. Before each frame the wrapper reads CONTROL_FILE, if it exists:
 
@@ -12,7 +12,7 @@ does (settings from ``VISION_NODE_*``), with each real ONNX Runtime backend wrap
 - ``hang``: block forever (a hung kernel);
 - ``slow S``: take S seconds more per frame (a slower device), while the file says so.
 
-A GPU cannot fail on demand here; the texts are the runtimes' (see ``node/runtime/faults.py``).
+A GPU cannot fail on demand here; the texts are the runtimes' (see ``vision_node/runtime/faults.py``).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pathlib import Path
 
 from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
 
-from node.cli import serve
-from node.config import Config
-from node.runtime.onnxruntime import OnnxRuntimeBackend
 from tests.nodes import WrappedBackend
+from vision_node.cli import serve
+from vision_node.config import Config
+from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
 
 OOM = (
     "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running Conv node. "

@@ -57,7 +57,7 @@ from starlette.routing import Route
 from benchmarks.nodeproc import free_port
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-              "transfer-encoding", "upgrade", "host", "content-length"}  # fmt: skip
+              "transfer-encoding", "upgrade", "host", "content-length"}
 
 
 class Refused(Exception):
@@ -72,7 +72,7 @@ def _go_duration(seconds: float) -> str:
 
 class LiveRunnerDouble:
     def __init__(self, secret: str, interval: float = 0.5, ttl: float = 2.0, onchain: bool = False,
-                 health_interval: float = 0.3, delay_s: float = 0.0, trickle=None):  # fmt: skip
+                 health_interval: float = 0.3, delay_s: float = 0.0, trickle=None):
         self.trickle = trickle  # a TrickleServer for session channels (None: the callback answers 404)
         self.secret, self.interval, self.ttl, self.onchain = secret, interval, ttl, onchain
         self.health_interval = health_interval
@@ -158,7 +158,7 @@ class LiveRunnerDouble:
         self.log.append((time.monotonic(), "register" if first else "heartbeat", runner_id, 200))
         answer = {"runner_id": runner_id, "orchestrator": self.url, "heartbeat_interval": _go_duration(self.interval),
                   "heartbeat_ttl": _go_duration(self.ttl),
-                  "session_ids": sorted(s for (r, s) in self.sessions if r == runner_id)}  # fmt: skip
+                  "session_ids": sorted(s for (r, s) in self.sessions if r == runner_id)}
         if first:
             answer["heartbeat_secret"] = runner["secret"]
         return JSONResponse(answer)
@@ -242,7 +242,7 @@ class LiveRunnerDouble:
                 raise Refused(400, f"runners[{i}]: {refused.text}") from None
             labels.add(label)
             entries.append({"fields": {**fields, "status": "unavailable"}, "health": health, "code": code,
-                            "label": label})  # fmt: skip
+                            "label": label})
         added = []
         for entry in entries:
             runner_id = "runner_" + secrets.token_hex(4)
@@ -297,7 +297,7 @@ class LiveRunnerDouble:
             listed.append({"url": f"{self.url}/apps/{runner_id}/{path}", "app": fields["app"], "mode": fields["mode"],
                            "capacity": fields["capacity"], "capacity_used": used,
                            "capacity_available": fields["capacity"] - used, "version": fields.get("version", ""),
-                           **({"gpu": fields["gpu"]} if fields.get("gpu") else {})})  # fmt: skip
+                           **({"gpu": fields["gpu"]} if fields.get("gpu") else {})})
         return JSONResponse([{"address": self.url, **({"runners": listed} if listed else {})}])
 
     def _runner(self, runner_id: str) -> dict:
@@ -393,13 +393,13 @@ class LiveRunnerDouble:
             "Livepeer-Session-Id": session_id,
             "Livepeer-Session-Token": token,
             "Livepeer-Session-Control": f"{self.url}/runner/{runner['id']}/session/{session_id}",
-        })  # fmt: skip
+        })
         self.forwarded.append(headers)
         target = runner["fields"]["runner_url"].rstrip("/") + "/" + request.path_params["path"]
         try:
             async with httpx.AsyncClient(timeout=60) as client:
                 answer = await client.request(request.method, target, params=request.url.query or None,
-                                              content=await request.body(), headers=headers)  # fmt: skip
+                                              content=await request.body(), headers=headers)
         except httpx.TransportError as err:
             return PlainTextResponse(f"{err}\n", status_code=502)
         back = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}

@@ -16,13 +16,13 @@ import numpy as np
 from PIL import Image
 from starlette.testclient import TestClient
 
-from benchmarks.nodeproc import free_port  # noqa: F401 (shared with the tests)
-from node import samples
-from node.app import create_app
-from node.config import Config
-from node.contract import FRAME_INPUT
-from node.engines import load
-from node.runtime.onnxruntime import OnnxRuntimeBackend
+from benchmarks.nodeproc import free_port  # shared with the tests
+from vision_node import samples
+from vision_node.app import create_app
+from vision_node.config import Config
+from vision_node.contract import FRAME_INPUT
+from vision_node.engines import load
+from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,8 +92,8 @@ def metadata(response) -> dict:
 
 def parts(response) -> list[tuple[str, str, dict, bytes]]:
     """(name, media type, X-Metadata, body) of each part of a multipart/mixed answer, by Python's MIME parser."""
-    import email  # noqa: PLC0415
-    import email.policy  # noqa: PLC0415
+    import email
+    import email.policy
 
     head = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode()
     message = email.message_from_bytes(head + response.content, policy=email.policy.HTTP)
@@ -102,12 +102,12 @@ def parts(response) -> list[tuple[str, str, dict, bytes]]:
         (part.get_param("name", header="content-disposition"), part.get_content_type(),
          json.loads(part["x-metadata"]), part.get_payload(decode=True))
         for part in message.iter_parts()
-    ]  # fmt: skip
+    ]
 
 
 def metric(client, name: str, **labels) -> float:
     """One sample of the node's /metrics, read by prometheus_client's parser (0 when absent)."""
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+    from prometheus_client.parser import text_string_to_metric_families
 
     for family in text_string_to_metric_families(client.get("/metrics").text):
         for sample in family.samples:
@@ -185,8 +185,8 @@ def gated(gate: threading.Event, max_batch: int = 1, opened: list | None = None)
     return for_capability
 
 
-def start_node(engines, log_path, *argv, module="node", **env):
-    """``python -m node serve`` (or ``python -m MODULE ARGV...``) as its own process; ``VISION_NODE_*`` in ``env``."""
+def start_node(engines, log_path, *argv, module="vision_node", **env):
+    """``python -m vision_node serve`` (or ``python -m MODULE ARGV...``) as a process; ``VISION_NODE_*`` in ``env``."""
     port = int(env.pop("VISION_NODE_PORT", 0)) or free_port()
     environ = {**os.environ, "VISION_NODE_ENGINES": str(engines), "VISION_NODE_PORT": str(port), **env}
     command = [sys.executable, "-m", module, *(argv or ["serve"])]
@@ -206,7 +206,7 @@ def stop(proc) -> int:
 
 def wait_for_http(url: str, proc, log_path, timeout: float = 60.0) -> None:
     """Poll ``url`` until it answers 200; fail with the process's log if it exits or times out."""
-    import httpx  # noqa: PLC0415
+    import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -26,7 +26,7 @@ from starlette.routing import Route
 from benchmarks.nodeproc import free_port
 
 FIELDS = {"name": str, "description": str, "url": str, "capacity": int, "price_per_unit": int,
-          "price_scaling": int, "currency": str}  # fmt: skip
+          "price_scaling": int, "currency": str}
 
 
 class OrchestratorDouble:
@@ -115,5 +115,5 @@ class OrchestratorDouble:
 
 def livepeer_header(capability: str, timeout_seconds: int = 30) -> str:
     job = {"request": json.dumps({}), "parameters": json.dumps({}), "capability": capability,
-           "timeout_seconds": timeout_seconds}  # fmt: skip
+           "timeout_seconds": timeout_seconds}
     return base64.b64encode(json.dumps(job).encode()).decode()

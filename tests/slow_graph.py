@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from node.contract import FRAME_INPUT, ShapeBounds
-from node.runtime.onnxruntime import OnnxRuntimeBackend
+from vision_node.contract import FRAME_INPUT, ShapeBounds
+from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
 
 PIXELS_PER_STEP = 256
 SIZE = 512
@@ -27,8 +27,8 @@ OUTPUTS = (
 
 
 def write(path: Path) -> Path:
-    import onnx  # noqa: PLC0415 (a build-time dependency, as in the build step)
-    from onnx import TensorProto, helper, numpy_helper  # noqa: PLC0415
+    import onnx  # a build-time dependency, as in the build step
+    from onnx import TensorProto, helper, numpy_helper
 
     rotation = np.linalg.qr(np.random.default_rng(0).standard_normal((SIZE, SIZE)))[0].astype(np.float32)
     body = helper.make_graph(
@@ -40,7 +40,7 @@ def write(path: Path) -> Path:
          helper.make_tensor_value_info("x_in", TensorProto.FLOAT, [SIZE, SIZE])],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
          helper.make_tensor_value_info("x_out", TensorProto.FLOAT, [SIZE, SIZE])],
-    )  # fmt: skip
+    )
     nodes = [
         helper.make_node("Shape", [FRAME_INPUT], ["shape"]),
         helper.make_node("Slice", ["shape", "one", "three"], ["hw"]),
@@ -54,7 +54,7 @@ def write(path: Path) -> Path:
         "one": np.array([1], np.int64), "three": np.array([3], np.int64), "per_step": np.array(PIXELS_PER_STEP),
         "true": np.array(True), "start": np.eye(SIZE, dtype=np.float32), "rotation": rotation,
         "zero2": np.array([0, 0], np.int64), "one2": np.array([1, 1], np.int64), "one_two": np.array([1, 2], np.int64),
-    }  # fmt: skip
+    }
     graph = helper.make_graph(
         nodes,
         "slow",

@@ -37,7 +37,7 @@ def registered(tiny_build, tmp_path_factory):
             VISION_NODE_ORCHESTRATOR_SECRET=SECRET, VISION_NODE_NODE_URL=f"http://127.0.0.1:{port}",
             VISION_NODE_TOKEN=TOKEN, VISION_NODE_CAPABILITY_NAMES="depth=vision-depth",
             VISION_NODE_REGISTER_INTERVAL_S="0.5", VISION_NODE_COMBINATIONS="depth+pose",
-        )  # fmt: skip
+        )
         try:
             wait_for(lambda: len(double.registry) == 7, what=f"registration\n{log.read_text() if log.exists() else ''}")
             yield double, proc, url, log
@@ -124,12 +124,12 @@ def test_a_combination_is_a_capability_of_its_own_through_the_orchestrator(regis
         f"{double.url}/process/request/infer/depth+pose",
         content=f.tobytes(),
         headers={"Content-Type": raw_type(f) + "; depth.output=raw; pose.person_threshold=0",
-                 "Livepeer": livepeer_header("depth+pose")},  # fmt: skip
+                 "Livepeer": livepeer_header("depth+pose")},
         timeout=30,
     )
     assert r.status_code == 200, r.text
     assert [(name, media) for name, media, _, _ in parts(r)] == [("depth", "application/octet-stream"),
-                                                                  ("pose", "application/json")]  # fmt: skip
+                                                                  ("pose", "application/json")]
     assert json.loads(r.headers["x-metadata"])["capabilities"] == ["depth", "pose"]
 
 
@@ -156,7 +156,7 @@ def test_a_wrong_secret_is_logged_and_retried_with_backoff(tiny_build, tmp_path)
             tiny_build[0], tmp_path / "log", VISION_NODE_ORCHESTRATOR_URL=double.url,
             VISION_NODE_ORCHESTRATOR_SECRET="wrong", VISION_NODE_NODE_URL="http://127.0.0.1:1",
             VISION_NODE_CAPABILITIES="segmentation",
-        )  # fmt: skip
+        )
         try:
             wait_for(lambda: double.rejected >= 2, what="a retry")
             text = (tmp_path / "log").read_text()

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from node import manifest
-from node.builder import weights
-from node.builder.errors import BuildError
-from node.builder.specs import ShapeBounds
 from tests.conftest import TINY_ROLES
+from vision_node import manifest
+from vision_node.builder import weights
+from vision_node.builder.errors import BuildError
+from vision_node.builder.specs import ShapeBounds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,8 +128,8 @@ def test_tiny_build_needs_demo_weights_and_names_its_models_tiny(tmp_path):
 
 
 def test_a_graph_that_misses_verification_leaves_no_file(tmp_path, monkeypatch):
-    from node.builder import pipeline, verify
     from tests.conftest import tiny_plan
+    from vision_node.builder import pipeline, verify
 
     monkeypatch.setitem(verify.TOLERANCES, "depth", {"max_rel_err": 0.0, "mean_rel_err": 0.0})
     plan = tiny_plan(tmp_path, verify_sizes=((90, 160),))
@@ -141,10 +141,10 @@ def test_a_graph_that_misses_verification_leaves_no_file(tmp_path, monkeypatch):
 
 
 def test_revision_pins_a_roles_hub_weights():
-    from node.builder.cli import parser, plan_from_args
+    from vision_node.builder.cli import parser, plan_from_args
 
     args = parser().parse_args(["--revision", "depth=0123abc", "--variant", "segmentation=segformer-b2-ade",
-                                "--revision", "segmentation=v1.0"])  # fmt: skip
+                                "--revision", "segmentation=v1.0"])
     plan = plan_from_args(args)
     assert plan.specs["depth"].revision == "0123abc" and plan.specs["depth"].name == "depth-anything-v2-small"
     assert plan.specs["segmentation"].revision == "v1.0" and plan.specs["segmentation"].name == "segformer-b2-ade"
@@ -153,8 +153,8 @@ def test_revision_pins_a_roles_hub_weights():
 def test_the_fp16_ladder_keeps_the_first_rung_that_verifies_or_ships_fp32_alone(tmp_path, monkeypatch, caplog):
     import logging
 
-    from node.builder import pipeline, verify
     from tests.conftest import tiny_plan
+    from vision_node.builder import pipeline, verify
 
     real_verify, calls = pipeline.verify_graph, []
 
@@ -189,7 +189,7 @@ def test_a_long_build_step_says_it_is_still_running(monkeypatch, caplog):
     import logging
     import time
 
-    from node.builder import pipeline
+    from vision_node.builder import pipeline
 
     monkeypatch.setattr(pipeline, "PROGRESS_EVERY_S", 0.1)
     caplog.set_level(logging.INFO, logger="build")
@@ -201,8 +201,25 @@ def test_a_long_build_step_says_it_is_still_running(monkeypatch, caplog):
 
 
 def test_flags_are_spelled_out_never_guessed():
-    from node.builder.cli import parser
+    from vision_node.builder.cli import parser
 
     with pytest.raises(SystemExit):
         parser().parse_args(["--weight", "demo"])  # not --weights
     assert parser().parse_args(["--weights", "demo"]).weights == "demo"
+
+
+def test_the_distribution_installs_its_console_scripts_and_no_module_named_node():
+    """``pip install`` gives ``vision-node`` and ``vision-node-build``; the import package is ``vision_node`` (PyPI
+    already has a ``node``), and ``python -m vision_node`` is the same command line."""
+    from importlib import metadata
+
+    scripts = {e.name: e for e in metadata.entry_points(group="console_scripts") if e.dist.name == "vision-node"}
+    assert set(scripts) == {"vision-node", "vision-node-build"}
+    assert scripts["vision-node"].load().__module__ == "vision_node.cli"
+    assert scripts["vision-node-build"].load().__module__ == "vision_node.builder.cli"
+    top_level = {path.parts[0] for path in metadata.files("vision-node") or [] if path.suffix == ".py"}
+    assert "node" not in top_level
+    shown = subprocess.run([sys.executable, "-m", "vision_node", "--help"], capture_output=True, text=True, cwd="/")
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: vision-node ")
+    absent = subprocess.run([sys.executable, "-c", "import node"], capture_output=True, text=True, cwd="/")
+    assert "No module named 'node'" in absent.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -9,9 +10,6 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from node.capabilities.depth import range_to_use
-from node.errors import StartupError
-from node.runtime.onnxruntime import OnnxRuntimeBackend
 from tests.nodes import (
     GatedBackend,
     WrappedBackend,
@@ -25,6 +23,9 @@ from tests.nodes import (
     post,
     raw_type,
 )
+from vision_node.capabilities.depth import range_to_use
+from vision_node.errors import StartupError
+from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
 
 
 def raw_post(client, path, f, **options):
@@ -35,7 +36,7 @@ def raw_post(client, path, f, **options):
 def test_one_upload_answers_each_capability_as_its_own_request_would(client):
     f = frame(120, 160)
     r = raw_post(client, "/infer/depth+pose+segmentation", f, **{"depth.output": "raw", "pose.person_threshold": 0,
-                                                                  "segmentation.output": "classes"})  # fmt: skip
+                                                                  "segmentation.output": "classes"})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("multipart/mixed; boundary=")
     got = parts(r)
@@ -71,11 +72,11 @@ def test_each_option_names_its_capability(client):
     r = raw_post(client, "/infer/depth+segmentation", f, output="raw")
     assert_error(r, 400, "bad_request", "each option names its capability", "depth.output")
     assert_error(raw_post(client, "/infer/depth+segmentation", f, **{"pose.output": "json"}), 400, "bad_request",
-                 "'pose.output'", "combines depth, segmentation")  # fmt: skip
+                 "'pose.output'", "combines depth, segmentation")
     assert_error(raw_post(client, "/infer/depth+segmentation", f, **{"depth.bogus": "1"}), 400, "bad_request",
-                 "depth: unknown option bogus")  # fmt: skip
+                 "depth: unknown option bogus")
     assert_error(raw_post(client, "/infer/depth+segmentation", f, **{"segmentation.output": "json"}), 400,
-                 "bad_request", "segmentation: option output='json'")  # fmt: skip
+                 "bad_request", "segmentation: option output='json'")
     assert_error(raw_post(client, "/infer/depth+segmentation/raw", f), 400, "bad_request", "depth.output=raw")
     assert_error(raw_post(client, "/infer/depth+depth", f), 400, "bad_request", "named twice")
     assert_error(raw_post(client, "/infer/depth+flow", f), 404, "not_found", "flow")
@@ -90,13 +91,13 @@ def test_a_frame_outside_any_capabilitys_bounds_and_a_bad_body_are_refused_once(
 
 
 def test_a_combination_of_a_capability_not_served_stops_the_start(tiny_build):
-    from node import preflight
-    from node.app import create_app
-    from node.config import Config
+    from vision_node import preflight
+    from vision_node.app import create_app
+    from vision_node.config import Config
 
     config = Config(engines=tiny_build[0], capabilities=("depth",), combinations=("depth+pose",))
     with pytest.raises(StartupError, match="--combinations depth\\+pose: pose is not served here"):
-        preflight.check(config)  # python -m node serve
+        preflight.check(config)  # python -m vision_node serve
     with pytest.raises(StartupError, match="pose is not served here"), TestClient(create_app(config)):
         pass  # the app alone (the stream processor): its lifespan checks
 
@@ -107,7 +108,7 @@ def test_counted_and_timed_per_capability(client):
         "other": ("vision_node_responses_total", {"route": "/infer/other", "status": "400"}),
         **{name: ("vision_node_stage_seconds_count", {"capability": name, "stage": "infer"})
            for name in ("depth", "segmentation", "pose")},
-    }  # fmt: skip
+    }
     before = {key: metric(client, name, **labels) for key, (name, labels) in counters.items()}
     assert post(client, "/infer/depth+segmentation", frame()).status_code == 200
     assert raw_post(client, "/infer/depth+depth", frame()).status_code == 400  # route label stays bounded
@@ -164,10 +165,14 @@ def test_admitted_whole_or_refused_whole(tiny_build):
         assert post(c, "/infer/depth+pose", f).status_code == 200
 
 
-def test_a_part_that_fails_fails_the_request_naming_it(tiny_build):
+def test_a_part_that_fails_fails_the_request_naming_it(tiny_build, caplog):
+    """The client gets the capability and an incident id; the backend's own text stays in the node's log."""
     with node_client(tiny_build[0], gate_one("segmentation", threading.Event(), fail=True)) as c:
         r = post(c, "/infer/depth+segmentation", frame())
-        assert_error(r, 500, "engine_error", "segmentation: the backend failed on this frame")
+        body = assert_error(r, 500, "engine_error", "segmentation: the backend failed on this frame (incident ")
+        assert "ONNXRuntimeError" not in body["detail"] and "injected" not in body["detail"]
+        case = re.search(r"incident ([0-9a-f]{8})", body["detail"]).group(1)
+        assert any(case in rec.getMessage() and rec.exc_info for rec in caplog.records)  # the details, logged
         assert post(c, "/infer/depth", frame()).status_code == 200
 
 

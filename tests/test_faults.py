@@ -11,9 +11,9 @@ import time
 import httpx
 import pytest
 
-from node.runtime import faults
 from tests.faulty_node import ERROR, ILLEGAL_ADDRESS, OOM
 from tests.nodes import frame, raw_type, start_node, stop, wait_for_http
+from vision_node.runtime import faults
 
 F = frame(64, 64)
 BODY, MEDIA = F.tobytes(), raw_type(F)

@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from node import codecs
-from node.capabilities import CAPABILITY_CLASSES
-from node.contract import FRAME_INPUT
-from node.engines import load
-from node.errors import NodeError
 from tests.nodes import in_process_backends
+from vision_node import codecs
+from vision_node.capabilities import CAPABILITY_CLASSES
+from vision_node.contract import FRAME_INPUT
+from vision_node.engines import load
+from vision_node.errors import NodeError
 
 MEDIA = ("image/jpeg", "image/png", codecs.RAW)
 
@@ -63,7 +63,7 @@ def bodies(draw):
 
 
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
-          HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])  # fmt: skip
+          HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
 @given(case=bodies())
 def test_any_body_is_refused_with_a_4xx_or_runs_through_every_graph_and_output(graphs, case):
     body, media, width, height = case

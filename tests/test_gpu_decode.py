@@ -15,12 +15,12 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from node.contract import FRAME_INPUT
-from node.errors import StartupError
-from node.runtime.gpu_decode import GpuJpegDecoder
 from tests.fake_gpu import FakeCuda, FakeNvImgCodec, FakeTensorRT, engines_with_fake_plans, patch_in_fake_gpu
 from tests.nodes import frame, node_client, raw_type
 from tests.test_tensorrt_backend import open_backend
+from vision_node.contract import FRAME_INPUT
+from vision_node.errors import StartupError
+from vision_node.runtime.gpu_decode import GpuJpegDecoder
 
 
 def jpeg_of(h: int, w: int) -> bytes:
@@ -91,7 +91,7 @@ def test_without_nvimgcodec_the_error_names_the_extra(monkeypatch):
 @pytest.fixture
 def gpu_decoding_node(tiny_build, tmp_path, monkeypatch):
     """FAKE TensorRT, pycuda and nvImageCodec where the node loads them: (engines, the fake codec)."""
-    from node.runtime import gpu_decode
+    from vision_node.runtime import gpu_decode
 
     trt, _ = patch_in_fake_gpu(monkeypatch)
     engines_with_fake_plans(tiny_build[0], tmp_path / "engines")
@@ -132,7 +132,7 @@ def test_a_jpeg_the_gpu_refuses_and_the_cpu_finds_corrupt_is_a_400_not_a_backend
 
 
 def test_gpu_decode_needs_a_tensorrt_backend():
-    from node.config import Config
+    from vision_node.config import Config
 
     with pytest.raises(StartupError, match="gpu_decode: needs a TensorRT backend"):
         Config(gpu_decode=True)

@@ -14,12 +14,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from node import samples
-from node.builder import argmax, export, graphs, merged_ifs, ort_optimised, pil_resize, selects, weights
-from node.builder.specs import OUTPUTS
-from node.sizing import Sizing
 from tests.conftest import TINY_BOUNDS, TINY_ROLES
 from tests.test_ops import TIERS
+from vision_node import samples
+from vision_node.builder import argmax, export, graphs, merged_ifs, ort_optimised, pil_resize, selects, weights
+from vision_node.builder.specs import OUTPUTS
+from vision_node.sizing import Sizing
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -40,9 +40,9 @@ def _chain(links: int) -> onnx.ModelProto:
             [helper.make_node("Constant", [], [f"c{i}"], value=step),
              helper.make_node("Mul", [state, "two"], [f"m{i}"]),
              helper.make_node("Add", [f"m{i}", f"c{i}"], [f"t{i}"])],
-            f"then{i}", [], [helper.make_tensor_value_info(f"t{i}", TensorProto.FLOAT, None)])  # fmt: skip
+            f"then{i}", [], [helper.make_tensor_value_info(f"t{i}", TensorProto.FLOAT, None)])
         other = helper.make_graph([helper.make_node("Identity", [state], [f"e{i}"])], f"else{i}", [],
-                                  [helper.make_tensor_value_info(f"e{i}", TensorProto.FLOAT, None)])  # fmt: skip
+                                  [helper.make_tensor_value_info(f"e{i}", TensorProto.FLOAT, None)])
         nodes.append(helper.make_node("If", ["taken"], [f"s{i}"], name=f"link{i}", then_branch=then, else_branch=other))
         state = f"s{i}"
     graph = helper.make_graph(
@@ -51,7 +51,7 @@ def _chain(links: int) -> onnx.ModelProto:
          helper.make_tensor_value_info("flag", TensorProto.FLOAT, [])],
         [helper.make_tensor_value_info(state, TensorProto.FLOAT, None)],
         [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
-    )  # fmt: skip
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -116,7 +116,7 @@ def _resize_graph(tmp_path) -> onnx.ModelProto:
     path = tmp_path / "resize.onnx"
     axes = {"frames": {0: "batch", 1: "height", 2: "width"}}
     torch.onnx.export(Resize(), (torch.zeros((1, 120, 160, 3), dtype=torch.uint8),), str(path), dynamo=False,
-                      opset_version=17, input_names=["frames"], output_names=["x"], dynamic_axes=axes)  # fmt: skip
+                      opset_version=17, input_names=["frames"], output_names=["x"], dynamic_axes=axes)
     return onnx.load(str(path))
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from node import samples
-from node.builder import reference, verify, weights
-from node.builder.specs import FRAME_INPUT, OUTPUTS
-from node.contract import FRAME_PARAMETERS
-from node.sizing import Sizing
 from tests.conftest import TINY_BOUNDS, TINY_ROLES
+from vision_node import samples
+from vision_node.builder import reference, verify, weights
+from vision_node.builder.specs import FRAME_INPUT, OUTPUTS
+from vision_node.contract import FRAME_PARAMETERS
+from vision_node.sizing import Sizing
 
 # Sizes and batches beyond the build's own verification set.
 EXTRA_BATCHES = [(3, (100, 200)), (1, (200, 90)), (1, TINY_BOUNDS.min_hw), (1, (333, 500))]
@@ -134,7 +134,7 @@ def test_exported_graph_dims_are_named_and_dynamic(tiny_build):
     assert pose_outputs["keypoints"] == ["batch", 3, 17, 2]
     # The per-frame threshold that decides which slots the keypoint model runs on.
     assert entries["pose"]["graphs"][0]["inputs"][1] == {"name": "person_threshold", "dtype": "float32",
-                                                         "shape": ["batch"]}  # fmt: skip
+                                                         "shape": ["batch"]}
 
 
 # ------------------------------------------------------- the fp16 graphs (what TensorRT engines are built from)
@@ -165,7 +165,7 @@ def test_every_capability_has_an_fp16_graph_with_fp16_weights_verified_by_its_ow
 
 @pytest.mark.parametrize("capability", ["depth", "segmentation", "pose"])
 def test_fp16_graphs_match_transformers_on_sizes_the_build_did_not_verify(tiny_build, capability):
-    from node.builder.pipeline import reference_outputs
+    from vision_node.builder.pipeline import reference_outputs
 
     out, entries = tiny_build
     roles = ("detector", "pose") if capability == "pose" else (capability,)
@@ -183,7 +183,7 @@ def test_fp16_graphs_match_transformers_on_sizes_the_build_did_not_verify(tiny_b
 def test_the_fp16_body_is_a_half_copy_that_leaves_the_reference_model_fp32():
     import torch
 
-    from node.builder import precision
+    from vision_node.builder import precision
 
     model = weights.load_demo(TINY_ROLES["segmentation"]).model
     half = precision.body(model, "fp16-norms32")

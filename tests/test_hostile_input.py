@@ -103,7 +103,7 @@ def test_only_documented_routes_and_methods_answer(node):
         "/static/x",
         "/%2e%2e/etc/passwd",
     ]
-    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]  # fmt: skip
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     wrong = []
     with httpx.Client(base_url=url, timeout=10) as client:
@@ -141,7 +141,7 @@ def test_urls_in_a_request_cause_no_outbound_connection(node):
     watcher.start()
     f = frame(64, 64)
     sneaky = {"Authorization": f"Bearer {TOKEN}", "Referer": target, "Origin": target, "X-Forwarded-Host": target,
-              "Forwarded": f"for={target}", "Link": f"<{target}>", "X-Callback-Url": target}  # fmt: skip
+              "Forwarded": f"for={target}", "Link": f"<{target}>", "X-Callback-Url": target}
     with httpx.Client(base_url=url, timeout=10) as client:
         client.post(f"/infer/depth?url={target}&callback={target}", content=target.encode(), headers=sneaky)
         client.post("/infer/depth", content=target.encode(), headers={**sneaky, "Content-Type": "text/uri-list"})
@@ -152,7 +152,7 @@ def test_urls_in_a_request_cause_no_outbound_connection(node):
             f"/infer/pose?image_url={target}", content=f.tobytes(), headers={**sneaky, "Content-Type": raw_type(f)}
         )
         client.post("/infer/depth", content=b'{"image_url": "%s"}' % target.encode(),
-                    headers={**sneaky, "Content-Type": "application/json"})  # fmt: skip
+                    headers={**sneaky, "Content-Type": "application/json"})
         client.get(f"/capabilities?url={target}", headers=sneaky)
         # a stream's start names channels to connect to: only on the hosts streams may use (--stream-hosts)
         channels = {key: target for key in ("subscribe_url", "publish_url", "control_url", "events_url")}
@@ -180,7 +180,7 @@ def test_schema_driven_fuzzing_finds_no_server_error_and_conforms_to_the_publish
          "--max-examples", "40", "--request-timeout", "30", "--suppress-health-check", "all",
          "--header", f"Authorization: Bearer {TOKEN}", "--seed", "7"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )  # fmt: skip
+    )
     summary = [line for line in done.stdout.splitlines() if "generated" in line or "passed" in line]
     print("\n".join(summary))
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""No circle in the project's import graph: node/, benchmarks/, build_engines.py and tests/.
+"""No circle in the project's import graph: vision_node/, benchmarks/, build_engines.py and tests/.
 
 Every module is parsed with ``ast`` (nothing is imported), and every import in it counts, a
 function's own included: a circle closed by an import deferred into a function still means two
@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("node", "benchmarks", "tests", "build_engines.py")
+SOURCES = ("vision_node", "benchmarks", "tests", "build_engines.py")
 
 
 def module_files(root: Path = ROOT) -> dict[str, Path]:
@@ -114,15 +114,15 @@ def test_the_checker_finds_a_circle_and_names_it():
 
 
 def test_the_checker_resolves_relative_and_function_level_imports(tmp_path):
-    (tmp_path / "node" / "sub").mkdir(parents=True)
+    (tmp_path / "vision_node" / "sub").mkdir(parents=True)
     for name in ("__init__.py", "a.py", "sub/__init__.py", "sub/b.py"):
-        (tmp_path / "node" / name).write_text("")
-    (tmp_path / "node" / "a.py").write_text("def f():\n    from .sub import b\n")
-    (tmp_path / "node" / "sub" / "b.py").write_text("from .. import a\nfrom ..sub import thing\n")
+        (tmp_path / "vision_node" / name).write_text("")
+    (tmp_path / "vision_node" / "a.py").write_text("def f():\n    from .sub import b\n")
+    (tmp_path / "vision_node" / "sub" / "b.py").write_text("from .. import a\nfrom ..sub import thing\n")
     graph = import_graph(tmp_path)
-    assert graph["node.a"] == {"node.sub.b"}
-    assert graph["node.sub.b"] == {"node.a", "node.sub"}
-    assert cycles(graph) == [["node.a", "node.sub.b", "node.a"]]
+    assert graph["vision_node.a"] == {"vision_node.sub.b"}
+    assert graph["vision_node.sub.b"] == {"vision_node.a", "vision_node.sub"}
+    assert cycles(graph) == [["vision_node.a", "vision_node.sub.b", "vision_node.a"]]
 
 
 def test_no_circle_in_the_import_graph():

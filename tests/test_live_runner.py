@@ -16,11 +16,11 @@ import time
 import httpx
 import pytest
 
-from node.config import Config
-from node.livepeer.live_runner import go_duration, runner_entry
 from tests.live_runner_double import LiveRunnerDouble, Refused
 from tests.nodes import ROOT, frame, free_port, parts, raw_type, start_node, stop, wait_for_http
 from tests.orchestrator_double import OrchestratorDouble
+from vision_node.config import Config
+from vision_node.livepeer.live_runner import go_duration, runner_entry
 
 SECRET = "orch-secret"
 
@@ -33,12 +33,12 @@ def wait_for(condition, timeout=30.0, what="condition"):
     return result
 
 
-def runner_node(engines, log, double, *argv, module="node", **env):
+def runner_node(engines, log, double, *argv, module="vision_node", **env):
     port = free_port()
     settings = dict(
         VISION_NODE_PORT=port, VISION_NODE_ORCHESTRATOR_URL=double.url, VISION_NODE_ORCHESTRATOR_SECRET=SECRET,
         VISION_NODE_NODE_URL=f"http://127.0.0.1:{port}", VISION_NODE_REGISTER_AS="live-runner",
-    )  # fmt: skip
+    )
     return start_node(engines, log, *argv, module=module, **{**settings, **env})
 
 
@@ -56,7 +56,7 @@ def single_shot(tiny_build, tmp_path_factory):
     log = tmp_path_factory.mktemp("runner") / "node.log"
     with LiveRunnerDouble(SECRET, interval=0.5, ttl=2.0) as double:
         proc, url = runner_node(tiny_build[0], log, double, VISION_NODE_RUNNER_PRICE="0.002",
-                                VISION_NODE_COMBINATIONS="depth+segmentation")  # fmt: skip
+                                VISION_NODE_COMBINATIONS="depth+segmentation")
         try:
             wait_for_http(f"{url}/ready", proc, log)
             ready_at = time.monotonic()
@@ -76,10 +76,10 @@ def test_every_capability_registers_as_a_discoverable_runner_within_a_heartbeat(
     assert fields == {
         "app": "vision/depth", "runner_url": url, "mode": "single-shot", "capacity": 5, "version": "0.1.0",
         "price_info": {"price": "0.002", "currency": "usd", "unit": "fixed"}, "status": "ready",
-    }  # fmt: skip
+    }
     discovered = httpx.get(f"{double.url}/discovery").json()[0]["runners"]
     assert {r["app"] for r in discovered} == {"vision/depth", "vision/segmentation", "vision/pose",
-                                              "vision/depth+segmentation"}  # fmt: skip
+                                              "vision/depth+segmentation"}
     text = log.read_text()
     assert "live runner vision/depth: registered at" in text and SECRET not in text
     assert not any(r["secret"] in text for r in double.runners.values())  # no heartbeat secret in the log
@@ -105,7 +105,7 @@ def test_a_combination_through_the_proxy_is_one_upload_with_a_part_per_capabilit
     r = infer_through(f"{double.url}/apps/{runner_id}/app/infer/depth+segmentation?depth.output=raw", f)
     assert r.status_code == 200, r.text
     assert [(name, media) for name, media, _, _ in parts(r)] == [("depth", "application/octet-stream"),
-                                                                  ("segmentation", "image/png")]  # fmt: skip
+                                                                  ("segmentation", "image/png")]
     assert json.loads(r.headers["x-metadata"])["livepeer_session"] == double.forwarded[-1]["Livepeer-Session-Id"]
 
 
@@ -115,7 +115,7 @@ def test_the_advertised_capacity_is_what_the_node_accepts_before_503(tiny_build,
     control.write_text("slow 0.4")  # every frame takes 0.4 s more, so the six overlap
     with LiveRunnerDouble(SECRET) as double:
         proc, url = runner_node(tiny_build[0], tmp_path / "log", double, str(control), module="tests.faulty_node",
-                                VISION_NODE_CAPABILITIES="depth")  # fmt: skip
+                                VISION_NODE_CAPABILITIES="depth")
         try:
             wait_for(lambda: double.discoverable(), what="the runner")
             runner_id = by_app(double)["vision/depth"]
@@ -141,7 +141,7 @@ def test_the_advertised_capacity_is_what_the_node_accepts_before_503(tiny_build,
 def test_a_persistent_session_carries_many_frames_and_counts_once(tiny_build, tmp_path):
     with LiveRunnerDouble(SECRET) as double:
         proc, url = runner_node(tiny_build[0], tmp_path / "log", double, VISION_NODE_RUNNER_MODE="persistent",
-                                VISION_NODE_CAPABILITIES="segmentation", VISION_NODE_STREAM_CAPACITY="2")  # fmt: skip
+                                VISION_NODE_CAPABILITIES="segmentation", VISION_NODE_STREAM_CAPACITY="2")
         try:
             wait_for(lambda: double.discoverable(), what="the runner")
             runner_id = by_app(double)["vision/segmentation"]
@@ -179,7 +179,7 @@ def test_a_forgotten_runner_registers_again_within_two_heartbeats(single_shot):
     after_expiry = time.monotonic() - forgotten
     double.sweeping = True
     print(f"\nall back {after_restart * 1000:.0f} ms after a restart, {after_expiry * 1000:.0f} ms after a TTL expiry "
-          f"(heartbeat every {double.interval} s)")  # fmt: skip
+          f"(heartbeat every {double.interval} s)")
     assert after_restart < 2 * double.interval and after_expiry < 2 * double.interval
     text = log.read_text()
     assert "forgot runner" in text and "(HTTP 401)" in text and "(HTTP 404)" in text
@@ -210,7 +210,7 @@ def test_a_registration_in_flight_at_sigterm_never_outlives_the_node(tiny_build,
     double = OrchestratorDouble(SECRET, **slow) if protocol == "byoc" else LiveRunnerDouble(SECRET, **slow)
     with double:
         proc, _ = runner_node(tiny_build[0], tmp_path / "log", double, VISION_NODE_REGISTER_AS=protocol,
-                              VISION_NODE_CAPABILITIES="depth")  # fmt: skip
+                              VISION_NODE_CAPABILITIES="depth")
         try:
             registry = double.registry if protocol == "byoc" else double.runners
             wait_for(lambda: double.in_flight, what="a registration in flight")
@@ -227,7 +227,7 @@ def test_a_registration_in_flight_at_sigterm_never_outlives_the_node(tiny_build,
 def test_a_refused_secret_is_logged_and_retried_with_backoff(tiny_build, tmp_path):
     with LiveRunnerDouble(SECRET) as double:
         proc, _ = runner_node(tiny_build[0], tmp_path / "log", double, VISION_NODE_ORCHESTRATOR_SECRET="s3cr3t-x",
-                              VISION_NODE_CAPABILITIES="depth")  # fmt: skip
+                              VISION_NODE_CAPABILITIES="depth")
         try:
             wait_for(lambda: sum(1 for e in double.log if e[3] == 401) >= 2, what="a retry")
             first, second = [e[0] for e in double.log if e[3] == 401][:2]
@@ -255,10 +255,10 @@ def test_a_field_the_orchestrator_refuses_is_logged_as_it_says_and_retried(tiny_
 def test_live_runners_prints_runners_json_the_orchestrator_accepts_and_polls(tiny_build, tmp_path):
     port = free_port()
     printed = subprocess.run(
-        [sys.executable, "-m", "node", "live-runners", "--engines", str(tiny_build[0]), "--node-url",
+        [sys.executable, "-m", "vision_node", "live-runners", "--engines", str(tiny_build[0]), "--node-url",
          f"http://127.0.0.1:{port}", "--runner-mode", "persistent", "--runner-metadata", "tiny demo node"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    )
     assert printed.returncode == 0, printed.stderr
     config = json.loads(printed.stdout)
     assert [r["label"] for r in config["runners"]] == ["vision-depth", "vision-segmentation", "vision-pose"]
@@ -297,8 +297,8 @@ def test_static_validation_refuses_what_go_livepeer_refuses():
 
 
 def test_the_node_refuses_to_print_runners_without_a_url(tiny_build):
-    printed = subprocess.run([sys.executable, "-m", "node", "live-runners", "--engines", str(tiny_build[0])],
-                             cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    printed = subprocess.run([sys.executable, "-m", "vision_node", "live-runners", "--engines", str(tiny_build[0])],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert printed.returncode == 2 and "--node-url is required" in printed.stderr and not printed.stdout
 
 
@@ -309,7 +309,7 @@ def test_go_durations_and_runner_fields():
     assert [go_duration(t, 5.0) for t in ("5s", "1m30s", "250ms", "", None, "soon", 2)] == [5, 90, 0.25, 5, 5, 5, 2]
     assert go_duration("20s", 0) == 20.0
     config = Config(node_url="http://n:8000/", orchestrator_url="http://o", orchestrator_secret="s",
-                    runner_apps=("pose=acme/pose",), gpu_name="RTX 4090", gpu_vram_mb=24564)  # fmt: skip
+                    runner_apps=("pose=acme/pose",), gpu_name="RTX 4090", gpu_vram_mb=24564)
     entry = runner_entry(config, "pose", gpu={"name": "ignored", "vram_mb": 1})
     assert entry["app"] == "acme/pose" and entry["runner_url"] == "http://n:8000" and "price_info" not in entry
     assert entry["gpu"] == {"name": "RTX 4090", "vram_mb": 24564} and entry["capacity"] == 5
@@ -321,7 +321,7 @@ def test_go_durations_and_runner_fields():
 def test_capacity_is_derived_and_a_larger_one_is_warned_about():
     assert Config(queue_size=2).advertised_capacity == 3 and Config(capacity=2).advertised_capacity == 2
     warnings = Config(orchestrator_url="http://o", orchestrator_secret="s", node_url="http://n", capacity=9,
-                      queue_size=4).registration_warnings()  # fmt: skip
+                      queue_size=4).registration_warnings()
     assert len(warnings) == 1 and "capacity 9 is more than a capability accepts before answering 503 (5" in warnings[0]
 
 
@@ -340,7 +340,7 @@ def test_a_persistent_session_runs_a_live_stream_through_the_channels_the_node_a
     segments = encode_segments(photo_clip(48, 96, 128, seed=7), fps=24, gop=24)
     with TrickleServer() as trickle, LiveRunnerDouble(SECRET, trickle=trickle) as double:
         proc, url = runner_node(tiny_build[0], tmp_path / "log", double, VISION_NODE_RUNNER_MODE="persistent",
-                                VISION_NODE_CAPABILITIES="depth")  # fmt: skip
+                                VISION_NODE_CAPABILITIES="depth")
         try:
             wait_for(lambda: double.discoverable(), what="the runner")
             runner_id = by_app(double)["vision/depth"]
@@ -368,3 +368,16 @@ def test_a_persistent_session_runs_a_live_stream_through_the_channels_the_node_a
         finally:
             stop(proc)
         assert "stopped: the input channel ended" in (tmp_path / "log").read_text()
+
+
+def test_retries_and_re_registrations_are_spread_so_a_fleet_does_not_call_in_lockstep():
+    from vision_node.livepeer.orchestrator import Backoff, spread
+
+    fleet = [Backoff() for _ in range(20)]
+    rounds = [[b.next() for b in fleet] for _ in range(6)]  # 1, 2, 4, 8, 16, 30 s, each plus up to half
+    for base, delays in zip((1, 2, 4, 8, 16, 30), rounds):
+        assert all(base <= d <= 1.5 * base for d in delays) and len(set(delays)) > 15
+    fleet[0].reset()
+    assert 1 <= fleet[0].next() <= 1.5
+    intervals = [spread(5.0) for _ in range(20)]
+    assert all(4.5 <= s <= 5.0 for s in intervals) and len(set(intervals)) > 15  # never later than asked

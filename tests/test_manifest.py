@@ -2,8 +2,8 @@
 
 import json
 
-from node import manifest
-from node.builder.specs import CAPABILITIES
+from vision_node import manifest
+from vision_node.builder.specs import CAPABILITIES
 
 
 def test_manifest_lists_every_artefact_with_its_hash_and_provenance(tiny_build):

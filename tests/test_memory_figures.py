@@ -1,14 +1,14 @@
 """Memory per capability known at build time (issue 21): in the manifest, in /capabilities, plausible.
 
-The ONNX Runtime proxy is measured at every build (``node.builder.memory``); TensorRT for RTX's own
+The ONNX Runtime proxy is measured at every build (``vision_node.builder.memory``); TensorRT for RTX's own
 figures come from its builder's log during ``--compile-check`` (``tests/test_tensorrt_compile.py``).
 """
 
 from __future__ import annotations
 
-from node.builder import trt_memory
-from node.builder.memory import PROXY, costliest_frames
-from node.engines import load
+from vision_node.builder import trt_memory
+from vision_node.builder.memory import PROXY, costliest_frames
+from vision_node.engines import load
 
 GIB = 1 << 30
 
@@ -20,7 +20,7 @@ Max Scratch Memory: 526809088 bytes
 Total Activation Memory: 526811648 bytes
 Total Weights Memory: 643840 bytes"""
     assert trt_memory.parse(log) == {"persistent_bytes": 0, "max_scratch_bytes": 526809088,
-                                     "activation_bytes": 526811648, "weights_bytes": 643840}  # fmt: skip
+                                     "activation_bytes": 526811648, "weights_bytes": 643840}
     assert trt_memory.parse("Engine generation completed in 9.5 seconds.") == {}
 
 

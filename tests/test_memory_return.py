@@ -1,6 +1,6 @@
 """Memory given back: after an expensive frame the node process's RSS comes back to where it was (issue 21).
 
-A real ``python -m node serve`` process on the tiny build. Its largest segmentation frame makes ONNX
+A real ``python -m vision_node serve`` process on the tiny build. Its largest segmentation frame makes ONNX
 Runtime's CPU arena grow by hundreds of MiB; the arena used to keep that peak for the process's life.
 """
 
@@ -24,7 +24,7 @@ def test_after_an_expensive_frame_the_node_gives_its_memory_back(tiny_build, tmp
     log = tmp_path / "node.log"
     # Frames up to 256x256 pixels keep the arena (the ordinary ones here); the 720x1280 one gives it back.
     proc, url = start_node(tiny_build[0], log, VISION_NODE_CAPABILITIES="segmentation",
-                           VISION_NODE_KEEP_ARENA_PIXELS=str(256 * 256))  # fmt: skip
+                           VISION_NODE_KEEP_ARENA_PIXELS=str(256 * 256))
     ordinary, expensive = frame(120, 160), frame(720, 1280)
     try:
         wait_for_http(f"{url}/ready", proc, log)
@@ -32,7 +32,7 @@ def test_after_an_expensive_frame_the_node_gives_its_memory_back(tiny_build, tmp
 
             def send(f) -> int:
                 return client.post("/infer/segmentation/raw", content=f.tobytes(),
-                                   headers={"content-type": raw_type(f)}).status_code  # fmt: skip
+                                   headers={"content-type": raw_type(f)}).status_code
 
             assert [send(ordinary) for _ in range(3)] == [200] * 3
             before, peak, done = rss(proc.pid), [0], threading.Event()

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from node import codecs, manifest
-from node.capabilities.base import Rendered
-from node.capabilities.depth import Depth
-from node.capabilities.pose import COCO17, COLOURS, LIMBS, OPENPOSE18, Pose, openpose18
-from node.config import Config
-from node.contract import ShapeBounds
-from node.engines import load
-from node.errors import FrameRejected, InputError, StartupError, UnsupportedMediaType
-from node.sizing import Sizing
+from vision_node import codecs, manifest
+from vision_node.capabilities.base import Rendered
+from vision_node.capabilities.depth import Depth
+from vision_node.capabilities.pose import COCO17, COLOURS, LIMBS, OPENPOSE18, Pose, openpose18
+from vision_node.config import Config
+from vision_node.contract import ShapeBounds
+from vision_node.engines import load
+from vision_node.errors import FrameRejected, InputError, StartupError, UnsupportedMediaType
+from vision_node.sizing import Sizing
 
 BOUNDS = ShapeBounds(min_hw=(8, 8), max_hw=(100, 200))
 
@@ -35,6 +35,14 @@ def test_content_type_parameters_are_parsed():
     assert codecs.parse_content_type(None) == ("", {})
     with pytest.raises(InputError, match="no value"):
         codecs.parse_content_type("image/png; output")
+    # quoted strings as RFC 9110 has them: a ; inside quotes, escapes, spaces around =; a trailing ; is harmless
+    assert codecs.parse_content_type('image/jpeg; range="0;9" ; output = "raw"; x="a\\"b";') == (
+        "image/jpeg",
+        {"range": "0;9", "output": "raw", "x": 'a"b'},
+    )
+    for malformed in ('image/jpeg; output="raw', "image/jpeg; a=1 b=2", 'image/jpeg; a="x"y'):
+        with pytest.raises(InputError, match="malformed"):
+            codecs.parse_content_type(malformed)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16", "LA"])
@@ -176,7 +184,7 @@ def test_bad_configuration_names_the_key(env, words):
 
 def test_capability_pairs_map_names_and_apps_with_defaults():
     config = Config.load({"VISION_NODE_CAPABILITY_NAMES": "depth=vision-depth",
-                          "VISION_NODE_RUNNER_APPS": "pose=acme/pose=v2"})  # fmt: skip
+                          "VISION_NODE_RUNNER_APPS": "pose=acme/pose=v2"})
     assert config.registered_name("depth") == "vision-depth" and config.registered_name("pose") == "pose"
     assert config.runner_app("pose") == "acme/pose=v2" and config.runner_app("depth") == "vision/depth"
 
@@ -212,7 +220,7 @@ def test_a_flipped_byte_stops_start_up_naming_the_file(engines_copy):
     [
         (lambda d: (d / "pose-128x128-3p.onnx").unlink(), ["pose-128x128-3p.onnx", "missing"]),
         (lambda d: (d / "segmentation-64x64.onnx").write_bytes(b"x"), ["segmentation-64x64.onnx", "bytes"]),
-        (lambda d: (d / "manifest.json").unlink(), ["manifest.json", "not found", "build_engines.py"]),
+        (lambda d: (d / "manifest.json").unlink(), ["manifest.json", "not found", "vision-node-build"]),
         (lambda d: (d / "manifest.json").write_text("{"), ["manifest.json", "unreadable"]),
         (lambda d: shutil.rmtree(d), ["engines directory not found"]),
     ],
@@ -254,7 +262,7 @@ def test_graph_for_picks_the_nearest_aspect_ratio(engines_copy):
 
 
 def test_backend_refuses_a_manifest_with_unresolved_output_dimensions(tiny_build):
-    from node.runtime.onnxruntime import OnnxRuntimeBackend
+    from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
 
     outputs = ({"name": "boxes", "dtype": "float32", "shape": ["batch", "TopKbox_scores_dim_1", 4]},)
     with pytest.raises(StartupError, match=r"pose\.onnx: output boxes has unresolved dimensions.*rebuild"):
@@ -262,9 +270,9 @@ def test_backend_refuses_a_manifest_with_unresolved_output_dimensions(tiny_build
 
 
 def test_backend_outputs_are_views_into_buffers_allocated_once(tiny_build):
-    from node.contract import FRAME_INPUT
-    from node.runtime.onnxruntime import OnnxRuntimeBackend
-    from node.samples import frames
+    from vision_node.contract import FRAME_INPUT
+    from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
+    from vision_node.samples import frames
 
     served = load(tiny_build[0], ("segmentation",))["segmentation"]
     graph = served.graphs[0]
@@ -282,9 +290,9 @@ def test_backend_outputs_are_views_into_buffers_allocated_once(tiny_build):
 
 
 def test_outputs_the_caller_owns_are_new_arrays_the_next_frame_leaves_alone(tiny_build):
-    from node.contract import FRAME_INPUT
-    from node.runtime.onnxruntime import OnnxRuntimeBackend
-    from node.samples import frames
+    from vision_node.contract import FRAME_INPUT
+    from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
+    from vision_node.samples import frames
 
     served = load(tiny_build[0], ("depth",))["depth"]
     graph = served.graphs[0]
@@ -308,11 +316,11 @@ def test_a_raw_answer_is_the_requests_own_array_after_the_next_frame_ran(tiny_bu
     import asyncio
     import time
 
-    from node.capabilities import CAPABILITY_CLASSES
-    from node.contract import FRAME_INPUT
-    from node.runtime.onnxruntime import OnnxRuntimeBackend
-    from node.samples import frames
-    from node.session import CapabilitySession
+    from vision_node.capabilities import CAPABILITY_CLASSES
+    from vision_node.contract import FRAME_INPUT
+    from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
+    from vision_node.samples import frames
+    from vision_node.session import CapabilitySession
 
     served = load(tiny_build[0], (capability,))[capability]
     capability = CAPABILITY_CLASSES[capability](served.options)
@@ -342,16 +350,16 @@ def test_a_frame_outside_the_bounds_is_refused_by_the_session_and_never_counts_a
     import asyncio
     import time
 
-    from node.capabilities import CAPABILITY_CLASSES
-    from node.runtime.onnxruntime import OnnxRuntimeBackend
-    from node.samples import frames
-    from node.session import CapabilitySession
+    from vision_node.capabilities import CAPABILITY_CLASSES
+    from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
+    from vision_node.samples import frames
+    from vision_node.session import CapabilitySession
 
     served = load(tiny_build[0], ("depth",))["depth"]
     capability = CAPABILITY_CLASSES["depth"](served.options)
     fatal, failures = [], []
     session = CapabilitySession(served, capability, lambda g: OnnxRuntimeBackend(g.path, g.outputs, served.bounds), 0,
-                                on_fatal=fatal.append, on_failure=failures.append)  # fmt: skip
+                                on_fatal=fatal.append, on_failure=failures.append)
     session.open()
     options = capability.parse_options({})
     too_small, too_wide = frames(32, 32)[0], np.zeros((64, served.bounds.max_hw[1] + 2, 3), np.uint8)
@@ -364,7 +372,7 @@ def test_a_frame_outside_the_bounds_is_refused_by_the_session_and_never_counts_a
             refused.append(caught.value.status)
         # streamed frames are admitted with their stream, not by the request queue (here of size 0)
         jobs = [session.submit(frames(64, 80, seed=i)[0], options, time.monotonic() + 30, streamed=True)
-                for i in range(3)]  # fmt: skip
+                for i in range(3)]
         outcomes = [await session.result(job) for job in jobs]
         return refused, outcomes
 
@@ -374,3 +382,19 @@ def test_a_frame_outside_the_bounds_is_refused_by_the_session_and_never_counts_a
         session.close()
     assert refused == [422] * 4 and not fatal and not failures and session.failures == 0
     assert len(outcomes) == 3 and session.pending == 0 and session.streamed == 0
+
+
+def test_an_unexpected_error_answers_an_incident_id_and_keeps_its_text_in_the_log(caplog):
+    import asyncio
+
+    from starlette.requests import Request
+
+    from vision_node.app import _unexpected
+
+    request = Request({"type": "http", "method": "POST", "path": "/infer/depth", "headers": []})
+    response = asyncio.run(_unexpected(request, RuntimeError("/root/secret/path.onnx: bad thing")))
+    body = json.loads(response.body)
+    assert response.status_code == 500 and body["error"] == "internal_error"
+    assert "secret" not in body["detail"] and "RuntimeError" not in body["detail"]
+    case = body["detail"].split("incident ")[1][:8]
+    assert any(case in r.getMessage() and "bad thing" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from node.builder import argmax, ops, trt_rules
+from vision_node.builder import argmax, ops, trt_rules
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 8, 150, 400])
@@ -93,8 +93,8 @@ def test_upsampled_argmax_takes_each_path_and_agrees_with_the_chunked_fold(class
 
 
 def test_upsampled_argmax_exports_without_nonzero_and_its_fallback_runs_only_when_needed(tmp_path):
-    import onnx  # noqa: PLC0415
-    import onnxruntime as ort  # noqa: PLC0415
+    import onnx
+    import onnxruntime as ort
 
     class Op(torch.nn.Module):
         def forward(self, logits, frames):

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from node import codecs, png
-from node.capabilities.depth import Depth
-from node.capabilities.pose import SKELETON_PALETTE, Pose, skeleton
-from node.capabilities.segmentation import _PALETTE, Segmentation
-from node.contract import FRAME_INPUT, ShapeBounds
-from node.errors import InputError
 from tests.nodes import frame, in_process_backends, metadata, post
+from vision_node import codecs, png
+from vision_node.capabilities.depth import Depth
+from vision_node.capabilities.pose import SKELETON_PALETTE, Pose, skeleton
+from vision_node.capabilities.segmentation import _PALETTE, Segmentation
+from vision_node.contract import FRAME_INPUT, ShapeBounds
+from vision_node.errors import InputError
 
 CAPABILITIES = {"depth": Depth, "segmentation": Segmentation, "pose": Pose}
 POSE_OPTIONS = {"person_threshold": "0", "keypoint_threshold": "0"}  # random weights: draw every person
@@ -199,7 +199,7 @@ def test_jpeg_frames_decode_to_the_same_pixels_as_pillow(progressive, subsamplin
     out = io.BytesIO()
     Image.fromarray(frame(90, 130)).save(out, "JPEG", quality=85, subsampling=subsampling, progressive=progressive)
     np.testing.assert_array_equal(codecs.decode(out.getvalue(), "image/jpeg", None, None, BOUNDS),
-                                  pillow(out.getvalue(), "RGB"))  # fmt: skip
+                                  pillow(out.getvalue(), "RGB"))
 
 
 def test_grey_jpeg_frame_decodes_to_rgb():

@@ -10,9 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from node.capabilities.pose import COLOURS
-from node.capabilities.segmentation import ADE20K_PALETTE
-from node.contract import FRAME_INPUT
 from tests.nodes import (
     assert_error,
     frame,
@@ -24,6 +21,9 @@ from tests.nodes import (
     node_client,
     post,
 )
+from vision_node.capabilities.pose import COLOURS
+from vision_node.capabilities.segmentation import ADE20K_PALETTE
+from vision_node.contract import FRAME_INPUT
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +246,5 @@ def test_options_from_path_content_type_and_query_are_equivalent(client):
         headers={"content-type": "application/octet-stream"},
     ).content
     assert by_path == by_type == by_query
+    assert Image.open(io.BytesIO(by_path)).mode == "L"  # channels=1 took effect (3, the default, is indexed)
+    assert post(client, "/infer/depth", f).content != by_path

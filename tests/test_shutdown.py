@@ -72,7 +72,7 @@ def _start_node(tiny_build, tmp_path, double: OrchestratorDouble):
         VISION_NODE_ORCHESTRATOR_URL=double.url, VISION_NODE_ORCHESTRATOR_SECRET=SECRET,
         VISION_NODE_NODE_URL=f"http://127.0.0.1:{port}", VISION_NODE_QUEUE_SIZE="500",
         VISION_NODE_REQUEST_TIMEOUT_S="120", VISION_NODE_DRAIN_DELAY_S="1",
-    )  # fmt: skip
+    )
     return proc, url, port
 
 

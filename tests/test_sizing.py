@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers.models.dpt.image_processing_pil_dpt import get_resize_output_image_size
 
-from node.builder.errors import BuildError
-from node.builder.model_size import ModelSize
-from node.contract import ShapeBounds
-from node.sizing import Sizing
 from tests.conftest import TINY_BOUNDS
+from vision_node.builder.errors import BuildError
+from vision_node.builder.model_size import ModelSize
+from vision_node.contract import ShapeBounds
+from vision_node.sizing import Sizing
 
 DEPTH_ANYTHING = Sizing(518, 518, keep_aspect_ratio=True, multiple=14)  # its preprocessor_config.json
 TINY_DEPTH = Sizing(98, 98, keep_aspect_ratio=True, multiple=14)
@@ -102,10 +102,10 @@ def test_sizing_round_trips_through_the_manifest():
 
 
 def test_a_fixed_depth_resolution_stays_an_option_and_is_reported(tmp_path):
-    from node import manifest
-    from node.builder import pipeline
-    from node.engines import describe, load
     from tests.conftest import tiny_plan
+    from vision_node import manifest
+    from vision_node.builder import pipeline
+    from vision_node.engines import describe, load
 
     plan = tiny_plan(tmp_path, resolutions={"depth": [(98, 98)]}, verify_sizes=((90, 160), (150, 100)), fp16=False)
     entry = pipeline.build_capability("depth", plan)

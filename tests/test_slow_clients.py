@@ -1,4 +1,4 @@
-"""Slow clients and oversized heads against a real node process (node/server.py's guarded protocol).
+"""Slow clients and oversized heads against a real node process (vision_node/server.py's guarded protocol).
 
 200 sockets trickling a byte a second cannot hold the node: each is answered 408 (or, having
 sent nothing, closed) by the receive deadline, while normal requests beside them succeed.
@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from benchmarks.slowclients import Trickler
-from tests.nodes import frame, raw_type, start_node, stop, wait_for_http
+from tests.nodes import ROOT, frame, raw_type, start_node, stop, wait_for_http
 
 DEADLINE_S = 2.0
 
@@ -105,3 +105,25 @@ def test_a_head_trickled_past_the_cap_is_431_before_it_ends(node):
             pass
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
+def test_the_guard_overrides_hooks_the_installed_uvicorn_has_and_the_version_is_capped():
+    """server.GuardedHttpToolsProtocol subclasses uvicorn's httptools protocol, which is not public API: every hook
+    it overrides must exist there, and pyproject caps uvicorn at the versions these tests passed on."""
+    import inspect
+    from importlib import metadata
+
+    import tomllib
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from vision_node.server import GuardedHttpToolsProtocol
+
+    overridden = [name for name, _ in inspect.getmembers(GuardedHttpToolsProtocol, inspect.isfunction)
+                  if name in GuardedHttpToolsProtocol.__dict__ and not name.startswith("_")]
+    assert overridden and all(hasattr(HttpToolsProtocol, name) for name in overridden), overridden
+    spec = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+                if d.startswith("uvicorn"))
+    cap = re.search(r"<\s*([\d.]+)", spec)
+    assert cap, f"{spec}: no upper bound"
+    installed = tuple(int(p) for p in metadata.version("uvicorn").split(".")[:2])
+    assert installed < tuple(int(p) for p in cap.group(1).split("."))

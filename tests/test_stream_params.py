@@ -1,13 +1,13 @@
-"""A stream's params (node.streams.params): the HTTP option names from JSON values, the video's own, the bounds."""
+"""A stream's params (vision_node.streams.params): the HTTP option names from JSON, the video's own, the bounds."""
 
 from __future__ import annotations
 
 import pytest
 
-from node.capabilities import Depth, Pose, Segmentation
-from node.contract import ShapeBounds
-from node.errors import InputError
-from node.streams import params
+from vision_node.capabilities import Depth, Pose, Segmentation
+from vision_node.contract import ShapeBounds
+from vision_node.errors import InputError
+from vision_node.streams import params
 
 BOUNDS = ShapeBounds(min_hw=(64, 64), max_hw=(720, 1280))
 

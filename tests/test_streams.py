@@ -29,8 +29,8 @@ from benchmarks.live_clip import EncodedFrame, Segment, decode_frames, encode_se
 from benchmarks.live_io import Reader, publish
 from benchmarks.stream_orchestrator import StreamOrchestrator
 from benchmarks.trickle_server import TrickleServer
-from node.capabilities.segmentation import ADE20K_PALETTE
 from tests.nodes import free_port, start_node, stop, wait_for_http
+from vision_node.capabilities.segmentation import ADE20K_PALETTE
 
 TOKEN = "stream-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -49,7 +49,7 @@ def live(tiny_build, tmp_path_factory):
             tiny_build[0], log, VISION_NODE_TOKEN=TOKEN, VISION_NODE_STREAM_CAPACITY="3",
             VISION_NODE_STREAM_STATUS_INTERVAL_S="0.5", VISION_NODE_STREAM_IDLE_TIMEOUT_S="4",
             VISION_NODE_MAX_BATCH="2",
-        )  # fmt: skip
+        )
         try:
             wait_for_http(f"{url}/ready", proc, log)
             yield trickle, url, proc, log
@@ -242,7 +242,7 @@ def test_two_concurrent_streams_each_get_the_maps_of_their_own_frames(live):
         orch = orchestrator(live, "depth")
         try:
             return await asyncio.gather(*(stream_through(orch, f"two-{k}", c, {"channels": 1})
-                                          for k, c in clips.items()))  # fmt: skip
+                                          for k, c in clips.items()))
         finally:
             await orch.close()
 
@@ -313,7 +313,7 @@ def test_frames_outside_the_bounds_are_resized_to_fit_them_with_a_warning_event(
         orch = orchestrator(live, "segmentation")
         try:
             reader, _, events = await stream_through(orch, f"fit-{size[0]}", clip(frames=24, height=size[0],
-                                                                                   width=size[1]))  # fmt: skip
+                                                                                   width=size[1]))
             return reader, events
         finally:
             await orch.close()
@@ -408,12 +408,12 @@ def test_stops_while_frames_are_in_flight_and_fifty_start_stop_cycles_leave_the_
     after_threads, after_fds = node_threads_fds(proc)
     grown = (rss(url) - memory) / 2**20
     print(f"\n50 start/stop cycles in {took:.1f} s: threads {threads} -> {after_threads}, fds {fds} -> {after_fds}, "
-          f"RSS {grown:+.1f} MiB")  # fmt: skip
+          f"RSS {grown:+.1f} MiB")
     assert after_threads == threads and after_fds <= fds + 2 and grown < 15
     assert httpx.get(f"{url}/ready").status_code == 200 and httpx.get(f"{url}/streams").json()["streams"] == []
     f = photo_clip(1, 96, 128)[0]
     frame = httpx.post(f"{url}/infer/depth/raw8", params={"width": 128, "height": 96}, content=f.tobytes(),
-                       headers={**AUTH, "Content-Type": "application/octet-stream"})  # fmt: skip
+                       headers={**AUTH, "Content-Type": "application/octet-stream"})
     assert frame.status_code == 200 and len(frame.content) == 96 * 128
 
 
@@ -427,7 +427,7 @@ def test_streams_show_in_metrics_capabilities_and_the_streams_list(live):
             publishing = asyncio.ensure_future(publish(started.subscribe_url, clip(frames=48), FPS))
             await asyncio.sleep(1.5)
             seen = (httpx.get(f"{url}/streams").json(), httpx.get(f"{url}/capabilities").json(),
-                    httpx.get(f"{url}/metrics").text)  # fmt: skip
+                    httpx.get(f"{url}/metrics").text)
             await publishing
             await orch.stop("seen")
             return seen
@@ -440,7 +440,7 @@ def test_streams_show_in_metrics_capabilities_and_the_streams_list(live):
     assert stream["params"]["keypoint_threshold"] == "0.2" and stream["fps"]["in"] > 10 and stream["frames"]["out"]
     assert set(stream["stages_ms_p50"]) == {"decode", "queue", "infer", "render", "encode", "publish"}
     assert capabilities["capabilities"]["pose"]["stream"] == {"url": "/live/pose", "capacity": 3, "active": 1,
-                                                              "outputs": ["skeleton"]}  # fmt: skip
+                                                              "outputs": ["skeleton"]}
     assert 'vision_node_streams{capability="pose"} 1.0' in metrics
     assert re.search(r'vision_node_stream_frames_total\{capability="pose",kind="out"\} [1-9]', metrics)
     assert 'vision_node_stream_latency_seconds_count{capability="pose"}' in metrics

@@ -2,7 +2,7 @@
 
 What this proves: buffer sizes, the per-frame call sequence, copies of only the valid region,
 no allocation per frame, the shared scratch, and errors that name the call. What it cannot
-prove is TensorRT itself: that is ``python -m node selftest`` on a GPU.
+prove is TensorRT itself: that is ``python -m vision_node selftest`` on a GPU.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from node.contract import FRAME_INPUT
-from node.engines import load
-from node.errors import EngineError, StartupError
-from node.runtime import faults
-from node.runtime import tensorrt as trt_backend
-from node.runtime.cuda import SharedScratch
-from node.runtime.onnxruntime import OnnxRuntimeBackend
-from node.samples import frames
 from tests.fake_gpu import FakeCuda, FakeTensorRT, engines_with_fake_plans, fp16_reference, patch_in_fake_gpu
 from tests.nodes import frame, metadata, node_client, raw_type, wait_loaded, wait_ready
+from vision_node.contract import FRAME_INPUT
+from vision_node.engines import load
+from vision_node.errors import EngineError, StartupError
+from vision_node.runtime import faults
+from vision_node.runtime import tensorrt as trt_backend
+from vision_node.runtime.cuda import SharedScratch
+from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
+from vision_node.samples import frames
 
 
 @pytest.fixture
@@ -84,7 +84,7 @@ def test_per_frame_sequence_copies_valid_regions_and_allocates_nothing(tiny_buil
     cuda.calls.clear()
     backend.infer({FRAME_INPUT: frames(200, 100)})
     assert [c[0] for c in cuda.calls] == ["push", "htod", "set_input_shape", "execute_async_v3", "dtoh", "synchronize",
-                                          "pop"]  # fmt: skip
+                                          "pop"]
 
 
 def test_outputs_the_caller_owns_are_copied_out_of_the_pinned_buffers(tiny_build, fakes):
@@ -171,8 +171,8 @@ def test_without_tensorrt_the_error_says_which_extra_to_install(monkeypatch):
 
 
 def test_profile_spans_the_bounds_with_the_serving_batch():
-    from node.contract import ShapeBounds
-    from node.runtime.engine_cache import profile_shapes
+    from vision_node.contract import ShapeBounds
+    from vision_node.runtime.engine_cache import profile_shapes
 
     bounds = ShapeBounds(min_hw=(64, 64), opt_hw=(512, 512), max_hw=(2160, 3840), max_batch=4)
     assert profile_shapes(bounds, 1) == {"frames": ((1, 64, 64, 3), (1, 512, 512, 3), (1, 2160, 3840, 3))}
@@ -180,8 +180,8 @@ def test_profile_spans_the_bounds_with_the_serving_batch():
 
 
 def test_engine_files_are_keyed_by_graph_gpu_version_and_options(tmp_path):
-    from node.runtime import engine_cache as ec
-    from node.runtime.flavours import TENSORRT, TENSORRT_RTX
+    from vision_node.runtime import engine_cache as ec
+    from vision_node.runtime.flavours import TENSORRT, TENSORRT_RTX
 
     gpu = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
     facts = ec.wanted("ab" * 32, TENSORRT, "10.13.0", {"precision": "fp16", "max_batch": 1}, gpu)
@@ -203,8 +203,8 @@ def test_engine_files_are_keyed_by_graph_gpu_version_and_options(tmp_path):
 
 
 def test_pick_finds_this_machines_engine_or_says_what_exists():
-    from node.runtime.engine_cache import pick
-    from node.runtime.flavours import TENSORRT_RTX
+    from vision_node.runtime.engine_cache import pick
+    from vision_node.runtime.flavours import TENSORRT_RTX
 
     h100 = {"onnx_sha256": "x", "gpu": "H100", "compute_capability": "9.0", "tensorrt": "10.13.0", "plan": "a.plan"}
     l40s = {**h100, "gpu": "L40S", "compute_capability": "8.9", "plan": "b.plan"}
@@ -221,13 +221,16 @@ def test_pick_finds_this_machines_engine_or_says_what_exists():
     rtx = {**rtx_old, "tensorrt": "1.7.1", "plan": "e.plan"}
     assert pick([h100, rtx_old, rtx], ["x16", "x"], gpu, "1.7.1", TENSORRT_RTX)[0] == rtx
     assert pick([h100, rtx_old], ["x16", "x"], gpu, "1.7.1", TENSORRT_RTX)[0] == rtx_old
+    rtx_newer = {**rtx_old, "tensorrt": "1.10.0", "plan": "f.plan"}  # none of this version: the newest other
+    assert pick([rtx_old, rtx_newer], ["x16"], gpu, "1.7.1", TENSORRT_RTX)[0] == rtx_newer
+    assert pick([rtx_newer, rtx_old], ["x16"], gpu, "1.7.1", TENSORRT_RTX)[0] == rtx_newer
     entry, why = pick([h100], ["x"], gpu, "1.7.1", TENSORRT_RTX)
     assert entry is None and "H100 sm9.0 TensorRT 10.13.0" in why  # a TensorRT engine is no RTX engine
 
 
 def test_engines_are_built_from_the_fp16_graph_then_the_fp32_one(tmp_path):
-    from node.builder.errors import BuildError
-    from node.builder.tensorrt import candidates
+    from vision_node.builder.errors import BuildError
+    from vision_node.builder.tensorrt import candidates
 
     graph = {"path": "d.onnx", "sha256": "32", "fp16": {"path": "d.fp16.onnx", "sha256": "16", "precision": "fp16"}}
     assert [c[0] for c in candidates(tmp_path, graph, "auto")] == ["fp16", "fp32"]
@@ -290,9 +293,9 @@ def test_server_refuses_engines_built_for_another_machine(fake_gpu_node):
 def test_preflight_opens_the_gpu_once_for_the_node_and_names_a_missing_engine(fake_gpu_node):
     from starlette.testclient import TestClient
 
-    from node import preflight
-    from node.app import create_app
-    from node.config import Config
+    from vision_node import preflight
+    from vision_node.app import create_app
+    from vision_node.config import Config
 
     engines, _, loaded = fake_gpu_node
     config = Config(engines=engines, backend="tensorrt")
@@ -302,14 +305,14 @@ def test_preflight_opens_the_gpu_once_for_the_node_and_names_a_missing_engine(fa
         wait_ready(client)
     assert len(loaded) == 1  # the node went on with preflight's runtime: TensorRT and the GPU opened once
     plan = engines / json.loads((engines / "manifest.json").read_text())["capabilities"]["pose"]["graphs"][0][
-        "tensorrt"][0]["plan"]  # fmt: skip
+        "tensorrt"][0]["plan"]
     plan.unlink()
     with pytest.raises(StartupError, match=rf"{plan.name}: missing \(listed in the manifest\); rebuild it"):
         preflight.check(config)
 
 
 def test_selftest_agrees_on_fake_engines_and_reports_time_and_vram(fake_gpu_node, capsys):
-    from node import selftest
+    from vision_node import selftest
 
     engines, _, _ = fake_gpu_node
     assert selftest.run(engines, ["depth", "segmentation"], iterations=3) == 0
@@ -319,7 +322,7 @@ def test_selftest_agrees_on_fake_engines_and_reports_time_and_vram(fake_gpu_node
 
 
 def test_selftest_without_tensorrt_exits_2_saying_what_to_install(tiny_build, capsys):
-    from node import selftest
+    from vision_node import selftest
 
     assert selftest.run(tiny_build[0]) == 2
     assert ".[trt]" in capsys.readouterr().err
@@ -329,9 +332,9 @@ def test_engine_build_reuses_falls_back_to_the_fp32_graph_and_refuses(tiny_build
     """The build's decisions with FAKE TensorRT: its builder is replaced, the gate runs the fake engine."""
     import shutil
 
-    from node.builder import tensorrt as build_trt
-    from node.builder.errors import BuildError
-    from node.builder.verify import Check
+    from vision_node.builder import tensorrt as build_trt
+    from vision_node.builder.errors import BuildError
+    from vision_node.builder.verify import Check
 
     cuda = FakeCuda()
     trt = FakeTensorRT(cuda)

@@ -3,7 +3,7 @@
 TensorRT for RTX has TensorRT's ONNX parser and type rules (strongly typed, like TensorRT 11), so a
 graph it refuses would be refused on users' GPUs too. Every graph the tests build, fp32 and fp16,
 of all three capabilities, goes through its parser and builder here; executing the engines needs
-an RTX card (``python -m node selftest --backend tensorrt-rtx``).
+an RTX card (``python -m vision_node selftest --backend tensorrt-rtx``).
 """
 
 import json
@@ -16,11 +16,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from node import manifest
-from node.builder import cli, memory
-from node.builder import tensorrt as build_trt
-from node.builder.errors import BuildError
-from node.runtime.flavours import TENSORRT_RTX
+from vision_node import manifest
+from vision_node.builder import cli, memory
+from vision_node.builder import tensorrt as build_trt
+from vision_node.builder.errors import BuildError
+from vision_node.runtime.flavours import TENSORRT_RTX
 
 # TensorRT for RTX ships for Linux x86-64 and Windows only. Elsewhere, nothing to run; here, a missing
 # module is a failure (it is in the dev install), never a skip.
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(not SUPPORTED, reason="TensorRT for RTX has no b
 
 @pytest.fixture(scope="module")
 def trt():
-    import tensorrt_rtx  # noqa: PLC0415 (a failure here fails the test: CI installs the trt-rtx extra)
+    import tensorrt_rtx  # a failure here fails the test: CI installs the trt-rtx extra
 
     return tensorrt_rtx
 
@@ -53,12 +53,12 @@ def test_every_graph_fp32_and_fp16_of_every_capability_compiles_within_1_gib(tin
 
 def test_the_real_segmentation_graph_compiles_at_the_default_bounds_within_1_gib(tmp_path, trt):
     """SegFormer-B0 as served (demo weights, real size): at 4K bounds it needed 4 GiB, at 1080p under 1."""
-    from node.builder import export, trt_rules, weights  # noqa: PLC0415
-    from node.builder.graphs import SegmentationGraph  # noqa: PLC0415
-    from node.builder.specs import DEFAULT_MODELS, OUTPUTS, spec_for  # noqa: PLC0415
-    from node.contract import ShapeBounds  # noqa: PLC0415
-    from node.runtime import engine_cache  # noqa: PLC0415
-    from node.sizing import Sizing  # noqa: PLC0415
+    from vision_node.builder import export, trt_rules, weights
+    from vision_node.builder.graphs import SegmentationGraph
+    from vision_node.builder.specs import DEFAULT_MODELS, OUTPUTS, spec_for
+    from vision_node.contract import ShapeBounds
+    from vision_node.runtime import engine_cache
+    from vision_node.sizing import Sizing
 
     loaded = weights.load_demo(spec_for(DEFAULT_MODELS["segmentation"]), seed=0)
     bounds = ShapeBounds()
@@ -103,7 +103,7 @@ def test_the_compile_check_of_the_cli_fails_naming_the_node(tiny_build, tmp_path
     # an extra output that computes on the uint8 frame before casting it
     model.graph.initializer.append(helper.make_tensor("two", TensorProto.UINT8, [], [2]))
     model.graph.node.extend([helper.make_node("Mul", ["frames", "two"], ["doubled"], name="mul_u8"),
-                             helper.make_node("Cast", ["doubled"], ["doubled_f"], to=TensorProto.FLOAT)])  # fmt: skip
+                             helper.make_node("Cast", ["doubled"], ["doubled_f"], to=TensorProto.FLOAT)])
     model.graph.output.append(helper.make_tensor_value_info("doubled_f", TensorProto.FLOAT, None))
     onnx.save(model, str(broken))
     caplog.set_level(logging.INFO, logger="build")
@@ -116,7 +116,7 @@ def test_tensorrt_rtx_engines_are_built_ahead_of_time_from_the_fp16_graph(tiny_b
     engines = tmp_path / "engines"
     shutil.copytree(tiny_build[0], engines)
     argv = ["--tensorrt-only", "--tensorrt-rtx", "--rtx-targets", "8.6,8.9", "--capabilities", "depth", "--out",
-            str(engines)]  # fmt: skip
+            str(engines)]
     caplog.set_level(logging.INFO, logger="build")
     assert cli.main(argv) == 0
     graph = manifest.load(engines)["capabilities"]["depth"]["graphs"][0]
@@ -130,3 +130,36 @@ def test_tensorrt_rtx_engines_are_built_ahead_of_time_from_the_fp16_graph(tiny_b
     assert cli.main(argv) == 0  # the same graph, version and options: reused
     assert "reuse (built for this graph" in caplog.text
     assert manifest.load(engines)["capabilities"]["depth"]["graphs"][0]["tensorrt"] == [record]
+
+
+def test_every_parser_refusal_is_reported_not_only_the_last():
+    """parser_errors names each refused node (it once rebound its list in the loop and kept the last one only).
+    The parser here is a stand-in with TensorRT's parser's face (num_errors, get_error): the texts are ours."""
+
+    class Refusal:
+        def __init__(self, node, op, desc):
+            self.node, self.op, self.text = node, op, desc
+
+        def node_name(self):
+            return self.node
+
+        def node_operator(self):
+            return self.op
+
+        def desc(self):
+            return self.text
+
+        def code(self):
+            return type("Code", (), {"name": "UNSUPPORTED_NODE"})
+
+    class Parser:
+        errors = [Refusal("Transpose_980", "Transpose", "first input has type UInt8 but must have type Float"),
+                  Refusal("mul_u8", "Mul", "Invalid Node - mul_u8\nUInt8 is not supported for Mul")]
+        num_errors = len(errors)
+
+        def get_error(self, i):
+            return self.errors[i]
+
+    text = build_trt.parser_errors(Parser())
+    assert "node 'Transpose_980' (Transpose): UNSUPPORTED_NODE: first input has type UInt8" in text
+    assert "node 'mul_u8' (Mul): UNSUPPORTED_NODE: UInt8 is not supported for Mul" in text

@@ -3,7 +3,7 @@
 What this proves: the node opens the tensorrt_rtx module, gives every engine our shared scratch
 through a runtime config, keeps one runtime cache per GPU in the engines directory (loaded on the
 next start), and names an engine the runtime says cannot run here. Not TensorRT for RTX itself:
-that is ``python -m node selftest --backend tensorrt-rtx`` on an RTX GPU.
+that is ``python -m vision_node selftest --backend tensorrt-rtx`` on an RTX GPU.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.contract import FRAME_INPUT
 from tests.fake_gpu import engines_with_fake_plans, fp16_reference, patch_in_fake_gpu
 from tests.nodes import frame, node_client, raw_type, wait_loaded
+from vision_node.contract import FRAME_INPUT
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_rtx_backend_refuses_an_engine_the_runtime_says_cannot_run_here(fake_rtx
 
 
 def test_selftest_runs_rtx_engines_too(fake_rtx_node, capsys):
-    from node import selftest
+    from vision_node import selftest
 
     engines, _, _ = fake_rtx_node
     assert selftest.run(engines, ["depth"], iterations=2, backend="tensorrt-rtx") == 0

@@ -1,4 +1,4 @@
-"""The node's own trickle client (node.livepeer.trickle) against the trickle server double (go-livepeer's rules)."""
+"""The node's own trickle client (vision_node.livepeer.trickle) against the trickle server double (go-livepeer)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from benchmarks.trickle_server import TrickleServer
-from node.livepeer import trickle
+from vision_node.livepeer import trickle
 
 
 def run(scenario):

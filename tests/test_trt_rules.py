@@ -11,8 +11,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from node.builder import export, selects, trt_rules
-from node.builder.errors import BuildError
+from vision_node.builder import export, selects, trt_rules
+from vision_node.builder.errors import BuildError
 
 FRAMES = helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", "height", "width", 3])
 
@@ -125,9 +125,9 @@ def test_a_float64_constant_inside_an_if_branch_is_found():
     branch = helper.make_graph(
         [helper.make_node("Constant", [], ["one64"], name="one64", value=double),
          helper.make_node("Cast", ["one64"], ["one"], name="to_float", to=TensorProto.FLOAT)],
-        "branch", [], [float_output("one")])  # fmt: skip
+        "branch", [], [float_output("one")])
     other = helper.make_graph([helper.make_node("Identity", ["m"], ["same"], name="same")], "other", [],
-                              [float_output("same")])  # fmt: skip
+                              [float_output("same")])
     choose = helper.make_node("If", ["c"], ["out"], name="choose", then_branch=branch, else_branch=other)
     violations = trt_rules.check(graph([cast, flag, zero, positive, choose], [float_output()]))
     assert named(violations) == {("one64", "Constant")}

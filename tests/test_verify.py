@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from node.builder import verify
+from vision_node.builder import verify
 
 
 def _depth(value=0.0):

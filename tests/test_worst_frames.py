@@ -1,6 +1,6 @@
 """Bounded cost at every admitted frame (issue 21): the costliest frames the bounds admit, through a real node.
 
-A ``python -m node serve`` process on the tiny build. For every capability: the largest frame, the
+A ``python -m vision_node serve`` process on the tiny build. For every capability: the largest frame, the
 frames of the most extreme aspect ratios, and for depth the frames its patch budget caps (without the
 budget, a frame as tall as the model's square and as wide as the bounds would run at the full width).
 Each, as random noise (segmentation's work follows class boundaries: noise has the most), must be
@@ -14,9 +14,9 @@ import time
 import httpx
 import numpy as np
 
-from node.builder.memory import costliest_frames
-from node.engines import load
 from tests.nodes import metadata, raw_type, start_node, stop, wait_for_http
+from vision_node.builder.memory import costliest_frames
+from vision_node.engines import load
 
 TIMEOUT_S = 10.0  # the node's default --request-timeout-s
 

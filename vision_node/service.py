@@ -1,0 +1,287 @@
+"""The node at run time: what it serves, the capability sessions, their backends, its health.
+
+The lifespan checks the manifest and every artefact's hash before the socket accepts
+anything; the backends then load and warm up in the background while ``/health`` says
+LOADING, and only then is the node ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+
+from . import codecs, engines, preflight
+from .capabilities import CAPABILITY_CLASSES
+from .config import Config
+from .errors import NotFound, NotReady, StartupError
+from .livepeer.byoc import LIVE_SUFFIX, Registrar
+from .livepeer.live_runner import LiveRunners
+from .metrics import Metrics
+from .runtime.flavours import flavour
+from .runtime.gpu_decode import GpuJpegDecoder
+from .runtime.onnxruntime import OnnxRuntimeBackend
+from .runtime.tensorrt import GpuRuntime, TensorRTBackend, gpu_runtime
+from .session import CapabilitySession
+from .streams.manager import Streams
+
+log = logging.getLogger("vision_node")
+
+
+class Node:
+    """The node's state at run time: served capabilities, their sessions, health."""
+
+    def __init__(
+        self,
+        config: Config,
+        open_backend: Callable | None = None,
+        served: dict | None = None,
+        gpu: GpuRuntime | None = None,
+    ):
+        self.config = config
+        self.served = served  # checked by preflight already, or None: the lifespan reads the manifest
+        self.metrics = Metrics()
+        self.open_backend = open_backend or (self._onnxruntime if config.backend == "onnxruntime" else self._tensorrt)
+        self._gpu = gpu  # TensorRT: module, pycuda, GPU, shared scratch; from preflight, else made on first use
+        self._gpu_lock = threading.Lock()
+        self._decoder: GpuJpegDecoder | None = None  # --gpu-decode
+        self.sessions: dict[str, CapabilitySession] = {}
+        self.error: str | None = None
+        self.warm = False  # set once, after every session and the codecs are warm
+        self.draining = False  # SIGTERM: not ready, unregistered, still finishing (and taking) requests
+        self.on_fatal: Callable[[], None] = lambda: None  # the CLI makes this stop the process
+        self.registrar: Registrar | None = None
+        self.live_runners: LiveRunners | None = None
+        self.openapi: dict | None = None  # vision_node.openapi.document, made on first request
+        self.streams = Streams(config, self.metrics)
+
+    def _onnxruntime(self, served: engines.ServedCapability) -> Callable:
+        def open_graph(graph: engines.Graph):
+            return OnnxRuntimeBackend(
+                graph.onnxruntime_file,
+                graph.outputs,
+                served.bounds,
+                max_batch=self.config.max_batch,
+                device=self.config.device,
+                threads=self.config.threads,
+                spin=self.config.onnxruntime_spin,
+                keep_arena_pixels=self.config.keep_arena_pixels,
+            )
+
+        return open_graph
+
+    def _tensorrt(self, served: engines.ServedCapability) -> Callable:
+        def open_graph(graph: engines.Graph):
+            backend = TensorRTBackend.for_graph(graph, served.bounds, self._gpu_runtime())
+            backend.gpu_decoder = self._gpu_jpeg_decoder() if self.config.gpu_decode else None
+            return backend
+
+        return open_graph
+
+    def _gpu_jpeg_decoder(self) -> GpuJpegDecoder:
+        """One nvImageCodec decoder for every engine (``--gpu-decode``), opened on first use."""
+        with self._gpu_lock:
+            if self._decoder is None:
+                self._decoder = GpuJpegDecoder().__enter__()
+            return self._decoder
+
+    def _gpu_runtime(self):
+        with self._gpu_lock:
+            if self._gpu is None:
+                self._gpu = gpu_runtime(flavour(self.config.backend), self.config.engines)
+            return self._gpu
+
+    @property
+    def ready(self) -> bool:
+        return self.warm and not self.error and not self.draining
+
+    @property
+    def status(self) -> str:
+        """The ai-runner health vocabulary: LOADING until warm, then IDLE or OK (busy); ERROR after a fatal fault.
+
+        Draining keeps IDLE/OK (the process still finishes its work); ``/ready`` is what turns 503.
+        """
+        if self.error:
+            return "ERROR"
+        if not self.warm:
+            return "LOADING"
+        return "OK" if any(s.pending for s in self.sessions.values()) else "IDLE"
+
+    def session(self, name: str) -> CapabilitySession:
+        """The capability's session; while draining it still takes requests until the listener closes."""
+        session = self.sessions.get(name)
+        if session is None:
+            raise NotFound(f"no capability {name!r}; this node serves: {', '.join(self.sessions) or 'nothing yet'}")
+        if not self.warm or self.error:
+            raise NotReady(f"{name}: the node is {self.status.lower()}" + (f": {self.error}" if self.error else ""))
+        return session
+
+    def fail(self, reason: str) -> None:
+        """A fault the node cannot recover from (callers log it): not ready from now on, and the process stops.
+
+        Safe to call from any thread."""
+        if self.error:
+            return
+        self.error = reason
+        self.metrics.ready.set(0)
+        self.on_fatal()
+
+    async def drain(self) -> None:
+        """SIGTERM's first step: ``/ready`` turns 503 and the orchestrator is told we are leaving."""
+        self.draining = True
+        self.streams.closing = True  # no new stream; those running go on until the node stops
+        self.metrics.ready.set(0)
+        await asyncio.gather(*(r.stop() for r in (self.registrar, self.live_runners) if r is not None))
+
+    @property
+    def runner_status(self) -> str:
+        """A live runner's ``status``: only ``ready`` is discoverable."""
+        if self.error:
+            return "error"
+        if self.draining:
+            return "draining"
+        return "ready" if self.warm else "warming"
+
+    def gpu_facts(self) -> dict:
+        """The GPU a TensorRT backend runs on (name, MiB), for the live runners; empty with ONNX Runtime."""
+        if self._gpu is None:
+            return {}
+        return {"name": self._gpu.gpu["name"], "vram_mb": self._gpu.gpu["memory_bytes"] >> 20}
+
+    @asynccontextmanager
+    async def lifespan(self, app):
+        served = self.served
+        if served is None:  # not checked by preflight (tests, the stream processor): check here
+            try:
+                served = await asyncio.to_thread(
+                    engines.load, self.config.engines, self.config.capabilities, self.config.backend == "onnxruntime"
+                )
+                preflight.check_combinations(self.config, served)
+            except StartupError as err:
+                log.error("start-up failed: %s", err)
+                raise
+        for warning in self.config.registration_warnings():
+            log.warning("%s", warning)
+        for name, entry in served.items():
+            capability = CAPABILITY_CLASSES[name](entry.options)
+            session = CapabilitySession(
+                entry,
+                capability,
+                self.open_backend(entry),
+                self.config.queue_size,
+                max_failures=self.config.max_consecutive_failures,
+                on_fatal=self.fail,
+                max_batch=self.config.max_batch,
+                batch_window_s=self.config.batch_window_s,
+                on_failure=lambda kind, name=name: self.metrics.backend_failures.labels(name, kind).inc(),
+            )
+            self.sessions[name] = session
+            self.metrics.track(session)
+            self.metrics.streams.labels(name).set_function(lambda name=name: self.streams.active(name))
+            if entry.demo:
+                log.warning("%s: DEMO weights (seeded random, not a trained model): its maps mean nothing", name)
+        warm_up = asyncio.create_task(self._warm_up())
+        watch = asyncio.create_task(self._watch_for_hangs())
+        try:
+            yield {"node": self}
+        finally:
+            watch.cancel()
+            await warm_up
+            await self.drain()  # unregister (once): the orchestrator stops routing here
+            await self.streams.close()  # each stream ends (an event, its threads joined) before the engines go
+            if self.error and self.warm:
+                log.warning("not closing the backends: after a fatal fault only the process exit frees them safely")
+            else:
+                await asyncio.to_thread(self._close)
+
+    async def _watch_for_hangs(self) -> None:
+        """A frame that never returns is a hung device (no exception will come): fail the node."""
+        limit = self.config.hang_timeout_s
+        while not self.error:
+            await asyncio.sleep(min(1.0, limit / 4))
+            now = time.monotonic()
+            for session in self.sessions.values():
+                since = session.running_since
+                if since is not None and now - since > limit:
+                    reason = f"{session.name}: an inference has not returned for {now - since:.1f} s: the device hangs"
+                    log.error("%s", reason)
+                    self.fail(reason)
+                    return
+
+    async def _warm_up(self) -> None:
+        try:
+            seconds = await asyncio.gather(*(asyncio.to_thread(s.open) for s in self.sessions.values()))
+            await asyncio.to_thread(codecs.warm_up)
+        except Exception as err:  # StartupError names the file; anything else also gets its traceback
+            reason = str(err) if isinstance(err, StartupError) else f"{type(err).__name__}: {err}"
+            log.error("start-up failed: %s", reason, exc_info=not isinstance(err, StartupError))
+            self.fail(reason)
+            return
+        for session, took in zip(self.sessions.values(), seconds):
+            for graph, backend in session.backends.items():
+                log.info(
+                    "%s: %s ready on %s (%s, %s weights) in %.2f s",
+                    session.name,
+                    graph.onnxruntime_file.name if backend.name == "onnxruntime" else graph.path.name,
+                    backend.device,
+                    backend.name,
+                    session.served.weights,
+                    took,
+                )
+        for session in self.sessions.values():
+            for kind, size in backend_memory(session).items():
+                self.metrics.memory.labels(session.name, kind).set(size)
+        self.metrics.memory.labels("node", "shared_scratch").set(self.shared_scratch_bytes)
+        age = process_age()
+        log.info("ready: %s%s", ", ".join(self.sessions), f" ({age:.2f} s after process start)" if age else "")
+        self.warm = True
+        self.metrics.ready.set(1)
+        if self.draining:
+            return
+        # Only once warm: a registered node must answer.
+        offered = [*self.sessions, *self.config.combinations]  # a combination is a capability of its own
+        if self.config.registers_byoc:
+            live = [name + LIVE_SUFFIX for name in self.sessions] if self.config.stream_capacity else []
+            self.registrar = Registrar(self.config, offered + live)
+            self.registrar.start()
+        if self.config.registers_live_runners:
+            self.live_runners = LiveRunners(self.config, offered, lambda: self.runner_status, self.gpu_facts)
+            self.live_runners.start()
+
+    @property
+    def shared_scratch_bytes(self) -> int:
+        """TensorRT's one activation buffer for all engines (0 with ONNX Runtime, which keeps its own)."""
+        return self._gpu.scratch.size if self._gpu else 0
+
+    def _close(self) -> None:
+        for session in self.sessions.values():
+            session.close()
+        if self._decoder is not None:
+            self._decoder.__exit__(None, None, None)
+        if self._gpu:
+            self._gpu.scratch.free()
+
+
+def backend_memory(session: CapabilitySession) -> dict[str, int]:
+    """Bytes the session's backends hold, summed by kind."""
+    total: dict[str, int] = {}
+    for backend in session.backends.values():
+        for kind, size in backend.memory().items():
+            total[kind] = total.get(kind, 0) + size
+    return total
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux /proc), for the start-up log line."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
