@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
         "--json and --markdown also write the report with its provenance (machine, versions, command).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-        "  python build_engines.py --weights demo --tiny --out engines/tiny\n"
+        "  vision-node-build --weights demo --tiny --out engines/tiny\n"
         "  python -m benchmarks engine --engines engines/tiny --sizes 512x512 --batches 1,2\n"
         "  python -m benchmarks http --engines engines/tiny --capability segmentation --concurrency 1,2,4,8\n"
         "  python -m benchmarks http --url http://127.0.0.1:8000 --capability depth --rate 5,10 --duration 20\n"
@@ -100,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
         type=_list(str),
         default=["onnxruntime"],
         metavar="NAME,...",
-        help="onnxruntime, tensorrt and/or tensorrt-rtx (engines from build_engines.py --tensorrt / --tensorrt-rtx; "
+        help="onnxruntime, tensorrt and/or tensorrt-rtx (engines from vision-node-build --tensorrt / --tensorrt-rtx; "
         "default: onnxruntime)",
     )
     e.set_defaults(run=engine.run)

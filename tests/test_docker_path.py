@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.nodes import ROOT, free_port, stop, wait_for_http
 from vision_node import manifest
@@ -53,7 +54,8 @@ def test_entrypoint_serves_the_image_graphs_from_the_cache_volume(tiny_build, tm
         "VISION_NODE_BACKEND": "onnxruntime",
         "VISION_NODE_HOST": "127.0.0.1",
         "VISION_NODE_PORT": str(port),
-        "APP": str(ROOT),
+        # the console scripts (vision-node, vision-node-build) where pip put them, activated or not
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
     with open(tmp_path / "log", "w") as log:
         proc = subprocess.Popen(

@@ -90,7 +90,8 @@ LIVEPEER_SESSION_ID = "livepeer-session-id"
 async def infer(request: Request) -> Response:
     """One frame through one capability (``/infer/depth``) or several at once (``/infer/depth+pose``).
 
-    A combination decodes the frame once, runs each capability on its own worker at the same time and
+    A combination decodes the frame once, runs each capability on its own worker (at the same time on ONNX
+    Runtime; TensorRT's engines share one stream and scratch, one after the other) and
     answers ``multipart/mixed``: one part per capability, each with its Content-Type and X-Metadata.
     It is admitted whole or refused whole (503), and a part that fails fails the request.
     """

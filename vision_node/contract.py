@@ -38,7 +38,7 @@ class ShapeBounds:
 
     The default largest frame is 1080p: on a GPU every engine's activation memory is sized for the
     largest frame its profile admits, and 4K costs several times as much for every capability (the
-    manifest's ``memory``, README "Frame bounds and memory"). ``--max-size 2160x3840`` admits 4K.
+    manifest's ``memory``; docs/building.md, "Frame bounds and memory"). ``--max-size 2160x3840`` admits 4K.
     """
 
     min_hw: tuple[int, int] = (64, 64)

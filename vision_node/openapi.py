@@ -108,7 +108,8 @@ def _infer_many(names: tuple[str, ...], capabilities: list, token: bool) -> dict
     operation = {
         **parts[0],
         "summary": f"{' + '.join(names)}: the maps of one frame, one part each",
-        "description": "The frame is decoded once and every capability runs on it at the same time. Each option "
+        "description": "The frame is decoded once and every capability runs on it (at the same time on ONNX "
+        "Runtime; one after the other on TensorRT, whose engines share one stream and scratch). Each option "
         "names its capability (depth.output, pose.person_threshold ...). The answer is multipart/mixed: one part "
         "per capability, in the order named, each with its own Content-Type and X-Metadata.",
         "parameters": [

@@ -151,7 +151,7 @@ def parser() -> argparse.ArgumentParser:
         default=ShapeBounds.max_hw,
         metavar="HxW",
         help="largest frame accepted (default: 1080x1920; 2160x3840 admits 4K, at about 4x segmentation's "
-        "TensorRT activation memory: README 'Frame bounds and memory')",
+        "TensorRT activation memory: docs/building.md, 'Frame bounds and memory')",
     )
     p.add_argument("--max-batch", type=int, default=ShapeBounds.max_batch, help="largest batch (default: %(default)s)")
     p.add_argument("--max-persons", type=int, default=8, help="person slots in the pose output (default: %(default)s)")
