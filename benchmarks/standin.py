@@ -30,6 +30,7 @@ DEFAULT_MS = 2.0
 
 class StandInBackend:
     name, device, precision = "stand-in", "none", None
+    gpu_decoder = None  # JPEG frames are decoded on the CPU (infer_jpeg is never handed one)
 
     def __init__(self, graph, capability: str, max_batch: int, seconds: float):
         self.graph, self.capability, self.max_batch, self.seconds = graph, capability, max_batch, seconds
@@ -51,6 +52,9 @@ class StandInBackend:
             outputs = self._outputs[(n, h, w)] = self._make(n, h, w)
         time.sleep(self.seconds)  # the network, with the GIL released
         return {k: (v.copy() if k in owned else v) for k, v in outputs.items()}
+
+    def infer_jpeg(self, data, height, width, decoder, inputs=None, owned=()) -> None:
+        return None  # no GPU decoder: the caller decodes on the CPU and calls infer
 
     def _make(self, n: int, h: int, w: int) -> dict[str, np.ndarray]:
         ramp = np.add.outer(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32))

@@ -127,6 +127,9 @@ def frame(h: int = 120, w: int = 160, seed: int = 3) -> np.ndarray:
 class WrappedBackend:
     """A real backend with the same face; test doubles subclass it and change ``infer``."""
 
+    precision = None  # a test double says no precision (X-Metadata, /capabilities)
+    gpu_decoder = None  # JPEG frames are decoded on the CPU, as ONNX Runtime's are
+
     def __init__(self, inner: OnnxRuntimeBackend):
         self.inner = inner
         self.name, self.max_batch = inner.name, inner.max_batch
@@ -144,6 +147,9 @@ class WrappedBackend:
 
     def infer(self, inputs, stop=None, owned=()):
         return self.inner.infer(inputs, stop, owned)
+
+    def infer_jpeg(self, data, height, width, decoder, inputs=None, owned=()):
+        return self.inner.infer_jpeg(data, height, width, decoder, inputs, owned)
 
     def memory(self):
         return self.inner.memory()

@@ -311,7 +311,8 @@ def test_session_runs_waiting_frames_as_batches_on_its_worker_thread(gpu, tmp_pa
     graph = Graph(plan, (64, 64), "stand-in", ())
     served = ServedCapability("stand-in", (graph,), bounds, (), True, {}, {})
     capability = SimpleNamespace(
-        keeps=lambda options: (), render=lambda outputs, options, hw: {k: v.copy() for k, v in outputs.items()}
+        keeps=lambda options: (), render=lambda outputs, options, hw: {k: v.copy() for k, v in outputs.items()},
+        frame_parameters=(), warm_up_parameters={},  # the graph takes the frames only
     )
     session = CapabilitySession(
         served, capability, lambda g: TensorRTBackend(plan, bounds, scratch, trt, cuda, max_batch=4), queue_size=16,

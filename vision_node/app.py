@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -22,10 +23,14 @@ from starlette.routing import Route
 
 from . import __version__, codecs, engines, openapi, stream_api, ui
 from .auth import check_token
+from .capabilities.base import Encoded
 from .config import Config
 from .contract import COMBINE, common_bounds, names_capabilities
 from .errors import InputError, NodeError, NotReady, PayloadTooLarge, RequestTimeout, incident
+from .runtime.base import Backend
+from .runtime.tensorrt import GpuRuntime
 from .service import Node, backend_memory
+from .session import CapabilitySession, Outcome
 
 log = logging.getLogger("vision_node")
 
@@ -139,8 +144,8 @@ async def infer(request: Request) -> Response:
                        "total": round((time.perf_counter() - arrived) * 1000, 3)},
         **({"livepeer_session": livepeer_session} if livepeer_session else {}),
     }
-    body, media_type = codecs.multipart([(name, encoded, meta) for name, (encoded, meta, _) in zip(names, parts)])
-    return Response(body, media_type=media_type, headers={"X-Metadata": json.dumps(summary)}, background=observed)
+    answer, media_type = codecs.multipart([(name, encoded, meta) for name, (encoded, meta, _) in zip(names, parts)])
+    return Response(answer, media_type=media_type, headers={"X-Metadata": json.dumps(summary)}, background=observed)
 
 
 async def _observe(node: Node, timings: list[tuple[str, dict]], live_runner: bool) -> None:
@@ -150,7 +155,7 @@ async def _observe(node: Node, timings: list[tuple[str, dict]], live_runner: boo
             node.metrics.live_runner_frames.labels(name).inc()
 
 
-def _sessions_named(request: Request, node: Node) -> tuple[list[str], list]:
+def _sessions_named(request: Request, node: Node) -> tuple[list[str], list[CapabilitySession]]:
     """The capabilities the path names (``depth+pose``: several) and their sessions; 4xx for a bad name."""
     names = request.path_params["capability"].split(COMBINE)
     if len(set(names)) != len(names):
@@ -161,7 +166,8 @@ def _sessions_named(request: Request, node: Node) -> tuple[list[str], list]:
     return names, sessions
 
 
-async def _decode(body, media_type: str, width, height, sessions: list):
+async def _decode(body: bytearray, media_type: str, width: str | None, height: str | None,
+                  sessions: list[CapabilitySession]) -> np.ndarray | codecs.JpegFrame:
     """The frame, decoded off the event loop where that is work (JPEG, PNG), within every session's bounds.
 
     --gpu-decode: one capability's JPEG is checked from its header here and decoded on the GPU by its worker.
@@ -185,7 +191,7 @@ async def _each(awaitables: list) -> list:
     return results
 
 
-def _options_per_capability(sessions, given: dict[str, str]) -> dict[str, dict]:
+def _options_per_capability(sessions: list[CapabilitySession], given: dict[str, str]) -> dict[str, dict]:
     """Each capability's parsed options. In a combination every option names its capability (``depth.range``)."""
     if len(sessions) == 1:
         return {sessions[0].name: sessions[0].capability.parse_options(given)}
@@ -207,8 +213,8 @@ def _options_per_capability(sessions, given: dict[str, str]) -> dict[str, dict]:
     return parsed
 
 
-async def _part(session, outcome, options: dict, frame, arrived: float, png_level: int, read_s: float,
-                decode_s: float):
+async def _part(session: CapabilitySession, outcome: Outcome, options: dict, frame: np.ndarray | codecs.JpegFrame,
+                arrived: float, png_level: int, read_s: float, decode_s: float) -> tuple[Encoded, dict, dict]:
     """(encoded, X-Metadata, timings) of one capability's result."""
     started = time.perf_counter()
     encode_args = (outcome.rendered, options, png_level)
@@ -268,7 +274,7 @@ async def capabilities(request: Request) -> Response:
             "backend": {
                 "name": backends[0].name if backends else config.backend,
                 "device": backends[0].device if backends else None,
-                "precision": getattr(backends[0], "precision", None) if backends else None,
+                "precision": backends[0].precision if backends else None,
                 "memory_bytes": backend_memory(session),
             },
             "route": f"/infer/{name}",
@@ -319,13 +325,18 @@ def _error_response(err: NodeError) -> JSONResponse:
     return JSONResponse({"error": err.code, "detail": err.detail}, status_code=err.status, headers=err.headers)
 
 
-async def _node_error(request: Request, err: NodeError) -> JSONResponse:
+# Starlette types every handler as taking an Exception: each narrows to the class it is registered for.
+
+
+async def _node_error(request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, NodeError)
     if err.status >= 500 and err.status not in (503, 504):
         log.error("%s %s: %s", request.method, request.url.path, err.detail)
     return _error_response(err)
 
 
-async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+async def _http_error(request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
     return JSONResponse({"error": code, "detail": err.detail}, status_code=err.status_code, headers=err.headers)
 
@@ -373,7 +384,12 @@ class _CountResponses:
         await self.app(scope, receive, counting_send)
 
 
-def create_app(config: Config, open_backend: Callable | None = None, served: dict | None = None, gpu=None) -> Starlette:
+def create_app(
+    config: Config,
+    open_backend: Callable[[engines.ServedCapability], Callable[[engines.Graph], Backend]] | None = None,
+    served: dict[str, engines.ServedCapability] | None = None,
+    gpu: GpuRuntime | None = None,
+) -> Starlette:
     """The node as an ASGI app. ``open_backend(served) -> (graph -> backend)`` replaces ONNX Runtime in tests;
     ``served`` and ``gpu``: what ``preflight`` already checked and opened (else the lifespan does it)."""
     node = Node(config, open_backend, served, gpu)

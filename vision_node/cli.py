@@ -164,12 +164,14 @@ def serve(config: Config, open_backend=None) -> int:
             app,
             host=config.host,
             port=config.port,
-            http=functools.partial(GuardedHttpToolsProtocol, node=node),
+            # uvicorn types ``http`` as a protocol class; it only calls it, so a factory of one does (uvicorn.config)
+            http=functools.partial(GuardedHttpToolsProtocol, node=node),  # type: ignore[arg-type]
             lifespan="on",  # a failed start-up stops the process
             log_config=None,  # uvicorn's loggers go to the root handler above
             access_log=config.access_log,
             server_header=False,
-            timeout_graceful_shutdown=config.shutdown_grace_s,
+            # uvicorn types this int; it goes to asyncio.timeout(), which takes fractions of a second too
+            timeout_graceful_shutdown=config.shutdown_grace_s,  # type: ignore[arg-type]
         ),
         node,
     )

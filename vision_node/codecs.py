@@ -115,7 +115,7 @@ def _jpeg_pixels(body) -> np.ndarray:
 def _pillow(body, media_type: str, bounds: ShapeBounds) -> np.ndarray:
     fmt = IMAGE_FORMATS[media_type]
     try:
-        image = Image.open(io.BytesIO(body), formats=[fmt])
+        image: Image.Image = Image.open(io.BytesIO(body), formats=[fmt])  # an RGB copy may take its place
     except UnidentifiedImageError:
         raise InputError(f"the body is not a {fmt} image (Content-Type says {media_type})") from None
     except Image.DecompressionBombError as err:

@@ -147,14 +147,15 @@ def _capability(directory: Path, name: str, entry: dict, onnxruntime: str | None
 
 
 def _graph(directory: Path, capability: str, entry: dict, onnxruntime: str | None) -> Graph:
-    optimised = entry.get("onnxruntime")
-    if optimised and onnxruntime and optimised.get("version") != onnxruntime:
+    # The copy ONNX Runtime optimised at build time, for this ONNX Runtime only (not for a TensorRT backend).
+    optimised: dict | None = entry.get("onnxruntime") if onnxruntime else None
+    if optimised and optimised.get("version") != onnxruntime:
         log.info("%s: optimised by ONNX Runtime %s, this is %s: loading the exported graph (its start re-optimises)",
                  entry["path"], optimised.get("version"), onnxruntime)
         optimised = None
-    use_optimised = bool(optimised and onnxruntime)
+    use_optimised = bool(optimised)
     # Only what will be loaded is hashed: the exported graph, or the optimised copy instead of it.
-    path = _checked_file(directory, optimised if use_optimised else entry)
+    path = _checked_file(directory, optimised or entry)
     outputs = tuple(entry["outputs"])
     names = tuple(o["name"] for o in outputs)
     if names != OUTPUTS[capability]:

@@ -8,8 +8,10 @@ Everything not in this document answers 404 or 405.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from . import __version__
+from .capabilities.base import Capability
 from .contract import COMBINE
 from .errors import (
     BackendFailed,
@@ -27,6 +29,8 @@ from .errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from .service import Node
+from .session import CapabilitySession
 
 BINARY = {"type": "string", "format": "binary"}
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -54,7 +58,7 @@ def _errors(*errors) -> dict:
     }
 
 
-def _infer(name: str, capability, token: bool, output_in: str) -> dict:
+def _infer(name: str, capability: Capability, token: bool, output_in: str) -> dict:
     """POST /infer/{name} (``output_in="query"``) or /infer/{name}/{output} (``"path"``)."""
     outputs = capability.outputs
     options = [
@@ -68,7 +72,7 @@ def _infer(name: str, capability, token: bool, output_in: str) -> dict:
         for dim in ("width", "height")
     ]
     media = {capability.media_types[o] for o in outputs}
-    operation = {
+    operation: dict[str, Any] = {
         "summary": f"{name}: conditioning map of one frame",
         "description": "The frame is the body: JPEG, PNG or raw RGB (application/octet-stream with width and "
         "height, as query or Content-Type parameters). Options may also be Content-Type parameters. "
@@ -102,7 +106,7 @@ def _infer(name: str, capability, token: bool, output_in: str) -> dict:
     return {"post": operation}
 
 
-def _infer_many(names: tuple[str, ...], capabilities: list, token: bool) -> dict:
+def _infer_many(names: tuple[str, ...], capabilities: list[Capability], token: bool) -> dict:
     """POST /infer/a+b: the frame once, every capability's result as a part of multipart/mixed."""
     parts = [_infer(name, cap, token, output_in="query")["post"] for name, cap in zip(names, capabilities)]
     operation = {
@@ -133,10 +137,10 @@ def combinations(names: list[str]) -> list[tuple[str, ...]]:
     return [c for size in range(2, len(names) + 1) for c in itertools.combinations(names, size)]
 
 
-def document(node) -> dict:
+def document(node: Node) -> dict:
     """The document for this node: its served capabilities and its limits."""
     token = bool(node.config.token)
-    doc = {
+    doc: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {
             "title": "vision node",
@@ -162,7 +166,7 @@ def document(node) -> dict:
     return doc
 
 
-def _infer_paths(sessions: dict, token: bool) -> dict:
+def _infer_paths(sessions: dict[str, CapabilitySession], token: bool) -> dict:
     """Each capability's two routes, then every combination's."""
     paths = {}
     for name, session in sessions.items():

@@ -67,7 +67,8 @@ def _layout(array: np.ndarray, palette: bytes | None) -> tuple[int, int, np.ndar
 def _deflate(data: np.ndarray, level: int) -> bytes:
     if level == 1:
         return isal_zlib.compress(data, 1)
-    return zlib.compress(data, level)
+    # .data: the array's memory as a memoryview (numpy's stubs make ndarray itself a Buffer only from Python 3.12)
+    return zlib.compress(data.data, level)
 
 
 def _chunk(kind: bytes, data: bytes) -> tuple[bytes, ...]:

@@ -8,6 +8,7 @@ LOADING, and only then is the node ready.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -22,6 +23,7 @@ from .errors import NotFound, NotReady, StartupError
 from .livepeer.byoc import LIVE_SUFFIX, Registrar
 from .livepeer.live_runner import LiveRunners
 from .metrics import Metrics
+from .runtime.base import Backend
 from .runtime.flavours import flavour
 from .runtime.gpu_decode import GpuJpegDecoder
 from .runtime.onnxruntime import OnnxRuntimeBackend
@@ -38,8 +40,8 @@ class Node:
     def __init__(
         self,
         config: Config,
-        open_backend: Callable | None = None,
-        served: dict | None = None,
+        open_backend: Callable[[engines.ServedCapability], Callable[[engines.Graph], Backend]] | None = None,
+        served: dict[str, engines.ServedCapability] | None = None,
         gpu: GpuRuntime | None = None,
     ):
         self.config = config
@@ -59,8 +61,8 @@ class Node:
         self.openapi: dict | None = None  # vision_node.openapi.document, made on first request
         self.streams = Streams(config, self.metrics)
 
-    def _onnxruntime(self, served: engines.ServedCapability) -> Callable:
-        def open_graph(graph: engines.Graph):
+    def _onnxruntime(self, served: engines.ServedCapability) -> Callable[[engines.Graph], Backend]:
+        def open_graph(graph: engines.Graph) -> Backend:
             return OnnxRuntimeBackend(
                 graph.onnxruntime_file,
                 graph.outputs,
@@ -74,8 +76,8 @@ class Node:
 
         return open_graph
 
-    def _tensorrt(self, served: engines.ServedCapability) -> Callable:
-        def open_graph(graph: engines.Graph):
+    def _tensorrt(self, served: engines.ServedCapability) -> Callable[[engines.Graph], Backend]:
+        def open_graph(graph: engines.Graph) -> Backend:
             backend = TensorRTBackend.for_graph(graph, served.bounds, self._gpu_runtime())
             backend.gpu_decoder = self._gpu_jpeg_decoder() if self.config.gpu_decode else None
             return backend
@@ -89,7 +91,7 @@ class Node:
                 self._decoder = GpuJpegDecoder().__enter__()
             return self._decoder
 
-    def _gpu_runtime(self):
+    def _gpu_runtime(self) -> GpuRuntime:
         with self._gpu_lock:
             if self._gpu is None:
                 self._gpu = gpu_runtime(flavour(self.config.backend), self.config.engines)
@@ -177,11 +179,11 @@ class Node:
                 on_fatal=self.fail,
                 max_batch=self.config.max_batch,
                 batch_window_s=self.config.batch_window_s,
-                on_failure=lambda kind, name=name: self.metrics.backend_failures.labels(name, kind).inc(),
+                on_failure=functools.partial(self._count_failure, name),
             )
             self.sessions[name] = session
             self.metrics.track(session)
-            self.metrics.streams.labels(name).set_function(lambda name=name: self.streams.active(name))
+            self.metrics.streams.labels(name).set_function(functools.partial(self.streams.active, name))
             if entry.demo:
                 log.warning("%s: DEMO weights (seeded random, not a trained model): its maps mean nothing", name)
         warm_up = asyncio.create_task(self._warm_up())
@@ -197,6 +199,10 @@ class Node:
                 log.warning("not closing the backends: after a fatal fault only the process exit frees them safely")
             else:
                 await asyncio.to_thread(self._close)
+
+    def _count_failure(self, capability: str, kind: str) -> None:
+        """A backend failure of ``kind`` (runtime.faults) on the capability's worker thread, for the metrics."""
+        self.metrics.backend_failures.labels(capability, kind).inc()
 
     async def _watch_for_hangs(self) -> None:
         """A frame that never returns is a hung device (no exception will come): fail the node."""

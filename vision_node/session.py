@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import samples
+from .capabilities.base import Capability, Rendered
 from .codecs import JpegFrame
 from .contract import FRAME_INPUT
 from .engines import Graph, ServedCapability
@@ -43,7 +44,7 @@ from .errors import (
     incident,
 )
 from .runtime import faults
-from .runtime.base import StopToken
+from .runtime.base import Backend, StopToken
 
 log = logging.getLogger("vision_node")
 
@@ -55,7 +56,7 @@ _WARM_UP = threading.Lock()
 
 @dataclass(eq=False)  # identity: a job is found in the queue by itself, never by comparing frames
 class Job:
-    frame: np.ndarray
+    frame: np.ndarray | JpegFrame  # a JpegFrame only where every backend decodes JPEG on the GPU (decodes_jpeg)
     options: dict
     deadline: float  # time.monotonic()
     future: asyncio.Future  # on the request's event loop
@@ -83,7 +84,7 @@ class Running:
 
 @dataclass
 class Outcome:
-    rendered: object
+    rendered: Rendered
     graph: Graph
     queue_s: float
     infer_s: float
@@ -95,8 +96,8 @@ class CapabilitySession:
     def __init__(
         self,
         served: ServedCapability,
-        capability,
-        open_backend: Callable[[Graph], object],
+        capability: Capability,
+        open_backend: Callable[[Graph], Backend],
         queue_size: int,
         max_failures: int = 3,
         on_fatal: Callable[[str], None] = lambda reason: None,
@@ -111,7 +112,7 @@ class CapabilitySession:
         self.max_failures = max_failures
         self.on_fatal = on_fatal  # called from the worker thread
         self.on_failure = on_failure  # every backend failure's kind (runtime.faults), for the metrics
-        self.backends: dict[Graph, object] = {}
+        self.backends: dict[Graph, Backend] = {}
         self.pending = 0  # accepted, not finished (changed on the event loop only)
         self.streamed = 0  # of which live streams' frames (each stream has at most one here)
         self.running_since: float | None = None  # time.monotonic() when the running frame started
@@ -147,7 +148,7 @@ class CapabilitySession:
             # keep-aspect graph sizes a square frame to it), while resizing and upsampling stay cheap.
             h, w = self.served.bounds.min_hw
             parameters = {name: np.full(1, value, np.float32)
-                          for name, value in getattr(self.capability, "warm_up_parameters", {}).items()}
+                          for name, value in self.capability.warm_up_parameters.items()}
             try:
                 with _WARM_UP:
                     outputs = backend.infer({FRAME_INPUT: samples.frames(h, w), **parameters})
@@ -157,7 +158,7 @@ class CapabilitySession:
             if bad:
                 raise StartupError(f"{graph.path}: warm-up produced NaN/Inf in {', '.join(bad)}")
         # What every graph's backend can take (a TensorRT engine's profile, ONNX Runtime's buffers).
-        self.max_batch = min(self.max_batch, *(getattr(b, "max_batch", 1) for b in self.backends.values()))
+        self.max_batch = min(self.max_batch, *(b.max_batch for b in self.backends.values()))
         self._worker = threading.Thread(target=self._serve, name=f"infer-{self.name}", daemon=True)
         self._worker.start()
         self.warm = True
@@ -172,7 +173,7 @@ class CapabilitySession:
             "demo": self.served.demo,
             "backend": backend.name,
             "device": backend.device,
-            "precision": getattr(backend, "precision", None),
+            "precision": backend.precision,
             "graph_resolution": graph.model_size(height, width),  # what the model ran at (a list in JSON)
             "resolution_mode": graph.sizing.mode,
             **graph.budget_meta(height, width),
@@ -203,7 +204,9 @@ class CapabilitySession:
         if self.pending - self.streamed > self.queue_size:
             raise Overloaded(f"{self.name}: {self.waiting} requests already waiting (queue size {self.queue_size})")
 
-    def submit(self, frame: np.ndarray, options: dict, deadline: float, streamed: bool = False) -> Job:
+    def submit(
+        self, frame: np.ndarray | JpegFrame, options: dict, deadline: float, streamed: bool = False
+    ) -> Job:
         """Queue a frame (no await: several sessions can take one request together, or none of them).
 
         A frame outside the bounds is refused here (422), whoever sends it: no backend is handed one,
@@ -331,26 +334,33 @@ class CapabilitySession:
             job.resolve(Outcome(rendered, graph, started - job.submitted, inferred - started,
                                 time.perf_counter() - inferred, len(batch)))
 
-    def _infer(self, backend, batch: list[Job], stop: StopToken) -> dict[str, np.ndarray]:
+    def _infer(self, backend: Backend, batch: list[Job], stop: StopToken) -> dict[str, np.ndarray]:
         # The graph's per-frame parameters are request options of the same name (pose: person_threshold).
         parameters = {name: np.array([job.options[name] for job in batch], np.float32)
-                      for name in getattr(self.capability, "frame_parameters", ())}
+                      for name in self.capability.frame_parameters}
         # What render passes on as it is, the backend writes into arrays the requests own (no copy after).
         owned = {name for job in batch for name in self.capability.keeps(job.options)}
         frame = batch[0].frame
         if isinstance(frame, JpegFrame):  # TensorRT only, which cannot stop a frame anyway
             h, w, _ = frame.shape
-            outputs = backend.infer_jpeg(frame.data, h, w, backend.gpu_decoder, parameters, owned)
+            decoder = backend.gpu_decoder
+            assert decoder is not None  # JPEG frames come only where every backend has one (decodes_jpeg)
+            outputs = backend.infer_jpeg(frame.data, h, w, decoder, parameters, owned)
             if outputs is not None:
                 return outputs
             frame = frame.decode()  # the GPU decoder could not: libjpeg-turbo, as without --gpu-decode
-        frames = frame[None] if len(batch) == 1 else np.stack([job.frame for job in batch])
+        if len(batch) == 1:
+            frames = frame[None]
+        else:  # frames of one size, never JPEG bytes: _take runs a JpegFrame alone
+            pixels = [job.frame for job in batch if isinstance(job.frame, np.ndarray)]
+            assert len(pixels) == len(batch)
+            frames = np.stack(pixels)
         return backend.infer({FRAME_INPUT: frames, **parameters}, stop=stop, owned=owned)
 
     @property
     def decodes_jpeg(self) -> bool:
         """Every graph's backend decodes JPEG on the GPU (``--gpu-decode``)."""
-        return bool(self.backends) and all(getattr(b, "gpu_decoder", None) for b in self.backends.values())
+        return bool(self.backends) and all(b.gpu_decoder for b in self.backends.values())
 
     def _backend_failed(self, err: Exception, what: str) -> Exception:
         """The error for this request; a broken device is also reported to the node."""

@@ -20,17 +20,19 @@ def chunked_upsampled_argmax(logits: torch.Tensor, size, chunk: int) -> torch.Te
     the reference for ``upsampled_argmax``, which does the same work only near class boundaries.
     """
     num_classes = logits.shape[1]
-    best_score = best_class = None
+    best_score: torch.Tensor | None = None
+    best_class: torch.Tensor | None = None
     for start in range(0, num_classes, chunk):
         part = F.interpolate(logits[:, start : start + chunk], size=size, mode="bilinear", align_corners=False)
         score, index = part.max(dim=1)
         index = index + start
-        if best_score is None:
+        if best_score is None or best_class is None:
             best_score, best_class = score, index
         else:
             better = score > best_score
             best_score = torch.where(better, score, best_score)
             best_class = torch.where(better, index, best_class)
+    assert best_class is not None  # a model has classes
     return best_class
 
 
@@ -192,16 +194,18 @@ def _candidate_winners(corners_of, wy, wx, slots, used, listed, width: int) -> t
 def _every_class(score_blocks, rows: int, num_classes: int, chunk: int) -> torch.Tensor:
     """The winning class of every pixel of ``rows`` blocks over all classes, ``chunk`` at a time
     (strict > keeps the first); ``score_blocks(class_ids [rows, c])`` scores a chunk."""
-    best_score = values = None
+    best_score: torch.Tensor | None = None
+    values: torch.Tensor | None = None
     for start in range(0, num_classes, chunk):
         ids = torch.arange(start, min(start + chunk, num_classes))[None, :].expand(rows, -1)
         score, index = score_blocks(ids).max(dim=1)
         index = (index + start).float()
-        if best_score is None:
+        if best_score is None or values is None:
             best_score, values = score, index
         else:
             better = score > best_score
             best_score, values = torch.where(better, score, best_score), torch.where(better, index, values)
+    assert values is not None  # a model has classes
     return values
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import samples
 from .errors import BuildError
 from .specs import CAPABILITIES, DEFAULT_MODELS, SPECS, ShapeBounds, roles_for, spec_for
 from .tensorrt import PRECISIONS
@@ -254,13 +255,13 @@ def plan_from_args(args: argparse.Namespace):
             resolutions.setdefault(cap, []).append(_hw(text))
         except argparse.ArgumentTypeError as err:
             raise BuildError(f"--resolution {cap}={text}: {err}") from None
-    verify_sizes = {}
+    verify_sizes: tuple[tuple[int, int], ...] = samples.VERIFY_SIZES  # the frames every graph is verified on
     if args.tiny:
         from .tiny import TINY_ROLES, TINY_VERIFY_SIZES
 
         if args.model or args.variant or args.weights != "demo":
             raise BuildError("--tiny builds its own demo models: use it with --weights demo, without --model/--variant")
-        specs, verify_sizes = dict(TINY_ROLES), {"verify_sizes": TINY_VERIFY_SIZES}
+        specs, verify_sizes = dict(TINY_ROLES), TINY_VERIFY_SIZES
     if args.patch_budget < 0 or 0 < args.patch_budget < 1:
         raise BuildError(f"--patch-budget {args.patch_budget}: 0 (no budget) or at least 1 (the square's patches)")
     if args.max_batch < 1 or args.max_persons < 1 or args.class_chunk < 1:
@@ -285,7 +286,7 @@ def plan_from_args(args: argparse.Namespace):
         seed=args.seed,
         fp16=args.fp16,
         patch_budget=args.patch_budget,
-        **verify_sizes,
+        verify_sizes=verify_sizes,
     )
 
 

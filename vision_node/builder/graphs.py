@@ -97,8 +97,9 @@ def depth_for_export(model: nn.Module) -> nn.Module:
         return model
     model = copy.deepcopy(model)
     model.head.__class__ = TracedSizeHead
-    if type(model.backbone.embeddings) is Dinov2Embeddings:
-        model.backbone.embeddings.__class__ = GatheredPositionEmbeddings
+    embeddings = model.get_submodule("backbone.embeddings")
+    if type(embeddings) is Dinov2Embeddings:
+        embeddings.__class__ = GatheredPositionEmbeddings
     return model
 
 
@@ -147,6 +148,8 @@ _SIZE_ONLY_MODULES = ("RTDetrSinePositionEmbedding",)
 
 
 class _Constant(nn.Module):
+    value: torch.Tensor  # a buffer
+
     def __init__(self, value: torch.Tensor):
         super().__init__()
         self.register_buffer("value", value)

@@ -33,7 +33,8 @@ TRT_METHOD = "TensorRT for RTX's builder log at the profile's largest shapes (no
 
 def costliest_frames(sizing: Sizing, bounds: ShapeBounds) -> list[tuple[int, int]]:
     """The largest frame, and where a patch budget applies, the frames it caps (the model's largest inputs)."""
-    return [tuple(bounds.max_hw), *sizing.budget_examples(bounds.max_hw)]
+    max_h, max_w = bounds.max_hw
+    return [(max_h, max_w), *sizing.budget_examples(bounds.max_hw)]
 
 
 def weights_bytes(path: Path) -> int:

@@ -21,7 +21,7 @@ def merge(model: onnx.ModelProto) -> int:
     """Merge every chain in ``model``'s main graph (in place); the number of Ifs removed."""
     graph = model.graph
     names = Counter(n.name for n in graph.node)
-    removed, conditions = 0, set()  # the removed links' conditions: their Casts may have no reader left
+    removed, conditions = 0, set[str]()  # the removed links' conditions: their Casts may have no reader left
     for chain in _chains(graph):
         if any(not link.name or names[link.name] > 1 for link in chain):
             continue  # merged by name below: leave an unnamed chain as it is
@@ -36,7 +36,8 @@ def _chains(graph: onnx.GraphProto) -> list[list[onnx.NodeProto]]:
     """Runs of Ifs where each next one is on the same condition and passes the previous one's outputs through."""
     readers = _readers(graph)
     producer = {out: node for node in graph.node for out in node.output}
-    chains, current = [], []
+    chains: list[list[int]] = []
+    current: list[int] = []
     for index, node in enumerate(graph.node):
         if node.op_type != "If":
             continue
@@ -100,11 +101,15 @@ def _merge_chain(graph: onnx.GraphProto, chain: list[onnx.NodeProto]) -> None:
             nodes.append(copy)
         state = {out: value.name for out, value in zip(link.output, then.output)}
     # The else-branch: the first link's inputs, passed through to the outputs the last link still has.
+    # Every link's else-branch passes its inputs through: _chains took only such links (_continues).
     first_else = _branch(first, "else_branch")
-    origin = {out: _passed_through(first_else)[v.name] for out, v in zip(first.output, first_else.output)}
+    passed = _passed_through(first_else)
+    assert passed is not None
+    origin = {out: passed[v.name] for out, v in zip(first.output, first_else.output)}
     for link in chain[1:]:
         other = _branch(link, "else_branch")
         passed = _passed_through(other)
+        assert passed is not None
         origin = {out: origin[passed[v.name]] for out, v in zip(link.output, other.output)}
     then = _branch(last, "then_branch")
     values = [helper.make_tensor_value_info(f"merged_else/{out}", v.type.tensor_type.elem_type, None)

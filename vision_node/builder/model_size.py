@@ -103,6 +103,11 @@ class ModelSize(nn.Module):
     processor's size for every frame it accepts. Then the patch budget, if the sizing has one.
     """
 
+    # Buffers: the frame sizes the processor's float arithmetic rounds the other way, and their corrections.
+    keys: torch.Tensor
+    delta_h: torch.Tensor
+    delta_w: torch.Tensor
+
     def __init__(self, sizing: Sizing, bounds: ShapeBounds):
         super().__init__()
         self.sizing = sizing

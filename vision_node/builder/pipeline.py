@@ -10,11 +10,14 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from torch import nn
 
 from .. import samples
 from ..contract import FRAME_PARAMETERS
@@ -140,6 +143,7 @@ def _graphs(capability: str, plan: BuildPlan, loaded: dict[str, weights.LoadedMo
         return
     main = loaded[capability]
     for sizing in _sizings(capability, plan, main.processor):
+        make: Callable[..., nn.Module]  # make(rung): the graph at that precision rung
         if capability == "depth":
             make = lambda rung, sizing=sizing: DepthGraph(main.model, main.processor, sizing, bounds, rung=rung)  # noqa: E731
         else:
@@ -300,7 +304,7 @@ def build_capability(capability: str, plan: BuildPlan) -> dict:
     except BuildError as err:  # name the models, so that an operator knows which directory to fix
         sources = ", ".join(f"{role}={m.path or m.spec.name} ({m.source})" for role, m in loaded.items())
         raise BuildError(f"{err} [models: {sources}]") from err
-    options = {"max_persons": plan.max_persons} if capability == "pose" else {}
+    options: dict[str, Any] = {"max_persons": plan.max_persons} if capability == "pose" else {}
     if capability == "segmentation":
         options = {
             "class_chunk": plan.class_chunk,

@@ -10,11 +10,20 @@ patch budget, for the size the budget picks.
 from __future__ import annotations
 
 import dataclasses
+from typing import TypedDict
 
 import numpy as np
 import torch
 
 from ..sizing import Sizing
+
+
+class PersonBoxes(TypedDict):
+    """One frame's person detections, best first (``person_boxes``)."""
+
+    boxes: np.ndarray  # [P, 4] x0, y0, x1, y1 in the frame's pixels
+    scores: np.ndarray  # [P]
+    tied_queries: bool  # RT-DETR picked its queries among exactly tied scores (tied_query_selection)
 
 
 def _size(sizing: Sizing) -> dict:
@@ -51,7 +60,7 @@ def segmentation(model, processor, frames: np.ndarray, sizing: Sizing) -> dict[s
 @torch.no_grad()
 def person_boxes(
     detector, processor, frames: np.ndarray, max_persons: int, sizing: Sizing
-) -> list[dict[str, np.ndarray]]:
+) -> list[PersonBoxes]:
     """Person detections per frame, best first, through post_process_object_detection.
 
     transformers keeps the top ``num_queries`` over all classes, then one would filter persons;

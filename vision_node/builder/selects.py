@@ -49,7 +49,7 @@ def _cast_first(graph: onnx.GraphProto, name: str) -> None:
         for value in node.input:
             readers.setdefault(value, []).append(node)
     cast = helper.make_node("Cast", [name], [f"{name}/float32"], name=f"cast_first/{name}", to=TensorProto.FLOAT)
-    stale = set()
+    stale: set[str] = set()
     for first in readers.get(name, []):
         moved = _moves_to_a_cast(first, name, readers)
         if moved:

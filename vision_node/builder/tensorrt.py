@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -41,7 +42,10 @@ PRECISIONS = ("auto", "fp16", "fp32")  # auto: the fp16 graph, and on a gate mis
 def _monitor(trt):
     """An IProgressMonitor that logs each build phase once, with its duration."""
 
-    class Progress(trt.IProgressMonitor):
+    # The class of the module given (tensorrt or tensorrt_rtx, imported at run time): a base class mypy cannot see.
+    monitor: Any = trt.IProgressMonitor
+
+    class Progress(monitor):
         def __init__(self):
             trt.IProgressMonitor.__init__(self)
             self.started = {}
@@ -209,6 +213,7 @@ def build_engines(
         raise BuildError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     trt = load_tensorrt(flavour)
     base = {"workspace_gib": workspace_gib, "max_batch": max_batch}
+    builder: _Builder
     if flavour.builds_without_gpu:
         builder = _RtxBuilder(trt, directory, {**base, "targets": list(targets)}, precision)
         return _build_all(directory, capabilities, builder, trt.__version__)
@@ -254,6 +259,7 @@ class _Builder:
             return False
         if self.flavour is TENSORRT_RTX:
             return entry.get("options", {}).get("targets") == self.base["targets"]
+        assert self.gpu is not None  # TensorRT builds on (and for) this GPU
         return entry.get("gpu") == self.gpu["name"]
 
     def _engine(self, rung: str, onnx_path: Path, onnx_sha: str, bounds: ShapeBounds) -> tuple[dict, Path, dict]:
@@ -279,6 +285,7 @@ class _Builder:
     def timing_cache(self) -> Path | None:
         if not self.flavour.timing_cache:
             return None
+        assert self.gpu is not None  # TensorRT, which keeps a timing cache, builds on this GPU
         return self.directory / f"timing-{gpu_tag(self.gpu['name'], self.gpu['compute_capability'])}.cache"
 
     def _record(self, facts: dict, plan: Path, built: dict, gate_checks) -> dict:

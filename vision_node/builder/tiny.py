@@ -7,10 +7,11 @@ every model builds and verifies in seconds, with seeded demo weights only.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from .specs import SPECS
 
-TINY_CONFIGS = {
+TINY_CONFIGS: dict[str, dict[str, Any]] = {  # model -> the ModelSpec fields it changes
     "depth-anything-v2-small": dict(
         processor_defaults={**SPECS["depth-anything-v2-small"].processor_defaults, "size": {"height": 98, "width": 98}},
         demo_config={

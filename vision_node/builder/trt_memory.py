@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
+from typing import Any
 
 # The builder's line -> the manifest's key.
 FIGURES = {
@@ -42,7 +43,10 @@ def recording_logger(trt):
     never hear its build. Clear ``figures`` before each build.
     """
 
-    class RecordingLogger(trt.ILogger):
+    # The class of the module given (tensorrt or tensorrt_rtx, imported at run time): a base class mypy cannot see.
+    logger: Any = trt.ILogger
+
+    class RecordingLogger(logger):
         def __init__(self):
             trt.ILogger.__init__(self)
             self.figures: dict[str, int] = {}

@@ -61,7 +61,7 @@ BOOL_ONLY_OPS = frozenset({"And", "Or", "Not", "Xor"})
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16}
 _ANY_FLOAT = _FLOATS | {TensorProto.BFLOAT16}
 # Types no TensorRT layer takes.
-_UNSUPPORTED = {
+_UNSUPPORTED: dict[int, str] = {
     TensorProto.DOUBLE: "float64",
     TensorProto.UINT16: "uint16",
     TensorProto.UINT32: "uint32",
@@ -135,11 +135,11 @@ def check(model: onnx.ModelProto) -> list[Violation]:
         elif node.op_type not in TENSORRT10_OPS:
             found.append(Violation(node.name, node.op_type, "not in the ONNX-TensorRT parser's operators for 10.x"))
         elif node.input and node.input[0] in types:
-            kind, op = types[node.input[0]], node.op_type
-            if op in FLOAT_ONLY_OPS and kind not in _ANY_FLOAT:
-                found.append(Violation(node.name, op, f"takes {_type_name(kind)}: TensorRT runs it on floats only"))
-            elif op in BOOL_ONLY_OPS and kind != TensorProto.BOOL:
-                found.append(Violation(node.name, op, f"takes {_type_name(kind)}: TensorRT runs it on bools only"))
+            taken, op = types[node.input[0]], node.op_type
+            if op in FLOAT_ONLY_OPS and taken not in _ANY_FLOAT:
+                found.append(Violation(node.name, op, f"takes {_type_name(taken)}: TensorRT runs it on floats only"))
+            elif op in BOOL_ONLY_OPS and taken != TensorProto.BOOL:
+                found.append(Violation(node.name, op, f"takes {_type_name(taken)}: TensorRT runs it on bools only"))
 
     edges = {v.name for v in graph.input} | {t.name for t in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoConfig
+from transformers import AutoConfig, PreTrainedModel
 
 from .errors import BuildError
 from .specs import ModelSpec
@@ -17,7 +17,7 @@ from .specs import ModelSpec
 @dataclass
 class LoadedModel:
     spec: ModelSpec
-    model: torch.nn.Module
+    model: PreTrainedModel  # the spec's transformers model class
     processor: object
     source: str  # "hub" | "local" | "demo"
     revision: str | None  # the commit actually loaded, where known

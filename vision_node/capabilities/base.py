@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -42,21 +42,70 @@ class Encoded:
     meta: dict  # e.g. {"dtype": "float32", "shape": [h, w]} for raw outputs
 
 
-# Each parser carries ``schema``: the option as OpenAPI describes it (vision_node/openapi.py).
+class Capability(Protocol):
+    """What every capability class (``Depth``, ``Segmentation``, ``Pose``) provides, and all the node uses of one.
+
+    The class attributes describe it (the node reads them from the class and from its instances alike);
+    an instance, made with the manifest's options for the capability, renders, encodes and pictures.
+    """
+
+    name: ClassVar[str]  # the route's name: /infer/{name}
+    outputs: ClassVar[tuple[str, ...]]  # what ``output=`` takes
+    stream_outputs: ClassVar[tuple[str, ...]]  # the image-shaped outputs a video stream can carry
+    media_types: ClassVar[dict[str, str]]  # each output's Content-Type
+    parsers: ClassVar[dict[str, Parser]]  # every request option it takes
+    defaults: ClassVar[dict[str, Any]]  # every option's value when the request leaves it out
+    # Request options handed to the graph per frame, float32 [N] each (pose: person_threshold); () for none.
+    frame_parameters: ClassVar[tuple[str, ...]]
+    # Those parameters' values for the warm-up frame ({} for none: the graph's defaults).
+    warm_up_parameters: ClassVar[dict[str, float]]
+
+    def __init__(self, options: dict[str, Any]) -> None: ...
+
+    def parse_options(self, given: dict[str, str]) -> dict[str, Any]:
+        """The request's options, parsed and completed with the defaults; InputError (400) for a bad one."""
+        ...
+
+    def keeps(self, options: dict[str, Any]) -> tuple[str, ...]:
+        """The graph outputs ``render`` passes on as they are: the backend writes them into arrays the request owns."""
+        ...
+
+    def render(self, outputs: dict[str, np.ndarray], options: dict[str, Any], frame_hw: tuple[int, int]) -> Rendered:
+        """One frame's result (worker thread), owning its arrays: ``outputs`` are the backend's, batch of one."""
+        ...
+
+    def encode(self, rendered: Rendered, options: dict[str, Any], png_level: int) -> Encoded:
+        """The response body (any thread): PNG, JPEG, raw bytes or JSON."""
+        ...
+
+    def picture(self, rendered: Rendered, options: dict[str, Any]) -> Picture:
+        """The result as a live stream's video frame (a stream output only)."""
+        ...
 
 
-def choice(*allowed: str, kind=str) -> Callable[[str, str], Any]:
-    def parse(name: str, value: str):
+@dataclass(frozen=True, eq=False)
+class Parser:
+    """One request option: ``parser(name, value)`` is its value, or an InputError (400) that says why not;
+    ``schema`` is the option as OpenAPI describes it (vision_node/openapi.py)."""
+
+    parse: Callable[[str, str], Any]
+    schema: dict[str, Any]
+
+    def __call__(self, name: str, value: str) -> Any:
+        return self.parse(name, value)
+
+
+def choice(*allowed: str, kind: Callable[[str], Any] = str) -> Parser:
+    def parse(name: str, value: str) -> Any:
         if value not in allowed:
             raise InputError(f"option {name}={value!r}: expected one of {', '.join(allowed)}")
         return kind(value)
 
-    parse.schema = {"type": "integer" if kind is int else "string", "enum": [kind(a) for a in allowed]}
-    return parse
+    return Parser(parse, {"type": "integer" if kind is int else "string", "enum": [kind(a) for a in allowed]})
 
 
-def number(lo: float, hi: float, kind=float) -> Callable[[str, str], float]:
-    def parse(name: str, value: str):
+def number(lo: float, hi: float, kind: type[float] | type[int] = float) -> Parser:
+    def parse(name: str, value: str) -> float:
         try:
             x = kind(value)
         except ValueError:
@@ -65,11 +114,10 @@ def number(lo: float, hi: float, kind=float) -> Callable[[str, str], float]:
             raise InputError(f"option {name}={value!r}: expected {lo:g}..{hi:g}")
         return x
 
-    parse.schema = {"type": "integer" if kind is int else "number", "minimum": lo, "maximum": hi}
-    return parse
+    return Parser(parse, {"type": "integer" if kind is int else "number", "minimum": lo, "maximum": hi})
 
 
-def value_range(name: str, value: str) -> tuple[float, float]:
+def _value_range(name: str, value: str) -> tuple[float, float]:
     """``lo,hi``: two finite numbers, lo < hi."""
     try:
         lo, hi = (float(part) for part in value.split(","))
@@ -80,7 +128,9 @@ def value_range(name: str, value: str) -> tuple[float, float]:
     return lo, hi
 
 
-value_range.schema = {"type": "string", "description": "two finite numbers lo,hi with lo < hi", "example": "0,10"}
+value_range = Parser(
+    _value_range, {"type": "string", "description": "two finite numbers lo,hi with lo < hi", "example": "0,10"}
+)
 
 
 jpeg_quality = number(1, 100, kind=int)
@@ -88,7 +138,10 @@ jpeg_quality.schema["description"] = "JPEG quality for output=jpeg (default 90)"
 
 
 def parse_options(
-    given: dict[str, str], parsers: dict[str, Callable], defaults: dict[str, Any], only_for: dict | None = None
+    given: dict[str, str],
+    parsers: Mapping[str, Parser],
+    defaults: Mapping[str, Any],
+    only_for: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Parse ``given`` against the capability's parsers; an unknown option is a 400 that lists the known ones,
     and so is one given with an output it does not apply to (``only_for``: option -> its output)."""
@@ -106,7 +159,7 @@ def raw_output(array: np.ndarray) -> Encoded:
     """The array's little-endian bytes, without a copy when it is already so; X-Metadata says dtype and shape."""
     array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
     meta = {"dtype": _dtype_name(array.dtype), "shape": list(array.shape)}
-    return Encoded(memoryview(array).cast("B"), "application/octet-stream", meta)
+    return Encoded(array.data.cast("B"), "application/octet-stream", meta)  # .data: memoryview(array)
 
 
 @functools.cache

@@ -23,11 +23,24 @@ Normalisation maps a range to black..white, near = bright, as controlnet_aux doe
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 
 from .. import codecs
 from ..png import GREY_PALETTE
-from .base import Encoded, Picture, Rendered, choice, jpeg_quality, number, parse_options, raw_output, value_range
+from .base import (
+    Encoded,
+    Parser,
+    Picture,
+    Rendered,
+    choice,
+    jpeg_quality,
+    number,
+    parse_options,
+    raw_output,
+    value_range,
+)
 
 OUTPUTS = ("controlnet", "png16", "jpeg", "raw8", "raw")
 _LEVELS = {"png16": 65535, "controlnet": 255, "jpeg": 255, "raw8": 255}
@@ -44,19 +57,25 @@ def range_to_use(given, smooth: float | None, frame_range: list[float]) -> tuple
 
 
 class Depth:
-    name = "depth"
-    outputs = OUTPUTS
-    media_types = {"controlnet": "image/png", "png16": "image/png", "jpeg": "image/jpeg",
-                   "raw8": "application/octet-stream", "raw": "application/octet-stream"}
-    stream_outputs = ("controlnet",)  # image-shaped: what a video stream can carry
-    parsers = {
+    name: ClassVar[str] = "depth"
+    outputs: ClassVar[tuple[str, ...]] = OUTPUTS
+    media_types: ClassVar[dict[str, str]] = {
+        "controlnet": "image/png", "png16": "image/png", "jpeg": "image/jpeg",
+        "raw8": "application/octet-stream", "raw": "application/octet-stream",
+    }
+    stream_outputs: ClassVar[tuple[str, ...]] = ("controlnet",)  # image-shaped: what a video stream can carry
+    parsers: ClassVar[dict[str, Parser]] = {
         "output": choice(*OUTPUTS),
         "channels": choice("1", "3", kind=int),
         "range": value_range,
         "smooth": number(0.0, 0.99),
         "quality": jpeg_quality,
     }
-    defaults = {"output": "controlnet", "channels": 3, "range": None, "smooth": None, "quality": 90}
+    defaults: ClassVar[dict[str, Any]] = {
+        "output": "controlnet", "channels": 3, "range": None, "smooth": None, "quality": 90
+    }
+    frame_parameters: ClassVar[tuple[str, ...]] = ()  # the graph takes the frames only
+    warm_up_parameters: ClassVar[dict[str, float]] = {}
 
     def __init__(self, options: dict):
         self._scratch = np.empty(_CHUNK_FLOATS, np.float32)  # reused by the worker thread for normalisation

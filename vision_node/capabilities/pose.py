@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .. import codecs
-from .base import Encoded, Picture, Rendered, choice, jpeg_quality, number, parse_options
+from .base import Encoded, Parser, Picture, Rendered, choice, jpeg_quality, number, parse_options
 
 OUTPUTS = ("json", "skeleton", "jpeg")
 
@@ -63,21 +64,23 @@ def openpose18(keypoints: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
 
 
 class Pose:
-    name = "pose"
-    outputs = OUTPUTS
-    media_types = {"json": "application/json", "skeleton": "image/png", "jpeg": "image/jpeg"}
-    stream_outputs = ("skeleton",)  # image-shaped: what a video stream can carry
-    parsers = {
+    name: ClassVar[str] = "pose"
+    outputs: ClassVar[tuple[str, ...]] = OUTPUTS
+    media_types: ClassVar[dict[str, str]] = {"json": "application/json", "skeleton": "image/png", "jpeg": "image/jpeg"}
+    stream_outputs: ClassVar[tuple[str, ...]] = ("skeleton",)  # image-shaped: what a video stream can carry
+    parsers: ClassVar[dict[str, Parser]] = {
         "output": choice(*OUTPUTS),
         "person_threshold": number(0.0, 1.0),
         "keypoint_threshold": number(0.0, 1.0),
         "quality": jpeg_quality,
     }
-    defaults = {"output": "json", "person_threshold": 0.5, "keypoint_threshold": 0.3, "quality": 90}
+    defaults: ClassVar[dict[str, Any]] = {
+        "output": "json", "person_threshold": 0.5, "keypoint_threshold": 0.3, "quality": 90
+    }
     # Handed to the graph per frame: the keypoint model runs only on the persons the request keeps.
-    frame_parameters = ("person_threshold",)
+    frame_parameters: ClassVar[tuple[str, ...]] = ("person_threshold",)
     # The warm-up frame runs the detector only (nobody reaches 1.0): a start-up is not spent on 8 crops of noise.
-    warm_up_parameters = {"person_threshold": 1.0}
+    warm_up_parameters: ClassVar[dict[str, float]] = {"person_threshold": 1.0}
 
     def __init__(self, options: dict):
         """``options``: the manifest's for this capability; pose reads none (its graph knows its persons)."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 
 from .. import codecs
-from .base import Encoded, Picture, Rendered, choice, parse_options, raw_output
+from .base import Encoded, Parser, Picture, Rendered, choice, parse_options, raw_output
 
 OUTPUTS = ("palette", "classes", "raw")
 
@@ -42,12 +44,16 @@ _PALETTE_BYTES = _PALETTE.tobytes()
 
 
 class Segmentation:
-    name = "segmentation"
-    outputs = OUTPUTS
-    media_types = {"palette": "image/png", "classes": "image/png", "raw": "application/octet-stream"}
-    stream_outputs = ("palette", "classes")  # image-shaped: what a video stream can carry
-    parsers = {"output": choice(*OUTPUTS)}
-    defaults = {"output": "palette"}
+    name: ClassVar[str] = "segmentation"
+    outputs: ClassVar[tuple[str, ...]] = OUTPUTS
+    media_types: ClassVar[dict[str, str]] = {
+        "palette": "image/png", "classes": "image/png", "raw": "application/octet-stream"
+    }
+    stream_outputs: ClassVar[tuple[str, ...]] = ("palette", "classes")  # image-shaped: what a video stream can carry
+    parsers: ClassVar[dict[str, Parser]] = {"output": choice(*OUTPUTS)}
+    defaults: ClassVar[dict[str, Any]] = {"output": "palette"}
+    frame_parameters: ClassVar[tuple[str, ...]] = ()  # the graph takes the frames only
+    warm_up_parameters: ClassVar[dict[str, float]] = {}
 
     def __init__(self, options: dict):
         """``options``: the manifest's for this capability; segmentation reads none."""

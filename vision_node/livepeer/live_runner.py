@@ -145,7 +145,7 @@ class LiveRunners:
     def _heartbeat(self, runner: Runner) -> bool | None:
         """True: done; False: failed, back off; None: forgotten, register again now."""
         registering = runner.secret is None
-        secret = self.config.orchestrator_secret if registering else runner.secret
+        secret = self.config.orchestrator_secret if runner.secret is None else runner.secret
         body = self._body(runner)
         where = f"live runner {runner.app} at {runner.base}"
         try:
@@ -190,6 +190,8 @@ class LiveRunners:
         return True
 
     def _unregister(self, runner: Runner) -> None:
+        """Called for registered runners only: those with a heartbeat secret."""
+        assert runner.secret is not None
         where = f"live runner {runner.app} ({runner.runner_id}) at {runner.base}"
         try:
             status, text = post(f"{runner.base}/runners/{runner.runner_id}/unregister", runner.secret, b"")

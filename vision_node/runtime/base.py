@@ -12,6 +12,10 @@ float32 [N]); a parameter left out takes its default for every frame.
 
 ``infer`` may be given a ``StopToken``: another thread can then ask that one call to give up,
 and a backend that can stop raises ``RunStopped`` instead of finishing the frame.
+
+``infer_jpeg`` is the GPU-JPEG input (``--gpu-decode``): a backend with a ``gpu_decoder`` decodes a
+JPEG's bytes on the GPU straight into its input buffer. A backend without one (``gpu_decoder`` None)
+is never handed JPEG bytes; its ``infer_jpeg`` returns None, the answer that sends a frame to the CPU.
 """
 
 from __future__ import annotations
@@ -24,19 +28,57 @@ import numpy as np
 
 from ..contract import FRAME_INPUT, FRAME_PARAMETERS, ShapeBounds
 from ..errors import StartupError
+from .gpu_decode import GpuJpegDecoder
 
 
 class Backend(Protocol):
-    name: str  # "onnxruntime", "tensorrt"
-    device: str  # what actually runs it, e.g. "CPUExecutionProvider"
+    """What the node reads of a backend (read-only here: each backend sets its own)."""
+
+    @property
+    def name(self) -> str:
+        """The runtime: ``onnxruntime``, ``tensorrt``, ``tensorrt-rtx`` (the ``--backend`` values)."""
+        ...
+
+    @property
+    def device(self) -> str:
+        """What actually runs it, e.g. ``CPUExecutionProvider``, ``cuda``; ``closed`` outside ``with``."""
+        ...
+
+    @property
+    def precision(self) -> str | None:
+        """The graph's precision as the manifest lists it (``fp32``, ``fp16``, ...); None where unknown."""
+        ...
+
+    @property
+    def max_batch(self) -> int:
+        """The most frames one ``infer`` takes (a TensorRT engine's profile, ONNX Runtime's buffers)."""
+        ...
+
+    @property
+    def gpu_decoder(self) -> GpuJpegDecoder | None:
+        """``--gpu-decode``: the decoder ``infer_jpeg`` is handed; None where JPEG frames are decoded on the CPU."""
+        ...
 
     def __enter__(self) -> Backend: ...
 
-    def __exit__(self, *exc) -> None: ...
+    def __exit__(self, *exc: object) -> None: ...
 
     def infer(
         self, inputs: dict[str, np.ndarray], stop: StopToken | None = None, owned: Collection[str] = ()
     ) -> dict[str, np.ndarray]: ...
+
+    def infer_jpeg(
+        self,
+        data: bytes,
+        height: int,
+        width: int,
+        decoder: GpuJpegDecoder,
+        inputs: dict[str, np.ndarray] | None = None,
+        owned: Collection[str] = (),
+    ) -> dict[str, np.ndarray] | None:
+        """One JPEG frame (its header checked) decoded by ``decoder`` into the input, then run; None when it
+        could not be decoded so: the caller decodes it on the CPU and calls ``infer``."""
+        ...
 
     def memory(self) -> dict[str, int]:
         """Bytes this backend holds, by kind (e.g. ``{"host_buffers": ...}``)."""

@@ -32,6 +32,7 @@ def wanted(onnx_sha256: str, flavour: Flavour, version: str, options: dict, gpu:
     """
     facts = {"onnx_sha256": onnx_sha256, "runtime": flavour.backend, "tensorrt": version, "options": options}
     if flavour is TENSORRT:
+        assert gpu is not None, "a TensorRT engine belongs to a GPU model: pass its gpu"
         facts.update({"gpu": gpu["name"], "compute_capability": gpu["compute_capability"]})
     return facts
 

@@ -11,6 +11,7 @@ A run stopped on purpose (``RunStopped``: its requests had all passed their dead
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from .base import RunStopped
 
@@ -38,12 +39,14 @@ _TRANSIENT = re.compile(
 )
 
 
-def _chain(err: BaseException):
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and the exceptions behind it (its cause, else its context), each once."""
     seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__
+    link: BaseException | None = err
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
 
 
 def classify(err: BaseException) -> str:

@@ -21,6 +21,7 @@ import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import StartupError
 from .cuda import gpu_tag
@@ -103,7 +104,7 @@ class RuntimeCache:
     def __init__(self, directory: Path, gpu: dict, version: str):
         tag = gpu_tag(gpu["name"], gpu["compute_capability"])
         self.path = Path(directory) / f"runtime-cache.{tag}.{TENSORRT_RTX.tag}{version}.bin"
-        self.cache = None
+        self.cache: Any = None  # the IRuntimeCache, once attached (TensorRT for RTX is imported at run time: untyped)
 
     def attach(self, config) -> None:
         if self.cache is None:

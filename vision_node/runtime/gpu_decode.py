@@ -12,6 +12,8 @@ fancy upsampling and no EXIF rotation, as libjpeg-turbo decodes for the CPU path
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import StartupError
 
 _OPTIONS = ":fancy_upsampling=1"  # libjpeg-turbo's default chroma upsampling, so both decodes agree
@@ -42,7 +44,9 @@ class GpuJpegDecoder:
     def __init__(self, device_id: int = 0, module=None):
         self.device_id = device_id
         self._module = module  # tests pass a FAKE here; None imports nvidia.nvimgcodec
-        self._decoder = self._params = None
+        # nvImageCodec's Decoder and DecodeParams while open (nvImageCodec ships no types).
+        self._decoder: Any = None
+        self._params: Any = None
 
     def __enter__(self) -> GpuJpegDecoder:
         codec = self._module or import_nvimgcodec()

@@ -22,12 +22,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..contract import FRAME_INPUT, ShapeBounds
 from ..errors import StartupError
 from .base import RunStopped, StopToken, check_frames, frame_parameters, parameter_names
+from .gpu_decode import GpuJpegDecoder
 
 log = logging.getLogger("vision_node")
 
@@ -38,6 +40,7 @@ _FRAME_DIMS = ("batch", "height", "width")
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     precision = "fp32"  # the fp32 graph; the fp16 one is what TensorRT builds from
+    gpu_decoder: GpuJpegDecoder | None = None  # JPEG frames are decoded on the CPU (``infer_jpeg``)
 
     def __init__(
         self,
@@ -67,9 +70,10 @@ class OnnxRuntimeBackend:
         self.spin = spin
         self.keep_arena_pixels = keep_arena_pixels
         self.device = "closed"
-        self._ort = None
-        self._session = None
-        self._binding = None
+        # While open: the onnxruntime module, its InferenceSession and IOBinding (onnxruntime ships no types).
+        self._ort: Any = None
+        self._session: Any = None
+        self._binding: Any = None
         self._buffers: dict[str, np.ndarray] = {}
         self.parameters: tuple[str, ...] = ()  # the graph's per-frame inputs beside the frames
 
@@ -138,6 +142,18 @@ class OnnxRuntimeBackend:
                 raise RunStopped(f"{self.path.name}: stopped during a run of {n} {w}x{h} frame(s)") from err
             raise
         return results
+
+    def infer_jpeg(
+        self,
+        data: bytes,
+        height: int,
+        width: int,
+        decoder: GpuJpegDecoder,
+        inputs: dict[str, np.ndarray] | None = None,
+        owned: Collection[str] = (),
+    ) -> dict[str, np.ndarray] | None:
+        """None: ONNX Runtime has no GPU-JPEG input (it has no ``gpu_decoder``); the caller decodes on the CPU."""
+        return None
 
     def memory(self) -> dict[str, int]:
         return {"host_buffers": sum(b.nbytes for b in self._buffers.values())}

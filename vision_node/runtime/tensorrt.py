@@ -20,6 +20,8 @@ import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -30,11 +32,12 @@ from . import engine_cache
 from .base import StopToken, check_frames, frame_parameters, parameter_names
 from .cuda import BufferPair, SharedScratch, checked, gpu_identity, load_pycuda
 from .flavours import TENSORRT, TENSORRT_RTX, Flavour, RuntimeCache
+from .gpu_decode import GpuJpegDecoder
 
 log = logging.getLogger("vision_node")
 
 
-def load_tensorrt(flavour: Flavour = TENSORRT):
+def load_tensorrt(flavour: Flavour = TENSORRT) -> ModuleType:
     """The ``tensorrt`` (or ``tensorrt_rtx``) module, or a StartupError naming the extra to install."""
     return flavour.load()
 
@@ -44,8 +47,8 @@ class GpuRuntime:
     """What every TensorRT user of the node needs once: the module, pycuda, GPU 0, the shared scratch."""
 
     flavour: Flavour
-    trt: object
-    cuda: object
+    trt: ModuleType  # tensorrt or tensorrt_rtx
+    cuda: ModuleType  # pycuda.driver
     gpu: dict
     scratch: SharedScratch
     runtime_cache: RuntimeCache | None = None  # TensorRT for RTX: its just-in-time kernels, kept on disk
@@ -83,14 +86,16 @@ class TensorRTBackend:
         self.name = flavour.backend
         self.precision: str | None = None  # the graph's rung the engine was built from, as the manifest lists it
         self.device = "closed"
-        self.engine = self.context = None
+        # While open: the engine and its execution context (the TensorRT module is imported at run time: untyped).
+        self.engine: Any = None
+        self.context: Any = None
         self.buffers: dict[str, BufferPair] = {}
         self.outputs: list[str] = []
         self.parameters: tuple[str, ...] = ()  # the engine's per-frame inputs beside the frames
         self.shapes: dict[str, tuple[int, ...]] = {}  # output shapes for the bound input shape
         self.input_shape: tuple[int, ...] | None = None
         self.stages_ms: dict[str, float] = {}  # copy in / compute / copy out of the last frame (CUDA events)
-        self.gpu_decoder = None  # --gpu-decode: a GpuJpegDecoder the session hands JPEG frames to (infer_jpeg)
+        self.gpu_decoder: GpuJpegDecoder | None = None  # --gpu-decode: the session hands it JPEG frames (infer_jpeg)
         self._cache_saved = False
 
     @staticmethod
@@ -203,14 +208,16 @@ class TensorRTBackend:
             self._copy_in(stream, [(FRAME_INPUT, frames.shape), *parameters])
             return True
 
-        return self._run(frames.shape, copy_in, owned)
+        results = self._run(frames.shape, copy_in, owned)
+        assert results is not None  # None only where copy_in could not fill the input; this one always does
+        return results
 
     def infer_jpeg(
         self,
         data: bytes,
         height: int,
         width: int,
-        decoder,
+        decoder: GpuJpegDecoder,
         inputs: dict[str, np.ndarray] | None = None,
         owned: Collection[str] = (),
     ) -> dict[str, np.ndarray] | None:
@@ -235,7 +242,7 @@ class TensorRTBackend:
             checked(f"memcpy_htod_async({name})", self.cuda.memcpy_htod_async, pair.device, pair.host_view(shape),
                     stream)
 
-    def _stage_parameters(self, inputs: dict[str, np.ndarray], n: int) -> list[tuple[str, tuple[int]]]:
+    def _stage_parameters(self, inputs: dict[str, np.ndarray], n: int) -> list[tuple[str, tuple[int, ...]]]:
         """Copy the per-frame parameters into their pinned buffers; (name, shape) of each, for the copy in."""
         staged = []
         for name, value in frame_parameters(inputs, self.parameters, n).items():

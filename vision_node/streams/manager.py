@@ -25,12 +25,17 @@ import asyncio
 import ctypes
 import functools
 import logging
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from prometheus_client import Counter, Histogram
 
+from ..config import Config
 from ..errors import Conflict, InputError, NotFound, NotReady, Overloaded
 from ..livepeer import trickle
+from ..metrics import Metrics
+from ..session import CapabilitySession
 from . import params
 from .stream import Channels, Settings, Stream
 
@@ -43,7 +48,7 @@ RUNNER_CHANNELS = {"in": "video/MP2T", "out": "video/MP2T", "control": "applicat
 
 
 class Streams:
-    def __init__(self, config, metrics):
+    def __init__(self, config: Config, metrics: Metrics):
         self.config = config
         self.metrics = metrics
         self.streams: dict[str, Stream] = {}
@@ -81,7 +86,7 @@ class Streams:
 
     # ---------------------------------------------------------------- starting
 
-    async def start_byoc(self, session, body: dict, stream_id: str) -> Stream:
+    async def start_byoc(self, session: CapabilitySession, body: dict, stream_id: str) -> Stream:
         """A stream whose channels the orchestrator made and named in ``body``."""
         missing = [key for key in ("subscribe_url", "publish_url") if not body.get(key)]
         if missing:
@@ -89,22 +94,28 @@ class Streams:
                 f"{' and '.join(missing)} missing: a {session.name} stream needs video in and out (start it with "
                 "video ingress and egress enabled)"
             )
-        channels = Channels(**{role: self._url(body, f"{role}_url") for role in Channels.ROLES})
+        urls = {role: self._url(body, f"{role}_url") for role in Channels.ROLES}
+        subscribe, publish = urls.pop("subscribe"), urls.pop("publish")
+        assert subscribe is not None and publish is not None  # not missing (above)
+        channels = Channels(subscribe, publish, **urls)
         options = self._admit(session, stream_id, body.get("params"))
         await self._check(channels)
         return self._run(session, stream_id, options, channels, "byoc")
 
-    async def start_runner_session(self, session, body: dict, stream_id: str, control: str, token: str) -> tuple:
+    async def start_runner_session(
+        self, session: CapabilitySession, body: dict, stream_id: str, control: str, token: str
+    ) -> tuple[Stream, dict[str, str]]:
         """A stream in a persistent live-runner session: (stream, the channels' public URLs for the client)."""
         options = self._admit(session, stream_id, body.get("params"))
-        control = self._url({"control": control}, "control", "Livepeer-Session-Control")
-        made = await self._session_channels(control, token)
+        control_url = self._url({"control": control}, "control", "Livepeer-Session-Control")
+        assert control_url is not None  # the header is not empty (stream_api.start)
+        made = await self._session_channels(control_url, token)
         inner = {name: entry.get("internal_url") or entry["url"] for name, entry in made.items()}
         channels = Channels(inner["in"], inner["out"], control=inner["control"], events=inner["events"])
         stream = self._run(session, stream_id, options, channels, "live-runner")
         return stream, {name: entry["url"] for name, entry in made.items()}
 
-    def _admit(self, session, stream_id: str, given) -> params.StreamOptions:
+    def _admit(self, session: CapabilitySession, stream_id: str, given: Any) -> params.StreamOptions:
         if self.closing:
             raise NotReady("the node is shutting down: no new streams")
         if not self.capacity:
@@ -117,11 +128,15 @@ class Streams:
             raise Overloaded(f"{session.name}: {self.capacity} streams already running (--stream-capacity)")
         return params.parse(session.capability, session.served.bounds, given)
 
-    def _run(self, session, stream_id, options, channels, origin) -> Stream:
+    def _run(
+        self, session: CapabilitySession, stream_id: str, options: params.StreamOptions, channels: Channels, origin: str
+    ) -> Stream:
         if stream_id in self.streams or self.active(session.name) >= self.capacity:  # taken while we checked
             raise Overloaded(f"{session.name}: no room for stream {stream_id!r} any more")
         name = session.name
-        counters = {kind: self.metrics.stream_frames.labels(name, kind) for kind in KINDS}
+        counters: dict[str, Counter | Histogram] = {
+            kind: self.metrics.stream_frames.labels(name, kind) for kind in KINDS
+        }
         counters["latency"] = self.metrics.stream_latency.labels(name)
         stream = Stream(
             stream_id, session, options, channels, self.http, self.settings, counters, self._ended, origin

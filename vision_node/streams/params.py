@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..capabilities.base import Capability
 from ..contract import ShapeBounds
 from ..errors import InputError
 
@@ -40,7 +41,9 @@ class StreamOptions:
         return {**self.given, "max_framerate": self.max_framerate}
 
 
-def parse(capability, bounds: ShapeBounds, params: Any, before: StreamOptions | None = None) -> StreamOptions:
+def parse(
+    capability: Capability, bounds: ShapeBounds, params: Any, before: StreamOptions | None = None
+) -> StreamOptions:
     """``params`` (a JSON object or null) merged over ``before``; InputError naming what is wrong."""
     if params is None:
         params = {}

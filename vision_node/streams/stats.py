@@ -44,7 +44,8 @@ class StreamStats:
 
     def __init__(self):
         self.started = time.monotonic()
-        self.frames = Counter()  # in, out, dropped (a newer frame took its place), skipped (max_framerate), failed
+        # in, out, dropped (a newer frame took its place), skipped (max_framerate), failed
+        self.frames: Counter[str] = Counter()
         self.frames_in, self.frames_out = Window(), Window()
         self.latency = Window()  # seconds from the frame's packet demuxed to its map handed to the publisher
         self.batch = Window()  # frames in the engine call each map came from (streams of a capability batch)

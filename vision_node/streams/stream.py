@@ -42,8 +42,10 @@ import aiohttp
 import av
 import numpy as np
 
+from ..capabilities.base import Capability
 from ..errors import DeadlineExceeded, InputError, NodeError, NotReady
-from ..livepeer.trickle import CURRENT, ChannelError, ChannelGone, Publisher, Subscriber
+from ..livepeer.trickle import CURRENT, ChannelError, ChannelGone, Publisher, SegmentWriter, Subscriber
+from ..session import CapabilitySession, Job, Outcome
 from . import params, video
 from .stats import StreamStats
 
@@ -87,7 +89,7 @@ class Frame:
 @dataclass
 class Map:
     frame: Frame
-    outcome: object  # session.Outcome
+    outcome: Outcome
     options: dict
     queue_s: float  # the slot and the encoder's room, then the session's queue
     render_s: float = 0.0
@@ -99,7 +101,7 @@ class Stream:
     def __init__(
         self,
         stream_id: str,
-        session,
+        session: CapabilitySession,
         options: params.StreamOptions,
         channels: Channels,
         http: aiohttp.ClientSession,
@@ -109,7 +111,7 @@ class Stream:
         origin: str = "byoc",
     ):
         self.id, self.session, self.options, self.channels = stream_id, session, options, channels
-        self.capability = session.capability
+        self.capability: Capability = session.capability
         self.http, self.settings, self.origin = http, settings, origin
         self.counters = counters  # prometheus children by kind ("in", "out", ...) and "latency"
         self._on_end = on_end
@@ -130,7 +132,7 @@ class Stream:
         self._out: asyncio.Queue = asyncio.Queue()
         self._events: Publisher | None = None
         self._events_lock = asyncio.Lock()
-        self._job = None
+        self._job: Job | None = None
         self._publishing: asyncio.Future | None = None
         self._tasks: list[asyncio.Future] = []
         self._threads: list[threading.Thread] = []
@@ -167,6 +169,7 @@ class Stream:
 
     def end(self, reason: str, error: bool = False) -> asyncio.Future:
         """Stop the stream (once; later calls return the same future)."""
+        assert self.ended is not None, "end() before start()"
         if self.state not in ("stopping", "stopped"):
             self.state = "stopping"
             asyncio.ensure_future(self._shutdown(reason, error))
@@ -189,6 +192,7 @@ class Stream:
             log.log(level, "stream %s (%s) stopped: %s; frames: %s over %.1f s", self.id, self.capability.name,
                     reason, counts, seconds)
             self._on_end(self)
+            assert self.ended is not None  # made by start(), before any end()
             if not self.ended.done():
                 self.ended.set_result(reason)
 
@@ -196,6 +200,7 @@ class Stream:
         """Input first, then the threads (joined), then the output's last segment, then every task."""
         self._halt.set()
         publishing = self._publishing
+        assert publishing is not None  # made by start(), before any end()
         for task in self._tasks:
             if task is not publishing:
                 task.cancel()  # (each loop also looks at _halt: Python 3.11's wait_for can swallow a cancel)
@@ -273,7 +278,7 @@ class Stream:
 
     def _decode_thread(self) -> None:
         decoder = video.Decoder()
-        due: int | None = None  # the pts from which max_framerate lets the next frame through
+        due: float | None = None  # the pts from which max_framerate lets the next frame through
         try:
             while (item := self._feeds.get()) is not None and not self._halt.is_set():
                 seq, feed = item
@@ -315,6 +320,7 @@ class Stream:
                 served = f"{size[1]}x{size[0]}"
                 self._call(self._tell, "resized", f"input {frame.width}x{frame.height} is served at {served}")
             self.size = size
+        assert size is not None  # the stream's own size (options.size), or the input's fitted above
         pixels = video.to_rgb(frame, *size)
         self._call(self._offer, Frame(pixels, pts, seq, demuxed, time.monotonic() - demuxed))
 
@@ -409,7 +415,7 @@ class Stream:
 
     async def _publish(self) -> None:
         publisher = Publisher(self.http, self.channels.publish, "video/MP2T")
-        writer = None
+        writer: SegmentWriter | None = None
         try:
             while (item := await self._out.get()) is not _END:
                 if item is _NEW_SEGMENT:
@@ -417,6 +423,7 @@ class Stream:
                         asyncio.ensure_future(writer.finish()).add_done_callback(self._segment_done)
                     writer = await publisher.segment()
                 elif isinstance(item, bytes):
+                    assert writer is not None  # the encoder starts a segment before its first bytes
                     writer.write(item)
                 else:
                     self._sent(item)
@@ -428,8 +435,9 @@ class Stream:
             await publisher.close()
 
     def _segment_done(self, finished: asyncio.Future) -> None:
-        if not finished.cancelled() and isinstance(finished.exception(), ChannelError):
-            self._output_failed(finished.exception())
+        err = None if finished.cancelled() else finished.exception()
+        if isinstance(err, ChannelError):
+            self._output_failed(err)
 
     def _output_failed(self, err: ChannelError) -> None:
         if isinstance(err, ChannelGone):
@@ -456,6 +464,7 @@ class Stream:
     # ---------------------------------------------------------------- control, events, watchdog
 
     async def _control(self) -> None:
+        assert self.channels.control is not None  # run only for a stream with a control channel (start)
         subscriber = Subscriber(self.http, self.channels.control, CURRENT)
         try:
             async for segment in subscriber:
@@ -522,6 +531,7 @@ class Stream:
 
     def _call(self, function, *args) -> None:
         """Run ``function`` on the event loop (from the stream's threads)."""
+        assert self._loop is not None  # set by start(), before the threads start
         try:
             self._loop.call_soon_threadsafe(function, *args)
         except RuntimeError:  # the loop closed: the process is ending

@@ -24,6 +24,8 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from av.container import OutputContainer
+from av.video.frame import PictureType
 
 from ..capabilities.base import Picture
 
@@ -88,15 +90,19 @@ class Decoder:
     """Decodes a stream's segments; the H.264 decoder (and so its reference frames) outlives each segment."""
 
     def __init__(self):
-        self._codec = av.CodecContext.create("h264", "r")
-        self._codec.thread_count = 1  # frame threads would each hold a frame back
+        codec = av.CodecContext.create("h264", "r")
+        assert isinstance(codec, av.VideoCodecContext)  # a video codec's context
+        codec.thread_count = 1  # frame threads would each hold a frame back
+        self._codec: av.VideoCodecContext | None = codec
 
     def frames(self, feed: Feed) -> Iterator[tuple[av.VideoFrame, float]]:
         """(frame, time.monotonic() its packet left the demuxer) for every frame of one segment as it is decoded.
 
         VideoError if the segment carries no H.264 video; av.FFmpegError for bytes FFmpeg cannot read (the
         caller counts them and goes on)."""
-        with av.open(feed, format="mpegts", options=_INPUT_OPTIONS) as container:
+        decoder = self._codec
+        assert decoder is not None, "the decoder is closed"
+        with av.open(feed, "r", format="mpegts", options=_INPUT_OPTIONS) as container:
             if not container.streams.video:
                 raise VideoError("the segment has no video stream")
             stream = container.streams.video[0]
@@ -107,7 +113,7 @@ class Decoder:
                 if packet.size == 0:
                     continue
                 demuxed = time.monotonic()
-                for frame in self._codec.decode(packet):
+                for frame in decoder.decode(packet):
                     if frame.pts is None:
                         frame.pts = packet.pts
                     yield frame, demuxed
@@ -138,10 +144,13 @@ def to_rgb(frame: av.VideoFrame, height: int, width: int) -> np.ndarray:
 def video_frame(picture: Picture) -> av.VideoFrame:
     """A map as a yuv420p frame (swscale converts grey and palette indices as they are: no RGB copy first)."""
     if picture.format == "pal8":
-        pixels = (picture.pixels, _argb(picture.palette))
+        assert picture.palette is not None  # a pal8 picture carries its palette
+        pair = (picture.pixels, _argb(picture.palette))
+        # PyAV takes pal8 as this (indices, ARGB palette) pair (its docstring); its stubs allow one array only
+        frame = av.VideoFrame.from_ndarray(pair, format="pal8")  # type: ignore[arg-type]
     else:
-        pixels = picture.pixels
-    return av.VideoFrame.from_ndarray(pixels, format=picture.format).reformat(format="yuv420p")
+        frame = av.VideoFrame.from_ndarray(picture.pixels, format=picture.format)
+    return frame.reformat(format="yuv420p")
 
 
 @functools.cache
@@ -174,16 +183,18 @@ class Encoder:
         quality: int = 23,
     ):
         self.width, self.height = width, height
-        self.codec = av.CodecContext.create(codec, "w")
-        self.codec.width, self.codec.height, self.codec.pix_fmt = width, height, "yuv420p"
-        self.codec.time_base = PTS_TIME_BASE
-        self.codec.thread_count = 1  # many streams share the cores; one thread each keeps their count fixed
-        self.codec.gop_size = 1 << 20  # keyframes where segments start, and only there
-        self.codec.options = {**ENCODER_OPTIONS.get(codec, {}), QUALITY_OPTION.get(codec, "crf"): str(quality)}
-        self.codec.open()
+        context = av.CodecContext.create(codec, "w")
+        assert isinstance(context, av.VideoCodecContext)  # a video encoder's context
+        context.width, context.height, context.pix_fmt = width, height, "yuv420p"
+        context.time_base = PTS_TIME_BASE
+        context.thread_count = 1  # many streams share the cores; one thread each keeps their count fixed
+        context.gop_size = 1 << 20  # keyframes where segments start, and only there
+        context.options = {**ENCODER_OPTIONS.get(codec, {}), QUALITY_OPTION.get(codec, "crf"): str(quality)}
+        context.open()
+        self.codec: av.VideoCodecContext | None = context
         self._on_segment, self._on_bytes = on_segment, on_bytes
-        self._container: av.container.OutputContainer | None = None
-        self._stream = None
+        self._container: OutputContainer | None = None
+        self._stream: av.VideoStream | None = None
         self._last_pts: int | None = None
         self._count = 0  # the encoder's own clock: input pts may jump back (a restarted source)
 
@@ -194,20 +205,22 @@ class Encoder:
         frame.pts, frame.time_base = self._count, PTS_TIME_BASE
         self._count += 1
         if new_segment or self._container is None:
-            frame.pict_type = av.video.frame.PictureType.I
+            frame.pict_type = PictureType.I
             self._start_segment()
-        for packet in self.codec.encode(frame):
+        codec, container, stream = self.codec, self._container, self._stream
+        assert codec is not None and container is not None and stream is not None  # open, in a segment
+        for packet in codec.encode(frame):
             packet.pts = packet.dts = pts  # zerolatency: each frame's packet comes out at once, in order
-            packet.stream = self._stream
-            self._container.mux(packet)
+            packet.stream = stream
+            container.mux(packet)
         self._last_pts = pts
 
     def _start_segment(self) -> None:
         self._end_segment()
         self._on_segment()
         self._container = av.open(_Sink(self._on_bytes), "w", format="mpegts", options=_OUTPUT_OPTIONS)
-        self._stream = self._container.add_stream("h264", rate=24)
-        self._stream.width, self._stream.height, self._stream.time_base = self.width, self.height, PTS_TIME_BASE
+        self._stream = stream = self._container.add_stream("h264", rate=24)
+        stream.width, stream.height, stream.time_base = self.width, self.height, PTS_TIME_BASE
         self._last_pts = None
 
     def _end_segment(self) -> None:
