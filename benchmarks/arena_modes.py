@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vision_node import samples
 from vision_node.contract import FRAME_INPUT
-from vision_node.engines import load
+from vision_node.serving.engines import load
 
 SHRINK = "memory.enable_memory_arena_shrinkage"
 

@@ -14,11 +14,11 @@ import numpy as np
 
 from vision_node import samples
 from vision_node.contract import FRAME_INPUT
-from vision_node.engines import load
 from vision_node.errors import StartupError
 from vision_node.runtime.flavours import FLAVOURS, flavour
 from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
 from vision_node.runtime.tensorrt import TensorRTBackend, gpu_runtime, load_tensorrt
+from vision_node.serving.engines import load
 
 from . import photographs, report
 from .demo_models import demo_model

@@ -33,8 +33,8 @@ from PIL import Image
 
 from vision_node.capabilities.depth import Depth
 from vision_node.contract import FRAME_INPUT
-from vision_node.engines import load
 from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
+from vision_node.serving.engines import load
 
 from . import report
 from .report import progress

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vision_node import codecs, png
 from vision_node.capabilities.depth import Depth
+from vision_node.media import codecs, png
 
 from . import nodeproc, report
 from .overhead import echo_floor, post
@@ -310,7 +310,7 @@ def run(args) -> int:
     enc_notes = [
         f"median and p99 of {args.repeats} runs in this process, one thread; 'demo depth' is the node's 8-bit"
         " depth map of the photograph (random weights: noise), 'smooth' a synthetic map like a trained model's",
-        "node rows are the node's own functions (vision_node.codecs, vision_node.png, Depth.render/encode)",
+        "node rows are the node's own functions (vision_node.media.codecs, vision_node.media.png, Depth.render/encode)",
     ]
     suffixed = {k: _suffixed(v) for k, v in (("json", args.json), ("markdown", args.markdown))}
     report.write({"provenance": prov, "rows": enc_rows}, "Encoders on the same 8-bit maps (in process)", enc_rows,

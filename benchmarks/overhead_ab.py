@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vision_node.engines import load
+from vision_node.serving.engines import load
 
 from . import nodeproc, report
 

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from vision_node.contract import FRAME_INPUT
-from vision_node.engines import load
+from vision_node.serving.engines import load
 from vision_node.sizing import Sizing
 
 from . import nodeproc, report

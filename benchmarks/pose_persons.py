@@ -24,9 +24,9 @@ import onnx
 import onnx.numpy_helper
 import onnxruntime as ort
 
-from vision_node import engines
 from vision_node.contract import FRAME_INPUT
 from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
+from vision_node.serving import engines
 
 from . import report
 from .framecost import photograph

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from vision_node import samples
 from vision_node.contract import FRAME_INPUT
-from vision_node.engines import load
 from vision_node.runtime.base import RunStopped, StopToken
 from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
+from vision_node.serving.engines import load
 
 
 def stop_after(backend: OnnxRuntimeBackend, frames, seconds: float) -> float | None:

@@ -297,8 +297,8 @@ def patch_in_fake_gpu(monkeypatch) -> tuple[FakeTensorRT, list]:
 def fp16_reference(engines, capability: str):
     """ONNX Runtime on ``capability``'s fp16 graph: what the FAKE engine built from it computes."""
     from vision_node import manifest
-    from vision_node.engines import load
     from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
+    from vision_node.serving.engines import load
 
     served = load(engines, (capability,))[capability]
     graph = served.graphs[0]

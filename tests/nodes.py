@@ -18,11 +18,11 @@ from starlette.testclient import TestClient
 
 from benchmarks.nodeproc import free_port  # shared with the tests
 from vision_node import samples
-from vision_node.app import create_app
 from vision_node.config import Config
 from vision_node.contract import FRAME_INPUT
-from vision_node.engines import load
+from vision_node.http.app import create_app
 from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
+from vision_node.serving.engines import load
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -91,9 +91,9 @@ def test_a_frame_outside_any_capabilitys_bounds_and_a_bad_body_are_refused_once(
 
 
 def test_a_combination_of_a_capability_not_served_stops_the_start(tiny_build):
-    from vision_node import preflight
-    from vision_node.app import create_app
     from vision_node.config import Config
+    from vision_node.http.app import create_app
+    from vision_node.serving import preflight
 
     config = Config(engines=tiny_build[0], capabilities=("depth",), combinations=("depth+pose",))
     with pytest.raises(StartupError, match="--combinations depth\\+pose: pose is not served here"):

@@ -38,12 +38,12 @@ if shutil.which("nvcc") is None:
 
 from benchmarks.cuda_copies import BOUNDS, PLAN, StandInTensorRT, compile_kernel, open_backend, reference  # noqa: E402
 from vision_node.contract import FRAME_INPUT, ShapeBounds  # noqa: E402
-from vision_node.engines import Graph, ServedCapability  # noqa: E402
 from vision_node.errors import EngineError  # noqa: E402
 from vision_node.runtime import faults  # noqa: E402
 from vision_node.runtime.cuda import SharedScratch, checked, load_pycuda  # noqa: E402
 from vision_node.runtime.tensorrt import TensorRTBackend  # noqa: E402
-from vision_node.session import CapabilitySession  # noqa: E402
+from vision_node.serving.engines import Graph, ServedCapability  # noqa: E402
+from vision_node.serving.session import CapabilitySession  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.nodes import in_process_backends
-from vision_node import codecs
 from vision_node.capabilities import CAPABILITY_CLASSES
 from vision_node.contract import FRAME_INPUT
-from vision_node.engines import load
 from vision_node.errors import NodeError
+from vision_node.media import codecs
+from vision_node.serving.engines import load
 
 MEDIA = ("image/jpeg", "image/png", codecs.RAW)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from vision_node.builder import trt_memory
 from vision_node.builder.memory import PROXY, costliest_frames
-from vision_node.engines import load
+from vision_node.serving.engines import load
 
 GIB = 1 << 30
 

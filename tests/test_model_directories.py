@@ -11,8 +11,8 @@ from tests.conftest import TINY_BOUNDS, TINY_ROLES, tiny_plan
 from vision_node import manifest
 from vision_node.builder import cli, graphs, pipeline, pose_graph, tiny, weights
 from vision_node.builder.errors import BuildError
-from vision_node.engines import load
 from vision_node.errors import StartupError
+from vision_node.serving.engines import load
 from vision_node.sizing import Sizing
 
 SIZES = ((90, 160), (128, 128))

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vision_node import codecs, manifest
+from vision_node import manifest
 from vision_node.capabilities.base import Rendered
 from vision_node.capabilities.depth import Depth
 from vision_node.capabilities.pose import COCO17, COLOURS, LIMBS, OPENPOSE18, Pose, openpose18
 from vision_node.config import Config
 from vision_node.contract import ShapeBounds
-from vision_node.engines import load
 from vision_node.errors import FrameRejected, InputError, StartupError, UnsupportedMediaType
+from vision_node.media import codecs
+from vision_node.serving.engines import load
 from vision_node.sizing import Sizing
 
 BOUNDS = ShapeBounds(min_hw=(8, 8), max_hw=(100, 200))
@@ -320,7 +321,7 @@ def test_a_raw_answer_is_the_requests_own_array_after_the_next_frame_ran(tiny_bu
     from vision_node.contract import FRAME_INPUT
     from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
     from vision_node.samples import frames
-    from vision_node.session import CapabilitySession
+    from vision_node.serving.session import CapabilitySession
 
     served = load(tiny_build[0], (capability,))[capability]
     capability = CAPABILITY_CLASSES[capability](served.options)
@@ -353,7 +354,7 @@ def test_a_frame_outside_the_bounds_is_refused_by_the_session_and_never_counts_a
     from vision_node.capabilities import CAPABILITY_CLASSES
     from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
     from vision_node.samples import frames
-    from vision_node.session import CapabilitySession
+    from vision_node.serving.session import CapabilitySession
 
     served = load(tiny_build[0], ("depth",))["depth"]
     capability = CAPABILITY_CLASSES["depth"](served.options)
@@ -389,7 +390,7 @@ def test_an_unexpected_error_answers_an_incident_id_and_keeps_its_text_in_the_lo
 
     from starlette.requests import Request
 
-    from vision_node.app import _unexpected
+    from vision_node.http.app import _unexpected
 
     request = Request({"type": "http", "method": "POST", "path": "/infer/depth", "headers": []})
     response = asyncio.run(_unexpected(request, RuntimeError("/root/secret/path.onnx: bad thing")))

@@ -15,12 +15,12 @@ import pytest
 from PIL import Image
 
 from tests.nodes import frame, in_process_backends, metadata, post
-from vision_node import codecs, png
 from vision_node.capabilities.depth import Depth
 from vision_node.capabilities.pose import SKELETON_PALETTE, Pose, skeleton
 from vision_node.capabilities.segmentation import _PALETTE, Segmentation
 from vision_node.contract import FRAME_INPUT, ShapeBounds
 from vision_node.errors import InputError
+from vision_node.media import codecs, png
 
 CAPABILITIES = {"depth": Depth, "segmentation": Segmentation, "pose": Pose}
 POSE_OPTIONS = {"person_threshold": "0", "keypoint_threshold": "0"}  # random weights: draw every person

@@ -105,7 +105,7 @@ def test_a_fixed_depth_resolution_stays_an_option_and_is_reported(tmp_path):
     from tests.conftest import tiny_plan
     from vision_node import manifest
     from vision_node.builder import pipeline
-    from vision_node.engines import describe, load
+    from vision_node.serving.engines import describe, load
 
     plan = tiny_plan(tmp_path, resolutions={"depth": [(98, 98)]}, verify_sizes=((90, 160), (150, 100)), fp16=False)
     entry = pipeline.build_capability("depth", plan)

@@ -1,4 +1,4 @@
-"""Slow clients and oversized heads against a real node process (vision_node/server.py's guarded protocol).
+"""Slow clients and oversized heads against a real node process (vision_node/http/server.py's guarded protocol).
 
 200 sockets trickling a byte a second cannot hold the node: each is answered 408 (or, having
 sent nothing, closed) by the receive deadline, while normal requests beside them succeed.
@@ -116,7 +116,7 @@ def test_the_guard_overrides_hooks_the_installed_uvicorn_has_and_the_version_is_
     import tomllib
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    from vision_node.server import GuardedHttpToolsProtocol
+    from vision_node.http.server import GuardedHttpToolsProtocol
 
     overridden = [name for name, _ in inspect.getmembers(GuardedHttpToolsProtocol, inspect.isfunction)
                   if name in GuardedHttpToolsProtocol.__dict__ and not name.startswith("_")]

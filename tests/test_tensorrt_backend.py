@@ -16,13 +16,13 @@ import pytest
 from tests.fake_gpu import FakeCuda, FakeTensorRT, engines_with_fake_plans, fp16_reference, patch_in_fake_gpu
 from tests.nodes import frame, metadata, node_client, raw_type, wait_loaded, wait_ready
 from vision_node.contract import FRAME_INPUT
-from vision_node.engines import load
 from vision_node.errors import EngineError, StartupError
 from vision_node.runtime import faults
 from vision_node.runtime import tensorrt as trt_backend
 from vision_node.runtime.cuda import SharedScratch
 from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
 from vision_node.samples import frames
+from vision_node.serving.engines import load
 
 
 @pytest.fixture
@@ -293,9 +293,9 @@ def test_server_refuses_engines_built_for_another_machine(fake_gpu_node):
 def test_preflight_opens_the_gpu_once_for_the_node_and_names_a_missing_engine(fake_gpu_node):
     from starlette.testclient import TestClient
 
-    from vision_node import preflight
-    from vision_node.app import create_app
     from vision_node.config import Config
+    from vision_node.http.app import create_app
+    from vision_node.serving import preflight
 
     engines, _, loaded = fake_gpu_node
     config = Config(engines=engines, backend="tensorrt")
@@ -312,7 +312,7 @@ def test_preflight_opens_the_gpu_once_for_the_node_and_names_a_missing_engine(fa
 
 
 def test_selftest_agrees_on_fake_engines_and_reports_time_and_vram(fake_gpu_node, capsys):
-    from vision_node import selftest
+    from vision_node.serving import selftest
 
     engines, _, _ = fake_gpu_node
     assert selftest.run(engines, ["depth", "segmentation"], iterations=3) == 0
@@ -322,7 +322,7 @@ def test_selftest_agrees_on_fake_engines_and_reports_time_and_vram(fake_gpu_node
 
 
 def test_selftest_without_tensorrt_exits_2_saying_what_to_install(tiny_build, capsys):
-    from vision_node import selftest
+    from vision_node.serving import selftest
 
     assert selftest.run(tiny_build[0]) == 2
     assert ".[trt]" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def test_rtx_backend_refuses_an_engine_the_runtime_says_cannot_run_here(fake_rtx
 
 
 def test_selftest_runs_rtx_engines_too(fake_rtx_node, capsys):
-    from vision_node import selftest
+    from vision_node.serving import selftest
 
     engines, _, _ = fake_rtx_node
     assert selftest.run(engines, ["depth"], iterations=2, backend="tensorrt-rtx") == 0

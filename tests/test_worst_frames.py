@@ -16,7 +16,7 @@ import numpy as np
 
 from tests.nodes import metadata, raw_type, start_node, stop, wait_for_http
 from vision_node.builder.memory import costliest_frames
-from vision_node.engines import load
+from vision_node.serving.engines import load
 
 TIMEOUT_S = 10.0  # the node's default --request-timeout-s
 

@@ -115,7 +115,7 @@ def print_live_runners(config: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "selftest":
-        from . import selftest
+        from .serving import selftest
 
         logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
         capabilities = [c for c in args.capabilities.split(",") if c]
@@ -139,9 +139,9 @@ def serve(config: Config, open_backend=None) -> int:
     a one-line reason, exit 2, when the configuration or the artefacts are wrong."""
     import uvicorn  # keeps --help fast
 
-    from . import preflight
-    from .app import create_app
-    from .server import DrainingServer, GuardedHttpToolsProtocol
+    from .http.app import create_app
+    from .http.server import DrainingServer, GuardedHttpToolsProtocol
+    from .serving import preflight
 
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

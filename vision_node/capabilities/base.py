@@ -86,7 +86,7 @@ class Capability(Protocol):
 @dataclass(frozen=True, eq=False)
 class Parser:
     """One request option: ``parser(name, value)`` is its value, or an InputError (400) that says why not;
-    ``schema`` is the option as OpenAPI describes it (vision_node/openapi.py)."""
+    ``schema`` is the option as OpenAPI describes it (vision_node/http/openapi.py)."""
 
     parse: Callable[[str, str], Any]
     schema: dict[str, Any]

@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import codecs
-from ..png import GREY_PALETTE
+from ..media import codecs
+from ..media.png import GREY_PALETTE
 from .base import (
     Encoded,
     Parser,

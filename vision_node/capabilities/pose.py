@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .. import codecs
+from ..media import codecs
 from .base import Encoded, Parser, Picture, Rendered, choice, jpeg_quality, number, parse_options
 
 OUTPUTS = ("json", "skeleton", "jpeg")

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import codecs
+from ..media import codecs
 from .base import Encoded, Parser, Picture, Rendered, choice, parse_options, raw_output
 
 OUTPUTS = ("palette", "classes", "raw")

@@ -35,7 +35,7 @@ from ..config import Config
 from ..errors import Conflict, InputError, NotFound, NotReady, Overloaded
 from ..livepeer import trickle
 from ..metrics import Metrics
-from ..session import CapabilitySession
+from ..serving.session import CapabilitySession
 from . import params
 from .stream import Channels, Settings, Stream
 

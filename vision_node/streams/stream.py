@@ -45,7 +45,7 @@ import numpy as np
 from ..capabilities.base import Capability
 from ..errors import DeadlineExceeded, InputError, NodeError, NotReady
 from ..livepeer.trickle import CURRENT, ChannelError, ChannelGone, Publisher, SegmentWriter, Subscriber
-from ..session import CapabilitySession, Job, Outcome
+from ..serving.session import CapabilitySession, Job, Outcome
 from . import params, video
 from .stats import StreamStats
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from . import manifest
-from .contract import CAPABILITIES, OUTPUTS, ShapeBounds
-from .errors import StartupError
-from .sizing import Sizing
+from .. import manifest
+from ..contract import CAPABILITIES, OUTPUTS, ShapeBounds
+from ..errors import StartupError
+from ..sizing import Sizing
 
 log = logging.getLogger("vision_node")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from . import __version__
-from .capabilities.base import Capability
-from .contract import COMBINE
-from .errors import (
+from .. import __version__
+from ..capabilities.base import Capability
+from ..contract import COMBINE
+from ..errors import (
     BackendFailed,
     BackendOutOfMemory,
     Conflict,
@@ -29,8 +29,8 @@ from .errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
-from .service import Node
-from .session import CapabilitySession
+from ..serving.node import Node
+from ..serving.session import CapabilitySession
 
 BINARY = {"type": "string", "format": "binary"}
 ERROR = {"$ref": "#/components/schemas/Error"}

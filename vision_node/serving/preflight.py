@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import socket
 
+from ..config import Config
+from ..contract import COMBINE
+from ..errors import StartupError
 from . import engines
-from .config import Config
-from .contract import COMBINE
-from .errors import StartupError
 
 
 def check(config: Config, default_backends: bool = True):
@@ -34,7 +34,7 @@ def _check_stream_encoder(config: Config) -> None:
     """Streams' maps leave as H.264: the encoder asked for must open here (NVENC needs a GPU and FFmpeg with it)."""
     if not config.stream_capacity:
         return
-    from .streams.video import encoder_works  # PyAV is imported only where streams are served
+    from ..streams.video import encoder_works  # PyAV is imported only where streams are served
 
     why = encoder_works(config.stream_encoder)
     if why:
@@ -56,15 +56,15 @@ def _check_backend(config: Config, served: dict[str, engines.ServedCapability]):
             raise StartupError(
                 f"ONNX Runtime is not installed ({err}): pip install -e '.[cpu]' (or '.[gpu]' on an NVIDIA GPU)"
             ) from None
-        from .runtime.onnxruntime import _providers
+        from ..runtime.onnxruntime import _providers
 
         _providers(ort, config.device)  # device cuda without onnxruntime-gpu: a StartupError that says so
         return None
-    from .runtime.flavours import flavour
-    from .runtime.tensorrt import TensorRTBackend, gpu_runtime
+    from ..runtime.flavours import flavour
+    from ..runtime.tensorrt import TensorRTBackend, gpu_runtime
 
     if config.gpu_decode:
-        from .runtime.gpu_decode import import_nvimgcodec
+        from ..runtime.gpu_decode import import_nvimgcodec
 
         import_nvimgcodec()  # installed, or a StartupError naming the extra; its decoder opens with the engines
     rt = gpu_runtime(flavour(config.backend), config.engines)  # the package, pycuda and a GPU

@@ -12,17 +12,17 @@ import sys
 
 import numpy as np
 
-from . import samples
-from .contract import FRAME_INPUT
+from .. import samples
+from ..contract import FRAME_INPUT
+from ..errors import EngineError, StartupError
+from ..runtime.flavours import flavour
+from ..runtime.onnxruntime import OnnxRuntimeBackend
+from ..runtime.tensorrt import TensorRTBackend, gpu_runtime
 from .engines import load
-from .errors import EngineError, StartupError
-from .runtime.flavours import flavour
-from .runtime.onnxruntime import OnnxRuntimeBackend
-from .runtime.tensorrt import TensorRTBackend, gpu_runtime
 
 
 def run(engines_dir, capabilities=(), iterations: int = 200, backend: str = "tensorrt") -> int:
-    from .builder import verify  # torch-free: the build's comparison and tolerances
+    from ..builder import verify  # torch-free: the build's comparison and tolerances
 
     try:
         rt = gpu_runtime(flavour(backend), engines_dir)

@@ -21,16 +21,21 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import __version__, codecs, engines, openapi, stream_api, ui
+from .. import __version__
+from ..capabilities.base import Encoded
+from ..config import Config
+from ..contract import COMBINE, common_bounds, names_capabilities
+from ..errors import InputError, NodeError, NotReady, PayloadTooLarge, RequestTimeout, incident
+from ..media import codecs
+from ..runtime.base import Backend
+from ..runtime.tensorrt import GpuRuntime
+from ..serving import engines
+from ..serving.node import Node, backend_memory
+from ..serving.session import CapabilitySession, Outcome
+from . import openapi
+from . import page as ui
+from . import streams as stream_api
 from .auth import check_token
-from .capabilities.base import Encoded
-from .config import Config
-from .contract import COMBINE, common_bounds, names_capabilities
-from .errors import InputError, NodeError, NotReady, PayloadTooLarge, RequestTimeout, incident
-from .runtime.base import Backend
-from .runtime.tensorrt import GpuRuntime
-from .service import Node, backend_memory
-from .session import CapabilitySession, Outcome
 
 log = logging.getLogger("vision_node")
 
@@ -82,7 +87,7 @@ async def _read_body(request: Request, limit: int) -> bytearray:
             body += chunk
             if len(body) > limit:
                 raise PayloadTooLarge(f"body passed the limit of {limit} bytes")
-    except ClientDisconnect:  # gone, or closed by the receive deadline (vision_node/server.py): nobody reads the reply
+    except ClientDisconnect:  # gone, or closed by the receive deadline (http/server.py): nobody reads it
         raise RequestTimeout("the body did not arrive") from None
     return body
 

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..errors import InputError, PayloadTooLarge
 from .auth import check_token
-from .errors import InputError, PayloadTooLarge
 
 MAX_BODY = 1 << 20  # a start or a params update is a small JSON object
 STREAM_ID = "x-stream-id"  # go-livepeer's createWorkerReq

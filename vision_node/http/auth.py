@@ -6,7 +6,7 @@ import hmac
 
 from starlette.requests import Request
 
-from .errors import Forbidden
+from ..errors import Forbidden
 
 
 def check_token(request: Request, token: str) -> None:

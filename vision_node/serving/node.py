@@ -16,20 +16,21 @@ import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
-from . import codecs, engines, preflight
-from .capabilities import CAPABILITY_CLASSES
-from .config import Config
-from .errors import NotFound, NotReady, StartupError
-from .livepeer.byoc import LIVE_SUFFIX, Registrar
-from .livepeer.live_runner import LiveRunners
-from .metrics import Metrics
-from .runtime.base import Backend
-from .runtime.flavours import flavour
-from .runtime.gpu_decode import GpuJpegDecoder
-from .runtime.onnxruntime import OnnxRuntimeBackend
-from .runtime.tensorrt import GpuRuntime, TensorRTBackend, gpu_runtime
+from ..capabilities import CAPABILITY_CLASSES
+from ..config import Config
+from ..errors import NotFound, NotReady, StartupError
+from ..livepeer.byoc import LIVE_SUFFIX, Registrar
+from ..livepeer.live_runner import LiveRunners
+from ..media import codecs
+from ..metrics import Metrics
+from ..runtime.base import Backend
+from ..runtime.flavours import flavour
+from ..runtime.gpu_decode import GpuJpegDecoder
+from ..runtime.onnxruntime import OnnxRuntimeBackend
+from ..runtime.tensorrt import GpuRuntime, TensorRTBackend, gpu_runtime
+from ..streams.manager import Streams
+from . import engines, preflight
 from .session import CapabilitySession
-from .streams.manager import Streams
 
 log = logging.getLogger("vision_node")
 
@@ -58,7 +59,7 @@ class Node:
         self.on_fatal: Callable[[], None] = lambda: None  # the CLI makes this stop the process
         self.registrar: Registrar | None = None
         self.live_runners: LiveRunners | None = None
-        self.openapi: dict | None = None  # vision_node.openapi.document, made on first request
+        self.openapi: dict | None = None  # vision_node.http.openapi.document, made on first request
         self.streams = Streams(config, self.metrics)
 
     def _onnxruntime(self, served: engines.ServedCapability) -> Callable[[engines.Graph], Backend]:

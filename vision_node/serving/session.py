@@ -26,12 +26,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import samples
-from .capabilities.base import Capability, Rendered
-from .codecs import JpegFrame
-from .contract import FRAME_INPUT
-from .engines import Graph, ServedCapability
-from .errors import (
+from .. import samples
+from ..capabilities.base import Capability, Rendered
+from ..contract import FRAME_INPUT
+from ..errors import (
     BackendFailed,
     BackendOutOfMemory,
     DeadlineExceeded,
@@ -43,8 +41,10 @@ from .errors import (
     StartupError,
     incident,
 )
-from .runtime import faults
-from .runtime.base import Backend, StopToken
+from ..media.codecs import JpegFrame
+from ..runtime import faults
+from ..runtime.base import Backend, StopToken
+from .engines import Graph, ServedCapability
 
 log = logging.getLogger("vision_node")
 
