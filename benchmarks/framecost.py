@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from vision_node.capabilities.depth import Depth
-from vision_node.media import codecs, png
+from vision_node.media import maps, png
 
 from . import nodeproc, report
 from .overhead import echo_floor, post
@@ -207,9 +207,9 @@ def encoders() -> dict:
         return encode
 
     return {
-        "node: PNG grey palette (Up + ISA-L 1; controlnet)": lambda m: codecs.png(m, 1, png.GREY_PALETTE),
-        "node: PNG grey (Up + ISA-L 1; channels=1)": lambda m: codecs.png(m, 1),
-        "node: JPEG q90 grey (libjpeg-turbo; jpeg)": lambda m: codecs.jpeg(m, 90),
+        "node: PNG grey palette (Up + ISA-L 1; controlnet)": lambda m: maps.png(m, 1, png.GREY_PALETTE),
+        "node: PNG grey (Up + ISA-L 1; channels=1)": lambda m: maps.png(m, 1),
+        "node: JPEG q90 grey (libjpeg-turbo; jpeg)": lambda m: maps.jpeg(m, 90),
         "node: raw8 (uncompressed)": lambda m: m.tobytes(),
         "Pillow PNG level 1, 3 channels (before)": pillow(3),
         "Pillow PNG level 1, 1 channel": pillow(1),
@@ -218,8 +218,8 @@ def encoders() -> dict:
         "Up + zlib 6": lambda m: zlib.compress(png.up_filtered(m), 6),
         "Up + libdeflate 1": lambda m: deflate.zlib_compress(png.up_filtered(m), 1),
         "Up + libdeflate 6": lambda m: deflate.zlib_compress(png.up_filtered(m), 6),
-        "Up + stored (PNG level 0)": lambda m: codecs.png(m, 0),
-        "JPEG q95 grey (libjpeg-turbo)": lambda m: codecs.jpeg(m, 95),
+        "Up + stored (PNG level 0)": lambda m: maps.png(m, 0),
+        "JPEG q95 grey (libjpeg-turbo)": lambda m: maps.jpeg(m, 95),
     }
 
 
@@ -310,7 +310,7 @@ def run(args) -> int:
     enc_notes = [
         f"median and p99 of {args.repeats} runs in this process, one thread; 'demo depth' is the node's 8-bit"
         " depth map of the photograph (random weights: noise), 'smooth' a synthetic map like a trained model's",
-        "node rows are the node's own functions (vision_node.media.codecs, vision_node.media.png, Depth.render/encode)",
+        "node rows are the node's own functions (vision_node.media.maps, vision_node.media.png, Depth.render/encode)",
     ]
     suffixed = {k: _suffixed(v) for k, v in (("json", args.json), ("markdown", args.markdown))}
     report.write({"provenance": prov, "rows": enc_rows}, "Encoders on the same 8-bit maps (in process)", enc_rows,

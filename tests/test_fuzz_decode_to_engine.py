@@ -19,10 +19,10 @@ from tests.nodes import in_process_backends
 from vision_node.capabilities import CAPABILITY_CLASSES
 from vision_node.contract import FRAME_INPUT
 from vision_node.errors import NodeError
-from vision_node.media import codecs
+from vision_node.media import content_type, frames
 from vision_node.serving.engines import load
 
-MEDIA = ("image/jpeg", "image/png", codecs.RAW)
+MEDIA = ("image/jpeg", "image/png", content_type.RAW)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def bodies(draw):
         body = pixels.tobytes()
         width = draw(st.one_of(st.just(str(w)), st.integers(-(2**40), 2**40).map(str), st.text(max_size=6)))
         height = draw(st.one_of(st.just(str(h)), st.integers(-(2**40), 2**40).map(str), st.text(max_size=6)))
-        return body, codecs.RAW, width, height
+        return body, content_type.RAW, width, height
     if kind == "noise":
         return draw(st.binary(max_size=4096)), draw(st.sampled_from(MEDIA)), None, None
     out = io.BytesIO()
@@ -69,7 +69,7 @@ def test_any_body_is_refused_with_a_4xx_or_runs_through_every_graph_and_output(g
     body, media, width, height = case
     bounds = next(iter(graphs.values()))[2]
     try:
-        frame = codecs.decode(body, media, width, height, bounds)
+        frame = frames.decode(body, media, width, height, bounds)
     except NodeError as err:
         assert 400 <= err.status < 500, err
         event(f"refused: {err.status}")

@@ -128,3 +128,47 @@ def test_the_checker_resolves_relative_and_function_level_imports(tmp_path):
 def test_no_circle_in_the_import_graph():
     found = cycles(import_graph())
     assert not found, "import circles:\n" + "\n".join(" -> ".join(circle) for circle in found)
+
+
+# The layers, top to bottom: http/ does HTTP only; serving/ answers (sessions, backends, engines); below
+# it the capabilities, runtimes and media. What http/ may reach below serving/ is the capabilities'
+# contract (capabilities.base: outputs, options, media types), the Content-Type, and the shared contract.
+_HTTP_MAY_NOT_IMPORT = (
+    "vision_node.capabilities.",  # but .base, the contract
+    "vision_node.runtime",
+    "vision_node.serving.session",
+    "vision_node.media.frames",
+    "vision_node.media.maps",
+    "vision_node.media.png",
+    "vision_node.streams",
+    "vision_node.builder",
+)
+_HTTP_MAY_IMPORT = ("vision_node.capabilities.base",)
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that cross the layers: http/ into what serving/ owns, or anything below http/ into it."""
+    found = []
+    for module, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            if module.startswith("vision_node.http") and target.startswith(_HTTP_MAY_NOT_IMPORT) \
+                    and target not in _HTTP_MAY_IMPORT:
+                found.append(f"{module} -> {target} (http/ does HTTP; serving/ owns this)")
+            below = module.startswith("vision_node.") and not module.startswith(("vision_node.http", "vision_node.cli"))
+            if below and target.startswith("vision_node.http"):
+                found.append(f"{module} -> {target} (a lower layer reaching up into http/)")
+    return found
+
+
+def test_the_layering_check_names_a_crossing():
+    graph = {"vision_node.http.x": {"vision_node.runtime.tensorrt", "vision_node.capabilities.base"},
+             "vision_node.serving.node": {"vision_node.http.app"}}
+    assert layering_violations(graph) == [
+        "vision_node.http.x -> vision_node.runtime.tensorrt (http/ does HTTP; serving/ owns this)",
+        "vision_node.serving.node -> vision_node.http.app (a lower layer reaching up into http/)",
+    ]
+
+
+def test_http_knows_no_capability_runtime_or_session_internals():
+    found = layering_violations(import_graph())
+    assert not found, "layering:\n" + "\n".join(found)

@@ -18,7 +18,7 @@ from vision_node.capabilities.pose import COCO17, COLOURS, LIMBS, OPENPOSE18, Po
 from vision_node.config import Config
 from vision_node.contract import ShapeBounds
 from vision_node.errors import FrameRejected, InputError, StartupError, UnsupportedMediaType
-from vision_node.media import codecs
+from vision_node.media import content_type, frames, maps
 from vision_node.serving.engines import load
 from vision_node.sizing import Sizing
 
@@ -29,21 +29,21 @@ BOUNDS = ShapeBounds(min_hw=(8, 8), max_hw=(100, 200))
 
 
 def test_content_type_parameters_are_parsed():
-    assert codecs.parse_content_type('Application/Octet-Stream; width=4; Height="3"') == (
+    assert content_type.parse('Application/Octet-Stream; width=4; Height="3"') == (
         "application/octet-stream",
         {"width": "4", "height": "3"},
     )
-    assert codecs.parse_content_type(None) == ("", {})
+    assert content_type.parse(None) == ("", {})
     with pytest.raises(InputError, match="no value"):
-        codecs.parse_content_type("image/png; output")
+        content_type.parse("image/png; output")
     # quoted strings as RFC 9110 has them: a ; inside quotes, escapes, spaces around =; a trailing ; is harmless
-    assert codecs.parse_content_type('image/jpeg; range="0;9" ; output = "raw"; x="a\\"b";') == (
+    assert content_type.parse('image/jpeg; range="0;9" ; output = "raw"; x="a\\"b";') == (
         "image/jpeg",
         {"range": "0;9", "output": "raw", "x": 'a"b'},
     )
     for malformed in ('image/jpeg; output="raw', "image/jpeg; a=1 b=2", 'image/jpeg; a="x"y'):
         with pytest.raises(InputError, match="malformed"):
-            codecs.parse_content_type(malformed)
+            content_type.parse(malformed)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16", "LA"])
@@ -51,7 +51,7 @@ def test_png_of_any_mode_decodes_to_rgb_uint8(mode):
     img = Image.new("RGB", (30, 20), (200, 100, 50)).convert(mode)
     out = io.BytesIO()
     img.save(out, format="PNG")
-    frame = codecs.decode(out.getvalue(), "image/png", None, None, BOUNDS)
+    frame = frames.decode(out.getvalue(), "image/png", None, None, BOUNDS)
     assert frame.shape == (20, 30, 3) and frame.dtype == np.uint8
     np.testing.assert_array_equal(frame, np.asarray(img.convert("RGB")))
 
@@ -59,31 +59,31 @@ def test_png_of_any_mode_decodes_to_rgb_uint8(mode):
 def test_cmyk_jpeg_decodes_to_rgb():
     out = io.BytesIO()
     Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(out, format="JPEG")
-    frame = codecs.decode(out.getvalue(), "image/jpeg", None, None, BOUNDS)
+    frame = frames.decode(out.getvalue(), "image/jpeg", None, None, BOUNDS)
     assert frame.shape == (16, 16, 3) and frame[..., 0].mean() > 200 and frame[..., 1].mean() < 50
 
 
 def test_raw_frame_is_a_zero_copy_view_of_the_body():
     body = bytearray(np.arange(10 * 12 * 3, dtype=np.uint8).tobytes())
-    frame = codecs.decode(body, codecs.RAW, "12", "10", BOUNDS)
+    frame = frames.decode(body, content_type.RAW, "12", "10", BOUNDS)
     assert frame.shape == (10, 12, 3) and np.shares_memory(frame, np.frombuffer(body, np.uint8))
 
 
 def test_decode_errors_map_to_their_statuses():
     with pytest.raises(UnsupportedMediaType):
-        codecs.decode(b"x", "text/plain", None, None, BOUNDS)
+        frames.decode(b"x", "text/plain", None, None, BOUNDS)
     with pytest.raises(FrameRejected, match="outside"):
-        codecs.decode(b"\0" * 30, codecs.RAW, "5", "2", BOUNDS)
+        frames.decode(b"\0" * 30, content_type.RAW, "5", "2", BOUNDS)
     with pytest.raises(InputError, match="300 bytes"):
-        codecs.decode(b"\0" * 30, codecs.RAW, "10", "10", BOUNDS)
+        frames.decode(b"\0" * 30, content_type.RAW, "10", "10", BOUNDS)
 
 
 def test_png_encoder_modes():
     ids = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    assert Image.open(io.BytesIO(codecs.png(ids, 1))).mode == "L"
-    assert Image.open(io.BytesIO(codecs.png(ids, 1, palette=bytes(768)))).mode == "P"
-    assert Image.open(io.BytesIO(codecs.png(np.dstack([ids] * 3), 1))).mode == "RGB"
-    deep = Image.open(io.BytesIO(codecs.png(ids.astype(np.uint16) * 5000, 1)))
+    assert Image.open(io.BytesIO(maps.png(ids, 1))).mode == "L"
+    assert Image.open(io.BytesIO(maps.png(ids, 1, palette=bytes(768)))).mode == "P"
+    assert Image.open(io.BytesIO(maps.png(np.dstack([ids] * 3), 1))).mode == "RGB"
+    deep = Image.open(io.BytesIO(maps.png(ids.astype(np.uint16) * 5000, 1)))
     np.testing.assert_array_equal(np.asarray(deep), ids.astype(np.uint16) * 5000)
 
 
@@ -390,7 +390,7 @@ def test_an_unexpected_error_answers_an_incident_id_and_keeps_its_text_in_the_lo
 
     from starlette.requests import Request
 
-    from vision_node.http.app import _unexpected
+    from vision_node.http.errors import unexpected as _unexpected
 
     request = Request({"type": "http", "method": "POST", "path": "/infer/depth", "headers": []})
     response = asyncio.run(_unexpected(request, RuntimeError("/root/secret/path.onnx: bad thing")))

@@ -20,7 +20,7 @@ from vision_node.capabilities.pose import SKELETON_PALETTE, Pose, skeleton
 from vision_node.capabilities.segmentation import _PALETTE, Segmentation
 from vision_node.contract import FRAME_INPUT, ShapeBounds
 from vision_node.errors import InputError
-from vision_node.media import codecs, png
+from vision_node.media import frames, png
 
 CAPABILITIES = {"depth": Depth, "segmentation": Segmentation, "pose": Pose}
 POSE_OPTIONS = {"person_threshold": "0", "keypoint_threshold": "0"}  # random weights: draw every person
@@ -198,14 +198,14 @@ BOUNDS = ShapeBounds(min_hw=(8, 8), max_hw=(400, 400))
 def test_jpeg_frames_decode_to_the_same_pixels_as_pillow(progressive, subsampling):
     out = io.BytesIO()
     Image.fromarray(frame(90, 130)).save(out, "JPEG", quality=85, subsampling=subsampling, progressive=progressive)
-    np.testing.assert_array_equal(codecs.decode(out.getvalue(), "image/jpeg", None, None, BOUNDS),
+    np.testing.assert_array_equal(frames.decode(out.getvalue(), "image/jpeg", None, None, BOUNDS),
                                   pillow(out.getvalue(), "RGB"))
 
 
 def test_grey_jpeg_frame_decodes_to_rgb():
     out = io.BytesIO()
     Image.fromarray(frame(40, 50)[..., 0]).save(out, "JPEG")
-    got = codecs.decode(out.getvalue(), "image/jpeg", None, None, BOUNDS)
+    got = frames.decode(out.getvalue(), "image/jpeg", None, None, BOUNDS)
     assert got.shape == (40, 50, 3)
     np.testing.assert_array_equal(got, pillow(out.getvalue(), "RGB"))
 
@@ -214,9 +214,9 @@ def test_jpeg_that_is_not_one_or_is_cut_short_is_a_400_before_decoding():
     out = io.BytesIO()
     Image.fromarray(frame(90, 130)).save(out, "JPEG")
     with pytest.raises(InputError, match="not a JPEG"):
-        codecs.decode(png.encode(frame(9, 9)), "image/jpeg", None, None, BOUNDS)
+        frames.decode(png.encode(frame(9, 9)), "image/jpeg", None, None, BOUNDS)
     with pytest.raises(InputError, match="could not be decoded"):
-        codecs.decode(out.getvalue()[: len(out.getvalue()) // 2], "image/jpeg", None, None, BOUNDS)
+        frames.decode(out.getvalue()[: len(out.getvalue()) // 2], "image/jpeg", None, None, BOUNDS)
 
 
 @pytest.mark.parametrize("name", list(CAPABILITIES))

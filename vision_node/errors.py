@@ -1,6 +1,6 @@
 """The node's errors, each mapped to one HTTP status in one place (``NodeError.status``).
 
-Routes raise these; ``app.py`` turns any of them into ``{"error": code, "detail": message}``.
+Routes raise these; ``http.errors`` turns any of them into ``{"error": code, "detail": message}``.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..media import codecs
+from ..media import maps
 from ..media.png import GREY_PALETTE
 from .base import (
     Encoded,
@@ -122,6 +122,6 @@ class Depth:
         if output in ("raw", "raw8"):
             return raw_output(rendered.payload)
         if output == "jpeg":
-            return Encoded(codecs.jpeg(rendered.payload, options["quality"]), "image/jpeg", {})
+            return Encoded(maps.jpeg(rendered.payload, options["quality"]), "image/jpeg", {})
         palette = GREY_PALETTE if output == "controlnet" and options["channels"] == 3 else None
-        return Encoded(codecs.png(rendered.payload, png_level, palette), "image/png", {})
+        return Encoded(maps.png(rendered.payload, png_level, palette), "image/png", {})

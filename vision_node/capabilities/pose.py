@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..media import codecs
+from ..media import maps
 from .base import Encoded, Parser, Picture, Rendered, choice, jpeg_quality, number, parse_options
 
 OUTPUTS = ("json", "skeleton", "jpeg")
@@ -100,9 +100,9 @@ class Pose:
     def encode(self, rendered: Rendered, options: dict, png_level: int) -> Encoded:
         if options["output"] == "skeleton":
             indices = np.asarray(skeleton(rendered.payload, options))
-            return Encoded(codecs.png(indices, png_level, _PALETTE_BYTES), "image/png", {})
+            return Encoded(maps.png(indices, png_level, _PALETTE_BYTES), "image/png", {})
         if options["output"] == "jpeg":
-            return Encoded(codecs.jpeg(skeleton_rgb(rendered.payload, options), options["quality"]), "image/jpeg", {})
+            return Encoded(maps.jpeg(skeleton_rgb(rendered.payload, options), options["quality"]), "image/jpeg", {})
         return Encoded(self._json(rendered.payload, options), "application/json", {})
 
     @staticmethod

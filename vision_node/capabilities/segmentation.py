@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..media import codecs
+from ..media import maps
 from .base import Encoded, Parser, Picture, Rendered, choice, parse_options, raw_output
 
 OUTPUTS = ("palette", "classes", "raw")
@@ -78,4 +78,4 @@ class Segmentation:
         if options["output"] == "raw":
             return raw_output(rendered.payload)
         palette = _PALETTE_BYTES if options["output"] == "palette" else None
-        return Encoded(codecs.png(rendered.payload, png_level, palette=palette), "image/png", {})
+        return Encoded(maps.png(rendered.payload, png_level, palette=palette), "image/png", {})

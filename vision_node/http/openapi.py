@@ -30,7 +30,6 @@ from ..errors import (
     UnsupportedMediaType,
 )
 from ..serving.node import Node
-from ..serving.session import CapabilitySession
 
 BINARY = {"type": "string", "format": "binary"}
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -150,7 +149,11 @@ def document(node: Node) -> dict:
             f"{node.config.max_header_bytes} bytes gets 431; one that does not arrive whole within "
             f"{node.config.receive_timeout_s:g} s gets 408.",
         },
-        "paths": {**_infer_paths(node.sessions, token), **_stream_paths(node.sessions, token), **_other_paths()},
+        "paths": {
+            **_infer_paths(node.capabilities, token),
+            **_stream_paths(node.capabilities, token),
+            **_other_paths(),
+        },
         "components": {
             "schemas": {
                 "Error": {
@@ -166,15 +169,14 @@ def document(node: Node) -> dict:
     return doc
 
 
-def _infer_paths(sessions: dict[str, CapabilitySession], token: bool) -> dict:
+def _infer_paths(served: dict[str, Capability], token: bool) -> dict:
     """Each capability's two routes, then every combination's."""
     paths = {}
-    for name, session in sessions.items():
-        paths[f"/infer/{name}"] = _infer(name, session.capability, token, output_in="query")
-        paths[f"/infer/{name}/{{output}}"] = _infer(name, session.capability, token, output_in="path")
-    for names in combinations(list(sessions)):
-        capabilities = [sessions[n].capability for n in names]
-        paths[f"/infer/{COMBINE.join(names)}"] = _infer_many(names, capabilities, token)
+    for name, capability in served.items():
+        paths[f"/infer/{name}"] = _infer(name, capability, token, output_in="query")
+        paths[f"/infer/{name}/{{output}}"] = _infer(name, capability, token, output_in="path")
+    for names in combinations(list(served)):
+        paths[f"/infer/{COMBINE.join(names)}"] = _infer_many(names, [served[n] for n in names], token)
     return paths
 
 
@@ -202,7 +204,7 @@ _STREAM_ID = {
 }
 
 
-def _stream_paths(sessions: dict, token: bool) -> dict:
+def _stream_paths(served: dict[str, Capability], token: bool) -> dict:
     """Each capability's stream URL (/live/{name}) and the calls go-livepeer makes under it; /streams."""
     json_object = {"application/json": {"schema": {"type": "object"}}}
 
@@ -217,7 +219,7 @@ def _stream_paths(sessions: dict, token: bool) -> dict:
         return operation
 
     paths = {}
-    for name in sessions:
+    for name in served:
         summary = f"{name}: start a live stream (trickle channels of H.264 in MPEG-TS)"
         start = call(summary, _STREAM_START, InputError, NotFound, Conflict, PayloadTooLarge, Overloaded, NotReady)
         paths[f"/live/{name}/stream/start"] = {"post": start}

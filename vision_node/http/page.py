@@ -1,6 +1,6 @@
 """The operator's page at ``/`` and the API document rendered at ``/docs``: static files, no build step.
 
-The page (``vision_node/static``) reads ``/health``, ``/ready``, ``/capabilities`` and ``/metrics`` and sends
+The page (``vision_node/http/static``) reads ``/health``, ``/ready``, ``/capabilities`` and ``/metrics`` and sends
 frames to ``/infer`` like any client. ``/docs`` is Swagger UI from the swagger-ui-bundle package,
 served by the node itself (works offline). Every file is a named route: nothing else is served.
 """

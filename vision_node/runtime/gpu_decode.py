@@ -2,7 +2,7 @@
 
 With ``--gpu-decode`` a TensorRT backend hands each JPEG's bytes here and the decoded RGB lands in
 its engine's input buffer: no CPU decode, no host-to-device copy of the frame. The CPU decode
-(libjpeg-turbo, ``vision_node.media.codecs``) stays the fallback and is what ONNX Runtime uses; every check a
+(libjpeg-turbo, ``vision_node.media.frames``) stays the fallback and is what ONNX Runtime uses; every check a
 frame needs (format, header, bounds) is made on the CPU from the header before either decode.
 
 nvImageCodec imports on a machine without a driver but cannot create a decoder there, so it is

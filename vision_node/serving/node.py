@@ -11,25 +11,23 @@ import asyncio
 import functools
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
+from .. import __version__, media
 from ..capabilities import CAPABILITY_CLASSES
+from ..capabilities.base import Capability
 from ..config import Config
 from ..errors import NotFound, NotReady, StartupError
 from ..livepeer.byoc import LIVE_SUFFIX, Registrar
 from ..livepeer.live_runner import LiveRunners
-from ..media import codecs
+from ..media import content_type
 from ..metrics import Metrics
-from ..runtime.base import Backend
-from ..runtime.flavours import flavour
-from ..runtime.gpu_decode import GpuJpegDecoder
-from ..runtime.onnxruntime import OnnxRuntimeBackend
-from ..runtime.tensorrt import GpuRuntime, TensorRTBackend, gpu_runtime
+from ..runtime.tensorrt import GpuRuntime
 from ..streams.manager import Streams
 from . import engines, preflight
+from .backends import Backends, Opener
 from .session import CapabilitySession
 
 log = logging.getLogger("vision_node")
@@ -41,17 +39,15 @@ class Node:
     def __init__(
         self,
         config: Config,
-        open_backend: Callable[[engines.ServedCapability], Callable[[engines.Graph], Backend]] | None = None,
+        open_backend: Opener | None = None,
         served: dict[str, engines.ServedCapability] | None = None,
         gpu: GpuRuntime | None = None,
     ):
         self.config = config
         self.served = served  # checked by preflight already, or None: the lifespan reads the manifest
         self.metrics = Metrics()
-        self.open_backend = open_backend or (self._onnxruntime if config.backend == "onnxruntime" else self._tensorrt)
-        self._gpu = gpu  # TensorRT: module, pycuda, GPU, shared scratch; from preflight, else made on first use
-        self._gpu_lock = threading.Lock()
-        self._decoder: GpuJpegDecoder | None = None  # --gpu-decode
+        self.backends = Backends(config, gpu)
+        self.open_backend = open_backend or self.backends.opener
         self.sessions: dict[str, CapabilitySession] = {}
         self.error: str | None = None
         self.warm = False  # set once, after every session and the codecs are warm
@@ -61,42 +57,6 @@ class Node:
         self.live_runners: LiveRunners | None = None
         self.openapi: dict | None = None  # vision_node.http.openapi.document, made on first request
         self.streams = Streams(config, self.metrics)
-
-    def _onnxruntime(self, served: engines.ServedCapability) -> Callable[[engines.Graph], Backend]:
-        def open_graph(graph: engines.Graph) -> Backend:
-            return OnnxRuntimeBackend(
-                graph.onnxruntime_file,
-                graph.outputs,
-                served.bounds,
-                max_batch=self.config.max_batch,
-                device=self.config.device,
-                threads=self.config.threads,
-                spin=self.config.onnxruntime_spin,
-                keep_arena_pixels=self.config.keep_arena_pixels,
-            )
-
-        return open_graph
-
-    def _tensorrt(self, served: engines.ServedCapability) -> Callable[[engines.Graph], Backend]:
-        def open_graph(graph: engines.Graph) -> Backend:
-            backend = TensorRTBackend.for_graph(graph, served.bounds, self._gpu_runtime())
-            backend.gpu_decoder = self._gpu_jpeg_decoder() if self.config.gpu_decode else None
-            return backend
-
-        return open_graph
-
-    def _gpu_jpeg_decoder(self) -> GpuJpegDecoder:
-        """One nvImageCodec decoder for every engine (``--gpu-decode``), opened on first use."""
-        with self._gpu_lock:
-            if self._decoder is None:
-                self._decoder = GpuJpegDecoder().__enter__()
-            return self._decoder
-
-    def _gpu_runtime(self) -> GpuRuntime:
-        with self._gpu_lock:
-            if self._gpu is None:
-                self._gpu = gpu_runtime(flavour(self.config.backend), self.config.engines)
-            return self._gpu
 
     @property
     def ready(self) -> bool:
@@ -113,6 +73,11 @@ class Node:
         if not self.warm:
             return "LOADING"
         return "OK" if any(s.pending for s in self.sessions.values()) else "IDLE"
+
+    @property
+    def capabilities(self) -> dict[str, Capability]:
+        """What each served capability takes and gives (its contract: outputs, options, media types)."""
+        return {name: session.capability for name, session in self.sessions.items()}
 
     def session(self, name: str) -> CapabilitySession:
         """The capability's session; while draining it still takes requests until the listener closes."""
@@ -149,12 +114,6 @@ class Node:
             return "draining"
         return "ready" if self.warm else "warming"
 
-    def gpu_facts(self) -> dict:
-        """The GPU a TensorRT backend runs on (name, MiB), for the live runners; empty with ONNX Runtime."""
-        if self._gpu is None:
-            return {}
-        return {"name": self._gpu.gpu["name"], "vram_mb": self._gpu.gpu["memory_bytes"] >> 20}
-
     @asynccontextmanager
     async def lifespan(self, app):
         served = self.served
@@ -181,6 +140,7 @@ class Node:
                 max_batch=self.config.max_batch,
                 batch_window_s=self.config.batch_window_s,
                 on_failure=functools.partial(self._count_failure, name),
+                png_level=self.config.png_compression,
             )
             self.sessions[name] = session
             self.metrics.track(session)
@@ -222,7 +182,7 @@ class Node:
     async def _warm_up(self) -> None:
         try:
             seconds = await asyncio.gather(*(asyncio.to_thread(s.open) for s in self.sessions.values()))
-            await asyncio.to_thread(codecs.warm_up)
+            await asyncio.to_thread(media.warm_up)
         except Exception as err:  # StartupError names the file; anything else also gets its traceback
             reason = str(err) if isinstance(err, StartupError) else f"{type(err).__name__}: {err}"
             log.error("start-up failed: %s", reason, exc_info=not isinstance(err, StartupError))
@@ -240,9 +200,9 @@ class Node:
                     took,
                 )
         for session in self.sessions.values():
-            for kind, size in backend_memory(session).items():
+            for kind, size in session.memory().items():
                 self.metrics.memory.labels(session.name, kind).set(size)
-        self.metrics.memory.labels("node", "shared_scratch").set(self.shared_scratch_bytes)
+        self.metrics.memory.labels("node", "shared_scratch").set(self.backends.shared_scratch_bytes)
         age = process_age()
         log.info("ready: %s%s", ", ".join(self.sessions), f" ({age:.2f} s after process start)" if age else "")
         self.warm = True
@@ -256,30 +216,64 @@ class Node:
             self.registrar = Registrar(self.config, offered + live)
             self.registrar.start()
         if self.config.registers_live_runners:
-            self.live_runners = LiveRunners(self.config, offered, lambda: self.runner_status, self.gpu_facts)
+            self.live_runners = LiveRunners(self.config, offered, lambda: self.runner_status, self.backends.gpu_facts)
             self.live_runners.start()
-
-    @property
-    def shared_scratch_bytes(self) -> int:
-        """TensorRT's one activation buffer for all engines (0 with ONNX Runtime, which keeps its own)."""
-        return self._gpu.scratch.size if self._gpu else 0
 
     def _close(self) -> None:
         for session in self.sessions.values():
             session.close()
-        if self._decoder is not None:
-            self._decoder.__exit__(None, None, None)
-        if self._gpu:
-            self._gpu.scratch.free()
+        self.backends.close()
 
+    async def observe(self, timings: tuple[tuple[str, dict[str, float]], ...], live_runner: bool) -> None:
+        """An answered request's stages, per capability, into the metrics (after the answer has left).
+        A coroutine so that Starlette's background task runs it on the loop: a function would cost a thread hop."""
+        for name, stages in timings:
+            self.metrics.observe(name, stages)
+            if live_runner:
+                self.metrics.live_runner_frames.labels(name).inc()
 
-def backend_memory(session: CapabilitySession) -> dict[str, int]:
-    """Bytes the session's backends hold, summed by kind."""
-    total: dict[str, int] = {}
-    for backend in session.backends.values():
-        for kind, size in backend.memory().items():
-            total[kind] = total.get(kind, 0) + size
-    return total
+    def describe(self) -> dict:
+        """``/capabilities``: the node, its limits and each capability it serves, with its backend and routes."""
+        config = self.config
+        served = {}
+        for name, session in self.sessions.items():
+            cap = session.capability
+            backends = list(session.backends.values())
+            served[name] = {
+                **engines.describe(session.served),
+                "warm": session.warm,
+                "backend": {
+                    "name": backends[0].name if backends else config.backend,
+                    "device": backends[0].device if backends else None,
+                    "precision": backends[0].precision if backends else None,
+                    "memory_bytes": session.memory(),
+                },
+                "route": f"/infer/{name}",
+                "outputs": list(cap.outputs),
+                "options": dict(cap.defaults),
+                "stream": {
+                    "url": f"/live/{name}",  # go-livepeer appends /stream/start, /stream/params, /stream/stop
+                    "capacity": self.streams.capacity,
+                    "active": self.streams.active(name),
+                    "outputs": list(cap.stream_outputs),
+                },
+            }
+        return {
+            "node": {
+                "version": __version__,
+                "status": self.status,
+                "backend": config.backend,
+                "shared_scratch_bytes": self.backends.shared_scratch_bytes,
+                "token_required": bool(config.token),  # /infer needs Authorization: Bearer <token>
+            },
+            "limits": {
+                "max_body_bytes": config.max_body_bytes,
+                "queue_size": config.queue_size,
+                "request_timeout_s": config.request_timeout_s,
+                "inputs": list(content_type.ACCEPTED),
+            },
+            "capabilities": served,
+        }
 
 
 def process_age() -> float | None:

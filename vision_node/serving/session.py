@@ -25,9 +25,10 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
+from anyio import to_thread
 
 from .. import samples
-from ..capabilities.base import Capability, Rendered
+from ..capabilities.base import Capability, Encoded, Rendered
 from ..contract import FRAME_INPUT
 from ..errors import (
     BackendFailed,
@@ -41,7 +42,7 @@ from ..errors import (
     StartupError,
     incident,
 )
-from ..media.codecs import JpegFrame
+from ..media.frames import JpegFrame
 from ..runtime import faults
 from ..runtime.base import Backend, StopToken
 from .engines import Graph, ServedCapability
@@ -92,6 +93,15 @@ class Outcome:
     batch: int = 1
 
 
+@dataclass(frozen=True)
+class Part:
+    """One capability's answer to a request: the body, its X-Metadata, and seconds by stage (for the metrics)."""
+
+    encoded: Encoded
+    meta: dict
+    timings: dict[str, float]
+
+
 class CapabilitySession:
     def __init__(
         self,
@@ -104,6 +114,7 @@ class CapabilitySession:
         max_batch: int = 1,
         batch_window_s: float = 0.0,
         on_failure: Callable[[str], None] = lambda kind: None,
+        png_level: int = 1,
     ):
         self.served = served
         self.capability = capability
@@ -119,7 +130,11 @@ class CapabilitySession:
         self.failures = 0  # backend failures in a row (worker thread only)
         self.max_batch = max_batch
         self.batch_window_s = batch_window_s
+        self.png_level = png_level  # zlib's scale (media.png)
         self.warm = False
+        # Every graph's backend decodes JPEG on the GPU (--gpu-decode): known once the backends are open, so
+        # a request's JPEG is then left encoded (media.frames.JpegFrame) for the worker to hand over.
+        self.decodes_jpeg = False
         self._stack = ExitStack()
         self._jobs: deque[Job] = deque()
         self._wake = threading.Condition()
@@ -159,6 +174,7 @@ class CapabilitySession:
                 raise StartupError(f"{graph.path}: warm-up produced NaN/Inf in {', '.join(bad)}")
         # What every graph's backend can take (a TensorRT engine's profile, ONNX Runtime's buffers).
         self.max_batch = min(self.max_batch, *(b.max_batch for b in self.backends.values()))
+        self.decodes_jpeg = all(b.gpu_decoder is not None for b in self.backends.values())
         self._worker = threading.Thread(target=self._serve, name=f"infer-{self.name}", daemon=True)
         self._worker.start()
         self.warm = True
@@ -179,6 +195,14 @@ class CapabilitySession:
             **graph.budget_meta(height, width),
         }
 
+    def memory(self) -> dict[str, int]:
+        """Bytes the session's backends hold, summed by kind."""
+        total: dict[str, int] = {}
+        for backend in self.backends.values():
+            for kind, size in backend.memory().items():
+                total[kind] = total.get(kind, 0) + size
+        return total
+
     def close(self) -> None:
         self.warm = False
         self.graph_meta.cache_clear()
@@ -195,7 +219,42 @@ class CapabilitySession:
         self.backends = {}
 
     async def run(self, frame: np.ndarray, options: dict, deadline: float) -> Outcome:
+        """One frame's outcome, unencoded (tests, and callers that render themselves)."""
+        self.check_room()
         return await self.result(self.submit(frame, options, deadline))
+
+    async def answer(self, job: Job, before: dict[str, float], arrived: float) -> Part:
+        """The job's result, encoded and described: this capability's whole answer to its request.
+
+        ``before``: the request's stages before the job (read, decode), in seconds; ``arrived``: its
+        ``time.perf_counter()`` on arrival."""
+        outcome = await self.result(job)
+        options = job.options
+        started = time.perf_counter()
+        if options["output"] == "raw":  # no work to move off the loop: the bytes are the rendered array
+            encoded = self.capability.encode(outcome.rendered, options, self.png_level)
+        else:
+            encoded = await to_thread.run_sync(self.capability.encode, outcome.rendered, options, self.png_level)
+        done = time.perf_counter()
+        timings = {
+            **before,
+            "queue": outcome.queue_s,
+            "infer": outcome.infer_s,
+            "render": outcome.render_s,
+            "encode": done - started,
+            "total": done - arrived,
+        }
+        frame_hw = (int(job.frame.shape[0]), int(job.frame.shape[1]))
+        meta = {
+            **self.graph_meta(outcome.graph, *frame_hw),
+            "batch": outcome.batch,
+            "frame": list(frame_hw),
+            "output": options["output"],
+            **outcome.rendered.meta,
+            **encoded.meta,
+            "timings_ms": {stage: round(seconds * 1000, 3) for stage, seconds in timings.items()},
+        }
+        return Part(encoded, meta, timings)
 
     def check_room(self) -> None:
         """Raise Overloaded (503) when one more request would not fit; the event loop's thread only.
@@ -209,15 +268,13 @@ class CapabilitySession:
     ) -> Job:
         """Queue a frame (no await: several sessions can take one request together, or none of them).
 
-        A frame outside the bounds is refused here (422), whoever sends it: no backend is handed one,
-        and none is counted as a backend failure."""
-        if not isinstance(frame, JpegFrame):  # its header was checked against the bounds already
-            try:
-                self.served.bounds.check(frame.shape[0], frame.shape[1])
-            except ValueError as err:
-                raise FrameRejected(f"{self.name}: {err}") from None
-        if not streamed:
-            self.check_room()
+        The caller has made room (``check_room``) for a request's frame; a stream's was admitted with its
+        stream. A frame outside the bounds is refused here (422), whoever sends it: no backend is handed
+        one, and none is counted as a backend failure."""
+        try:
+            self.served.bounds.check(frame.shape[0], frame.shape[1])
+        except ValueError as err:
+            raise FrameRejected(f"{self.name}: {err}") from None
         job = Job(frame, options, deadline, asyncio.get_running_loop().create_future(), streamed=streamed)
         self.pending += 1
         self.streamed += streamed
@@ -356,11 +413,6 @@ class CapabilitySession:
             assert len(pixels) == len(batch)
             frames = np.stack(pixels)
         return backend.infer({FRAME_INPUT: frames, **parameters}, stop=stop, owned=owned)
-
-    @property
-    def decodes_jpeg(self) -> bool:
-        """Every graph's backend decodes JPEG on the GPU (``--gpu-decode``)."""
-        return bool(self.backends) and all(b.gpu_decoder for b in self.backends.values())
 
     def _backend_failed(self, err: Exception, what: str) -> Exception:
         """The error for this request; a broken device is also reported to the node."""

@@ -108,7 +108,7 @@ class Streams:
         """A stream in a persistent live-runner session: (stream, the channels' public URLs for the client)."""
         options = self._admit(session, stream_id, body.get("params"))
         control_url = self._url({"control": control}, "control", "Livepeer-Session-Control")
-        assert control_url is not None  # the header is not empty (stream_api.start)
+        assert control_url is not None  # the header is not empty (http.streams.start)
         made = await self._session_channels(control_url, token)
         inner = {name: entry.get("internal_url") or entry["url"] for name, entry in made.items()}
         channels = Channels(inner["in"], inner["out"], control=inner["control"], events=inner["events"])

@@ -1,17 +1,14 @@
-"""Frames in (JPEG, PNG, raw RGB) and maps out (PNG, JPEG), with every check done before decoding.
+"""Frames in (JPEG, PNG, raw RGB), with every check done before decoding.
 
 The pixel count and dimensions come from the image header, so a decompression bomb or an
 out-of-bounds frame is refused before a single pixel is decoded. JPEG goes through libjpeg-turbo
 directly (``simplejpeg``: 5.4 vs 7.4 ms for a 720p q90 frame through Pillow, the same pixels), PNG
-through Pillow; maps leave as PNG (``vision_node.media.png``) or JPEG (libjpeg-turbo again).
+through Pillow.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import re
-import secrets
 import struct
 from dataclasses import dataclass
 
@@ -20,44 +17,11 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from ..contract import ShapeBounds
-from ..errors import FrameRejected, InputError, UnsupportedMediaType
-from . import png as png_file
+from ..errors import FrameRejected, InputError
+from .content_type import IMAGE_FORMATS, RAW, check
 
-RAW = "application/octet-stream"
-IMAGE_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG"}
-ACCEPTED = (*IMAGE_FORMATS, RAW)
 # What Pillow's readers raise on malformed data (its own fuzz harness catches the same set).
 _MALFORMED = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError, TypeError, KeyError)
-
-
-# A parameter as RFC 9110 writes it: ``; token=token`` or ``; token="quoted string"`` (backslash escapes).
-_PARAMETER = re.compile(r"""\s*;\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^;"\s]*))?\s*""")
-_ESCAPE = re.compile(r"\\(.)")
-
-
-def parse_content_type(value: str | None) -> tuple[str, dict[str, str]]:
-    """``type/subtype; k=v; k="v"`` -> (lower-case media type, parameters). Small on purpose: no multipart."""
-    if not value:
-        return "", {}
-    media_type, sep, rest = value.partition(";")
-    parsed: dict[str, str] = {}
-    at, rest = 0, sep + rest
-    while rest[at:].strip(" \t;"):
-        match = _PARAMETER.match(rest, at)
-        if match is None:
-            raise InputError(f"Content-Type parameters are malformed at {rest[at:at + 40]!r}")
-        key, given = match.group(1).lower(), match.group(2)
-        if given is None:
-            raise InputError(f"Content-Type parameter {key!r} has no value")
-        parsed[key] = _ESCAPE.sub(r"\1", given[1:-1]) if given.startswith('"') else given
-        at = match.end()
-    return media_type.strip().lower(), parsed
-
-
-def check_media_type(media_type: str) -> None:
-    if media_type not in ACCEPTED:
-        got = f"Content-Type {media_type!r}" if media_type else "no Content-Type"
-        raise UnsupportedMediaType(f"{got}; send one of {', '.join(ACCEPTED)} (raw needs width= and height=)")
 
 
 @dataclass(frozen=True)
@@ -76,13 +40,13 @@ def decode(body: bytes | bytearray, media_type: str, width: str | None, height: 
            keep_jpeg: bool = False):
     """The frame as uint8 [H, W, 3], or a 4xx that says what was wrong. ``keep_jpeg``: a JPEG that libjpeg-turbo
     would decode is checked from its header and returned as a JpegFrame, for the GPU to decode."""
-    check_media_type(media_type)
     if media_type == RAW:
         return _raw(body, width, height, bounds)
     if width is not None or height is not None:
         raise InputError("width and height are for raw frames; a JPEG or PNG carries its own size")
     if media_type == "image/jpeg":
         return _jpeg(body, bounds, keep_jpeg)
+    check(media_type)  # callers check before reading the body; this is what is left when they did not
     return _pillow(body, media_type, bounds)
 
 
@@ -152,46 +116,3 @@ def _check_size(height: int, width: int, bounds: ShapeBounds) -> None:
         bounds.check(height, width)
     except ValueError as err:
         raise FrameRejected(str(err)) from None
-
-
-def png(array: np.ndarray, level: int, palette: bytes | None = None) -> bytes:
-    """A PNG of a map: uint8 [H, W] grey (indexed with ``palette``), uint16 [H, W], or uint8 [H, W, 3] RGB."""
-    return png_file.encode(array, level, palette)
-
-
-def jpeg(array: np.ndarray, quality: int) -> bytes:
-    """A baseline JPEG of a uint8 map: [H, W] as one grey component, [H, W, 3] as RGB (chroma 4:2:0)."""
-    if array.ndim == 2:
-        return simplejpeg.encode_jpeg(array[..., None], quality, colorspace="GRAY", colorsubsampling="Gray")
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(array), quality, colorspace="RGB", colorsubsampling="420")
-
-
-def multipart(parts) -> tuple[bytes, str]:
-    """``multipart/mixed`` (RFC 2046) of ``(name, Encoded, metadata)`` parts: (body, Content-Type).
-
-    Each part carries its own Content-Type, ``Content-Disposition: inline; name="<capability>"`` and
-    X-Metadata, so a client splits the answer with any MIME parser (Python's ``email`` module,
-    browsers' ``Response.formData`` does not apply to mixed). The body is binary; no transfer encoding.
-    """
-    bodies = [bytes(encoded.body) for _, encoded, _ in parts]
-    boundary = secrets.token_hex(16)
-    while any(boundary.encode() in body for body in bodies):  # astronomically rare; never ambiguous
-        boundary = secrets.token_hex(16)
-    out = bytearray()
-    for (name, encoded, meta), body in zip(parts, bodies):
-        out += (f"--{boundary}\r\nContent-Type: {encoded.media_type}\r\n"
-                f'Content-Disposition: inline; name="{name}"\r\nX-Metadata: {json.dumps(meta)}\r\n\r\n').encode()
-        out += body + b"\r\n"
-    out += f"--{boundary}--\r\n".encode()
-    return bytes(out), f'multipart/mixed; boundary="{boundary}"'
-
-
-def warm_up() -> None:
-    """Encode and decode one small JPEG and PNG, so the first request does not pay for loading the codecs."""
-    frame = np.zeros((64, 64, 3), np.uint8)
-    for media_type, fmt in IMAGE_FORMATS.items():
-        out = io.BytesIO()
-        Image.fromarray(frame).save(out, format=fmt)
-        decode(out.getvalue(), media_type, None, None, ShapeBounds(min_hw=(1, 1)))
-    png(frame[..., 0], 1, png_file.GREY_PALETTE)
-    jpeg(frame, 90)
