@@ -33,9 +33,10 @@ def run(args) -> int:
             finally:
                 node.stop()
             runs.append({"ready_s": ready_s, "first_inference_s": first})
-            progress(f"start {i + 1}/{args.runs}: ready {ready_s:.2f} s, " + ", ".join(
-                f"first {c} {s:.2f} s" for c, s in first.items()
-            ))
+            progress(
+                f"start {i + 1}/{args.runs}: ready {ready_s:.2f} s, "
+                + ", ".join(f"first {c} {s:.2f} s" for c, s in first.items())
+            )
     ready = summarise([r["ready_s"] for r in runs])
     rows = [{"measure": "start -> /ready 200", **{k: ready[k] / 1000 for k in ("min", "p50", "p95", "max")}}]
     for capability in runs[0]["first_inference_s"]:

@@ -74,10 +74,16 @@ def run(args) -> int:
     rows = []
     for scenario, seconds in timings.items():
         summary = summarise(seconds)
-        rows.append({
-            "scenario": scenario, "frames": summary["n"], "p50 ms": summary["p50"], "p99 ms": summary["p99"],
-            "max ms": summary["max"], "KiB moved per frame": moved[scenario] / len(seconds) / 1024,
-        })
+        rows.append(
+            {
+                "scenario": scenario,
+                "frames": summary["n"],
+                "p50 ms": summary["p50"],
+                "p99 ms": summary["p99"],
+                "max ms": summary["max"],
+                "KiB moved per frame": moved[scenario] / len(seconds) / 1024,
+            }
+        )
     notes = [
         f"{args.size[1]}x{args.size[0]} JPEG frames (quality 90); default outputs: depth and segmentation PNG, "
         "pose JSON",

@@ -148,8 +148,13 @@ class _Context:
         pixels = int(np.prod(self.shape[:3]))
         a = self.addresses
         fake.kernel.prepared_async_call(
-            ((pixels + 255) // 256, 1), (256, 1, 1), fake.stream,
-            a[FRAME_INPUT], a["mean"], a["inverted"], pixels,
+            ((pixels + 255) // 256, 1),
+            (256, 1, 1),
+            fake.stream,
+            a[FRAME_INPUT],
+            a["mean"],
+            a["inverted"],
+            pixels,
         )
         fake.launches += 1
         return True
@@ -192,8 +197,10 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             backend = open_backend(cuda, scratch, compile_kernel(), tmp)
             try:
-                results = [((h, w), measure(backend, h, w, args.frames)) for h, w in
-                           (tuple(int(d) for d in size.split("x")) for size in args.sizes)]
+                results = [
+                    ((h, w), measure(backend, h, w, args.frames))
+                    for h, w in (tuple(int(d) for d in size.split("x")) for size in args.sizes)
+                ]
             finally:
                 backend.__exit__(None, None, None)
                 scratch.free()

@@ -160,8 +160,10 @@ def interleaved_rows(
             frames = frames_for(h, w, batch)
             progress(f"{capability} {batch}x{h}x{w}: {graph.path.name} on onnxruntime and transformers, in turn")
             with _open("onnxruntime", graph, served.bounds, batch) as backend:
-                calls = {"graph": lambda b=backend, f=frames: b.infer({FRAME_INPUT: f}),
-                         "baseline": _baseline(served, models, frames, graph.sizing)}
+                calls = {
+                    "graph": lambda b=backend, f=frames: b.infer({FRAME_INPUT: f}),
+                    "baseline": _baseline(served, models, frames, graph.sizing),
+                }
                 timed = {name: [] for name in calls}
                 for i in range(warmup + iterations):
                     for name, call in calls.items():
@@ -201,8 +203,21 @@ def _row(capability, backend, batch, h, w, timed, stable) -> dict:
 
 # ---------------------------------------------------------------- the command: python -m benchmarks engine
 
-COLUMNS = ["capability", "backend", "frames", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "frames/s",
-           "baseline / graph p50", "process RSS MiB", "n", "stable"]
+COLUMNS = [
+    "capability",
+    "backend",
+    "frames",
+    "p50 ms",
+    "p90 ms",
+    "p95 ms",
+    "p99 ms",
+    "max ms",
+    "frames/s",
+    "baseline / graph p50",
+    "process RSS MiB",
+    "n",
+    "stable",
+]
 
 
 def run(args) -> int:
@@ -217,13 +232,15 @@ def run(args) -> int:
     rows = []
     for capability in args.capabilities:
         if args.rotate_sizes:  # every size in turn, round by round
-            rows += rotated_rows(args.engines, capability, sizes, report.progress, frames_for, args.warmup,
-                                 args.iterations)
+            rows += rotated_rows(
+                args.engines, capability, sizes, report.progress, frames_for, args.warmup, args.iterations
+            )
         elif args.interleaved:  # ONNX Runtime and transformers in turn, call by call
             rows += _interleaved(args, capability, sizes, frames_for)
         else:
-            rows += graph_rows(args.engines, capability, sizes, args.batches, report.progress, backends, frames_for,
-                               **_measuring(args))
+            rows += graph_rows(
+                args.engines, capability, sizes, args.batches, report.progress, backends, frames_for, **_measuring(args)
+            )
             if args.baseline:
                 rows += _beside_baseline(rows, _baseline_or_none(args, capability, sizes, frames_for))
     _write(args, rows)
@@ -247,8 +264,16 @@ def _loadable(backends) -> list[str]:
 
 
 def _interleaved(args, capability: str, sizes, frames_for) -> list[dict]:
-    pairs = interleaved_rows(args.engines, capability, sizes, args.batches, report.progress, frames_for,
-                             warmup=args.warmup, iterations=args.iterations)
+    pairs = interleaved_rows(
+        args.engines,
+        capability,
+        sizes,
+        args.batches,
+        report.progress,
+        frames_for,
+        warmup=args.warmup,
+        iterations=args.iterations,
+    )
     for ours, theirs in zip(pairs[::2], pairs[1::2]):
         ours["baseline / graph p50"] = theirs["p50 ms"] / ours["p50 ms"]
     return pairs

@@ -113,13 +113,22 @@ def run(args) -> int:
         "range flicker: the same mean change, of the first frame's depth mapped with consecutive frames' ranges: "
         "what the normalisation alone adds (0 for a fixed range)",
         "render: normalisation to the 8-bit map, the only step that differs between the methods",
-        f"weights: {served.weights}" + (" (demo: random weights; the network's response to noise is arbitrary, "
-                                         "so read the ratios, not the levels)" if served.demo else ""),
+        f"weights: {served.weights}"
+        + (
+            " (demo: random weights; the network's response to noise is arbitrary, so read the ratios, not the levels)"
+            if served.demo
+            else ""
+        ),
     ]
     prov = report.provenance({"engines": str(args.engines), "model": [m["name"] for m in served.models]})
-    report.write({"provenance": prov, "rows": rows, "series": {f"{c}/{m}": s for (c, m), s in series.items()}},
-                 "Depth flicker: per-frame min-max, fixed range, smoothing", rows, notes, args.json,
-                 args.markdown)
+    report.write(
+        {"provenance": prov, "rows": rows, "series": {f"{c}/{m}": s for (c, m), s in series.items()}},
+        "Depth flicker: per-frame min-max, fixed range, smoothing",
+        rows,
+        notes,
+        args.json,
+        args.markdown,
+    )
     if args.plot:
         _plot(series, args.plot, args.smooth)
         print(f"wrote {args.plot}")
@@ -158,14 +167,18 @@ def _rows(clip: str, measured: _Clip, shift: int, depth: Depth, smooth: float, s
         series[(clip, method)] = changes
         mean = float(np.mean(changes))
         base = base or mean
-        rows.append({
-            "clip": clip, "method": method if method != "smooth" else f"smooth {smooth:g}",
-            "flicker mean": mean, "flicker p95": float(np.percentile(changes, 95)),
-            "vs per-frame": base / mean if mean else float("inf"),
-            "range flicker": float(np.mean(range_flicker(measured.depth0, measured.ranges[method], depth))),
-            "render ms p50": float(np.median(measured.cost[method]) * 1000),
-            "infer ms p50": float(np.median(measured.infer_s) * 1000),
-        })
+        rows.append(
+            {
+                "clip": clip,
+                "method": method if method != "smooth" else f"smooth {smooth:g}",
+                "flicker mean": mean,
+                "flicker p95": float(np.percentile(changes, 95)),
+                "vs per-frame": base / mean if mean else float("inf"),
+                "range flicker": float(np.mean(range_flicker(measured.depth0, measured.ranges[method], depth))),
+                "render ms p50": float(np.median(measured.cost[method]) * 1000),
+                "infer ms p50": float(np.median(measured.infer_s) * 1000),
+            }
+        )
     return rows
 
 

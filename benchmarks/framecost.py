@@ -133,8 +133,14 @@ def http_rows(results: dict, sent: dict, floors: dict) -> list[dict]:
         stage = {k: summarise([m["timings_ms"].get(k, np.nan) / 1000 for m in metas]) for k in (*STAGES, "total")}
         host = summarise([t - m["timings_ms"]["infer"] / 1000 for t, m in zip(trips, metas)])
         wire = summarise([t - m["timings_ms"]["total"] / 1000 for t, m in zip(trips, metas)])
-        row = {"frame": f"{h}x{w}", "capability": capability, "output": output, "in": kind,
-               "in KiB": sent[case] / 1024, "out KiB": got[0][2] / 1024}
+        row = {
+            "frame": f"{h}x{w}",
+            "capability": capability,
+            "output": output,
+            "in": kind,
+            "in KiB": sent[case] / 1024,
+            "out KiB": got[0][2] / 1024,
+        }
         row.update({f"{k} p50 ms": stage[k]["p50"] for k in STAGES})
         rendered = [m["timings_ms"].get("render", 0) + m["timings_ms"]["encode"] for m in metas]
         row.update(
@@ -238,8 +244,15 @@ def encoder_rows(maps: dict, repeats: int) -> list[dict]:
     for (label, h, w), m in maps.items():
         for name, encode in encoders().items():
             stats, out = _timed(lambda e=encode, m=m: e(m), repeats)
-            rows.append({"map": f"{label} {h}x{w}", "encoder": name, "p50 ms": stats["p50"], "p99 ms": stats["p99"],
-                         "KiB": len(out) / 1024})
+            rows.append(
+                {
+                    "map": f"{label} {h}x{w}",
+                    "encoder": name,
+                    "p50 ms": stats["p50"],
+                    "p99 ms": stats["p99"],
+                    "KiB": len(out) / 1024,
+                }
+            )
     return rows
 
 
@@ -255,9 +268,17 @@ def node_render_rows(sizes, repeats: int) -> list[dict]:
             render, rendered = _timed(partial(depth.render, outputs, options, (h, w)), repeats)
             encode, encoded = _timed(partial(depth.encode, rendered, options, 1), repeats)
             total, _ = _timed(partial(_render_and_encode, depth, outputs, options, (h, w)), repeats)
-            rows.append({"map": f"smooth {h}x{w}", "encoder": f"node: depth render + encode, output={output}",
-                         "p50 ms": total["p50"], "p99 ms": total["p99"], "KiB": len(bytes(encoded.body)) / 1024,
-                         "render p50 ms": render["p50"], "encode p50 ms": encode["p50"]})
+            rows.append(
+                {
+                    "map": f"smooth {h}x{w}",
+                    "encoder": f"node: depth render + encode, output={output}",
+                    "p50 ms": total["p50"],
+                    "p99 ms": total["p99"],
+                    "KiB": len(bytes(encoded.body)) / 1024,
+                    "render p50 ms": render["p50"],
+                    "encode p50 ms": encode["p50"],
+                }
+            )
     return rows
 
 
@@ -272,8 +293,11 @@ def run(args) -> int:
     sizes = args.sizes
     results, sent, demo_maps = measure_http(args)
     progress("HTTP floor: the raw-in cases' bytes through a bare Starlette echo on uvicorn")
-    raw_cases = {case: (b"\0" * sent[case], "application/octet-stream", got[0][2])
-                 for case, got in results.items() if case[3] == "raw"}
+    raw_cases = {
+        case: (b"\0" * sent[case], "application/octet-stream", got[0][2])
+        for case, got in results.items()
+        if case[3] == "raw"
+    }
     floors = echo_floor(raw_cases, max(args.requests, 30), args.warmup + 5)
     rows = http_rows(results, sent, floors)
     served = sorted({r[1] for r in results})
@@ -313,8 +337,14 @@ def run(args) -> int:
         "node rows are the node's own functions (vision_node.media.maps, vision_node.media.png, Depth.render/encode)",
     ]
     suffixed = {k: _suffixed(v) for k, v in (("json", args.json), ("markdown", args.markdown))}
-    report.write({"provenance": prov, "rows": enc_rows}, "Encoders on the same 8-bit maps (in process)", enc_rows,
-                 enc_notes, suffixed["json"], suffixed["markdown"])
+    report.write(
+        {"provenance": prov, "rows": enc_rows},
+        "Encoders on the same 8-bit maps (in process)",
+        enc_rows,
+        enc_notes,
+        suffixed["json"],
+        suffixed["markdown"],
+    )
     return 0
 
 

@@ -63,8 +63,9 @@ def photo_clip(frames: int, height: int, width: int, seed: int = 0) -> list[np.n
     return clip
 
 
-def encode_segments(frames: list[np.ndarray], fps: int = 24, gop: int = 24, codec: str = "libx264",
-                    pts0: int = PTS_HZ) -> list[Segment]:
+def encode_segments(
+    frames: list[np.ndarray], fps: int = 24, gop: int = 24, codec: str = "libx264", pts0: int = PTS_HZ
+) -> list[Segment]:
     """Video-only MPEG-TS segments of ``gop`` frames, each a standalone TS starting at a keyframe.
 
     Each segment is its own encoder and muxer (a GOP is independent anyway), so every segment starts with
@@ -75,13 +76,18 @@ def encode_segments(frames: list[np.ndarray], fps: int = 24, gop: int = 24, code
     segments = []
     for start in range(0, len(frames), gop):
         buf = io.BytesIO()
-        out = av.open(buf, "w", format="mpegts", options={
-            "flush_packets": "1",  # every packet reaches ``buf`` at mux(), so its bytes can be attributed
-            # With the default 1 a video PES carries no length, so a reader's demuxer can end a frame only when
-            # the next frame's PES begins: one frame interval more (42 ms at 24 fps) in every reader. 0 writes
-            # the length whenever it fits (a frame under 64 KiB), and the frame can be decoded on arrival.
-            "omit_video_pes_length": "0",
-        })
+        out = av.open(
+            buf,
+            "w",
+            format="mpegts",
+            options={
+                "flush_packets": "1",  # every packet reaches ``buf`` at mux(), so its bytes can be attributed
+                # With the default 1 a video PES carries no length, so a reader's demuxer can end a frame only when
+                # the next frame's PES begins: one frame interval more (42 ms at 24 fps) in every reader. 0 writes
+                # the length whenever it fits (a frame under 64 KiB), and the frame can be decoded on arrival.
+                "omit_video_pes_length": "0",
+            },
+        )
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = Fraction(1, fps)  # MPEG-2 accepts only its frame rates, not 1/90000
@@ -143,5 +149,6 @@ def pes_time(b: bytes | bytearray, i: int) -> int:
 
 def _put_ts(b: bytearray, i: int, v: int) -> None:
     v &= (1 << 33) - 1
-    b[i : i + 5] = bytes([b[i] & 0xF0 | v >> 29 & 0x0E | 1, v >> 22 & 0xFF, v >> 14 & 0xFE | 1, v >> 7 & 0xFF,
-                          v << 1 & 0xFE | 1])
+    b[i : i + 5] = bytes(
+        [b[i] & 0xF0 | v >> 29 & 0x0E | 1, v >> 22 & 0xFF, v >> 14 & 0xFE | 1, v >> 7 & 0xFF, v << 1 & 0xFE | 1]
+    )

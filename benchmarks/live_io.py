@@ -73,8 +73,9 @@ async def subscribe(http: aiohttp.ClientSession, url: str, seq: int = 0) -> Asyn
                 pending.result().release()
 
 
-async def publish(channel_url: str, segments: list[Segment], fps: float, start_seq: int = 0,
-                  loop_clip: int = 1) -> dict[int, float]:
+async def publish(
+    channel_url: str, segments: list[Segment], fps: float, start_seq: int = 0, loop_clip: int = 1
+) -> dict[int, float]:
     """POST segment n to ``{channel_url}/{start_seq + n}``, frame i's bytes at t0 + i/fps (t0: frame 0 sent).
 
     ``loop_clip`` repeats the clip with pts continuing. Returns {pts: time.monotonic() when the frame's last
@@ -122,6 +123,7 @@ class _Post:
 
     async def _post(self, http, url, sent) -> bool:
         """True once the segment is written; False if the channel is gone (404 or closed)."""
+
         async def body():
             while (item := await self.queue.get()) is not None:
                 yield item[0]

@@ -182,8 +182,10 @@ def _levels(args, url: str, path: str, body: bytes, content_type: str) -> list[d
 def _level_line(level: dict) -> str:
     """A load level's result as soon as it is measured."""
     client = level.get("client", {})
-    return (f"  {level['throughput_rps']:.1f} ok/s, p50 {client.get('p50', float('nan')):.1f} ms, "
-            f"p99 {client.get('p99', float('nan')):.1f} ms, statuses {dict(level['statuses'])}")
+    return (
+        f"  {level['throughput_rps']:.1f} ok/s, p50 {client.get('p50', float('nan')):.1f} ms, "
+        f"p99 {client.get('p99', float('nan')):.1f} ms, statuses {dict(level['statuses'])}"
+    )
 
 
 def _row(level: dict) -> dict:

@@ -99,41 +99,90 @@ def cases(count: int = 1000, seed: int = 0) -> list[Case]:
 def _fixed(jpeg: bytes) -> list[Case]:
     """Every fixed case: bombs, deep JSON, headers, Content-Types, lengths, methods and paths."""
     return [
-        Case("bomb", "png 100000x100000", _request("POST", "/infer/depth", {"Content-Type": "image/png"},
-                                                    png_bomb(100000, 100000))),
-        Case("bomb", "png 2^31-1 square", _request("POST", "/infer/segmentation", {"Content-Type": "image/png"},
-                                                    png_bomb(2**31 - 1, 2**31 - 1))),
+        Case(
+            "bomb",
+            "png 100000x100000",
+            _request("POST", "/infer/depth", {"Content-Type": "image/png"}, png_bomb(100000, 100000)),
+        ),
+        Case(
+            "bomb",
+            "png 2^31-1 square",
+            _request("POST", "/infer/segmentation", {"Content-Type": "image/png"}, png_bomb(2**31 - 1, 2**31 - 1)),
+        ),
         Case("bomb", "png 0x0", _request("POST", "/infer/pose", {"Content-Type": "image/png"}, png_bomb(0, 0))),
-        Case("bomb", "jpeg 65500x65500", _request("POST", "/infer/depth", {"Content-Type": "image/jpeg"},
-                                                   jpeg_with_size(65500, 65500))),
-        Case("bomb", "jpeg 0x0", _request("POST", "/infer/depth", {"Content-Type": "image/jpeg"},
-                                           jpeg_with_size(0, 0))),
-        Case("deep json", "json body", _request("POST", "/infer/depth", {"Content-Type": "application/json"},
-                                                 b"[" * 100000 + b"]" * 100000)),
-        Case("deep json", "json option", _request("POST", "/infer/depth?range=" + "%5B" * 5000,
-                                                   {"Content-Type": _raw_type(64, 64)}, b"\0" * 64 * 64 * 3)),
+        Case(
+            "bomb",
+            "jpeg 65500x65500",
+            _request("POST", "/infer/depth", {"Content-Type": "image/jpeg"}, jpeg_with_size(65500, 65500)),
+        ),
+        Case(
+            "bomb", "jpeg 0x0", _request("POST", "/infer/depth", {"Content-Type": "image/jpeg"}, jpeg_with_size(0, 0))
+        ),
+        Case(
+            "deep json",
+            "json body",
+            _request("POST", "/infer/depth", {"Content-Type": "application/json"}, b"[" * 100000 + b"]" * 100000),
+        ),
+        Case(
+            "deep json",
+            "json option",
+            _request(
+                "POST", "/infer/depth?range=" + "%5B" * 5000, {"Content-Type": _raw_type(64, 64)}, b"\0" * 64 * 64 * 3
+            ),
+        ),
         Case("headers", "64 KiB header", _request("GET", "/health", {"X-Big": "a" * 65536})),
         Case("headers", "2000 headers", _request("GET", "/health", [(f"X-H{i}", "v") for i in range(2000)])),
         Case("headers", "64 KiB URL", _request("GET", "/health?" + "a=b&" * 16384, {})),
-        Case("content-type", "10000 parameters", _request(
-            "POST", "/infer/depth", {"Content-Type": "image/jpeg" + "; a=b" * 10000}, jpeg)),
-        Case("content-type", "multipart", _request(
-            "POST", "/infer/depth", {"Content-Type": "multipart/form-data; boundary=" + "-" * 5000}, jpeg)),
-        Case("content-type", "nul and unicode", _request(
-            "POST", "/infer/depth", {"Content-Type": "image/jpeg; width=\x01\x7f\xff"}, jpeg)),
-        Case("length", "chunked without length, over the limit", b"POST /infer/depth HTTP/1.1\r\nHost: node\r\n"
-             b"Connection: close\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
-             + (b"100000\r\n" + b"\0" * 0x100000 + b"\r\n") * 40 + b"0\r\n\r\n"),
-        Case("length", "content-length and chunked", b"POST /infer/depth HTTP/1.1\r\nHost: node\r\nConnection: close"
-             b"\r\nContent-Type: image/jpeg\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
-        Case("length", "negative content-length", _request("POST", "/infer/depth", {"Content-Type": "image/jpeg"},
-                                                            jpeg, length=-1)),
-        Case("length", "huge content-length", _request("POST", "/infer/depth", {"Content-Type": "image/jpeg"},
-                                                        jpeg, length=10**30)),
-        Case("length", "body shorter than its length", _request(
-            "POST", "/infer/depth", {"Content-Type": "image/jpeg"}, jpeg[:100], length=len(jpeg)), half_close=True),
-        Case("length", "body longer than its length", _request(
-            "POST", "/infer/depth", {"Content-Type": "image/jpeg"}, jpeg, length=len(jpeg) // 2)),
+        Case(
+            "content-type",
+            "10000 parameters",
+            _request("POST", "/infer/depth", {"Content-Type": "image/jpeg" + "; a=b" * 10000}, jpeg),
+        ),
+        Case(
+            "content-type",
+            "multipart",
+            _request("POST", "/infer/depth", {"Content-Type": "multipart/form-data; boundary=" + "-" * 5000}, jpeg),
+        ),
+        Case(
+            "content-type",
+            "nul and unicode",
+            _request("POST", "/infer/depth", {"Content-Type": "image/jpeg; width=\x01\x7f\xff"}, jpeg),
+        ),
+        Case(
+            "length",
+            "chunked without length, over the limit",
+            b"POST /infer/depth HTTP/1.1\r\nHost: node\r\n"
+            b"Connection: close\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + (b"100000\r\n" + b"\0" * 0x100000 + b"\r\n") * 40
+            + b"0\r\n\r\n",
+        ),
+        Case(
+            "length",
+            "content-length and chunked",
+            b"POST /infer/depth HTTP/1.1\r\nHost: node\r\nConnection: close"
+            b"\r\nContent-Type: image/jpeg\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ),
+        Case(
+            "length",
+            "negative content-length",
+            _request("POST", "/infer/depth", {"Content-Type": "image/jpeg"}, jpeg, length=-1),
+        ),
+        Case(
+            "length",
+            "huge content-length",
+            _request("POST", "/infer/depth", {"Content-Type": "image/jpeg"}, jpeg, length=10**30),
+        ),
+        Case(
+            "length",
+            "body shorter than its length",
+            _request("POST", "/infer/depth", {"Content-Type": "image/jpeg"}, jpeg[:100], length=len(jpeg)),
+            half_close=True,
+        ),
+        Case(
+            "length",
+            "body longer than its length",
+            _request("POST", "/infer/depth", {"Content-Type": "image/jpeg"}, jpeg, length=len(jpeg) // 2),
+        ),
         Case("method", "DELETE /infer/depth", _request("DELETE", "/infer/depth", {})),
         Case("method", "PUT /ready", _request("PUT", "/ready", {}, b"x")),
         Case("method", "TRACE /", _request("TRACE", "/", {})),
@@ -141,26 +190,30 @@ def _fixed(jpeg: bytes) -> list[Case]:
         Case("path", "traversal", _request("GET", "/infer/../../etc/passwd", {})),
         Case("path", "encoded traversal", _request("POST", "/infer/%2e%2e%2fmanifest.json", {})),
         Case("path", "url in path", _request("POST", "/infer/http://169.254.169.254/latest", {})),
-        Case("path", "admin routes", _request("POST", "/models/load", {"Content-Type": "application/json"},
-                                              b'{"url": "http://127.0.0.1:1/"}')),
+        Case(
+            "path",
+            "admin routes",
+            _request("POST", "/models/load", {"Content-Type": "application/json"}, b'{"url": "http://127.0.0.1:1/"}'),
+        ),
     ]
 
 
 def _truncated(rng: random.Random, cap: str, images: _Images) -> Case:
     fmt, data = rng.choice((("image/jpeg", images.jpeg), ("image/png", images.png)))
     cut = rng.randrange(0, len(data) - 1)
-    return Case("truncated", f"{fmt} cut at {cut}", _request(
-        "POST", f"/infer/{cap}", {"Content-Type": fmt}, data[:cut]))
+    return Case(
+        "truncated", f"{fmt} cut at {cut}", _request("POST", f"/infer/{cap}", {"Content-Type": fmt}, data[:cut])
+    )
 
 
 def _mislabelled(rng: random.Random, cap: str, images: _Images) -> Case:
-    real, data = rng.choice([("jpeg", images.jpeg), ("png", images.png), *images.others.items(),
-                             ("text", b"hello" * 50)])
+    real, data = rng.choice(
+        [("jpeg", images.jpeg), ("png", images.png), *images.others.items(), ("text", b"hello" * 50)]
+    )
     label = rng.choice(("image/jpeg", "image/png"))
     if label.endswith(real.lower()):
         label = "image/png" if label == "image/jpeg" else "image/jpeg"
-    return Case("mislabelled", f"{real} as {label}", _request(
-        "POST", f"/infer/{cap}", {"Content-Type": label}, data))
+    return Case("mislabelled", f"{real} as {label}", _request("POST", f"/infer/{cap}", {"Content-Type": label}, data))
 
 
 def _dimensions(rng: random.Random, cap: str, images: _Images) -> Case:
@@ -170,35 +223,44 @@ def _dimensions(rng: random.Random, cap: str, images: _Images) -> Case:
     body = b"\0" * rng.choice((0, 1, 64 * 64 * 3, 64 * 64 * 3 + 1, 4096))
     if (w, h) == (64, 64) and len(body) == 64 * 64 * 3:
         body += b"\0"
-    return Case("dimensions", f"raw {w}x{h} with {len(body)} bytes", _request(
-        "POST", f"/infer/{cap}", {"Content-Type": _raw_type(w, h)}, body))
+    return Case(
+        "dimensions",
+        f"raw {w}x{h} with {len(body)} bytes",
+        _request("POST", f"/infer/{cap}", {"Content-Type": _raw_type(w, h)}, body),
+    )
 
 
 def _bomb(rng: random.Random, cap: str, images: _Images) -> Case:
     """A bomb of a random claimed size."""
     w, h = rng.choice((0, 1, 70000, 2**24, 2**31 - 1)), rng.choice((0, 1, 70000, 2**24, 2**31 - 1))
     if rng.random() < 0.5:
-        return Case("bomb", f"png {w}x{h}", _request("POST", f"/infer/{cap}", {"Content-Type": "image/png"},
-                                                      png_bomb(w, h)))
+        return Case(
+            "bomb", f"png {w}x{h}", _request("POST", f"/infer/{cap}", {"Content-Type": "image/png"}, png_bomb(w, h))
+        )
     w, h = w & 0xFFFF, h & 0xFFFF
-    return Case("bomb", f"jpeg {w}x{h}", _request(
-        "POST", f"/infer/{cap}", {"Content-Type": "image/jpeg"}, jpeg_with_size(w, h)))
+    return Case(
+        "bomb", f"jpeg {w}x{h}", _request("POST", f"/infer/{cap}", {"Content-Type": "image/jpeg"}, jpeg_with_size(w, h))
+    )
 
 
 def _options(rng: random.Random, cap: str, images: _Images) -> Case:
     name = rng.choice(("output", "range", "threshold", "channels", "palette", "bogus", "width", ""))
     value = rng.choice(("", "-1", "1e999", "nan", "inf", "x" * 3000, "%00", "[1,2]", "{}", "raw;raw", "9" * 99))
     query = f"{name}={value}" + (f"&{name}=2" if rng.random() < 0.3 else "")
-    return Case("options", query[:40], _request(
-        "POST", f"/infer/{cap}?{query}", {"Content-Type": "image/jpeg"}, images.jpeg))
+    return Case(
+        "options", query[:40], _request("POST", f"/infer/{cap}?{query}", {"Content-Type": "image/jpeg"}, images.jpeg)
+    )
 
 
 def _random_bytes(rng: random.Random, cap: str, images: _Images) -> Case:
     """Random bytes with a plausible type."""
     data = rng.randbytes(rng.randrange(0, 5000))
     label = rng.choice(("image/jpeg", "image/png", "application/octet-stream; width=64; height=64"))
-    return Case("random bytes", f"{len(data)} bytes as {label}", _request(
-        "POST", f"/infer/{cap}", {"Content-Type": label}, data))
+    return Case(
+        "random bytes",
+        f"{len(data)} bytes as {label}",
+        _request("POST", f"/infer/{cap}", {"Content-Type": label}, data),
+    )
 
 
 def _corrupted(rng: random.Random, cap: str, images: _Images) -> Case:
@@ -207,15 +269,29 @@ def _corrupted(rng: random.Random, cap: str, images: _Images) -> Case:
     data = bytearray(data)
     for _ in range(rng.randrange(1, 20)):
         data[rng.randrange(len(data))] = rng.randrange(256)
-    return Case("corrupted", f"{fmt} with flipped bytes", _request(
-        "POST", f"/infer/{cap}", {"Content-Type": fmt}, bytes(data)))
+    return Case(
+        "corrupted", f"{fmt} with flipped bytes", _request("POST", f"/infer/{cap}", {"Content-Type": fmt}, bytes(data))
+    )
 
 
 def _route(rng: random.Random, cap: str, images: _Images) -> Case:
     """Unknown routes and methods."""
     method = rng.choice(("GET", "PUT", "PATCH", "DELETE", "OPTIONS", "POST", "HEAD"))
-    path = rng.choice(("/", "/infer", "/infer/", "/infer/normals", "/admin", "/metrics/x", "/health/../ready",
-                       "/docs", "/v2/models", "/capability/register", f"/infer/{cap}/raw/extra"))
+    path = rng.choice(
+        (
+            "/",
+            "/infer",
+            "/infer/",
+            "/infer/normals",
+            "/admin",
+            "/metrics/x",
+            "/health/../ready",
+            "/docs",
+            "/v2/models",
+            "/capability/register",
+            f"/infer/{cap}/raw/extra",
+        )
+    )
     return Case("routes", f"{method} {path}", _request(method, path, {}))
 
 

@@ -38,8 +38,12 @@ def post(port: int, capability: str, h: int, w: int, timeout: float = 600) -> tu
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     start = time.perf_counter()
     try:
-        conn.request("POST", f"/infer/{capability}/{OUTPUT[capability]}", f.tobytes(),
-                     {"content-type": f"application/octet-stream; width={w}; height={h}"})
+        conn.request(
+            "POST",
+            f"/infer/{capability}/{OUTPUT[capability]}",
+            f.tobytes(),
+            {"content-type": f"application/octet-stream; width={w}; height={h}"},
+        )
         response = conn.getresponse()
         response.read()
         meta = json.loads(response.getheader("x-metadata") or "{}")

@@ -78,8 +78,10 @@ def _worker_ms(name: str, response: http.client.HTTPResponse) -> float:
 def measure(node_port: int, echo_port: int, capability: str, size: tuple[int, int], rounds: int, block: int) -> dict:
     h, w = size
     body, content_type = bytes(h * w * 3), f"application/octet-stream; width={w}; height={h}"
-    conns = {name: http.client.HTTPConnection("127.0.0.1", node_port if name == "node" else echo_port, timeout=600)
-             for name in TARGETS}
+    conns = {
+        name: http.client.HTTPConnection("127.0.0.1", node_port if name == "node" else echo_port, timeout=600)
+        for name in TARGETS
+    }
     node_path = f"/infer/{capability}/raw"
     warm = [_post(conns["node"], node_path, body, content_type) for _ in range(9)]
     answer = warm[0][2]
@@ -120,7 +122,8 @@ def measure(node_port: int, echo_port: int, capability: str, size: tuple[int, in
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 2)[2],
+        description=__doc__.splitlines()[0],
+        epilog=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--engines", type=Path, default=Path("engines"))
@@ -128,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="512x512", help="HxW (default: 512x512)")
     p.add_argument("--rounds", type=int, default=50, help="rounds, a block to every target each (default: 50)")
     p.add_argument("--block", type=int, default=6, help="requests kept per target and round (default: 6)")
-    p.add_argument("--runs", type=int, default=1,
-                   help="runs, each with a fresh node and echo; figures are their medians (default: 1)")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="runs, each with a fresh node and echo; figures are their medians (default: 1)",
+    )
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--markdown", type=Path, help="also write a Markdown report here")
     args = p.parse_args(argv)
@@ -149,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         **{key: statistics.median([r[key] for r in runs]) for key in (f"node over {name} p50 ms" for name in CONTROLS)},
         "runs": runs,
     }
-    print(f"{args.capability} raw in, raw out, {args.size}, {args.rounds} rounds of {args.block} requests a target,"
-          f" {args.runs} run(s), medians:")
+    print(
+        f"{args.capability} raw in, raw out, {args.size}, {args.rounds} rounds of {args.block} requests a target,"
+        f" {args.runs} run(s), medians:"
+    )
     for name in TARGETS:
         print(f"  {name} p50 ms: {result['p50'][name]:.3f}")
     for key in ("wait ms", *(f"node over {name} p50 ms" for name in CONTROLS)):
@@ -181,8 +190,16 @@ def _run(args, graph, size: tuple[int, int]) -> dict:
 def _write(args, size: tuple[int, int], result: dict) -> None:
     each = {name: " / ".join(f"{r[f'node over {name} p50 ms']:+.2f}" for r in result["runs"]) for name in CONTROLS}
     over = {name: f"{result[f'node over {name} p50 ms']:+.2f} ms" for name in CONTROLS}
-    rows = [{"target": name, "p50 ms": result["p50"][name], "p99 ms": result["p99"][name],
-             "node over it, p50": over.get(name, ""), "each run": each.get(name, "")} for name in TARGETS]
+    rows = [
+        {
+            "target": name,
+            "p50 ms": result["p50"][name],
+            "p99 ms": result["p99"][name],
+            "node over it, p50": over.get(name, ""),
+            "each run": each.get(name, ""),
+        }
+        for name in TARGETS
+    ]
     notes = [
         f"{args.capability}, raw frame {args.size} (HxW) in ({size[0] * size[1] * 3} bytes),"
         f" raw map out ({result['response bytes']} bytes); per round, {args.block + 1} requests in a row to each"
@@ -199,9 +216,14 @@ def _write(args, size: tuple[int, int], result: dict) -> None:
     ]
     command = "python -m benchmarks.overhead_ab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     prov = report.provenance({"engines": str(args.engines), "command": command})
-    report.write({"provenance": prov, "results": result},
-                 "Node overhead, raw in and raw out, against bare apps on the same HTTP stack", rows, notes,
-                 args.json, args.markdown)
+    report.write(
+        {"provenance": prov, "results": result},
+        "Node overhead, raw in and raw out, against bare apps on the same HTTP stack",
+        rows,
+        notes,
+        args.json,
+        args.markdown,
+    )
 
 
 if __name__ == "__main__":

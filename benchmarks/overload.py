@@ -63,8 +63,13 @@ def _node_levels(args, max_batch: int, reference: float | None, tmp: str) -> dic
     frame = samples.frame(*args.size)
     body, content_type, _ = bodies(frame)["raw in, raw out"]
     path = f"/infer/{args.capability}/raw"
-    node = nodeproc.spawn(args.engines, Path(tmp) / f"node-{max_batch}.log", capabilities=args.capability,
-                          queue_size=args.queue_size, max_batch=max_batch)
+    node = nodeproc.spawn(
+        args.engines,
+        Path(tmp) / f"node-{max_batch}.log",
+        capabilities=args.capability,
+        queue_size=args.queue_size,
+        max_batch=max_batch,
+    )
     rows = []
     try:
         progress(f"max batch {max_batch}: node on port {node.port}, ready in {nodeproc.wait_ready(node):.2f} s")
@@ -85,23 +90,27 @@ def _node_levels(args, max_batch: int, reference: float | None, tmp: str) -> dic
             refused = [r[2] for r in records if r[0] == 503]
             nan = {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
             ok, no = summarise(accepted) if accepted else nan, summarise(refused) if refused else nan
-            rows.append({
-                "max batch": max_batch,
-                "load": f"{multiple:g}x",
-                "offered /s": rate,
-                "ok /s": len(accepted) / level["wall_s"],
-                "accepted p50 ms": ok["p50"],
-                "accepted p99 ms": ok["p99"],
-                "503": statuses.get(503, 0),
-                "503 p50 ms": no["p50"],
-                "503 p99 ms": no["p99"],
-                "503 max ms": no["max"],
-                "other": sum(n for s, n in statuses.items() if s not in (200, 503)),
-                "node RSS MiB": rss_mib(node.port),
-            })
+            rows.append(
+                {
+                    "max batch": max_batch,
+                    "load": f"{multiple:g}x",
+                    "offered /s": rate,
+                    "ok /s": len(accepted) / level["wall_s"],
+                    "accepted p50 ms": ok["p50"],
+                    "accepted p99 ms": ok["p99"],
+                    "503": statuses.get(503, 0),
+                    "503 p50 ms": no["p50"],
+                    "503 p99 ms": no["p99"],
+                    "503 max ms": no["max"],
+                    "other": sum(n for s, n in statuses.items() if s not in (200, 503)),
+                    "node RSS MiB": rss_mib(node.port),
+                }
+            )
             last = rows[-1]
-            progress(f"  ok {last['ok /s']:.1f}/s, accepted p50 {last['accepted p50 ms']:.1f} ms p99 "
-                     f"{last['accepted p99 ms']:.1f} ms, 503: {last['503']}, other: {last['other']}")
+            progress(
+                f"  ok {last['ok /s']:.1f}/s, accepted p50 {last['accepted p50 ms']:.1f} ms p99 "
+                f"{last['accepted p99 ms']:.1f} ms, 503: {last['503']}, other: {last['other']}"
+            )
             rows[-1]["statuses"] = {str(k): v for k, v in statuses.items()}
     finally:
         node.stop()
@@ -129,8 +138,16 @@ def run(args) -> int:
         "the client runs on the same machine as the node: on a small CPU it takes cycles from it",
     ]
     report.write(
-        {"provenance": report.provenance({"engines": str(args.engines)}), "capacity_rps": reference, "nodes": nodes,
-         "levels": nodes[0]["rows"]},
-        f"Overload: {args.capability} at multiples of capacity", rows, notes, args.json, args.markdown,
+        {
+            "provenance": report.provenance({"engines": str(args.engines)}),
+            "capacity_rps": reference,
+            "nodes": nodes,
+            "levels": nodes[0]["rows"],
+        },
+        f"Overload: {args.capability} at multiples of capacity",
+        rows,
+        notes,
+        args.json,
+        args.markdown,
     )
     return 0

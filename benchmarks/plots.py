@@ -32,8 +32,11 @@ _NOT_NAMES = {"stable", "statuses"}  # text columns that describe a measurement,
 
 
 def _label(row: dict, columns: list[str]) -> str:
-    parts = [str(row[c]) for c in columns
-             if c not in _NOT_NAMES and _number(row[c]) is None and str(row[c]) not in ("", "nan")]
+    parts = [
+        str(row[c])
+        for c in columns
+        if c not in _NOT_NAMES and _number(row[c]) is None and str(row[c]) not in ("", "nan")
+    ]
     label = " · ".join(parts) or "row"
     return label if len(label) <= 72 else label[:71] + "…"
 

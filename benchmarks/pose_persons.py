@@ -89,8 +89,10 @@ def _parity(served, infer, frames, settings) -> list[str]:
             want = reference.keypoints(pose.model, pose.processor, frames, boxes[:, :n])
             err = np.linalg.norm(keypoints[:, :n] - want["keypoints"], axis=-1)
             score_err = float(np.abs(keypoint_scores[:, :n] - want["keypoint_scores"]).max())
-            lines.append(f"{name} against transformers: keypoint error median {np.median(err):.4f} px, max "
-                         f"{err.max():.4f} px, score error max {score_err:.2e}; values past them: {stray}")
+            lines.append(
+                f"{name} against transformers: keypoint error median {np.median(err):.4f} px, max "
+                f"{err.max():.4f} px, score error max {score_err:.2e}; values past them: {stray}"
+            )
         else:
             lines.append(f"{name}: values in the keypoint outputs: {stray}")
     return lines
@@ -133,27 +135,37 @@ def _report(args, scores, settings, times, sweep, tied, parity) -> int:
     rows = []
     for name, samples in times.items():
         p50 = statistics.median(samples)
-        rows.append({
-            "setting": name,
-            "person_threshold": f"{settings[name]:.4f}" if name in settings else "-",
-            "p50_ms": p50 * 1000,
-            "p90_ms": float(np.percentile(samples, 90)) * 1000,
-            "x_detector": p50 / detector,
-            "x_8_persons": p50 / eight,
-        })
+        rows.append(
+            {
+                "setting": name,
+                "person_threshold": f"{settings[name]:.4f}" if name in settings else "-",
+                "p50_ms": p50 * 1000,
+                "p90_ms": float(np.percentile(samples, 90)) * 1000,
+                "x_detector": p50 / detector,
+                "x_8_persons": p50 / eight,
+            }
+        )
     notes = [
         f"{args.size[0]}x{args.size[1]} frame, {args.runs} rounds; the timed copy's box scores (best first): "
         + ", ".join(f"{s:.4f}" for s in scores),
-        "the graph as built (demo weights): box scores " + ", ".join(f"{s:.4f}" for s in tied)
-        + "; persons served per person_threshold: " + ", ".join(f"{t:.1f}: {n}" for t, n in sweep),
+        "the graph as built (demo weights): box scores "
+        + ", ".join(f"{s:.4f}" for s in tied)
+        + "; persons served per person_threshold: "
+        + ", ".join(f"{t:.1f}: {n}" for t, n in sweep),
     ]
     notes += parity
     prov = report.provenance({"engines": Path(args.engines).name})
     data = {"provenance": prov, "rows": rows, "sweep": [{"person_threshold": t, "persons": n} for t, n in sweep]}
     out = Path(args.out) if args.out else None
     stem = f"pose-persons-{args.size[0]}x{args.size[1]}"
-    report.write(data, "Pose cost per person served (ONNX Runtime, this CPU)", rows, notes,
-                 out / f"{stem}.json" if out else None, out / f"{stem}.md" if out else None)
+    report.write(
+        data,
+        "Pose cost per person served (ONNX Runtime, this CPU)",
+        rows,
+        notes,
+        out / f"{stem}.json" if out else None,
+        out / f"{stem}.md" if out else None,
+    )
     return 0
 
 
@@ -167,8 +179,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=_size, default=(720, 1280), help="frame HxW (default: 720x1280)")
     parser.add_argument("--runs", type=int, default=7, help="timed rounds over every setting (default: 7)")
     parser.add_argument("--out", help="directory for the JSON and Markdown reports (default: print only)")
-    parser.add_argument("--parity", action="store_true",
-                        help="also compare each count's keypoints with transformers (the export extra; demo weights)")
+    parser.add_argument(
+        "--parity",
+        action="store_true",
+        help="also compare each count's keypoints with transformers (the export extra; demo weights)",
+    )
 
 
 def main(argv=None) -> int:

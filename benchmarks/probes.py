@@ -43,12 +43,15 @@ def run(args) -> int:
                         raise RuntimeError(f"{path} answered {status}")
                 cpu_ms = (_cpu_seconds(node.proc.pid) - cpu_before) * 1000 / args.requests
                 summary = stats.summarise(seconds)
-                rows.append({
-                    "probe": f"GET {path}", "requests": args.requests,
-                    **{f"{p} ms": summary[p] for p in ("p50", "p99", "max")},
-                    "node CPU ms / probe": cpu_ms,
-                    "one core at 1 probe / 5 s, %": cpu_ms / (POLL_INTERVAL_S * 1000) * 100,
-                })
+                rows.append(
+                    {
+                        "probe": f"GET {path}",
+                        "requests": args.requests,
+                        **{f"{p} ms": summary[p] for p in ("p50", "p99", "max")},
+                        "node CPU ms / probe": cpu_ms,
+                        "one core at 1 probe / 5 s, %": cpu_ms / (POLL_INTERVAL_S * 1000) * 100,
+                    }
+                )
                 progress(f"{path}: p50 {summary['p50']:.2f} ms, node CPU {cpu_ms:.3f} ms per probe")
         finally:
             node.stop()

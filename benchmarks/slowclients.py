@@ -150,8 +150,9 @@ def run(args) -> int:
     path = "/infer/segmentation/raw"
     rows, phases = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        node = nodeproc.spawn(args.engines, Path(tmp) / "node.log", capabilities="segmentation",
-                              receive_timeout_s=args.receive_timeout)
+        node = nodeproc.spawn(
+            args.engines, Path(tmp) / "node.log", capabilities="segmentation", receive_timeout_s=args.receive_timeout
+        )
         try:
             progress(f"started a node on port {node.port}: ready in {nodeproc.wait_ready(node):.2f} s")
             url = f"http://127.0.0.1:{node.port}"
@@ -185,9 +186,17 @@ def run(args) -> int:
         + f", answers {dict(statuses)}; {still_open} open at the end",
     ]
     report.write(
-        {"provenance": report.provenance({"engines": str(args.engines)}), "p99_ratio": ratio,
-         "slow_sockets_held_s": held_s, "slow_socket_answers": {str(k): v for k, v in statuses.items()},
-         "phases": {k: summarise(v) for k, v in phases.items()}},
-        "Slow clients: normal latency without and beside them", rows, notes, args.json, args.markdown,
+        {
+            "provenance": report.provenance({"engines": str(args.engines)}),
+            "p99_ratio": ratio,
+            "slow_sockets_held_s": held_s,
+            "slow_socket_answers": {str(k): v for k, v in statuses.items()},
+            "phases": {k: summarise(v) for k, v in phases.items()},
+        },
+        "Slow clients: normal latency without and beside them",
+        rows,
+        notes,
+        args.json,
+        args.markdown,
     )
     return 0

@@ -62,10 +62,19 @@ def run(args) -> int:
         f"growth {growth:+.2f} % (goal < 5 %), max {max(s[2] for s in samples_):.1f} MiB",
     ]
     report.write(
-        {"provenance": report.provenance({"engines": str(args.engines)}), "growth_percent": growth,
-         "five_xx": five_xx, "alive": alive, "samples": samples_,
-         "statuses": {k: {str(s): n for s, n in v.items()} for k, v in statuses.items()}},
-        "Soak: mixed good and malformed requests", rows, notes, args.json, args.markdown,
+        {
+            "provenance": report.provenance({"engines": str(args.engines)}),
+            "growth_percent": growth,
+            "five_xx": five_xx,
+            "alive": alive,
+            "samples": samples_,
+            "statuses": {k: {str(s): n for s, n in v.items()} for k, v in statuses.items()},
+        },
+        "Soak: mixed good and malformed requests",
+        rows,
+        notes,
+        args.json,
+        args.markdown,
     )
     return 0 if five_xx == 0 and alive else 1
 

@@ -47,8 +47,12 @@ def add_arguments(p) -> None:
     p.add_argument("--sizes", default="512x512,720x1280", metavar="HxW,...", help="frame sizes (default: 512², 720p)")
     p.add_argument("--seconds", type=float, default=20.0, help="each configuration's length (default: 20)")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds at each stream's start left out (default: 3)")
-    p.add_argument("--standin-ms", type=float, default=None,
-                   help="serve with the stand-in engine (benchmarks.standin) taking this long, GIL released")
+    p.add_argument(
+        "--standin-ms",
+        type=float,
+        default=None,
+        help="serve with the stand-in engine (benchmarks.standin) taking this long, GIL released",
+    )
     p.add_argument("--node-cpus", default="", help="pin the node to these CPUs (taskset -c), e.g. 0")
     p.add_argument("--no-floor", action="store_true", help="skip the relay's floor")
     p.add_argument("--label", default="", help="what this run serves, for the report (e.g. 'tiny build')")
@@ -94,8 +98,9 @@ def run(args) -> int:
     if args.node_cpus:
         notes.append(f"the node pinned to CPU(s) {args.node_cpus} (taskset); trickle server and harness unpinned")
     prov = report.provenance({"capability": args.capability, "standin_ms": args.standin_ms})
-    report.write({"provenance": prov, "runs": runs, "rows": rows}, "Live streams", rows, notes, args.json,
-                 args.markdown)
+    report.write(
+        {"provenance": prov, "runs": runs, "rows": rows}, "Live streams", rows, notes, args.json, args.markdown
+    )
     if args.markdown:
         _plot(rows, Path(args.markdown).with_suffix(".png"))  # in place of the generic one: against the streams
     return 0
@@ -140,8 +145,9 @@ class _TrickleProcess:
 
     def __enter__(self):
         root = Path(__file__).resolve().parents[1]
-        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT], cwd=root, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.SCRIPT], cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         self.url = self.proc.stdout.readline().strip()
         self.http = httpx.Client(timeout=10)
         return self
@@ -163,16 +169,26 @@ class _TrickleProcess:
 class _Node:
     def __init__(self, args, log: Path, capacity: int):
         self.port = nodeproc.free_port()
-        env = {**os.environ, "VISION_NODE_ENGINES": str(args.engines), "VISION_NODE_PORT": str(self.port),
-               "VISION_NODE_STREAM_CAPACITY": str(capacity), "VISION_NODE_STREAM_STATUS_INTERVAL_S": "2",
-               "VISION_NODE_CAPABILITIES": args.capability}
+        env = {
+            **os.environ,
+            "VISION_NODE_ENGINES": str(args.engines),
+            "VISION_NODE_PORT": str(self.port),
+            "VISION_NODE_STREAM_CAPACITY": str(capacity),
+            "VISION_NODE_STREAM_STATUS_INTERVAL_S": "2",
+            "VISION_NODE_CAPABILITIES": args.capability,
+        }
         module = ["-m", "vision_node", "serve"]
         if args.standin_ms is not None:
             module = ["-m", "benchmarks.standin", "--standin-ms", str(args.standin_ms)]
         pin = ["taskset", "-c", args.node_cpus] if args.node_cpus else []
         with open(log, "w") as out:
-            self.proc = subprocess.Popen([*pin, sys.executable, *module], env=env, stdout=out, stderr=out,
-                                         cwd=Path(__file__).resolve().parents[1])
+            self.proc = subprocess.Popen(
+                [*pin, sys.executable, *module],
+                env=env,
+                stdout=out,
+                stderr=out,
+                cwd=Path(__file__).resolve().parents[1],
+            )
         self.url = f"http://127.0.0.1:{self.port}"
         nodeproc.wait_ready(nodeproc.NodeProcess(self.proc, self.port, log, time.perf_counter()))
 
@@ -201,8 +217,10 @@ async def _streamed(trickle, node: _Node, segments, n: int, args) -> dict:
         outcome = await _drive([(s.subscribe_url, s.publish_url) for s in started], segments, args)
         cpu = node.cpu_seconds() - cpu
         async with httpx.AsyncClient(timeout=10) as http:
-            statuses = [(await http.get(f"{node.url}/live/{args.capability}/stream/status",
-                                        headers={"X-Stream-Id": i})).json() for i in ids]
+            statuses = [
+                (await http.get(f"{node.url}/live/{args.capability}/stream/status", headers={"X-Stream-Id": i})).json()
+                for i in ids
+            ]
         await asyncio.gather(*(orch.stop(i) for i in ids))
         await asyncio.gather(*outcome.pop("reading"))
     finally:
@@ -211,8 +229,9 @@ async def _streamed(trickle, node: _Node, segments, n: int, args) -> dict:
     outcome["node_cpu_ms_per_map"] = cpu * 1000 / maps if maps else math.nan
     frames_in = sum(s["frames"]["in"] for s in statuses)
     outcome["dropped"] = sum(s["frames"]["dropped"] for s in statuses) / max(1, frames_in)
-    outcome["stages_ms"] = {stage: float(np.median([s["stages_ms_p50"][stage] or 0 for s in statuses]))
-                            for stage in STAGES}
+    outcome["stages_ms"] = {
+        stage: float(np.median([s["stages_ms_p50"][stage] or 0 for s in statuses])) for stage in STAGES
+    }
     return outcome
 
 
@@ -251,17 +270,31 @@ async def _drive(pairs: list[tuple[str, str]], segments, args) -> dict:
         first += [lat for t, lat in by_time if t < start + 10]
         last += [lat for t, lat in by_time if t >= by_time[-1][0] - 10] if by_time else []
     ms = lambda values, q: float(np.percentile(values, q) * 1000) if values else math.nan  # noqa: E731
-    return {"delivered_min": min(delivered), "delivered_median": float(np.median(delivered)),
-            "latency_p50_ms": ms(latencies, 50), "latency_p95_ms": ms(latencies, 95),
-            "p95_first_10s_ms": ms(first, 95), "p95_last_10s_ms": ms(last, 95), "reading": reading}
+    return {
+        "delivered_min": min(delivered),
+        "delivered_median": float(np.median(delivered)),
+        "latency_p50_ms": ms(latencies, 50),
+        "latency_p95_ms": ms(latencies, 95),
+        "p95_first_10s_ms": ms(first, 95),
+        "p95_last_10s_ms": ms(last, 95),
+        "reading": reading,
+    }
 
 
 def _row(what: str, size, n: int, r: dict) -> dict:
-    row = {"what": what, "size": f"{size[1]}x{size[0]}", "streams": n,
-           "fps out (min)": round(r["delivered_min"] * FPS, 1), "delivered": round(r["delivered_median"], 3),
-           "p50 ms": round(r["latency_p50_ms"], 1), "p95 ms": round(r["latency_p95_ms"], 1),
-           "p95 first 10 s ms": round(r["p95_first_10s_ms"], 1), "p95 last 10 s ms": round(r["p95_last_10s_ms"], 1),
-           "dropped": f"{r['dropped']:.0%}", "node CPU ms/map": round(r["node_cpu_ms_per_map"], 2)}
+    row = {
+        "what": what,
+        "size": f"{size[1]}x{size[0]}",
+        "streams": n,
+        "fps out (min)": round(r["delivered_min"] * FPS, 1),
+        "delivered": round(r["delivered_median"], 3),
+        "p50 ms": round(r["latency_p50_ms"], 1),
+        "p95 ms": round(r["latency_p95_ms"], 1),
+        "p95 first 10 s ms": round(r["p95_first_10s_ms"], 1),
+        "p95 last 10 s ms": round(r["p95_last_10s_ms"], 1),
+        "dropped": f"{r['dropped']:.0%}",
+        "node CPU ms/map": round(r["node_cpu_ms_per_map"], 2),
+    }
     row.update({f"{stage} ms": round(r["stages_ms"].get(stage, math.nan), 2) for stage in STAGES})
     return row
 
@@ -275,5 +308,9 @@ def _floor_columns(rows: list[dict]) -> None:
 
 
 def _line(row: dict) -> str:
-    return json.dumps({k: row[k] for k in ("what", "size", "streams", "fps out (min)", "p50 ms", "p95 ms",
-                                           "dropped", "node CPU ms/map")})
+    return json.dumps(
+        {
+            k: row[k]
+            for k in ("what", "size", "streams", "fps out (min)", "p50 ms", "p95 ms", "dropped", "node CPU ms/map")
+        }
+    )

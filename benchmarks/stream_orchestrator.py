@@ -66,8 +66,15 @@ class StreamOrchestrator:
     control keep-alive meets 404 within 10 s): call ``stop`` after ``vanish`` to model it.
     """
 
-    def __init__(self, trickle: TrickleServer, capability_url: str, token: str | None = None,
-                 keepalive_s: float = 10.0, event_gap_s: float = 30.0, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        trickle: TrickleServer,
+        capability_url: str,
+        token: str | None = None,
+        keepalive_s: float = 10.0,
+        event_gap_s: float = 30.0,
+        timeout_s: float = 30.0,
+    ) -> None:
         self.trickle = trickle
         self.capability_url = capability_url.rstrip("/")
         self.token = token
@@ -75,8 +82,9 @@ class StreamOrchestrator:
         self._streams: dict[str, _Stream] = {}
         self._http: aiohttp.ClientSession | None = None
 
-    async def start(self, stream_id: str, params: dict | None, ingress: bool = True, egress: bool = True,
-                    data: bool = False) -> StartResult:
+    async def start(
+        self, stream_id: str, params: dict | None, ingress: bool = True, egress: bool = True, data: bool = False
+    ) -> StartResult:
         """StartStream: create the channels, POST /stream/start; on success start the gateway's loops."""
         wanted = {"control_url": (f"{stream_id}-control", JSON), "events_url": (f"{stream_id}-events", JSON)}
         if ingress:
@@ -152,8 +160,10 @@ class StreamOrchestrator:
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
             # As Go's http.Client: its User-Agent and Accept-Encoding, no Accept, no Content-Type unless set.
-            self._http = aiohttp.ClientSession(headers={"User-Agent": "Go-http-client/1.1", "Accept-Encoding": "gzip"},
-                                               skip_auto_headers=("Accept", "Content-Type"))
+            self._http = aiohttp.ClientSession(
+                headers={"User-Agent": "Go-http-client/1.1", "Accept-Encoding": "gzip"},
+                skip_auto_headers=("Accept", "Content-Type"),
+            )
         return self._http
 
     async def _worker(self, route: str, stream_id: str, body: bytes, content_type: str | None) -> tuple[int, str]:
@@ -164,8 +174,9 @@ class StreamOrchestrator:
         if content_type:
             headers["Content-Type"] = content_type
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        async with self._session().post(self.capability_url + route, data=body, headers=headers,
-                                        timeout=timeout) as resp:
+        async with self._session().post(
+            self.capability_url + route, data=body, headers=headers, timeout=timeout
+        ) as resp:
             return resp.status, await resp.text()
 
     async def _write_control(self, stream: _Stream, message: bytes) -> bool:
@@ -230,7 +241,12 @@ def _go_json(value) -> bytes:
         return int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 1e21 else v  # 1.0 -> 1, as Go
 
     text = json.dumps(go(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
-                         ("\u2029", "\\u2029")):
+    for char, escape in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(char, escape)
     return text.encode()

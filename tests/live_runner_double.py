@@ -56,8 +56,18 @@ from starlette.routing import Route
 
 from benchmarks.nodeproc import free_port
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-              "transfer-encoding", "upgrade", "host", "content-length"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
 
 
 class Refused(Exception):
@@ -71,8 +81,16 @@ def _go_duration(seconds: float) -> str:
 
 
 class LiveRunnerDouble:
-    def __init__(self, secret: str, interval: float = 0.5, ttl: float = 2.0, onchain: bool = False,
-                 health_interval: float = 0.3, delay_s: float = 0.0, trickle=None):
+    def __init__(
+        self,
+        secret: str,
+        interval: float = 0.5,
+        ttl: float = 2.0,
+        onchain: bool = False,
+        health_interval: float = 0.3,
+        delay_s: float = 0.0,
+        trickle=None,
+    ):
         self.trickle = trickle  # a TrickleServer for session channels (None: the callback answers 404)
         self.secret, self.interval, self.ttl, self.onchain = secret, interval, ttl, onchain
         self.health_interval = health_interval
@@ -156,9 +174,13 @@ class LiveRunnerDouble:
         runner.update(fields=body, last=time.monotonic())
         self.runners[runner_id] = runner
         self.log.append((time.monotonic(), "register" if first else "heartbeat", runner_id, 200))
-        answer = {"runner_id": runner_id, "orchestrator": self.url, "heartbeat_interval": _go_duration(self.interval),
-                  "heartbeat_ttl": _go_duration(self.ttl),
-                  "session_ids": sorted(s for (r, s) in self.sessions if r == runner_id)}
+        answer = {
+            "runner_id": runner_id,
+            "orchestrator": self.url,
+            "heartbeat_interval": _go_duration(self.interval),
+            "heartbeat_ttl": _go_duration(self.ttl),
+            "session_ids": sorted(s for (r, s) in self.sessions if r == runner_id),
+        }
         if first:
             answer["heartbeat_secret"] = runner["secret"]
         return JSONResponse(answer)
@@ -241,8 +263,9 @@ class LiveRunnerDouble:
             except Refused as refused:
                 raise Refused(400, f"runners[{i}]: {refused.text}") from None
             labels.add(label)
-            entries.append({"fields": {**fields, "status": "unavailable"}, "health": health, "code": code,
-                            "label": label})
+            entries.append(
+                {"fields": {**fields, "status": "unavailable"}, "health": health, "code": code, "label": label}
+            )
         added = []
         for entry in entries:
             runner_id = "runner_" + secrets.token_hex(4)
@@ -294,10 +317,18 @@ class LiveRunnerDouble:
             fields = runner["fields"]
             used = sum(1 for (r, _) in self.sessions if r == runner_id)
             path = "app" if fields["mode"] == "single-shot" else "session"
-            listed.append({"url": f"{self.url}/apps/{runner_id}/{path}", "app": fields["app"], "mode": fields["mode"],
-                           "capacity": fields["capacity"], "capacity_used": used,
-                           "capacity_available": fields["capacity"] - used, "version": fields.get("version", ""),
-                           **({"gpu": fields["gpu"]} if fields.get("gpu") else {})})
+            listed.append(
+                {
+                    "url": f"{self.url}/apps/{runner_id}/{path}",
+                    "app": fields["app"],
+                    "mode": fields["mode"],
+                    "capacity": fields["capacity"],
+                    "capacity_used": used,
+                    "capacity_available": fields["capacity"] - used,
+                    "version": fields.get("version", ""),
+                    **({"gpu": fields["gpu"]} if fields.get("gpu") else {}),
+                }
+            )
         return JSONResponse([{"address": self.url, **({"runners": listed} if listed else {})}])
 
     def _runner(self, runner_id: str) -> dict:
@@ -388,18 +419,25 @@ class LiveRunnerDouble:
     async def _proxy(self, request: Request, runner: dict, session_id: str) -> Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         token = _session_token(runner["id"], session_id)
-        headers.update({
-            "Livepeer-Runner-Route": request.path_params["runner_id"],
-            "Livepeer-Session-Id": session_id,
-            "Livepeer-Session-Token": token,
-            "Livepeer-Session-Control": f"{self.url}/runner/{runner['id']}/session/{session_id}",
-        })
+        headers.update(
+            {
+                "Livepeer-Runner-Route": request.path_params["runner_id"],
+                "Livepeer-Session-Id": session_id,
+                "Livepeer-Session-Token": token,
+                "Livepeer-Session-Control": f"{self.url}/runner/{runner['id']}/session/{session_id}",
+            }
+        )
         self.forwarded.append(headers)
         target = runner["fields"]["runner_url"].rstrip("/") + "/" + request.path_params["path"]
         try:
             async with httpx.AsyncClient(timeout=60) as client:
-                answer = await client.request(request.method, target, params=request.url.query or None,
-                                              content=await request.body(), headers=headers)
+                answer = await client.request(
+                    request.method,
+                    target,
+                    params=request.url.query or None,
+                    content=await request.body(),
+                    headers=headers,
+                )
         except httpx.TransportError as err:
             return PlainTextResponse(f"{err}\n", status_code=502)
         back = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP | {"content-encoding"}}

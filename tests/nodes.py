@@ -99,8 +99,12 @@ def parts(response) -> list[tuple[str, str, dict, bytes]]:
     message = email.message_from_bytes(head + response.content, policy=email.policy.HTTP)
     assert message.get_content_type() == "multipart/mixed"
     return [
-        (part.get_param("name", header="content-disposition"), part.get_content_type(),
-         json.loads(part["x-metadata"]), part.get_payload(decode=True))
+        (
+            part.get_param("name", header="content-disposition"),
+            part.get_content_type(),
+            json.loads(part["x-metadata"]),
+            part.get_payload(decode=True),
+        )
         for part in message.iter_parts()
     ]
 

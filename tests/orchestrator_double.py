@@ -25,8 +25,15 @@ from starlette.routing import Route
 
 from benchmarks.nodeproc import free_port
 
-FIELDS = {"name": str, "description": str, "url": str, "capacity": int, "price_per_unit": int,
-          "price_scaling": int, "currency": str}
+FIELDS = {
+    "name": str,
+    "description": str,
+    "url": str,
+    "capacity": int,
+    "price_per_unit": int,
+    "price_scaling": int,
+    "currency": str,
+}
 
 
 class OrchestratorDouble:
@@ -114,6 +121,10 @@ class OrchestratorDouble:
 
 
 def livepeer_header(capability: str, timeout_seconds: int = 30) -> str:
-    job = {"request": json.dumps({}), "parameters": json.dumps({}), "capability": capability,
-           "timeout_seconds": timeout_seconds}
+    job = {
+        "request": json.dumps({}),
+        "parameters": json.dumps({}),
+        "capability": capability,
+        "timeout_seconds": timeout_seconds,
+    }
     return base64.b64encode(json.dumps(job).encode()).decode()

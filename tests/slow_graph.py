@@ -32,14 +32,20 @@ def write(path: Path) -> Path:
 
     rotation = np.linalg.qr(np.random.default_rng(0).standard_normal((SIZE, SIZE)))[0].astype(np.float32)
     body = helper.make_graph(
-        [helper.make_node("MatMul", ["x_in", "rotation"], ["x_out"]),
-         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        [
+            helper.make_node("MatMul", ["x_in", "rotation"], ["x_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
         "step",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("x_in", TensorProto.FLOAT, [SIZE, SIZE])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("x_out", TensorProto.FLOAT, [SIZE, SIZE])],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x_in", TensorProto.FLOAT, [SIZE, SIZE]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x_out", TensorProto.FLOAT, [SIZE, SIZE]),
+        ],
     )
     nodes = [
         helper.make_node("Shape", [FRAME_INPUT], ["shape"]),
@@ -51,9 +57,15 @@ def write(path: Path) -> Path:
         helper.make_node("Squeeze", ["corner", "one_two"], ["first"]),
     ]
     constants = {
-        "one": np.array([1], np.int64), "three": np.array([3], np.int64), "per_step": np.array(PIXELS_PER_STEP),
-        "true": np.array(True), "start": np.eye(SIZE, dtype=np.float32), "rotation": rotation,
-        "zero2": np.array([0, 0], np.int64), "one2": np.array([1, 1], np.int64), "one_two": np.array([1, 2], np.int64),
+        "one": np.array([1], np.int64),
+        "three": np.array([3], np.int64),
+        "per_step": np.array(PIXELS_PER_STEP),
+        "true": np.array(True),
+        "start": np.eye(SIZE, dtype=np.float32),
+        "rotation": rotation,
+        "zero2": np.array([0, 0], np.int64),
+        "one2": np.array([1, 1], np.int64),
+        "one_two": np.array([1, 2], np.int64),
     }
     graph = helper.make_graph(
         nodes,

@@ -87,9 +87,30 @@ def test_table_and_markdown_hold_every_row_and_the_provenance():
 
 def test_engine_command_reports_graph_and_transformers_baseline(tiny_build, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "engine", "--engines", str(tiny_build[0]), "--capabilities", "depth",
-         "--sizes", "96x128", "--batches", "1,2", "--iterations", "2", "--warmup", "1", "--json", f"{tmp_path}/e.json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "engine",
+            "--engines",
+            str(tiny_build[0]),
+            "--capabilities",
+            "depth",
+            "--sizes",
+            "96x128",
+            "--batches",
+            "1,2",
+            "--iterations",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+            f"{tmp_path}/e.json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     rows = json.loads((tmp_path / "e.json").read_text())["rows"]
@@ -105,7 +126,10 @@ def test_overhead_and_coldstart_run_against_a_node_they_start(tiny_build, tmp_pa
     common = ["--engines", engines, "--json", str(tmp_path / "o.json"), "--markdown", str(tmp_path / "o.md")]
     done = subprocess.run(
         [*run, "overhead", *common, "--requests", "3", "--warmup", "1", "--size", "96x128"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "o.json").read_text())
@@ -115,7 +139,10 @@ def test_overhead_and_coldstart_run_against_a_node_they_start(tiny_build, tmp_pa
 
     done = subprocess.run(
         [*run, "coldstart", "--engines", engines, "--runs", "1", "--size", "96x128", "--json", f"{tmp_path}/c.json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     runs = json.loads((tmp_path / "c.json").read_text())["runs"]
@@ -135,8 +162,14 @@ def test_engine_rows_on_fake_tensorrt_carry_the_gpu_stage_split(tiny_build, tmp_
     monkeypatch.setattr(tensorrt, "load_pycuda", lambda: (cuda, cuda.Device(0).retain_primary_context()))
     engines_with_fake_plans(tiny_build[0], tmp_path / "engines")
     rows = engine.graph_rows(
-        tmp_path / "engines", "depth", [(96, 128)], [1], lambda _: None, ("onnxruntime", "tensorrt"),
-        warmup=0, iterations=2,
+        tmp_path / "engines",
+        "depth",
+        [(96, 128)],
+        [1],
+        lambda _: None,
+        ("onnxruntime", "tensorrt"),
+        warmup=0,
+        iterations=2,
     )
     assert [r["backend"] for r in rows] == ["onnxruntime (CPUExecutionProvider)", "tensorrt (cuda)"]
     assert "compute p50 ms" not in rows[0] and {"copy_in p50 ms", "compute p50 ms", "copy_out p50 ms"} <= set(rows[1])
@@ -149,8 +182,9 @@ def test_overload_slow_clients_and_soak_commands_report_their_figures(tiny_build
 
     def bench(*argv):
         out = tmp_path / f"{argv[0]}.json"
-        done = subprocess.run([*run, *argv, *engines, "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            [*run, *argv, *engines, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return json.loads(out.read_text()), done.stdout
 
@@ -170,9 +204,26 @@ def test_overload_slow_clients_and_soak_commands_report_their_figures(tiny_build
 
 def test_probes_reports_latency_and_node_cpu_per_health_probe(tiny_build, tmp_path):
     out = tmp_path / "probes.json"
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "probes", "--engines", str(tiny_build[0]), "--requests",
-                           "50", "--warmup", "2", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "probes",
+            "--engines",
+            str(tiny_build[0]),
+            "--requests",
+            "50",
+            "--warmup",
+            "2",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [r["probe"] for r in rows] == ["GET /ready", "GET /health"]
@@ -182,8 +233,13 @@ def test_probes_reports_latency_and_node_cpu_per_health_probe(tiny_build, tmp_pa
 def test_flicker_and_combined_report_their_figures(tiny_build, tmp_path):
     def bench(*argv):
         out = tmp_path / f"{argv[0]}.json"
-        done = subprocess.run([sys.executable, "-m", "benchmarks", *argv, "--engines", str(tiny_build[0]), "--json",
-                               str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks", *argv, "--engines", str(tiny_build[0]), "--json", str(out)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return json.loads(out.read_text())
 
@@ -193,8 +249,9 @@ def test_flicker_and_combined_report_their_figures(tiny_build, tmp_path):
     assert all(r["flicker mean"] >= 0 and r["render ms p50"] > 0 for r in rows.values())
     assert rows[("still", "fixed")]["range flicker"] == 0 < rows[("still", "per-frame")]["range flicker"]
     assert len(result["series"]["still/per-frame"]) == 3 and (tmp_path / "flicker.png").stat().st_size > 10_000
-    result = bench("combined", "--requests", "3", "--warmup", "1", "--size", "96x128", "--markdown",
-                   str(tmp_path / "combined.md"))
+    result = bench(
+        "combined", "--requests", "3", "--warmup", "1", "--size", "96x128", "--markdown", str(tmp_path / "combined.md")
+    )
     assert (tmp_path / "combined.png").is_file() and "![" in (tmp_path / "combined.md").read_text()
     rows = {r["scenario"]: r for r in result["rows"]}
     one = rows["one request (/infer/depth+pose+segmentation)"]
@@ -225,9 +282,28 @@ def test_measure_fits_slow_calls_into_its_budget_with_a_few_samples_at_least():
 
 def test_http_with_rates_runs_only_the_rates_asked_for(tiny_build, tmp_path):
     out = tmp_path / "http.json"
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "http", "--engines", str(tiny_build[0]), "--rate",
-                           "5", "--duration", "1", "--size", "96x96", "--json", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "http",
+            "--engines",
+            str(tiny_build[0]),
+            "--rate",
+            "5",
+            "--duration",
+            "1",
+            "--size",
+            "96x96",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert [level["rate_rps"] for level in json.loads(out.read_text())["levels"]] == [5.0]
     assert "closed loop" not in done.stderr  # no concurrency sweep nobody asked for
@@ -236,18 +312,24 @@ def test_http_with_rates_runs_only_the_rates_asked_for(tiny_build, tmp_path):
 def test_every_kind_of_report_table_gets_its_plot(tmp_path):
     from benchmarks import plots
 
-    latency = [{"capability": "depth", "scenario": "raw", "p50 ms": 3.0, "p99 ms": 6.0},
-               {"capability": "pose", "scenario": "raw", "p50 ms": 30.0, "p99 ms": 90.0}]
-    sweep = [{"max batch": b, "load": load, "ok /s": 10.0 * i, "accepted p50 ms": 5.0 * i, "accepted p99 ms": 9.0 * i}
-             for b in (1, 4) for i, load in enumerate(("0.5x", "1x", "2x"), 1)]
+    latency = [
+        {"capability": "depth", "scenario": "raw", "p50 ms": 3.0, "p99 ms": 6.0},
+        {"capability": "pose", "scenario": "raw", "p50 ms": 30.0, "p99 ms": 90.0},
+    ]
+    sweep = [
+        {"max batch": b, "load": load, "ok /s": 10.0 * i, "accepted p50 ms": 5.0 * i, "accepted p99 ms": 9.0 * i}
+        for b in (1, 4)
+        for i, load in enumerate(("0.5x", "1x", "2x"), 1)
+    ]
     memory = [{"requests": n, "seconds": n / 100, "node RSS MiB": 100 + n / 1000} for n in (0, 500, 1000)]
     for name, rows in (("latency", latency), ("sweep", sweep), ("memory", memory)):
         png = tmp_path / f"{name}.png"
         assert plots.plot(rows, png, name) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert not plots.plot([{"clip": "still", "flicker mean": 2.0}], tmp_path / "none.png", "none")
     report = tmp_path / "r.md"
-    report.write_text("# A report\n\nCommand: `x`\n\n| capability | p50 ms | p99 ms |\n| --- | --- | --- |\n"
-                      "| depth | 1.0 | 2.0 |\n")
+    report.write_text(
+        "# A report\n\nCommand: `x`\n\n| capability | p50 ms | p99 ms |\n| --- | --- | --- |\n| depth | 1.0 | 2.0 |\n"
+    )
     assert plots.replot(report) == tmp_path / "r.png"
     plots.replot(report)  # twice: one link
     assert report.read_text().count("![A report](r.png)") == 1
@@ -258,8 +340,13 @@ def test_gpu_check_without_a_gpu_stops_at_once_saying_so(tmp_path):
 
     if gpucheck.no_gpu_reason() is None:
         pytest.skip("this machine has an NVIDIA GPU: the check would run")
-    done = subprocess.run([sys.executable, "-m", "benchmarks.gpucheck", "--out", str(tmp_path / "out")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpucheck", "--out", str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "no NVIDIA driver" in done.stderr and "Nothing was checked" in done.stderr
     assert not (tmp_path / "out").exists()  # stopped before installing or writing anything
@@ -267,10 +354,30 @@ def test_gpu_check_without_a_gpu_stops_at_once_saying_so(tmp_path):
 
 def test_frame_cost_measures_every_stage_and_encoder_against_a_node_it_starts(tiny_build, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "frame-cost", "--engines", str(tiny_build[0]), "--sizes", "96x128",
-         "--capabilities", "depth,segmentation", "--requests", "2", "--repeats", "2",
-         "--json", str(tmp_path / "f.json"), "--markdown", str(tmp_path / "f.md")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "frame-cost",
+            "--engines",
+            str(tiny_build[0]),
+            "--sizes",
+            "96x128",
+            "--capabilities",
+            "depth,segmentation",
+            "--requests",
+            "2",
+            "--repeats",
+            "2",
+            "--json",
+            str(tmp_path / "f.json"),
+            "--markdown",
+            str(tmp_path / "f.md"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "f.json").read_text())["rows"]
@@ -288,10 +395,33 @@ def test_frame_cost_measures_every_stage_and_encoder_against_a_node_it_starts(ti
 def test_overhead_ab_reads_the_node_against_the_echo_the_waiting_echo_and_the_bare_app_with_its_model(
     tiny_build, tmp_path
 ):
-    done = subprocess.run([sys.executable, "-m", "benchmarks.overhead_ab", "--engines", str(tiny_build[0]),
-                           "--capability", "depth", "--size", "96x128", "--rounds", "5", "--block", "2", "--runs", "2",
-                           "--json", str(tmp_path / "ab.json"), "--markdown", str(tmp_path / "ab.md")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.overhead_ab",
+            "--engines",
+            str(tiny_build[0]),
+            "--capability",
+            "depth",
+            "--size",
+            "96x128",
+            "--rounds",
+            "5",
+            "--block",
+            "2",
+            "--runs",
+            "2",
+            "--json",
+            str(tmp_path / "ab.json"),
+            "--markdown",
+            str(tmp_path / "ab.md"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     figures = dict(line.strip().split(": ") for line in done.stdout.splitlines()[1:] if ": " in line)
     targets = ("node", "echo", "echo+hop", "echo+sleep", "bare+model")

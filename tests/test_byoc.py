@@ -33,10 +33,16 @@ def registered(tiny_build, tmp_path_factory):
     with OrchestratorDouble(SECRET) as double:
         port = free_port()  # known before the start: the node registers its own URL
         proc, url = start_node(
-            tiny_build[0], log, VISION_NODE_PORT=port, VISION_NODE_ORCHESTRATOR_URL=double.url,
-            VISION_NODE_ORCHESTRATOR_SECRET=SECRET, VISION_NODE_NODE_URL=f"http://127.0.0.1:{port}",
-            VISION_NODE_TOKEN=TOKEN, VISION_NODE_CAPABILITY_NAMES="depth=vision-depth",
-            VISION_NODE_REGISTER_INTERVAL_S="0.5", VISION_NODE_COMBINATIONS="depth+pose",
+            tiny_build[0],
+            log,
+            VISION_NODE_PORT=port,
+            VISION_NODE_ORCHESTRATOR_URL=double.url,
+            VISION_NODE_ORCHESTRATOR_SECRET=SECRET,
+            VISION_NODE_NODE_URL=f"http://127.0.0.1:{port}",
+            VISION_NODE_TOKEN=TOKEN,
+            VISION_NODE_CAPABILITY_NAMES="depth=vision-depth",
+            VISION_NODE_REGISTER_INTERVAL_S="0.5",
+            VISION_NODE_COMBINATIONS="depth+pose",
         )
         try:
             wait_for(lambda: len(double.registry) == 7, what=f"registration\n{log.read_text() if log.exists() else ''}")
@@ -48,8 +54,15 @@ def registered(tiny_build, tmp_path_factory):
 
 def test_each_capability_registers_with_go_livepeer_fields(registered):
     double, _, url, log = registered
-    assert set(double.registry) == {"vision-depth", "segmentation", "pose", "depth+pose", "vision-depth-live",
-                                    "segmentation-live", "pose-live"}
+    assert set(double.registry) == {
+        "vision-depth",
+        "segmentation",
+        "pose",
+        "depth+pose",
+        "vision-depth-live",
+        "segmentation-live",
+        "pose-live",
+    }
     body = double.registry["pose"]
     assert body == {
         "name": "pose",
@@ -123,13 +136,17 @@ def test_a_combination_is_a_capability_of_its_own_through_the_orchestrator(regis
     r = httpx.post(
         f"{double.url}/process/request/infer/depth+pose",
         content=f.tobytes(),
-        headers={"Content-Type": raw_type(f) + "; depth.output=raw; pose.person_threshold=0",
-                 "Livepeer": livepeer_header("depth+pose")},
+        headers={
+            "Content-Type": raw_type(f) + "; depth.output=raw; pose.person_threshold=0",
+            "Livepeer": livepeer_header("depth+pose"),
+        },
         timeout=30,
     )
     assert r.status_code == 200, r.text
-    assert [(name, media) for name, media, _, _ in parts(r)] == [("depth", "application/octet-stream"),
-                                                                  ("pose", "application/json")]
+    assert [(name, media) for name, media, _, _ in parts(r)] == [
+        ("depth", "application/octet-stream"),
+        ("pose", "application/json"),
+    ]
     assert json.loads(r.headers["x-metadata"])["capabilities"] == ["depth", "pose"]
 
 
@@ -153,8 +170,11 @@ def test_unregisters_every_capability_on_sigterm(registered):
 def test_a_wrong_secret_is_logged_and_retried_with_backoff(tiny_build, tmp_path):
     with OrchestratorDouble(SECRET) as double:
         proc, url = start_node(
-            tiny_build[0], tmp_path / "log", VISION_NODE_ORCHESTRATOR_URL=double.url,
-            VISION_NODE_ORCHESTRATOR_SECRET="wrong", VISION_NODE_NODE_URL="http://127.0.0.1:1",
+            tiny_build[0],
+            tmp_path / "log",
+            VISION_NODE_ORCHESTRATOR_URL=double.url,
+            VISION_NODE_ORCHESTRATOR_SECRET="wrong",
+            VISION_NODE_NODE_URL="http://127.0.0.1:1",
             VISION_NODE_CAPABILITIES="segmentation",
         )
         try:

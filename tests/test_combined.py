@@ -35,13 +35,20 @@ def raw_post(client, path, f, **options):
 
 def test_one_upload_answers_each_capability_as_its_own_request_would(client):
     f = frame(120, 160)
-    r = raw_post(client, "/infer/depth+pose+segmentation", f, **{"depth.output": "raw", "pose.person_threshold": 0,
-                                                                  "segmentation.output": "classes"})
+    r = raw_post(
+        client,
+        "/infer/depth+pose+segmentation",
+        f,
+        **{"depth.output": "raw", "pose.person_threshold": 0, "segmentation.output": "classes"},
+    )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("multipart/mixed; boundary=")
     got = parts(r)
     assert [(name, media) for name, media, _, _ in got] == [
-        ("depth", "application/octet-stream"), ("pose", "application/json"), ("segmentation", "image/png")]
+        ("depth", "application/octet-stream"),
+        ("pose", "application/json"),
+        ("segmentation", "image/png"),
+    ]
     summary = metadata(r)
     assert summary["capabilities"] == ["depth", "pose", "segmentation"] and summary["frame"] == [120, 160]
     assert set(summary["timings_ms"]) == {"read", "decode", "total"}
@@ -71,12 +78,25 @@ def test_each_option_names_its_capability(client):
     f = frame(96, 96)
     r = raw_post(client, "/infer/depth+segmentation", f, output="raw")
     assert_error(r, 400, "bad_request", "each option names its capability", "depth.output")
-    assert_error(raw_post(client, "/infer/depth+segmentation", f, **{"pose.output": "json"}), 400, "bad_request",
-                 "'pose.output'", "combines depth, segmentation")
-    assert_error(raw_post(client, "/infer/depth+segmentation", f, **{"depth.bogus": "1"}), 400, "bad_request",
-                 "depth: unknown option bogus")
-    assert_error(raw_post(client, "/infer/depth+segmentation", f, **{"segmentation.output": "json"}), 400,
-                 "bad_request", "segmentation: option output='json'")
+    assert_error(
+        raw_post(client, "/infer/depth+segmentation", f, **{"pose.output": "json"}),
+        400,
+        "bad_request",
+        "'pose.output'",
+        "combines depth, segmentation",
+    )
+    assert_error(
+        raw_post(client, "/infer/depth+segmentation", f, **{"depth.bogus": "1"}),
+        400,
+        "bad_request",
+        "depth: unknown option bogus",
+    )
+    assert_error(
+        raw_post(client, "/infer/depth+segmentation", f, **{"segmentation.output": "json"}),
+        400,
+        "bad_request",
+        "segmentation: option output='json'",
+    )
     assert_error(raw_post(client, "/infer/depth+segmentation/raw", f), 400, "bad_request", "depth.output=raw")
     assert_error(raw_post(client, "/infer/depth+depth", f), 400, "bad_request", "named twice")
     assert_error(raw_post(client, "/infer/depth+flow", f), 404, "not_found", "flow")
@@ -106,15 +126,22 @@ def test_counted_and_timed_per_capability(client):
     counters = {
         "combination": ("vision_node_responses_total", {"route": "/infer/depth+segmentation", "status": "200"}),
         "other": ("vision_node_responses_total", {"route": "/infer/other", "status": "400"}),
-        **{name: ("vision_node_stage_seconds_count", {"capability": name, "stage": "infer"})
-           for name in ("depth", "segmentation", "pose")},
+        **{
+            name: ("vision_node_stage_seconds_count", {"capability": name, "stage": "infer"})
+            for name in ("depth", "segmentation", "pose")
+        },
     }
     before = {key: metric(client, name, **labels) for key, (name, labels) in counters.items()}
     assert post(client, "/infer/depth+segmentation", frame()).status_code == 200
     assert raw_post(client, "/infer/depth+depth", frame()).status_code == 400  # route label stays bounded
     after = {key: metric(client, name, **labels) for key, (name, labels) in counters.items()}
     assert {key: after[key] - before[key] for key in counters} == {
-        "combination": 1, "other": 1, "depth": 1, "segmentation": 1, "pose": 0}
+        "combination": 1,
+        "other": 1,
+        "depth": 1,
+        "segmentation": 1,
+        "pose": 0,
+    }
 
 
 def gate_one(name: str, gate: threading.Event, fail: bool = False):

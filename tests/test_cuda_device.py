@@ -293,8 +293,10 @@ def test_infer_on_a_thread_where_no_context_is_current(opened):
     worker.join()
     err = result.get("err")
     if err is not None:
-        print(f"worker thread: {type(err).__name__}: {err}; cause {type(err.__cause__).__module__}."
-              f"{type(err.__cause__).__name__}; classify: {faults.classify(err)}")
+        print(
+            f"worker thread: {type(err).__name__}: {err}; cause {type(err.__cause__).__module__}."
+            f"{type(err.__cause__).__name__}; classify: {faults.classify(err)}"
+        )
     assert err is None, f"infer on a thread without a current CUDA context: {err}"
     np.testing.assert_array_equal(result["out"]["inverted"], reference(frames)["inverted"])
 
@@ -311,12 +313,18 @@ def test_session_runs_waiting_frames_as_batches_on_its_worker_thread(gpu, tmp_pa
     graph = Graph(plan, (64, 64), "stand-in", ())
     served = ServedCapability("stand-in", (graph,), bounds, (), True, {}, {})
     capability = SimpleNamespace(
-        keeps=lambda options: (), render=lambda outputs, options, hw: {k: v.copy() for k, v in outputs.items()},
-        frame_parameters=(), warm_up_parameters={},  # the graph takes the frames only
+        keeps=lambda options: (),
+        render=lambda outputs, options, hw: {k: v.copy() for k, v in outputs.items()},
+        frame_parameters=(),
+        warm_up_parameters={},  # the graph takes the frames only
     )
     session = CapabilitySession(
-        served, capability, lambda g: TensorRTBackend(plan, bounds, scratch, trt, cuda, max_batch=4), queue_size=16,
-        max_batch=4, batch_window_s=0.05,  # a GPU frame is faster than the event loop queues nine requests
+        served,
+        capability,
+        lambda g: TensorRTBackend(plan, bounds, scratch, trt, cuda, max_batch=4),
+        queue_size=16,
+        max_batch=4,
+        batch_window_s=0.05,  # a GPU frame is faster than the event loop queues nine requests
     )
     session.open()
     frames = [frame(360, 640, seed=i)[0] for i in range(9)]

@@ -95,8 +95,13 @@ def slow_device(slow_onnx, opened: list, max_batch: int = 1):
 
 def test_a_frame_past_its_deadline_frees_the_worker_for_the_next_frame(tiny_build, slow_onnx):
     # max_consecutive_failures=1: were a stop counted as a failure, the first one would fail the node.
-    with node_client(tiny_build[0], slow_device(slow_onnx, []), capabilities=("segmentation",),
-                     request_timeout_s=0.5, max_consecutive_failures=1) as c:
+    with node_client(
+        tiny_build[0],
+        slow_device(slow_onnx, []),
+        capabilities=("segmentation",),
+        request_timeout_s=0.5,
+        max_consecutive_failures=1,
+    ) as c:
         for _ in range(2):
             assert_error(post(c, "/infer/segmentation/raw", SLOW), 504, "deadline_exceeded")
             answered = time.monotonic()
@@ -114,8 +119,14 @@ def _post_at(client, body, results: list) -> None:
 
 def test_a_batch_is_stopped_only_once_every_request_in_it_has_given_up(tiny_build, slow_onnx):
     opened = []
-    with node_client(tiny_build[0], slow_device(slow_onnx, opened, max_batch=2), capabilities=("segmentation",),
-                     max_batch=2, batch_window_s=1.0, request_timeout_s=1.0) as c:
+    with node_client(
+        tiny_build[0],
+        slow_device(slow_onnx, opened, max_batch=2),
+        capabilities=("segmentation",),
+        max_batch=2,
+        batch_window_s=1.0,
+        request_timeout_s=1.0,
+    ) as c:
         backend = opened[0]
         backend.batches.clear()
         first, second = [], []

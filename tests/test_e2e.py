@@ -256,7 +256,11 @@ def test_readme_curl_examples_work_against_the_node(node_url, tmp_path):
     for line in lines:
         done = subprocess.run(
             ["bash", "-o", "pipefail", "-c", line.replace("http://127.0.0.1:8000", node_url)],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
     assert Image.open(tmp_path / "depth.png").size == (640, 480)

@@ -62,8 +62,12 @@ def bodies(draw):
     return bytes(body), media, None, None
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
-          HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
 @given(case=bodies())
 def test_any_body_is_refused_with_a_4xx_or_runs_through_every_graph_and_output(graphs, case):
     body, media, width, height = case

@@ -133,8 +133,11 @@ def test_exported_graph_dims_are_named_and_dynamic(tiny_build):
     pose_outputs = {o["name"]: o["shape"] for o in entries["pose"]["graphs"][0]["outputs"]}
     assert pose_outputs["keypoints"] == ["batch", 3, 17, 2]
     # The per-frame threshold that decides which slots the keypoint model runs on.
-    assert entries["pose"]["graphs"][0]["inputs"][1] == {"name": "person_threshold", "dtype": "float32",
-                                                         "shape": ["batch"]}
+    assert entries["pose"]["graphs"][0]["inputs"][1] == {
+        "name": "person_threshold",
+        "dtype": "float32",
+        "shape": ["batch"],
+    }
 
 
 # ------------------------------------------------------- the fp16 graphs (what TensorRT engines are built from)

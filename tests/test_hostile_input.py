@@ -29,8 +29,13 @@ TOKEN = "hostile-token"
 def node(tiny_build, tmp_path_factory):
     """(url, port, log) of a node with a token and a short receive deadline."""
     log = tmp_path_factory.mktemp("hostile") / "node.log"
-    proc, url = start_node(tiny_build[0], log, VISION_NODE_TOKEN=TOKEN, VISION_NODE_RECEIVE_TIMEOUT_S="2",
-                           VISION_NODE_STREAM_HOSTS="trickle.example")
+    proc, url = start_node(
+        tiny_build[0],
+        log,
+        VISION_NODE_TOKEN=TOKEN,
+        VISION_NODE_RECEIVE_TIMEOUT_S="2",
+        VISION_NODE_STREAM_HOSTS="trickle.example",
+    )
     try:
         wait_for_http(f"{url}/ready", proc, log)
         yield url, int(url.rsplit(":", 1)[1]), log
@@ -140,8 +145,15 @@ def test_urls_in_a_request_cause_no_outbound_connection(node):
     watcher = threading.Thread(target=watch)
     watcher.start()
     f = frame(64, 64)
-    sneaky = {"Authorization": f"Bearer {TOKEN}", "Referer": target, "Origin": target, "X-Forwarded-Host": target,
-              "Forwarded": f"for={target}", "Link": f"<{target}>", "X-Callback-Url": target}
+    sneaky = {
+        "Authorization": f"Bearer {TOKEN}",
+        "Referer": target,
+        "Origin": target,
+        "X-Forwarded-Host": target,
+        "Forwarded": f"for={target}",
+        "Link": f"<{target}>",
+        "X-Callback-Url": target,
+    }
     with httpx.Client(base_url=url, timeout=10) as client:
         client.post(f"/infer/depth?url={target}&callback={target}", content=target.encode(), headers=sneaky)
         client.post("/infer/depth", content=target.encode(), headers={**sneaky, "Content-Type": "text/uri-list"})
@@ -151,15 +163,21 @@ def test_urls_in_a_request_cause_no_outbound_connection(node):
         client.post(
             f"/infer/pose?image_url={target}", content=f.tobytes(), headers={**sneaky, "Content-Type": raw_type(f)}
         )
-        client.post("/infer/depth", content=b'{"image_url": "%s"}' % target.encode(),
-                    headers={**sneaky, "Content-Type": "application/json"})
+        client.post(
+            "/infer/depth",
+            content=b'{"image_url": "%s"}' % target.encode(),
+            headers={**sneaky, "Content-Type": "application/json"},
+        )
         client.get(f"/capabilities?url={target}", headers=sneaky)
         # a stream's start names channels to connect to: only on the hosts streams may use (--stream-hosts)
         channels = {key: target for key in ("subscribe_url", "publish_url", "control_url", "events_url")}
         started = [
             client.post("/live/depth/stream/start", json={"gateway_request_id": "s", **channels}, headers=sneaky),
-            client.post("/live/pose/stream/start", json={}, headers={**sneaky, "Livepeer-Session-Id": "s",
-                                                                     "Livepeer-Session-Control": target}),
+            client.post(
+                "/live/pose/stream/start",
+                json={},
+                headers={**sneaky, "Livepeer-Session-Id": "s", "Livepeer-Session-Control": target},
+            ),
         ]
     watcher.join()
     canary.close()
@@ -175,11 +193,31 @@ def test_schema_driven_fuzzing_finds_no_server_error_and_conforms_to_the_publish
     answers 403 on purpose, as an orchestrator drops a capability that answers 401)."""
     url, *_ = node
     done = subprocess.run(
-        [Path(sys.executable).with_name("schemathesis"), "run", f"{url}/openapi.json", "--checks", "all",
-         "--exclude-checks", "positive_data_acceptance,missing_required_header", "--workers", "1",
-         "--max-examples", "40", "--request-timeout", "30", "--suppress-health-check", "all",
-         "--header", f"Authorization: Bearer {TOKEN}", "--seed", "7"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        [
+            Path(sys.executable).with_name("schemathesis"),
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance,missing_required_header",
+            "--workers",
+            "1",
+            "--max-examples",
+            "40",
+            "--request-timeout",
+            "30",
+            "--suppress-health-check",
+            "all",
+            "--header",
+            f"Authorization: Bearer {TOKEN}",
+            "--seed",
+            "7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
     )
     summary = [line for line in done.stdout.splitlines() if "generated" in line or "passed" in line]
     print("\n".join(summary))

@@ -151,8 +151,11 @@ def layering_violations(graph: dict[str, set[str]]) -> list[str]:
     found = []
     for module, targets in sorted(graph.items()):
         for target in sorted(targets):
-            if module.startswith("vision_node.http") and target.startswith(_HTTP_MAY_NOT_IMPORT) \
-                    and target not in _HTTP_MAY_IMPORT:
+            if (
+                module.startswith("vision_node.http")
+                and target.startswith(_HTTP_MAY_NOT_IMPORT)
+                and target not in _HTTP_MAY_IMPORT
+            ):
                 found.append(f"{module} -> {target} (http/ does HTTP; serving/ owns this)")
             below = module.startswith("vision_node.") and not module.startswith(("vision_node.http", "vision_node.cli"))
             if below and target.startswith("vision_node.http"):
@@ -161,8 +164,10 @@ def layering_violations(graph: dict[str, set[str]]) -> list[str]:
 
 
 def test_the_layering_check_names_a_crossing():
-    graph = {"vision_node.http.x": {"vision_node.runtime.tensorrt", "vision_node.capabilities.base"},
-             "vision_node.serving.node": {"vision_node.http.app"}}
+    graph = {
+        "vision_node.http.x": {"vision_node.runtime.tensorrt", "vision_node.capabilities.base"},
+        "vision_node.serving.node": {"vision_node.http.app"},
+    }
     assert layering_violations(graph) == [
         "vision_node.http.x -> vision_node.runtime.tensorrt (http/ does HTTP; serving/ owns this)",
         "vision_node.serving.node -> vision_node.http.app (a lower layer reaching up into http/)",

@@ -221,9 +221,16 @@ def test_start_body_keys_headers_and_params_object():
     assert body["params"] == {"preprocessor": "depth", "width": 512, "height": 512, "max_framerate": 24}
     assert b'"height":512,' in raw and raw.startswith(b'{"control_url":')  # Go: float64 512 prints 512; sorted keys
     assert [body[k].rsplit("/", 1)[1] for k in ("subscribe_url", "publish_url", "control_url", "events_url")] == [
-        "abc", "abc-out", "abc-control", "abc-events"]
-    assert (started.subscribe_url, started.publish_url, started.data_url) == (body["subscribe_url"],
-                                                                             body["publish_url"], None)
+        "abc",
+        "abc-out",
+        "abc-control",
+        "abc-events",
+    ]
+    assert (started.subscribe_url, started.publish_url, started.data_url) == (
+        body["subscribe_url"],
+        body["publish_url"],
+        None,
+    )
     assert headers["X-Stream-Id"] == "abc" and headers["Authorization"] == "Bearer tok"
     assert headers["Content-Type"] == "application/json" and headers["User-Agent"] == "Go-http-client/1.1"
     assert set(bare_body) == {"gateway_request_id", "control_url", "events_url", "data_url", "params"}
@@ -311,8 +318,11 @@ def test_events_are_recorded_unwrapped_and_a_gap_trips_the_watchdog():
                 await (await http.post(f"{started.events_url}/{seq}", data=b'{"type":"heartbeat"}')).read()
                 seq += 1
                 await asyncio.sleep(0.05)
-            for body in (b'{"event":{"type":"status","fps":24},"queue_event_type":"ai_stream_status"}', b"not json",
-                         b'{"type":"bare"}'):
+            for body in (
+                b'{"event":{"type":"status","fps":24},"queue_event_type":"ai_stream_status"}',
+                b"not json",
+                b'{"type":"bare"}',
+            ):
                 await (await http.post(f"{started.events_url}/{seq}", data=body)).read()
                 seq += 1
             await asyncio.sleep(0.2)

@@ -36,8 +36,11 @@ def wait_for(condition, timeout=30.0, what="condition"):
 def runner_node(engines, log, double, *argv, module="vision_node", **env):
     port = free_port()
     settings = dict(
-        VISION_NODE_PORT=port, VISION_NODE_ORCHESTRATOR_URL=double.url, VISION_NODE_ORCHESTRATOR_SECRET=SECRET,
-        VISION_NODE_NODE_URL=f"http://127.0.0.1:{port}", VISION_NODE_REGISTER_AS="live-runner",
+        VISION_NODE_PORT=port,
+        VISION_NODE_ORCHESTRATOR_URL=double.url,
+        VISION_NODE_ORCHESTRATOR_SECRET=SECRET,
+        VISION_NODE_NODE_URL=f"http://127.0.0.1:{port}",
+        VISION_NODE_REGISTER_AS="live-runner",
     )
     return start_node(engines, log, *argv, module=module, **{**settings, **env})
 
@@ -55,8 +58,9 @@ def single_shot(tiny_build, tmp_path_factory):
     """(double, node process, node URL, log, seconds from /ready to discoverable)."""
     log = tmp_path_factory.mktemp("runner") / "node.log"
     with LiveRunnerDouble(SECRET, interval=0.5, ttl=2.0) as double:
-        proc, url = runner_node(tiny_build[0], log, double, VISION_NODE_RUNNER_PRICE="0.002",
-                                VISION_NODE_COMBINATIONS="depth+segmentation")
+        proc, url = runner_node(
+            tiny_build[0], log, double, VISION_NODE_RUNNER_PRICE="0.002", VISION_NODE_COMBINATIONS="depth+segmentation"
+        )
         try:
             wait_for_http(f"{url}/ready", proc, log)
             ready_at = time.monotonic()
@@ -74,12 +78,21 @@ def test_every_capability_registers_as_a_discoverable_runner_within_a_heartbeat(
     fields = dict(double.runners[by_app(double)["vision/depth"]]["fields"])
     fields.pop("runner_id", None)  # sent from the second heartbeat on
     assert fields == {
-        "app": "vision/depth", "runner_url": url, "mode": "single-shot", "capacity": 5, "version": "0.1.0",
-        "price_info": {"price": "0.002", "currency": "usd", "unit": "fixed"}, "status": "ready",
+        "app": "vision/depth",
+        "runner_url": url,
+        "mode": "single-shot",
+        "capacity": 5,
+        "version": "0.1.0",
+        "price_info": {"price": "0.002", "currency": "usd", "unit": "fixed"},
+        "status": "ready",
     }
     discovered = httpx.get(f"{double.url}/discovery").json()[0]["runners"]
-    assert {r["app"] for r in discovered} == {"vision/depth", "vision/segmentation", "vision/pose",
-                                              "vision/depth+segmentation"}
+    assert {r["app"] for r in discovered} == {
+        "vision/depth",
+        "vision/segmentation",
+        "vision/pose",
+        "vision/depth+segmentation",
+    }
     text = log.read_text()
     assert "live runner vision/depth: registered at" in text and SECRET not in text
     assert not any(r["secret"] in text for r in double.runners.values())  # no heartbeat secret in the log
@@ -104,8 +117,10 @@ def test_a_combination_through_the_proxy_is_one_upload_with_a_part_per_capabilit
     f = frame(96, 128)
     r = infer_through(f"{double.url}/apps/{runner_id}/app/infer/depth+segmentation?depth.output=raw", f)
     assert r.status_code == 200, r.text
-    assert [(name, media) for name, media, _, _ in parts(r)] == [("depth", "application/octet-stream"),
-                                                                  ("segmentation", "image/png")]
+    assert [(name, media) for name, media, _, _ in parts(r)] == [
+        ("depth", "application/octet-stream"),
+        ("segmentation", "image/png"),
+    ]
     assert json.loads(r.headers["x-metadata"])["livepeer_session"] == double.forwarded[-1]["Livepeer-Session-Id"]
 
 
@@ -114,8 +129,14 @@ def test_the_advertised_capacity_is_what_the_node_accepts_before_503(tiny_build,
     control = tmp_path / "control"
     control.write_text("slow 0.4")  # every frame takes 0.4 s more, so the six overlap
     with LiveRunnerDouble(SECRET) as double:
-        proc, url = runner_node(tiny_build[0], tmp_path / "log", double, str(control), module="tests.faulty_node",
-                                VISION_NODE_CAPABILITIES="depth")
+        proc, url = runner_node(
+            tiny_build[0],
+            tmp_path / "log",
+            double,
+            str(control),
+            module="tests.faulty_node",
+            VISION_NODE_CAPABILITIES="depth",
+        )
         try:
             wait_for(lambda: double.discoverable(), what="the runner")
             runner_id = by_app(double)["vision/depth"]
@@ -140,8 +161,14 @@ def test_the_advertised_capacity_is_what_the_node_accepts_before_503(tiny_build,
 
 def test_a_persistent_session_carries_many_frames_and_counts_once(tiny_build, tmp_path):
     with LiveRunnerDouble(SECRET) as double:
-        proc, url = runner_node(tiny_build[0], tmp_path / "log", double, VISION_NODE_RUNNER_MODE="persistent",
-                                VISION_NODE_CAPABILITIES="segmentation", VISION_NODE_STREAM_CAPACITY="2")
+        proc, url = runner_node(
+            tiny_build[0],
+            tmp_path / "log",
+            double,
+            VISION_NODE_RUNNER_MODE="persistent",
+            VISION_NODE_CAPABILITIES="segmentation",
+            VISION_NODE_STREAM_CAPACITY="2",
+        )
         try:
             wait_for(lambda: double.discoverable(), what="the runner")
             runner_id = by_app(double)["vision/segmentation"]
@@ -178,8 +205,10 @@ def test_a_forgotten_runner_registers_again_within_two_heartbeats(single_shot):
     wait_for(lambda: by_app(double).get("vision/segmentation") not in (None, old), timeout=10, what="a new id")
     after_expiry = time.monotonic() - forgotten
     double.sweeping = True
-    print(f"\nall back {after_restart * 1000:.0f} ms after a restart, {after_expiry * 1000:.0f} ms after a TTL expiry "
-          f"(heartbeat every {double.interval} s)")
+    print(
+        f"\nall back {after_restart * 1000:.0f} ms after a restart, {after_expiry * 1000:.0f} ms after a TTL expiry "
+        f"(heartbeat every {double.interval} s)"
+    )
     assert after_restart < 2 * double.interval and after_expiry < 2 * double.interval
     text = log.read_text()
     assert "forgot runner" in text and "(HTTP 401)" in text and "(HTTP 404)" in text
@@ -209,8 +238,9 @@ def test_a_registration_in_flight_at_sigterm_never_outlives_the_node(tiny_build,
     slow = {"delay_s": 2.0}
     double = OrchestratorDouble(SECRET, **slow) if protocol == "byoc" else LiveRunnerDouble(SECRET, **slow)
     with double:
-        proc, _ = runner_node(tiny_build[0], tmp_path / "log", double, VISION_NODE_REGISTER_AS=protocol,
-                              VISION_NODE_CAPABILITIES="depth")
+        proc, _ = runner_node(
+            tiny_build[0], tmp_path / "log", double, VISION_NODE_REGISTER_AS=protocol, VISION_NODE_CAPABILITIES="depth"
+        )
         try:
             registry = double.registry if protocol == "byoc" else double.runners
             wait_for(lambda: double.in_flight, what="a registration in flight")
@@ -226,8 +256,13 @@ def test_a_registration_in_flight_at_sigterm_never_outlives_the_node(tiny_build,
 
 def test_a_refused_secret_is_logged_and_retried_with_backoff(tiny_build, tmp_path):
     with LiveRunnerDouble(SECRET) as double:
-        proc, _ = runner_node(tiny_build[0], tmp_path / "log", double, VISION_NODE_ORCHESTRATOR_SECRET="s3cr3t-x",
-                              VISION_NODE_CAPABILITIES="depth")
+        proc, _ = runner_node(
+            tiny_build[0],
+            tmp_path / "log",
+            double,
+            VISION_NODE_ORCHESTRATOR_SECRET="s3cr3t-x",
+            VISION_NODE_CAPABILITIES="depth",
+        )
         try:
             wait_for(lambda: sum(1 for e in double.log if e[3] == 401) >= 2, what="a retry")
             first, second = [e[0] for e in double.log if e[3] == 401][:2]
@@ -255,9 +290,24 @@ def test_a_field_the_orchestrator_refuses_is_logged_as_it_says_and_retried(tiny_
 def test_live_runners_prints_runners_json_the_orchestrator_accepts_and_polls(tiny_build, tmp_path):
     port = free_port()
     printed = subprocess.run(
-        [sys.executable, "-m", "vision_node", "live-runners", "--engines", str(tiny_build[0]), "--node-url",
-         f"http://127.0.0.1:{port}", "--runner-mode", "persistent", "--runner-metadata", "tiny demo node"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "vision_node",
+            "live-runners",
+            "--engines",
+            str(tiny_build[0]),
+            "--node-url",
+            f"http://127.0.0.1:{port}",
+            "--runner-mode",
+            "persistent",
+            "--runner-metadata",
+            "tiny demo node",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert printed.returncode == 0, printed.stderr
     config = json.loads(printed.stdout)
@@ -297,8 +347,13 @@ def test_static_validation_refuses_what_go_livepeer_refuses():
 
 
 def test_the_node_refuses_to_print_runners_without_a_url(tiny_build):
-    printed = subprocess.run([sys.executable, "-m", "vision_node", "live-runners", "--engines", str(tiny_build[0])],
-                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    printed = subprocess.run(
+        [sys.executable, "-m", "vision_node", "live-runners", "--engines", str(tiny_build[0])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert printed.returncode == 2 and "--node-url is required" in printed.stderr and not printed.stdout
 
 
@@ -308,8 +363,14 @@ def test_the_node_refuses_to_print_runners_without_a_url(tiny_build):
 def test_go_durations_and_runner_fields():
     assert [go_duration(t, 5.0) for t in ("5s", "1m30s", "250ms", "", None, "soon", 2)] == [5, 90, 0.25, 5, 5, 5, 2]
     assert go_duration("20s", 0) == 20.0
-    config = Config(node_url="http://n:8000/", orchestrator_url="http://o", orchestrator_secret="s",
-                    runner_apps=("pose=acme/pose",), gpu_name="RTX 4090", gpu_vram_mb=24564)
+    config = Config(
+        node_url="http://n:8000/",
+        orchestrator_url="http://o",
+        orchestrator_secret="s",
+        runner_apps=("pose=acme/pose",),
+        gpu_name="RTX 4090",
+        gpu_vram_mb=24564,
+    )
     entry = runner_entry(config, "pose", gpu={"name": "ignored", "vram_mb": 1})
     assert entry["app"] == "acme/pose" and entry["runner_url"] == "http://n:8000" and "price_info" not in entry
     assert entry["gpu"] == {"name": "RTX 4090", "vram_mb": 24564} and entry["capacity"] == 5
@@ -320,8 +381,9 @@ def test_go_durations_and_runner_fields():
 
 def test_capacity_is_derived_and_a_larger_one_is_warned_about():
     assert Config(queue_size=2).advertised_capacity == 3 and Config(capacity=2).advertised_capacity == 2
-    warnings = Config(orchestrator_url="http://o", orchestrator_secret="s", node_url="http://n", capacity=9,
-                      queue_size=4).registration_warnings()
+    warnings = Config(
+        orchestrator_url="http://o", orchestrator_secret="s", node_url="http://n", capacity=9, queue_size=4
+    ).registration_warnings()
     assert len(warnings) == 1 and "capacity 9 is more than a capability accepts before answering 503 (5" in warnings[0]
 
 
@@ -339,8 +401,13 @@ def test_a_persistent_session_runs_a_live_stream_through_the_channels_the_node_a
 
     segments = encode_segments(photo_clip(48, 96, 128, seed=7), fps=24, gop=24)
     with TrickleServer() as trickle, LiveRunnerDouble(SECRET, trickle=trickle) as double:
-        proc, url = runner_node(tiny_build[0], tmp_path / "log", double, VISION_NODE_RUNNER_MODE="persistent",
-                                VISION_NODE_CAPABILITIES="depth")
+        proc, url = runner_node(
+            tiny_build[0],
+            tmp_path / "log",
+            double,
+            VISION_NODE_RUNNER_MODE="persistent",
+            VISION_NODE_CAPABILITIES="depth",
+        )
         try:
             wait_for(lambda: double.discoverable(), what="the runner")
             runner_id = by_app(double)["vision/depth"]

@@ -19,8 +19,12 @@ Total Device Persistent Memory: 0 bytes
 Max Scratch Memory: 526809088 bytes
 Total Activation Memory: 526811648 bytes
 Total Weights Memory: 643840 bytes"""
-    assert trt_memory.parse(log) == {"persistent_bytes": 0, "max_scratch_bytes": 526809088,
-                                     "activation_bytes": 526811648, "weights_bytes": 643840}
+    assert trt_memory.parse(log) == {
+        "persistent_bytes": 0,
+        "max_scratch_bytes": 526809088,
+        "activation_bytes": 526811648,
+        "weights_bytes": 643840,
+    }
     assert trt_memory.parse("Engine generation completed in 9.5 seconds.") == {}
 
 

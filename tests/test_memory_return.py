@@ -23,16 +23,18 @@ def rss(pid: int) -> int:
 def test_after_an_expensive_frame_the_node_gives_its_memory_back(tiny_build, tmp_path):
     log = tmp_path / "node.log"
     # Frames up to 256x256 pixels keep the arena (the ordinary ones here); the 720x1280 one gives it back.
-    proc, url = start_node(tiny_build[0], log, VISION_NODE_CAPABILITIES="segmentation",
-                           VISION_NODE_KEEP_ARENA_PIXELS=str(256 * 256))
+    proc, url = start_node(
+        tiny_build[0], log, VISION_NODE_CAPABILITIES="segmentation", VISION_NODE_KEEP_ARENA_PIXELS=str(256 * 256)
+    )
     ordinary, expensive = frame(120, 160), frame(720, 1280)
     try:
         wait_for_http(f"{url}/ready", proc, log)
         with httpx.Client(base_url=url, timeout=60) as client:
 
             def send(f) -> int:
-                return client.post("/infer/segmentation/raw", content=f.tobytes(),
-                                   headers={"content-type": raw_type(f)}).status_code
+                return client.post(
+                    "/infer/segmentation/raw", content=f.tobytes(), headers={"content-type": raw_type(f)}
+                ).status_code
 
             assert [send(ordinary) for _ in range(3)] == [200] * 3
             before, peak, done = rss(proc.pid), [0], threading.Event()

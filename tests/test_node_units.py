@@ -184,8 +184,9 @@ def test_bad_configuration_names_the_key(env, words):
 
 
 def test_capability_pairs_map_names_and_apps_with_defaults():
-    config = Config.load({"VISION_NODE_CAPABILITY_NAMES": "depth=vision-depth",
-                          "VISION_NODE_RUNNER_APPS": "pose=acme/pose=v2"})
+    config = Config.load(
+        {"VISION_NODE_CAPABILITY_NAMES": "depth=vision-depth", "VISION_NODE_RUNNER_APPS": "pose=acme/pose=v2"}
+    )
     assert config.registered_name("depth") == "vision-depth" and config.registered_name("pose") == "pose"
     assert config.runner_app("pose") == "acme/pose=v2" and config.runner_app("depth") == "vision/depth"
 
@@ -359,8 +360,14 @@ def test_a_frame_outside_the_bounds_is_refused_by_the_session_and_never_counts_a
     served = load(tiny_build[0], ("depth",))["depth"]
     capability = CAPABILITY_CLASSES["depth"](served.options)
     fatal, failures = [], []
-    session = CapabilitySession(served, capability, lambda g: OnnxRuntimeBackend(g.path, g.outputs, served.bounds), 0,
-                                on_fatal=fatal.append, on_failure=failures.append)
+    session = CapabilitySession(
+        served,
+        capability,
+        lambda g: OnnxRuntimeBackend(g.path, g.outputs, served.bounds),
+        0,
+        on_fatal=fatal.append,
+        on_failure=failures.append,
+    )
     session.open()
     options = capability.parse_options({})
     too_small, too_wide = frames(32, 32)[0], np.zeros((64, served.bounds.max_hw[1] + 2, 3), np.uint8)
@@ -372,8 +379,9 @@ def test_a_frame_outside_the_bounds_is_refused_by_the_session_and_never_counts_a
                 session.submit(frame, options, time.monotonic() + 10, streamed=True)
             refused.append(caught.value.status)
         # streamed frames are admitted with their stream, not by the request queue (here of size 0)
-        jobs = [session.submit(frames(64, 80, seed=i)[0], options, time.monotonic() + 30, streamed=True)
-                for i in range(3)]
+        jobs = [
+            session.submit(frames(64, 80, seed=i)[0], options, time.monotonic() + 30, streamed=True) for i in range(3)
+        ]
         outcomes = [await session.result(job) for job in jobs]
         return refused, outcomes
 

@@ -198,8 +198,9 @@ BOUNDS = ShapeBounds(min_hw=(8, 8), max_hw=(400, 400))
 def test_jpeg_frames_decode_to_the_same_pixels_as_pillow(progressive, subsampling):
     out = io.BytesIO()
     Image.fromarray(frame(90, 130)).save(out, "JPEG", quality=85, subsampling=subsampling, progressive=progressive)
-    np.testing.assert_array_equal(frames.decode(out.getvalue(), "image/jpeg", None, None, BOUNDS),
-                                  pillow(out.getvalue(), "RGB"))
+    np.testing.assert_array_equal(
+        frames.decode(out.getvalue(), "image/jpeg", None, None, BOUNDS), pillow(out.getvalue(), "RGB")
+    )
 
 
 def test_grey_jpeg_frame_decodes_to_rgb():

@@ -87,8 +87,16 @@ def test_exported_resize_equals_pillow_in_onnx_runtime_for_every_frame_shape(tmp
     path = tmp_path / "resize.onnx"
     example = torch.zeros((1, 720, 1280, 3), dtype=torch.uint8)
     axes = {"frames": {0: "batch", 1: "height", 2: "width"}}
-    torch.onnx.export(Resize(), (example,), str(path), dynamo=False, opset_version=17, input_names=["frames"],
-                      output_names=["x"], dynamic_axes=axes)
+    torch.onnx.export(
+        Resize(),
+        (example,),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["frames"],
+        output_names=["x"],
+        dynamic_axes=axes,
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for in_hw in [(1080, 1920), (1920, 1080), (300, 500), (512, 512)]:  # both orders, up and down, 1:1
         frames = np.stack([photo(in_hw), samples.frame(*in_hw, seed=5)])

@@ -179,8 +179,13 @@ def test_waiting_frames_of_one_size_run_as_one_batch_with_the_results_of_single_
     gate, opened = threading.Event(), []
     gate.set()
     with (
-        node_client(tiny_build[0], gated(gate, max_batch=4, opened=opened), capabilities=("segmentation",),
-                    max_batch=4, queue_size=8) as c,
+        node_client(
+            tiny_build[0],
+            gated(gate, max_batch=4, opened=opened),
+            capabilities=("segmentation",),
+            max_batch=4,
+            queue_size=8,
+        ) as c,
         in_process_backends(tiny_build[0]) as single,
     ):
         backend = opened[0]
@@ -209,8 +214,9 @@ def test_pose_frames_with_their_own_thresholds_run_as_one_batch_and_each_keeps_i
     gate.set()
     f = frame(seed=4)
     with (
-        node_client(tiny_build[0], gated(gate, max_batch=4, opened=opened), capabilities=("pose",), max_batch=4,
-                    queue_size=8) as c,
+        node_client(
+            tiny_build[0], gated(gate, max_batch=4, opened=opened), capabilities=("pose",), max_batch=4, queue_size=8
+        ) as c,
         in_process_backends(tiny_build[0]) as single,
     ):
         backend = opened[0]

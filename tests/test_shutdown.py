@@ -67,11 +67,18 @@ def _start_node(tiny_build, tmp_path, double: OrchestratorDouble):
     control = tmp_path / "fault"
     control.write_text("slow 0.05")
     proc, url = start_node(
-        tiny_build[0], tmp_path / "node.log", str(control), module="tests.faulty_node",
-        VISION_NODE_PORT=port, VISION_NODE_CAPABILITIES="segmentation",
-        VISION_NODE_ORCHESTRATOR_URL=double.url, VISION_NODE_ORCHESTRATOR_SECRET=SECRET,
-        VISION_NODE_NODE_URL=f"http://127.0.0.1:{port}", VISION_NODE_QUEUE_SIZE="500",
-        VISION_NODE_REQUEST_TIMEOUT_S="120", VISION_NODE_DRAIN_DELAY_S="1",
+        tiny_build[0],
+        tmp_path / "node.log",
+        str(control),
+        module="tests.faulty_node",
+        VISION_NODE_PORT=port,
+        VISION_NODE_CAPABILITIES="segmentation",
+        VISION_NODE_ORCHESTRATOR_URL=double.url,
+        VISION_NODE_ORCHESTRATOR_SECRET=SECRET,
+        VISION_NODE_NODE_URL=f"http://127.0.0.1:{port}",
+        VISION_NODE_QUEUE_SIZE="500",
+        VISION_NODE_REQUEST_TIMEOUT_S="120",
+        VISION_NODE_DRAIN_DELAY_S="1",
     )
     return proc, url, port
 

@@ -118,11 +118,17 @@ def test_the_guard_overrides_hooks_the_installed_uvicorn_has_and_the_version_is_
 
     from vision_node.http.server import GuardedHttpToolsProtocol
 
-    overridden = [name for name, _ in inspect.getmembers(GuardedHttpToolsProtocol, inspect.isfunction)
-                  if name in GuardedHttpToolsProtocol.__dict__ and not name.startswith("_")]
+    overridden = [
+        name
+        for name, _ in inspect.getmembers(GuardedHttpToolsProtocol, inspect.isfunction)
+        if name in GuardedHttpToolsProtocol.__dict__ and not name.startswith("_")
+    ]
     assert overridden and all(hasattr(HttpToolsProtocol, name) for name in overridden), overridden
-    spec = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-                if d.startswith("uvicorn"))
+    spec = next(
+        d
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        if d.startswith("uvicorn")
+    )
     cap = re.search(r"<\s*([\d.]+)", spec)
     assert cap, f"{spec}: no upper bound"
     installed = tuple(int(p) for p in metadata.version("uvicorn").split(".")[:2])

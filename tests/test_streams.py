@@ -46,8 +46,12 @@ def live(tiny_build, tmp_path_factory):
     log = tmp_path_factory.mktemp("streams") / "node.log"
     with TrickleServer() as trickle:
         proc, url = start_node(
-            tiny_build[0], log, VISION_NODE_TOKEN=TOKEN, VISION_NODE_STREAM_CAPACITY="3",
-            VISION_NODE_STREAM_STATUS_INTERVAL_S="0.5", VISION_NODE_STREAM_IDLE_TIMEOUT_S="4",
+            tiny_build[0],
+            log,
+            VISION_NODE_TOKEN=TOKEN,
+            VISION_NODE_STREAM_CAPACITY="3",
+            VISION_NODE_STREAM_STATUS_INTERVAL_S="0.5",
+            VISION_NODE_STREAM_IDLE_TIMEOUT_S="4",
             VISION_NODE_MAX_BATCH="2",
         )
         try:
@@ -241,8 +245,9 @@ def test_two_concurrent_streams_each_get_the_maps_of_their_own_frames(live):
     async def scenario():
         orch = orchestrator(live, "depth")
         try:
-            return await asyncio.gather(*(stream_through(orch, f"two-{k}", c, {"channels": 1})
-                                          for k, c in clips.items()))
+            return await asyncio.gather(
+                *(stream_through(orch, f"two-{k}", c, {"channels": 1}) for k, c in clips.items())
+            )
         finally:
             await orch.close()
 
@@ -312,8 +317,9 @@ def test_frames_outside_the_bounds_are_resized_to_fit_them_with_a_warning_event(
     async def scenario():
         orch = orchestrator(live, "segmentation")
         try:
-            reader, _, events = await stream_through(orch, f"fit-{size[0]}", clip(frames=24, height=size[0],
-                                                                                   width=size[1]))
+            reader, _, events = await stream_through(
+                orch, f"fit-{size[0]}", clip(frames=24, height=size[0], width=size[1])
+            )
             return reader, events
         finally:
             await orch.close()
@@ -407,13 +413,19 @@ def test_stops_while_frames_are_in_flight_and_fifty_start_stop_cycles_leave_the_
     took = time.monotonic() - began
     after_threads, after_fds = node_threads_fds(proc)
     grown = (rss(url) - memory) / 2**20
-    print(f"\n50 start/stop cycles in {took:.1f} s: threads {threads} -> {after_threads}, fds {fds} -> {after_fds}, "
-          f"RSS {grown:+.1f} MiB")
+    print(
+        f"\n50 start/stop cycles in {took:.1f} s: threads {threads} -> {after_threads}, fds {fds} -> {after_fds}, "
+        f"RSS {grown:+.1f} MiB"
+    )
     assert after_threads == threads and after_fds <= fds + 2 and grown < 15
     assert httpx.get(f"{url}/ready").status_code == 200 and httpx.get(f"{url}/streams").json()["streams"] == []
     f = photo_clip(1, 96, 128)[0]
-    frame = httpx.post(f"{url}/infer/depth/raw8", params={"width": 128, "height": 96}, content=f.tobytes(),
-                       headers={**AUTH, "Content-Type": "application/octet-stream"})
+    frame = httpx.post(
+        f"{url}/infer/depth/raw8",
+        params={"width": 128, "height": 96},
+        content=f.tobytes(),
+        headers={**AUTH, "Content-Type": "application/octet-stream"},
+    )
     assert frame.status_code == 200 and len(frame.content) == 96 * 128
 
 
@@ -426,8 +438,11 @@ def test_streams_show_in_metrics_capabilities_and_the_streams_list(live):
             started = await orch.start("seen", {"keypoint_threshold": 0.2})
             publishing = asyncio.ensure_future(publish(started.subscribe_url, clip(frames=48), FPS))
             await asyncio.sleep(1.5)
-            seen = (httpx.get(f"{url}/streams").json(), httpx.get(f"{url}/capabilities").json(),
-                    httpx.get(f"{url}/metrics").text)
+            seen = (
+                httpx.get(f"{url}/streams").json(),
+                httpx.get(f"{url}/capabilities").json(),
+                httpx.get(f"{url}/metrics").text,
+            )
             await publishing
             await orch.stop("seen")
             return seen
@@ -439,8 +454,12 @@ def test_streams_show_in_metrics_capabilities_and_the_streams_list(live):
     assert stream["stream_id"] == "seen" and stream["capability"] == "pose" and stream["state"] == "running"
     assert stream["params"]["keypoint_threshold"] == "0.2" and stream["fps"]["in"] > 10 and stream["frames"]["out"]
     assert set(stream["stages_ms_p50"]) == {"decode", "queue", "infer", "render", "encode", "publish"}
-    assert capabilities["capabilities"]["pose"]["stream"] == {"url": "/live/pose", "capacity": 3, "active": 1,
-                                                              "outputs": ["skeleton"]}
+    assert capabilities["capabilities"]["pose"]["stream"] == {
+        "url": "/live/pose",
+        "capacity": 3,
+        "active": 1,
+        "outputs": ["skeleton"],
+    }
     assert 'vision_node_streams{capability="pose"} 1.0' in metrics
     assert re.search(r'vision_node_stream_frames_total\{capability="pose",kind="out"\} [1-9]', metrics)
     assert 'vision_node_stream_latency_seconds_count{capability="pose"}' in metrics

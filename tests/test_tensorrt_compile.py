@@ -102,8 +102,12 @@ def test_the_compile_check_of_the_cli_fails_naming_the_node(tiny_build, tmp_path
     model = onnx.load(str(broken))
     # an extra output that computes on the uint8 frame before casting it
     model.graph.initializer.append(helper.make_tensor("two", TensorProto.UINT8, [], [2]))
-    model.graph.node.extend([helper.make_node("Mul", ["frames", "two"], ["doubled"], name="mul_u8"),
-                             helper.make_node("Cast", ["doubled"], ["doubled_f"], to=TensorProto.FLOAT)])
+    model.graph.node.extend(
+        [
+            helper.make_node("Mul", ["frames", "two"], ["doubled"], name="mul_u8"),
+            helper.make_node("Cast", ["doubled"], ["doubled_f"], to=TensorProto.FLOAT),
+        ]
+    )
     model.graph.output.append(helper.make_tensor_value_info("doubled_f", TensorProto.FLOAT, None))
     onnx.save(model, str(broken))
     caplog.set_level(logging.INFO, logger="build")
@@ -115,8 +119,16 @@ def test_the_compile_check_of_the_cli_fails_naming_the_node(tiny_build, tmp_path
 def test_tensorrt_rtx_engines_are_built_ahead_of_time_from_the_fp16_graph(tiny_build, tmp_path, trt, caplog):
     engines = tmp_path / "engines"
     shutil.copytree(tiny_build[0], engines)
-    argv = ["--tensorrt-only", "--tensorrt-rtx", "--rtx-targets", "8.6,8.9", "--capabilities", "depth", "--out",
-            str(engines)]
+    argv = [
+        "--tensorrt-only",
+        "--tensorrt-rtx",
+        "--rtx-targets",
+        "8.6,8.9",
+        "--capabilities",
+        "depth",
+        "--out",
+        str(engines),
+    ]
     caplog.set_level(logging.INFO, logger="build")
     assert cli.main(argv) == 0
     graph = manifest.load(engines)["capabilities"]["depth"]["graphs"][0]
@@ -153,8 +165,10 @@ def test_every_parser_refusal_is_reported_not_only_the_last():
             return type("Code", (), {"name": "UNSUPPORTED_NODE"})
 
     class Parser:
-        errors = [Refusal("Transpose_980", "Transpose", "first input has type UInt8 but must have type Float"),
-                  Refusal("mul_u8", "Mul", "Invalid Node - mul_u8\nUInt8 is not supported for Mul")]
+        errors = [
+            Refusal("Transpose_980", "Transpose", "first input has type UInt8 but must have type Float"),
+            Refusal("mul_u8", "Mul", "Invalid Node - mul_u8\nUInt8 is not supported for Mul"),
+        ]
         num_errors = len(errors)
 
         def get_error(self, i):

@@ -82,7 +82,10 @@ def _config_flags(parser: argparse.ArgumentParser) -> None:
             default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
             shown = f" (default: {default})" if default not in ("", None) else ""  # the help says what empty means
             parser.add_argument(
-                flag, default=None, metavar=f.name.upper(), choices=f.metadata.get("choices"),
+                flag,
+                default=None,
+                metavar=f.name.upper(),
+                choices=f.metadata.get("choices"),
                 help=help_text + shown,
             )
 
@@ -96,16 +99,20 @@ def print_live_runners(config: Config) -> int:
     from .livepeer.live_runner import static_runners
 
     if not config.node_url:
-        print("vision-node live-runners: --node-url is required (where the orchestrator reaches this node)",
-              file=sys.stderr)
+        print(
+            "vision-node live-runners: --node-url is required (where the orchestrator reaches this node)",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     capabilities = list(config.capabilities)
     if not capabilities:
         try:
             listed = manifest.load(config.engines)["capabilities"]
         except (OSError, ValueError) as err:
-            print(f"vision-node live-runners: no --capabilities and no manifest to read them from ({err})",
-                  file=sys.stderr)
+            print(
+                f"vision-node live-runners: no --capabilities and no manifest to read them from ({err})",
+                file=sys.stderr,
+            )
             return EXIT_CONFIG
         capabilities = [c for c in CAPABILITIES if c in listed]
     print(json.dumps(static_runners(config, [*capabilities, *config.combinations]), indent=2))

@@ -94,7 +94,8 @@ class Config:
         choices=STREAM_ENCODERS,
     )
     stream_quality: int = _opt(
-        23, "the streams' H.264 quality: x264's CRF (NVENC's CQ), 0-51, lower is closer to /infer's maps and costs "
+        23,
+        "the streams' H.264 quality: x264's CRF (NVENC's CQ), 0-51, lower is closer to /infer's maps and costs "
         "more CPU and bytes (23: x264's default, what pytrickle sends)",
     )
     stream_status_interval_s: float = _opt(
@@ -141,8 +142,9 @@ class Config:
     runner_price: str = _opt(
         "", "live runner price in USD per --runner-price-unit, a positive decimal (empty: none, off-chain only)"
     )
-    runner_price_unit: str = _opt("fixed", "what --runner-price buys: fixed (a request or session), 720p or hour",
-                                  choices=PRICE_UNITS)
+    runner_price_unit: str = _opt(
+        "fixed", "what --runner-price buys: fixed (a request or session), 720p or hour", choices=PRICE_UNITS
+    )
     runner_version: str = _opt("", "version advertised by the live runners (default: the node's version)")
     runner_metadata: str = _opt("", "public metadata of the live runners, at most 1024 bytes (never a secret)")
     gpu_name: str = _opt("", "GPU advertised by the live runners (default: the TensorRT backend's GPU, if any)")
@@ -181,8 +183,10 @@ class Config:
         if self.stream_capacity < 0:
             problems.append(f"stream_capacity: must be >= 0, got {self.stream_capacity}")
         if not 0 < self.stream_status_interval_s < EVENT_GAP_S / 2:
-            problems.append(f"stream_status_interval_s: must be > 0 and < {EVENT_GAP_S / 2:g} (go-livepeer ends a "
-                            f"stream after {EVENT_GAP_S:g} s without an event), got {self.stream_status_interval_s}")
+            problems.append(
+                f"stream_status_interval_s: must be > 0 and < {EVENT_GAP_S / 2:g} (go-livepeer ends a "
+                f"stream after {EVENT_GAP_S:g} s without an event), got {self.stream_status_interval_s}"
+            )
         if not 0 <= self.stream_quality <= 51:
             problems.append(f"stream_quality: must be 0-51 (x264's CRF), got {self.stream_quality}")
         if self.stream_idle_timeout_s <= 0:
@@ -193,8 +197,9 @@ class Config:
             problems.append(f"png_compression: must be 0-9, got {self.png_compression}")
         bad_combinations = [c for c in self.combinations if COMBINE not in c or not names_capabilities(c)]
         if bad_combinations:
-            problems.append(f"combinations: expected two or more of {', '.join(CAPABILITIES)} joined by +: "
-                            f"{bad_combinations}")
+            problems.append(
+                f"combinations: expected two or more of {', '.join(CAPABILITIES)} joined by +: {bad_combinations}"
+            )
         unknown = [c for c in self.capabilities if c not in CAPABILITIES]
         if unknown:
             problems.append(f"capabilities: unknown {', '.join(unknown)}; known: {', '.join(CAPABILITIES)}")

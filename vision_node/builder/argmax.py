@@ -277,7 +277,8 @@ def upsampled_argmax(logits: torch.Tensor, size, chunk: int = 8) -> torch.Tensor
         if width is not None:
             values = _candidate_winners(corners_of, wy, wx, slots, used, listed, min(width, k))
         else:
-            values = _every_class(lambda ids, wy=wy, wx=wx: _score_blocks(corners_of(ids), wy, wx), first.shape[0],
-                                  num_classes, chunk)
+            values = _every_class(
+                lambda ids, wy=wy, wx=wx: _score_blocks(corners_of(ids), wy, wx), first.shape[0], num_classes, chunk
+            )
         flat = flat.scatter(0, target, values.reshape(-1))
     return _dense_fallback(overflow, flat[:-1].reshape(n, out_h, out_w), logits, chunk)

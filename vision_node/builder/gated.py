@@ -51,8 +51,9 @@ def join(head: onnx.ModelProto, tail: onnx.ModelProto, skip: str, zero_shapes: d
     else_branch = helper.make_graph(nodes, "tail", [], [_value(TAIL + name, tail, name) for name in outputs])
     then_branch = _zeros(tail_inputs[-1], outputs, tail, zero_shapes)
     graph.node.extend(hoisted)
-    graph.node.append(helper.make_node("If", [skip], outputs, name=SKIP_NODE, then_branch=then_branch,
-                                       else_branch=else_branch))
+    graph.node.append(
+        helper.make_node("If", [skip], outputs, name=SKIP_NODE, then_branch=then_branch, else_branch=else_branch)
+    )
     kept = [v for v in graph.output if v.name not in (*tail_inputs, skip)]
     del graph.output[:]
     graph.output.extend(kept + [_value(name, tail, name) for name in outputs])
@@ -100,8 +101,9 @@ def _zeros(batch_of: str, outputs: list[str], tail: onnx.ModelProto, zero_shapes
     nodes = [helper.make_node("Shape", [batch_of], ["zeros/batch"], start=0, end=1)]
     values = []
     for name in outputs:
-        dims = helper.make_tensor(f"zeros/{name}_dims", TensorProto.INT64, [len(zero_shapes[name])],
-                                  list(zero_shapes[name]))
+        dims = helper.make_tensor(
+            f"zeros/{name}_dims", TensorProto.INT64, [len(zero_shapes[name])], list(zero_shapes[name])
+        )
         dtype = next(v for v in tail.graph.output if v.name == name).type.tensor_type.elem_type
         nodes += [
             helper.make_node("Constant", [], [f"zeros/{name}_rest"], value=dims),

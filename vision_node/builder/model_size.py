@@ -73,7 +73,8 @@ def _corrections(sizing: Sizing, bounds: ShapeBounds) -> tuple[list[int], list[i
     """(keys, height deltas, width deltas) of the frame sizes where the integer rule and the processor differ."""
     (min_h, min_w), (max_h, max_w) = bounds.min_hw, bounds.max_hw
     heights, widths = torch.meshgrid(
-        torch.arange(min_h, max_h + 1, dtype=torch.int64), torch.arange(min_w, max_w + 1, dtype=torch.int64),
+        torch.arange(min_h, max_h + 1, dtype=torch.int64),
+        torch.arange(min_w, max_w + 1, dtype=torch.int64),
         indexing="ij",
     )
     got_h, got_w = _rule(sizing, heights, widths)

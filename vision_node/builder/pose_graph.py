@@ -130,8 +130,9 @@ class Keypoints(nn.Module):
 class PersonBoxes(nn.Module):
     """The detector's ``slots`` best person boxes, and those a frame's threshold keeps for the keypoint model."""
 
-    def __init__(self, detector, detector_processor, detector_sizing: Sizing, bounds: ShapeBounds, slots: int,
-                 rung: str):
+    def __init__(
+        self, detector, detector_processor, detector_sizing: Sizing, bounds: ShapeBounds, slots: int, rung: str
+    ):
         super().__init__()
         self.detect_pre = _Preprocess(detector_processor, detector_sizing, bounds)
         self.detector = precision.body(freeze_size_only_modules(detector, detector_sizing.size), rung)

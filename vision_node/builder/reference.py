@@ -58,9 +58,7 @@ def segmentation(model, processor, frames: np.ndarray, sizing: Sizing) -> dict[s
 
 
 @torch.no_grad()
-def person_boxes(
-    detector, processor, frames: np.ndarray, max_persons: int, sizing: Sizing
-) -> list[PersonBoxes]:
+def person_boxes(detector, processor, frames: np.ndarray, max_persons: int, sizing: Sizing) -> list[PersonBoxes]:
     """Person detections per frame, best first, through post_process_object_detection.
 
     transformers keeps the top ``num_queries`` over all classes, then one would filter persons;

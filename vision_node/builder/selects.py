@@ -31,8 +31,9 @@ def for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with the pose gate and every ``If`` decided by shapes alone turned into selects (in place)."""
     graph = model.graph
     shape_only = _shape_only(graph)
-    picked = [i for i, n in enumerate(graph.node)
-              if n.op_type == "If" and (n.name == SKIP_NODE or shape_only(n.input[0]))]
+    picked = [
+        i for i, n in enumerate(graph.node) if n.op_type == "If" and (n.name == SKIP_NODE or shape_only(n.input[0]))
+    ]
     for index in reversed(picked):  # from the last: inlining moves the nodes after it
         _inline_as_select(graph, index)
     for value in graph.input:

@@ -60,8 +60,11 @@ class Depth:
     name: ClassVar[str] = "depth"
     outputs: ClassVar[tuple[str, ...]] = OUTPUTS
     media_types: ClassVar[dict[str, str]] = {
-        "controlnet": "image/png", "png16": "image/png", "jpeg": "image/jpeg",
-        "raw8": "application/octet-stream", "raw": "application/octet-stream",
+        "controlnet": "image/png",
+        "png16": "image/png",
+        "jpeg": "image/jpeg",
+        "raw8": "application/octet-stream",
+        "raw": "application/octet-stream",
     }
     stream_outputs: ClassVar[tuple[str, ...]] = ("controlnet",)  # image-shaped: what a video stream can carry
     parsers: ClassVar[dict[str, Parser]] = {
@@ -72,7 +75,11 @@ class Depth:
         "quality": jpeg_quality,
     }
     defaults: ClassVar[dict[str, Any]] = {
-        "output": "controlnet", "channels": 3, "range": None, "smooth": None, "quality": 90
+        "output": "controlnet",
+        "channels": 3,
+        "range": None,
+        "smooth": None,
+        "quality": 90,
     }
     frame_parameters: ClassVar[tuple[str, ...]] = ()  # the graph takes the frames only
     warm_up_parameters: ClassVar[dict[str, float]] = {}

@@ -46,8 +46,9 @@ async def infer(request: Request) -> Response:
     reply = await answer(question, body, deadline, arrived, time.perf_counter() - started_read, livepeer_session)
     # The metrics are taken once the answer is on its way: off the request's latency.
     observed = BackgroundTask(node.observe, reply.timings, livepeer_session is not None)
-    return Response(reply.body, media_type=reply.media_type, headers={"X-Metadata": json.dumps(reply.meta)},
-                    background=observed)
+    return Response(
+        reply.body, media_type=reply.media_type, headers={"X-Metadata": json.dumps(reply.meta)}, background=observed
+    )
 
 
 def _request_options(request: Request, ct_params: dict[str, str]) -> dict[str, str]:

@@ -61,8 +61,12 @@ def _infer(name: str, capability: Capability, token: bool, output_in: str) -> di
     """POST /infer/{name} (``output_in="query"``) or /infer/{name}/{output} (``"path"``)."""
     outputs = capability.outputs
     options = [
-        {"name": option, "in": output_in if option == "output" else "query", "required": option == "output"
-         and output_in == "path", "schema": parser.schema}
+        {
+            "name": option,
+            "in": output_in if option == "output" else "query",
+            "required": option == "output" and output_in == "path",
+            "schema": parser.schema,
+        }
         for option, parser in capability.parsers.items()
     ]
     size = {"type": "integer", "minimum": 1}
@@ -123,11 +127,16 @@ def _infer_many(names: tuple[str, ...], capabilities: list[Capability], token: b
         ]
         + [p for p in parts[0]["parameters"] if p["name"] in ("width", "height")],
     }
-    operation["responses"] = {**parts[0]["responses"], "200": {
-        "description": "one part per capability",
-        "headers": {"X-Metadata": {"schema": {"type": "string"}, "description": "JSON: capabilities, frame, timings"}},
-        "content": {"multipart/mixed": {"schema": BINARY}},
-    }}
+    operation["responses"] = {
+        **parts[0]["responses"],
+        "200": {
+            "description": "one part per capability",
+            "headers": {
+                "X-Metadata": {"schema": {"type": "string"}, "description": "JSON: capabilities, frame, timings"}
+            },
+            "content": {"multipart/mixed": {"schema": BINARY}},
+        },
+    }
     return {"post": operation}
 
 
@@ -247,10 +256,15 @@ def _other_paths() -> dict:
     paths = {}
     paths["/health"] = _get(
         "LOADING until warm, then IDLE or OK (busy); ERROR after a fatal fault (the process is exiting)",
-        {"application/json": {"schema": {
-            "type": "object", "required": ["status"],
-            "properties": {"status": {"type": "string", "enum": ["LOADING", "IDLE", "OK", "ERROR"]}},
-        }}},
+        {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"type": "string", "enum": ["LOADING", "IDLE", "OK", "ERROR"]}},
+                }
+            }
+        },
     )
     paths["/ready"] = _get(
         "200 once every capability is warm; 503 while loading, draining (SIGTERM) or failed",

@@ -102,8 +102,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Refuse (431) once the head passes the cap; True when this connection is refused."""
         limit = self.node.config.max_header_bytes
         if not self._refused and max(self._head_bytes, self._parsed_bytes) > limit:
-            self._refuse(431, "Request Header Fields Too Large", "headers_too_large",
-                         f"request line and headers passed {limit} bytes")
+            self._refuse(
+                431,
+                "Request Header Fields Too Large",
+                "headers_too_large",
+                f"request line and headers passed {limit} bytes",
+            )
         return self._refused
 
     def on_message_complete(self) -> None:

@@ -53,8 +53,12 @@ def _node(request: Request):
 def _stream_id(request: Request, body: dict | None = None) -> str:
     """Whose call this is: go-livepeer's X-Stream-Id, a live-runner session's id, or the body's id."""
     body = body or {}
-    for given in (request.headers.get(STREAM_ID), request.headers.get(SESSION_ID), body.get("gateway_request_id"),
-                  body.get("stream_id")):
+    for given in (
+        request.headers.get(STREAM_ID),
+        request.headers.get(SESSION_ID),
+        body.get("gateway_request_id"),
+        body.get("stream_id"),
+    ):
         if given:
             return str(given).strip()
     return ""
@@ -74,8 +78,12 @@ async def start(request: Request) -> Response:
 
 
 def _started(stream) -> dict:
-    return {"status": "started", "stream_id": stream.id, "capability": stream.capability.name,
-            "params": stream.options.public()}
+    return {
+        "status": "started",
+        "stream_id": stream.id,
+        "capability": stream.capability.name,
+        "params": stream.options.public(),
+    }
 
 
 async def params(request: Request) -> Response:
@@ -107,8 +115,9 @@ async def status(request: Request) -> Response:
     capability = request.path_params["capability"]
     node.session(capability)
     running = node.streams.of(capability)
-    return JSONResponse({"capability": capability, "capacity": node.streams.capacity,
-                         "streams": [s.status() for s in running]})
+    return JSONResponse(
+        {"capability": capability, "capacity": node.streams.capacity, "streams": [s.status() for s in running]}
+    )
 
 
 async def streams(request: Request) -> Response:

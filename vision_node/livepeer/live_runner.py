@@ -158,8 +158,9 @@ class LiveRunners:
         if not registering and status in (404, 401):
             # 404: the TTL passed and the sweep has not run; the id stays taken until it does, so take a new
             # one. 401: swept, or the orchestrator restarted: the id is free again, keep it.
-            log.warning("%s: the orchestrator forgot runner %s (HTTP %d); registering again", where,
-                        runner.runner_id, status)
+            log.warning(
+                "%s: the orchestrator forgot runner %s (HTTP %d); registering again", where, runner.runner_id, status
+            )
             runner.secret, runner.base = None, self.base
             if status == 404:
                 runner.runner_id = None
@@ -183,8 +184,15 @@ class LiveRunners:
             log.error("live runner %s: registered without a heartbeat secret; registering again", runner.app)
             return False
         if registering:
-            log.info("live runner %s: registered at %s as %s, %s (heartbeat every %gs, TTL %gs)", runner.app,
-                     runner.base, runner.runner_id, status, runner.interval_s, runner.ttl_s)
+            log.info(
+                "live runner %s: registered at %s as %s, %s (heartbeat every %gs, TTL %gs)",
+                runner.app,
+                runner.base,
+                runner.runner_id,
+                status,
+                runner.interval_s,
+                runner.ttl_s,
+            )
         else:
             log.debug("live runner %s: heartbeat ok (%s)", runner.app, status)
         return True

@@ -26,7 +26,7 @@ def parse(value: str | None) -> tuple[str, dict[str, str]]:
     while rest[at:].strip(" \t;"):
         match = _PARAMETER.match(rest, at)
         if match is None:
-            raise InputError(f"Content-Type parameters are malformed at {rest[at:at + 40]!r}")
+            raise InputError(f"Content-Type parameters are malformed at {rest[at : at + 40]!r}")
         key, given = match.group(1).lower(), match.group(2)
         if given is None:
             raise InputError(f"Content-Type parameter {key!r} has no value")

@@ -36,8 +36,14 @@ class JpegFrame:
         return _jpeg_pixels(self.data)
 
 
-def decode(body: bytes | bytearray, media_type: str, width: str | None, height: str | None, bounds: ShapeBounds,
-           keep_jpeg: bool = False):
+def decode(
+    body: bytes | bytearray,
+    media_type: str,
+    width: str | None,
+    height: str | None,
+    bounds: ShapeBounds,
+    keep_jpeg: bool = False,
+):
     """The frame as uint8 [H, W, 3], or a 4xx that says what was wrong. ``keep_jpeg``: a JPEG that libjpeg-turbo
     would decode is checked from its header and returned as a JpegFrame, for the GPU to decode."""
     if media_type == RAW:

@@ -19,8 +19,10 @@ def mixed(parts) -> tuple[bytes, str]:
         boundary = secrets.token_hex(16)
     out = bytearray()
     for (name, encoded, meta), body in zip(parts, bodies):
-        out += (f"--{boundary}\r\nContent-Type: {encoded.media_type}\r\n"
-                f'Content-Disposition: inline; name="{name}"\r\nX-Metadata: {json.dumps(meta)}\r\n\r\n').encode()
+        out += (
+            f"--{boundary}\r\nContent-Type: {encoded.media_type}\r\n"
+            f'Content-Disposition: inline; name="{name}"\r\nX-Metadata: {json.dumps(meta)}\r\n\r\n'
+        ).encode()
         out += body + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return bytes(out), f'multipart/mixed; boundary="{boundary}"'

@@ -67,8 +67,9 @@ class GpuJpegDecoder:
         codec = self._module
         target = codec.as_image(DeviceFrame(address, height, width, stream), cuda_stream=stream)
         try:
-            image = self._decoder.decode(codec.CodeStream(bytes(data)), image=target, params=self._params,
-                                         cuda_stream=stream)
+            image = self._decoder.decode(
+                codec.CodeStream(bytes(data)), image=target, params=self._params, cuda_stream=stream
+            )
         except Exception:  # an unsupported JPEG flavour or corrupt data: the CPU path decides, and says why
             return False
         return image is not None and tuple(image.shape[:2]) == (height, width)
@@ -78,7 +79,5 @@ def import_nvimgcodec():
     try:
         from nvidia import nvimgcodec  # only with --gpu-decode
     except ImportError as err:
-        raise StartupError(
-            f"--gpu-decode needs nvImageCodec: pip install -e '.[gpu-decode]' ({err})"
-        ) from None
+        raise StartupError(f"--gpu-decode needs nvImageCodec: pip install -e '.[gpu-decode]' ({err})") from None
     return nvimgcodec

@@ -120,8 +120,9 @@ class TensorRTBackend:
         entry, plan = cls.engine_for(graph, rt)
         if manifest.sha256(plan) != entry["sha256"]:
             raise StartupError(f"{plan}: not the engine the manifest lists (SHA-256): corrupt or replaced; rebuild it")
-        backend = cls(plan, bounds, rt.scratch, rt.trt, rt.cuda, entry["options"]["max_batch"], rt.flavour,
-                      rt.runtime_cache)
+        backend = cls(
+            plan, bounds, rt.scratch, rt.trt, rt.cuda, entry["options"]["max_batch"], rt.flavour, rt.runtime_cache
+        )
         backend.precision = entry["options"].get("precision", "fp32")
         return backend
 
@@ -239,8 +240,9 @@ class TensorRTBackend:
         """Enqueue the copy of each (input name, shape) from its pinned buffer to the device."""
         for name, shape in staged:
             pair = self.buffers[name]
-            checked(f"memcpy_htod_async({name})", self.cuda.memcpy_htod_async, pair.device, pair.host_view(shape),
-                    stream)
+            checked(
+                f"memcpy_htod_async({name})", self.cuda.memcpy_htod_async, pair.device, pair.host_view(shape), stream
+            )
 
     def _stage_parameters(self, inputs: dict[str, np.ndarray], n: int) -> list[tuple[str, tuple[int, ...]]]:
         """Copy the per-frame parameters into their pinned buffers; (name, shape) of each, for the copy in."""

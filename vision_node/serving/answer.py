@@ -85,8 +85,14 @@ def ask(sessions: tuple[CapabilitySession, ...], media_type: str, given: dict[st
     return Question(sessions, tuple(parsed), media_type, width, height)
 
 
-async def answer(question: Question, body: bytearray, deadline: float, arrived: float, read_s: float,
-                 livepeer_session: str | None = None) -> Answer:
+async def answer(
+    question: Question,
+    body: bytearray,
+    deadline: float,
+    arrived: float,
+    read_s: float,
+    livepeer_session: str | None = None,
+) -> Answer:
     """The answer to ``question`` for ``body``: one capability's body, or a combination's ``multipart/mixed``.
 
     A combination decodes the frame once and runs each capability on its own worker; it is admitted
@@ -108,9 +114,11 @@ async def answer(question: Question, body: bytearray, deadline: float, arrived: 
     summary = {
         "capabilities": names,
         "frame": [int(frame.shape[0]), int(frame.shape[1])],
-        "timings_ms": {"read": round(before["read"] * 1000, 3),
-                       "decode": round(before["decode"] * 1000, 3),
-                       "total": round((time.perf_counter() - arrived) * 1000, 3)},
+        "timings_ms": {
+            "read": round(before["read"] * 1000, 3),
+            "decode": round(before["decode"] * 1000, 3),
+            "total": round((time.perf_counter() - arrived) * 1000, 3),
+        },
         **session_meta,
     }
     mixed, media_type = multipart.mixed([(name, part.encoded, part.meta) for name, part in zip(names, parts)])

@@ -36,8 +36,10 @@ def run(engines_dir, capabilities=(), iterations: int = 200, backend: str = "ten
     try:
         for name, entry in served.items():
             for graph in entry.graphs:
-                with TensorRTBackend.for_graph(graph, entry.bounds, rt) as engine, \
-                        OnnxRuntimeBackend(graph.path, graph.outputs, entry.bounds) as reference:
+                with (
+                    TensorRTBackend.for_graph(graph, entry.bounds, rt) as engine,
+                    OnnxRuntimeBackend(graph.path, graph.outputs, entry.bounds) as reference,
+                ):
                     checks += verify.agreement(name, engine, reference, entry.bounds, verify.FP16_TOLERANCES)
                     frames = samples.frames(*entry.bounds.opt_hw)
                     stages = []
@@ -58,8 +60,10 @@ def run(engines_dir, capabilities=(), iterations: int = 200, backend: str = "ten
         print(f"  {name} {file} @ {h}x{w}: {parts}; total {total[0]:.3f} / {total[1]:.3f}")
     print("\nVRAM held by the node (bytes):")
     for file, held in memory.items():
-        print(f"  {file}: buffers {held['device_buffers']:,}, weights ~{held['device_weights_approx']:,}, "
-              f"activations needed {held['scratch_need']:,}")
+        print(
+            f"  {file}: buffers {held['device_buffers']:,}, weights ~{held['device_weights_approx']:,}, "
+            f"activations needed {held['scratch_need']:,}"
+        )
     device_total = sum(m["device_buffers"] + m["device_weights_approx"] for m in memory.values()) + scratch.size
     print(f"  shared activation scratch: {scratch.size:,}; total ~{device_total:,}")
     failed = [c for c in checks if not c.ok]

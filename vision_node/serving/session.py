@@ -162,8 +162,9 @@ class CapabilitySession:
             # The smallest frame the bounds allow: the model still runs at its nominal resolution (a
             # keep-aspect graph sizes a square frame to it), while resizing and upsampling stay cheap.
             h, w = self.served.bounds.min_hw
-            parameters = {name: np.full(1, value, np.float32)
-                          for name, value in self.capability.warm_up_parameters.items()}
+            parameters = {
+                name: np.full(1, value, np.float32) for name, value in self.capability.warm_up_parameters.items()
+            }
             try:
                 with _WARM_UP:
                     outputs = backend.infer({FRAME_INPUT: samples.frames(h, w), **parameters})
@@ -263,9 +264,7 @@ class CapabilitySession:
         if self.pending - self.streamed > self.queue_size:
             raise Overloaded(f"{self.name}: {self.waiting} requests already waiting (queue size {self.queue_size})")
 
-    def submit(
-        self, frame: np.ndarray | JpegFrame, options: dict, deadline: float, streamed: bool = False
-    ) -> Job:
+    def submit(self, frame: np.ndarray | JpegFrame, options: dict, deadline: float, streamed: bool = False) -> Job:
         """Queue a frame (no await: several sessions can take one request together, or none of them).
 
         The caller has made room (``check_room``) for a request's frame; a stream's was admitted with its
@@ -341,8 +340,14 @@ class CapabilitySession:
         batch = [first]
         until = time.monotonic() + self.batch_window_s
         while len(batch) < self.max_batch:
-            same = next((j for j in self._jobs if j.frame.shape == first.frame.shape and not j.abandoned
-                         and not isinstance(j.frame, JpegFrame)), None)
+            same = next(
+                (
+                    j
+                    for j in self._jobs
+                    if j.frame.shape == first.frame.shape and not j.abandoned and not isinstance(j.frame, JpegFrame)
+                ),
+                None,
+            )
             if same is not None:
                 self._jobs.remove(same)
                 batch.append(same)
@@ -388,13 +393,23 @@ class CapabilitySession:
                 log.exception("%s: rendering failed on a %dx%d frame (incident %s)", self.name, w, h, case)
                 job.resolve(error=EngineError(f"{self.name}: rendering failed on this frame (incident {case})"))
                 continue
-            job.resolve(Outcome(rendered, graph, started - job.submitted, inferred - started,
-                                time.perf_counter() - inferred, len(batch)))
+            job.resolve(
+                Outcome(
+                    rendered,
+                    graph,
+                    started - job.submitted,
+                    inferred - started,
+                    time.perf_counter() - inferred,
+                    len(batch),
+                )
+            )
 
     def _infer(self, backend: Backend, batch: list[Job], stop: StopToken) -> dict[str, np.ndarray]:
         # The graph's per-frame parameters are request options of the same name (pose: person_threshold).
-        parameters = {name: np.array([job.options[name] for job in batch], np.float32)
-                      for name in self.capability.frame_parameters}
+        parameters = {
+            name: np.array([job.options[name] for job in batch], np.float32)
+            for name in self.capability.frame_parameters
+        }
         # What render passes on as it is, the backend writes into arrays the requests own (no copy after).
         owned = {name for job in batch for name in self.capability.keeps(job.options)}
         frame = batch[0].frame

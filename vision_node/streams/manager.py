@@ -138,21 +138,24 @@ class Streams:
             kind: self.metrics.stream_frames.labels(name, kind) for kind in KINDS
         }
         counters["latency"] = self.metrics.stream_latency.labels(name)
-        stream = Stream(
-            stream_id, session, options, channels, self.http, self.settings, counters, self._ended, origin
-        )
+        stream = Stream(stream_id, session, options, channels, self.http, self.settings, counters, self._ended, origin)
         self.streams[stream_id] = stream
         stream.start()
         extra = "+".join(role for role in ("control", "events") if getattr(channels, role)) or "no control or events"
-        log.info("stream %s (%s, %s) started: video in and out, %s; params %s", stream_id, name, origin, extra,
-                 options.public())
+        log.info(
+            "stream %s (%s, %s) started: video in and out, %s; params %s",
+            stream_id,
+            name,
+            origin,
+            extra,
+            options.public(),
+        )
         return stream
 
     def _ended(self, stream: Stream) -> None:
         if self.streams.get(stream.id) is stream:
             del self.streams[stream.id]
         _give_back_memory()
-
 
     async def _check(self, channels: Channels) -> None:
         """Every channel named answers (its ``/next``); else 400 naming which and why (not its URL)."""

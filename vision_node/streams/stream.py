@@ -189,8 +189,15 @@ class Stream:
             frames, seconds = self.stats.frames, time.monotonic() - self.stats.started
             counts = ", ".join(f"{frames[kind]} {kind}" for kind in ("in", "out", "dropped", "skipped", "failed"))
             level = logging.WARNING if error else logging.INFO
-            log.log(level, "stream %s (%s) stopped: %s; frames: %s over %.1f s", self.id, self.capability.name,
-                    reason, counts, seconds)
+            log.log(
+                level,
+                "stream %s (%s) stopped: %s; frames: %s over %.1f s",
+                self.id,
+                self.capability.name,
+                reason,
+                counts,
+                seconds,
+            )
             self._on_end(self)
             assert self.ended is not None  # made by start(), before any end()
             if not self.ended.done():
@@ -387,7 +394,11 @@ class Stream:
                         if encoder is not None:
                             encoder.close()
                         encoder = video.Encoder(
-                            width, height, self.settings.encoder, self._segment_starts, self._bytes_out,
+                            width,
+                            height,
+                            self.settings.encoder,
+                            self._segment_starts,
+                            self._bytes_out,
                             self.settings.quality,
                         )
                         segment = None
