@@ -819,6 +819,9 @@ def _notes(args, allowed, core_counts, loadavg, source, calibration, runs) -> li
         "worker is the bottleneck, whatever the cores",
         f"load average before the run: {' '.join(loadavg)} (1, 5, 15 min)",
     ]
+    if float(loadavg[0]) > 0.35 * (os.cpu_count() or 1):
+        notes.append(f"BUSY MACHINE: the 1-minute load average was {loadavg[0]} on {os.cpu_count()} CPUs before the "
+                     "run: other work shared the CPUs, so these figures are not for comparison")
     if any(r["shared"] for r in runs):
         shared = sorted({r["cores"] for r in runs if r["shared"]})
         notes.append(f"at {', '.join(map(str, shared))} core(s) the node had every CPU: wrk shared them with it, "
