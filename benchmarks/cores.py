@@ -56,6 +56,7 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -185,6 +186,18 @@ def cpu_snapshot(pid: int) -> dict:
         except (OSError, ValueError, IndexError):
             continue  # it exited between the listing and the read
     return {"process": _ticks(Path(f"/proc/{pid}/stat").read_text()), "threads": threads}
+
+
+def machine_busy() -> float:
+    """CPU seconds every CPU of the machine has spent busy (not idle, not waiting for I/O) since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # up to steal; guests are in user
+
+
+def own_seconds() -> float:
+    """CPU seconds of this process and its finished children (wrk, py-spy, the calibration)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def cpu_split(before: dict, after: dict, pid: int) -> dict[str, float]:
@@ -416,6 +429,7 @@ def measured_run(node: Node, load: Load, url: str, capability: str, connections:
     a context manager around the run (py-spy), entered after the first snapshot and left before the second."""
     metrics_before = node.metrics()
     cpu_before = cpu_snapshot(node.pid)
+    machine_before, own_before, started = machine_busy(), own_seconds(), time.perf_counter()
     if during is not None:
         during.__enter__()
     try:
@@ -425,10 +439,13 @@ def measured_run(node: Node, load: Load, url: str, capability: str, connections:
         if during is not None:
             during.__exit__(None, None, None)
     cpu_after = cpu_snapshot(node.pid)
+    machine, own, wall = machine_busy() - machine_before, own_seconds() - own_before, time.perf_counter() - started
     metrics_after = node.metrics()
     frames = served(metrics_before, metrics_after, capability)
     result["served"] = frames if frames is not None else result["requests"]
     result["cpu s"] = cpu_split(cpu_before, cpu_after, node.pid)
+    # Other work on the machine meanwhile (other processes), in cores: what makes a row not comparable.
+    result["other work cores"] = max(0.0, machine - result["cpu s"]["total"] - own) / wall
     result["stage means ms"] = stage_means(metrics_before, metrics_after, capability)
     return result
 
@@ -718,6 +735,7 @@ def _row(r: dict) -> dict:
         "node CPU %": r["fps"] * cpu / 10 / r["cores"],
         "worker ms (infer+render)": _worker_ms(r),
         "worker busy %": r["fps"] * _worker_ms(r) / 10,
+        "other work, cores": r["other work cores"],
     }
 
 
@@ -817,8 +835,15 @@ def _notes(args, allowed, core_counts, loadavg, source, calibration, runs) -> li
         "worker ms: infer + render means under load (the node's /metrics histograms): one worker thread per "
         "capability runs both, so with --max-batch 1 worker busy % = frames/s x worker ms near 100 % means the "
         "worker is the bottleneck, whatever the cores",
-        f"load average before the run: {' '.join(loadavg)} (1, 5, 15 min)",
+        f"load average before the run: {' '.join(loadavg)} (1, 5, 15 min); other work, cores: the machine's busy "
+        "CPU time (/proc/stat) less the node's, wrk's, py-spy's and this harness's, over each run",
     ]
+    busy = [r for r in runs if r["other work cores"] > 0.1]
+    if busy:
+        worst = max(r["other work cores"] for r in busy)
+        notes.append(f"BUSY MACHINE: other processes used more than 0.1 of a core during {len(busy)} of {len(runs)} "
+                     f"rows (up to {worst:.2f} cores: the 'other work, cores' column): those rows are not for "
+                     "comparison")
     if float(loadavg[0]) > 0.35 * (os.cpu_count() or 1):
         notes.append(f"BUSY MACHINE: the 1-minute load average was {loadavg[0]} on {os.cpu_count()} CPUs before the "
                      "run: other work shared the CPUs, so these figures are not for comparison")
