@@ -11,6 +11,7 @@ overload   open-loop load at multiples of the measured capacity: accepted latenc
 slow-clients  normal latency without and beside sockets that trickle a byte a second
 soak       many mixed good and malformed requests: statuses and memory growth
 stream     live streams (trickle, H.264): fps out, latency beside a relay's floor, drops, stages, CPU per map
+cores      the host path against CPU cores (stand-in engine, wrk): frames/s, p50/p99, scaling, GIL-held time per request
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from . import (
     coldstart,
     combined,
+    cores,
     engine,
     flicker,
     framecost,
@@ -67,7 +69,8 @@ def parser() -> argparse.ArgumentParser:
         "  python -m benchmarks coldstart --engines engines --runs 5 --markdown coldstart.md\n"
         "  python -m benchmarks overload --engines engines/tiny --multiples 0.5,1,2,4\n"
         "  python -m benchmarks slow-clients --engines engines/tiny --sockets 200\n"
-        "  python -m benchmarks soak --engines engines/tiny --requests 100000",
+        "  python -m benchmarks soak --engines engines/tiny --requests 100000\n"
+        "  python -m benchmarks cores --engines engines/real --cores 1,2 --concurrency 1,2,4,8,16,32",
     )
     commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -220,6 +223,10 @@ def parser() -> argparse.ArgumentParser:
     common(st)
     stream.add_arguments(st)
     st.set_defaults(run=stream.run)
+    co = commands.add_parser("cores", help="the host path against CPU cores (stand-in engine, wrk): frames/s, "
+                             "scaling, GIL-held time per request (py-spy)")
+    cores.add_arguments(co)
+    co.set_defaults(run=cores.run)
     pl = commands.add_parser("plot", help="draw committed reports again from their Markdown (a PNG beside each)")
     pl.add_argument("reports", type=Path, nargs="+", metavar="REPORT.md")
     pl.set_defaults(run=run_plot)

@@ -14,7 +14,13 @@ there against the machine's CUDA; nvImageCodec with nvJPEG; simplejpeg and isal)
 2. times the backend's copies at 720p and 1080p (``benchmarks.cuda_copies``);
 3. decodes JPEG photographs-like frames with nvImageCodec straight into the backend's input buffer
    (``--gpu-decode``'s path, ``TensorRTBackend.infer_jpeg``) and compares the pixels the stand-in engine
-   saw with libjpeg-turbo's CPU decode, and times both paths at 720p and 1080p.
+   saw with libjpeg-turbo's CPU decode, and times both paths at 720p and 1080p;
+4. runs ``benchmarks.cores`` on the machine's cores (the node with the stand-in engine pinned to 1, 2, 4, 8
+   and 16 cores, driven by wrk; the GIL-held time per request with py-spy): ``cores.md``, ``.json`` and
+   ``.png`` beside the rest. wrk comes from PATH or from the Debian packages ``--download`` carries, py-spy
+   from its carried wheel; it uses the stand-in manifest committed in ``benchmarks/standin_manifest.json``
+   (no engines needed). ``--no-cores`` skips it, ``--only-cores`` runs it alone (no GPU needed). It is a
+   measurement: its failure is reported, not the check's exit status.
 
 Without a GPU it stops at once (exit 2) saying so. It writes ``gpu-check.md`` and ``gpu-check.json``.
 """
@@ -26,6 +32,7 @@ import ctypes
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +42,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # What the GPU machine may lack, for CPython 3.12 on x86-64 Linux (the lent machine's).
 WHEELS = ("pytools", "platformdirs", "mako", "markupsafe", "siphash24", "simplejpeg", "isal",
-          "nvidia-nvimgcodec-cu13", "nvidia-nvjpeg")
+          "nvidia-nvimgcodec-cu13", "nvidia-nvjpeg", "py-spy")
+WRK_DEBS = ("wrk", "libluajit-5.1-2", "libluajit-5.1-common")  # Debian's wrk, for benchmarks.cores
+# The cores run on the GPU machine (16 cores): about 4 minutes.
+CORES_ARGS = ("--cores", "1,2,4,8,16", "--concurrency", "1,4,16,32", "--duration", "2",
+              "--cases", "depth/controlnet,depth/jpeg,segmentation/palette",
+              "--profile-cases", "depth/controlnet,depth/jpeg,segmentation/palette",
+              "--profile-cores", "1,8", "--profile-concurrency", "1,16", "--profile-seconds", "3")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 SIZES = ((720, 1280), (1080, 1920))
 TOLERANCE = {"max": 8, "mean": 0.5}  # nvJPEG's IDCT is not libjpeg-turbo's: a few levels on few pixels
@@ -65,6 +78,12 @@ def download(folder: Path) -> int:
     platforms = [a for p in PLATFORMS for a in ("--platform", p)]
     subprocess.run([*pip, "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", *platforms,
                     *WHEELS], check=True)
+    if shutil.which("apt-get"):  # wrk for the cores run, where the GPU machine has none
+        done = subprocess.run(["apt-get", "download", *WRK_DEBS], cwd=folder, capture_output=True, text=True)
+        if done.returncode != 0:
+            progress(f"apt-get download {' '.join(WRK_DEBS)} failed: {done.stderr.strip()[-300:]}")
+    else:
+        progress("no apt-get here: the GPU machine's cores run needs its own wrk")
     size = sum(f.stat().st_size for f in folder.iterdir())
     progress(f"{folder}: {len(list(folder.iterdir()))} files, {size / 2**20:.1f} MiB (a device run carries 64 MiB)")
     return 0
@@ -173,9 +192,47 @@ def copies() -> str:
     return done.stdout if done.returncode == 0 else f"failed ({done.returncode}):\n{done.stderr[-2000:]}"
 
 
+def pyspy(folder: Path | None, target: Path) -> str | None:
+    """py-spy on PATH, or installed by ``install`` into ``target``, or from its carried wheel now."""
+    for found in (shutil.which("py-spy"), target / "bin" / "py-spy", target / "py-spy" / "bin" / "py-spy"):
+        if found and Path(found).is_file():
+            return str(found)
+    wheels = sorted(folder.glob("py_spy-*.whl")) if folder and folder.is_dir() else []
+    if not wheels:
+        return None
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
+                    str(target / "py-spy"), str(wheels[-1])], check=True)
+    found = target / "py-spy" / "bin" / "py-spy"
+    return str(found) if found.is_file() else None
+
+
+def cores_check(args, out: Path, site: Path) -> dict:
+    """benchmarks.cores on this machine's cores: its report beside gpu-check's."""
+    progress(f"benchmarks.cores {' '.join(CORES_ARGS)} (about 4 minutes)")
+    command = [sys.executable, "-m", "benchmarks.cores", *CORES_ARGS, "--engines", str(args.cores_engines),
+               "--json", str(out / "cores.json"), "--markdown", str(out / "cores.md")]
+    if args.wheels and args.wheels.is_dir():
+        command += ["--wrk-debs", str(args.wheels)]
+    spy = pyspy(args.wheels, site)
+    if spy:
+        command += ["--py-spy", spy]
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=540)
+    except subprocess.TimeoutExpired as err:
+        return {"exit": "timeout", "output": str(err.stderr or "")[-3000:]}
+    return {"exit": done.returncode, "output": (done.stdout + done.stderr)[-3000:]}
+
+
 def run(args) -> int:
     if args.download:
         return download(args.download)
+    if args.only_cores:  # no GPU needed: the host path's scaling only
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as site:
+            cores = cores_check(args, out, Path(site))
+        progress(f"cores: exit {cores['exit']}; {out / 'cores.md'}")
+        return 0 if cores["exit"] == 0 else 1
     why = no_gpu_reason()
     if why:
         progress(f"{why}. Nothing was checked: run it on a machine with an NVIDIA GPU.")
@@ -190,6 +247,8 @@ def run(args) -> int:
             report["decode"] = decode_check(args.frames)
         except Exception as err:  # reported, not hidden: the rest of the report still stands
             report["decode"] = {"error": f"{type(err).__name__}: {err}"}
+        if not args.no_cores:
+            report["cores"] = cores_check(args, out, Path(site))
     report["seconds"] = time.perf_counter() - started
     (out / "gpu-check.json").write_text(json.dumps(report, indent=2))
     (out / "gpu-check.md").write_text(_markdown(report))
@@ -214,6 +273,11 @@ def _markdown(report: dict) -> str:
         lines += ["", "| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
         lines += ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |"
                   for r in rows]
+    if "cores" in report:
+        cores = report["cores"]
+        failed = f"failed ({cores['exit']}):\n\n```\n{cores['output']}\n```"
+        lines += ["", "## Cores (benchmarks.cores, stand-in engine)", "",
+                  "See cores.md." if cores["exit"] == 0 else failed]
     return "\n".join(lines) + "\n"
 
 
@@ -223,6 +287,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--download", type=Path, metavar="DIR", help="only download the wheels to carry into DIR")
     p.add_argument("--out", default="gpu-check", help="folder for gpu-check.md and .json (default: gpu-check)")
     p.add_argument("--frames", type=int, default=100, help="timed frames per path and size (default: 100)")
+    p.add_argument("--no-cores", action="store_true", help="skip the cores run (benchmarks.cores)")
+    p.add_argument("--only-cores", action="store_true", help="only the cores run (no GPU needed)")
+    p.add_argument("--cores-engines", type=Path, default=ROOT / "benchmarks" / "standin_manifest.json",
+                   help="the manifest the cores run's stand-in serves (default: benchmarks/standin_manifest.json)")
     return p
 
 

@@ -11,12 +11,18 @@ node does per frame when the network is not the bottleneck.
 
 ``python -m benchmarks.standin [--standin-ms MS] [serve flags]`` serves an engines directory (its
 manifest names the capabilities, graphs and bounds) with this backend in place of ONNX Runtime.
+
+Each thread the process starts also gets its Python name as its OS name (``/proc/<pid>/task/<tid>/comm``,
+15 characters: ``infer-depth``, ``AnyIO worker th``, ``uvloop_0``), as Python 3.14 does by itself, so that
+``top -H`` and ``benchmarks.cores`` can tell the event loop, the capability workers and the pools apart.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -84,7 +90,26 @@ def open_standin(seconds: float, max_batch: int):
     return for_capability
 
 
+def name_os_threads() -> None:
+    """Every thread started from now on takes its Python name as its OS name (Linux; elsewhere nothing).
+
+    ``threading.setprofile`` runs in each new thread before its ``run``: the hook names the thread and
+    removes itself at its first call, so it costs nothing after."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    pr_set_name = 15
+
+    def name_this_thread(frame, event, arg):
+        sys.setprofile(None)
+        prctl(pr_set_name, threading.current_thread().name.encode()[:15], 0, 0, 0)
+
+    threading.setprofile(name_this_thread)
+
+
 def main(argv: list[str]) -> int:
+    name_os_threads()
     seconds = DEFAULT_MS / 1000
     if "--standin-ms" in argv:
         at = argv.index("--standin-ms")
