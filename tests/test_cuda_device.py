@@ -310,10 +310,10 @@ def test_session_runs_waiting_frames_as_batches_on_its_worker_thread(gpu, tmp_pa
     plan = tmp_path / "stand-in.plan"
     plan.write_bytes(PLAN)
     trt = StandInTensorRT(scratch.stream, kernel)
-    graph = Graph(plan, (64, 64), "stand-in", ())
+    graph = Graph(plan, (64, 64), "stand-in", ({"name": "inverted"}, {"name": "mean"}))
     served = ServedCapability("stand-in", (graph,), bounds, (), True, {}, {})
     capability = SimpleNamespace(
-        keeps=lambda options: (),
+        name="stand-in",
         render=lambda outputs, options, hw: {k: v.copy() for k, v in outputs.items()},
         frame_parameters=(),
         warm_up_parameters={},  # the graph takes the frames only
@@ -343,5 +343,5 @@ def test_session_runs_waiting_frames_as_batches_on_its_worker_thread(gpu, tmp_pa
     assert sorted(set(batches)) == [1, 4] and session.max_batch == 4  # [4, 4, 4, 4, 4, 4, 4, 4, 1]
     for f, outcome in zip(frames, outcomes):
         want = reference(f[None])
-        np.testing.assert_array_equal(outcome.rendered["inverted"], want["inverted"])
-        np.testing.assert_allclose(outcome.rendered["mean"], want["mean"], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(outcome.outputs["inverted"], want["inverted"])
+        np.testing.assert_allclose(outcome.outputs["mean"], want["mean"], rtol=0, atol=1e-5)

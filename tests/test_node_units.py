@@ -311,10 +311,13 @@ def test_outputs_the_caller_owns_are_new_arrays_the_next_frame_leaves_alone(tiny
         np.testing.assert_array_equal(got["depth"], want["depth"])
 
 
-@pytest.mark.parametrize(("capability", "given"), [("depth", {"output": "raw"}), ("segmentation", {"output": "raw"})])
-def test_a_raw_answer_is_the_requests_own_array_after_the_next_frame_ran(tiny_build, capability, given):
-    """The session asks the backend for the outputs render passes on as they are (keeps): a request's answer,
-    encoded after its frame, is not the next frame's."""
+@pytest.mark.parametrize(
+    ("capability", "given", "name"),
+    [("depth", {"output": "raw"}, "depth"), ("segmentation", {"output": "raw"}, "classes")],
+)
+def test_a_frame_is_rendered_from_the_requests_own_arrays_after_the_next_frame_ran(tiny_build, capability, given, name):
+    """The session asks the backend for every output in arrays the request owns, so rendering runs after the worker
+    has moved on: a request rendered after the next frame ran is its own frame's, not the next one's."""
     import asyncio
     import time
 
@@ -327,7 +330,6 @@ def test_a_raw_answer_is_the_requests_own_array_after_the_next_frame_ran(tiny_bu
     served = load(tiny_build[0], (capability,))[capability]
     capability = CAPABILITY_CLASSES[capability](served.options)
     options = capability.parse_options(given)
-    name = capability.keeps(options)[0]
     session = CapabilitySession(served, capability, lambda g: OnnxRuntimeBackend(g.path, g.outputs, served.bounds), 4)
     session.open()
     first, second = frames(64, 80, seed=1)[0], frames(64, 80, seed=2)[0]
@@ -340,10 +342,11 @@ def test_a_raw_answer_is_the_requests_own_array_after_the_next_frame_ran(tiny_bu
             return await session.run(first, options, deadline), await session.run(second, options, deadline)
 
         answer, later = asyncio.run(one_after_the_other())
+        rendered, rendered_later = session.render(answer, options), session.render(later, options)
     finally:
         session.close()
-    assert not np.array_equal(later.rendered.payload, want)
-    np.testing.assert_array_equal(answer.rendered.payload, want)
+    assert not np.array_equal(rendered_later.payload, want)
+    np.testing.assert_array_equal(rendered.payload, want)
 
 
 def test_a_frame_outside_the_bounds_is_refused_by_the_session_and_never_counts_as_a_backend_failure(tiny_build):

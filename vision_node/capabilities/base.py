@@ -1,10 +1,9 @@
 """What every capability shares: request options as data, and the rendered result.
 
-A capability turns the graph's outputs into what a client asked for, in two steps:
-``render`` (worker thread, right after inference, makes from the backend's buffers a result
-the request owns) and ``encode`` (any thread: PNG, raw bytes or JSON). An output that ``render``
-would only copy, a capability names in ``keeps(options)``: the backend then writes it into an
-array the request owns (``runtime.base``), and ``render`` passes that on as it is.
+A capability turns the graph's outputs into what a client asked for, in two steps: ``render`` (makes
+the result from the outputs, which the request owns: the backend wrote them into arrays of its own, so
+rendering runs after the worker has moved on to the next frame, on the thread that encodes) and
+``encode`` (PNG, JPEG, raw bytes or JSON).
 """
 
 from __future__ import annotations
@@ -66,12 +65,8 @@ class Capability(Protocol):
         """The request's options, parsed and completed with the defaults; InputError (400) for a bad one."""
         ...
 
-    def keeps(self, options: dict[str, Any]) -> tuple[str, ...]:
-        """The graph outputs ``render`` passes on as they are: the backend writes them into arrays the request owns."""
-        ...
-
     def render(self, outputs: dict[str, np.ndarray], options: dict[str, Any], frame_hw: tuple[int, int]) -> Rendered:
-        """One frame's result (worker thread), owning its arrays: ``outputs`` are the backend's, batch of one."""
+        """One frame's result (any thread): ``outputs`` are the request's own arrays, batch of one."""
         ...
 
     def encode(self, rendered: Rendered, options: dict[str, Any], png_level: int) -> Encoded:

@@ -85,14 +85,10 @@ class Depth:
     warm_up_parameters: ClassVar[dict[str, float]] = {}
 
     def __init__(self, options: dict):
-        self._scratch = np.empty(_CHUNK_FLOATS, np.float32)  # reused by the worker thread for normalisation
+        """No state: render runs on any thread, on arrays the request owns."""
 
     def parse_options(self, given: dict[str, str]) -> dict:
         return parse_options(given, self.parsers, self.defaults, {"quality": "jpeg", "channels": "controlnet"})
-
-    def keeps(self, options: dict) -> tuple[str, ...]:
-        """The outputs ``render`` passes on as they are: the float32 map, for ``raw``."""
-        return ("depth",) if options["output"] == "raw" else ()
 
     def render(self, outputs: dict[str, np.ndarray], options: dict, frame_hw: tuple[int, int]) -> Rendered:
         depth = outputs["depth"][0]
@@ -100,20 +96,19 @@ class Depth:
         lo, hi = range_to_use(options["range"], options["smooth"], frame_range)
         meta = {"depth_range": [lo, hi], "frame_depth_range": frame_range}
         if options["output"] == "raw":
-            return Rendered(depth, meta)  # the request's own array (keeps)
+            return Rendered(depth, meta)  # the request's own array
         return Rendered(self._normalise(depth, lo, hi, _LEVELS[options["output"]]), meta)
 
-    def _normalise(self, depth: np.ndarray, lo: float, hi: float, levels: int) -> np.ndarray:
-        """(depth - lo) / (hi - lo) * levels, clipped and rounded, a few rows at a time through a small scratch."""
+    @staticmethod
+    def _normalise(depth: np.ndarray, lo: float, hi: float, levels: int) -> np.ndarray:
+        """(depth - lo) / (hi - lo) * levels, clipped and rounded, a few rows at a time in place (the request owns
+        ``depth``, and nothing reads it after), so each chunk stays in L2 through the five steps."""
         out = np.empty(depth.shape, np.uint8 if levels == 255 else np.uint16)
         scale = np.float32(levels / (hi - lo) if hi > lo else 0.0)
         rows = max(1, _CHUNK_FLOATS // depth.shape[1])
-        if self._scratch.size < rows * depth.shape[1]:  # a row wider than the chunk: one row at a time
-            self._scratch = np.empty(rows * depth.shape[1], np.float32)
         for top in range(0, depth.shape[0], rows):
-            part = depth[top : top + rows]
-            t = self._scratch[: part.size].reshape(part.shape)
-            np.subtract(part, np.float32(lo), out=t)
+            t = depth[top : top + rows]
+            np.subtract(t, np.float32(lo), out=t)
             np.multiply(t, scale, out=t)
             np.clip(t, 0, levels, out=t)
             np.add(t, np.float32(0.5), out=t)

@@ -150,9 +150,6 @@ class Pose:
     def parse_options(self, given: dict[str, str]) -> dict:
         return parse_options(given, self.parsers, self.defaults, {"quality": "jpeg"})
 
-    def keeps(self, options: dict) -> tuple[str, ...]:
-        return ()  # render picks the persons to keep: arrays of its own
-
     def render(self, outputs: dict[str, np.ndarray], options: dict, frame_hw: tuple[int, int]) -> Rendered:
         keep = np.flatnonzero(outputs["box_scores"][0] >= options["person_threshold"])
         people = {name: outputs[name][0][keep] for name in ("boxes", "box_scores", "keypoints", "keypoint_scores")}

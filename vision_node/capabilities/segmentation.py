@@ -191,10 +191,6 @@ class Segmentation:
     def parse_options(self, given: dict[str, str]) -> dict:
         return parse_options(given, self.parsers, self.defaults)
 
-    def keeps(self, options: dict) -> tuple[str, ...]:
-        """The outputs ``render`` passes on as they are: the class map, for every output."""
-        return ("classes",)
-
     def render(self, outputs: dict[str, np.ndarray], options: dict, frame_hw: tuple[int, int]) -> Rendered:
         return Rendered(outputs["classes"][0])  # the request's own array (keeps)
 

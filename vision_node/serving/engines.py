@@ -90,9 +90,7 @@ def load(directory: Path, wanted: tuple[str, ...] = (), onnxruntime: bool = Fals
     directory = Path(directory)
     path = directory / manifest.MANIFEST_NAME
     if not directory.is_dir():
-        raise StartupError(
-            f"{directory}: engines directory not found (build it: vision-node-build --out {directory})"
-        )
+        raise StartupError(f"{directory}: engines directory not found (build it: vision-node-build --out {directory})")
     if not path.is_file():
         raise StartupError(f"{path}: not found (build it: vision-node-build --out {directory})")
     try:
@@ -150,8 +148,12 @@ def _graph(directory: Path, capability: str, entry: dict, onnxruntime: str | Non
     # The copy ONNX Runtime optimised at build time, for this ONNX Runtime only (not for a TensorRT backend).
     optimised: dict | None = entry.get("onnxruntime") if onnxruntime else None
     if optimised and optimised.get("version") != onnxruntime:
-        log.info("%s: optimised by ONNX Runtime %s, this is %s: loading the exported graph (its start re-optimises)",
-                 entry["path"], optimised.get("version"), onnxruntime)
+        log.info(
+            "%s: optimised by ONNX Runtime %s, this is %s: loading the exported graph (its start re-optimises)",
+            entry["path"],
+            optimised.get("version"),
+            onnxruntime,
+        )
         optimised = None
     use_optimised = bool(optimised)
     # Only what will be loaded is hashed: the exported graph, or the optimised copy instead of it.

@@ -85,11 +85,14 @@ class Running:
 
 @dataclass
 class Outcome:
-    rendered: Rendered
+    """A frame's inference: the graph's outputs (batch of one) in arrays the request owns, so that rendering
+    runs after the worker has moved on (``render``: on the thread that encodes), never on the worker."""
+
+    outputs: dict[str, np.ndarray]
+    frame_hw: tuple[int, int]
     graph: Graph
     queue_s: float
     infer_s: float
-    render_s: float
     batch: int = 1
 
 
@@ -124,6 +127,7 @@ class CapabilitySession:
         self.on_fatal = on_fatal  # called from the worker thread
         self.on_failure = on_failure  # every backend failure's kind (runtime.faults), for the metrics
         self.backends: dict[Graph, Backend] = {}
+        self._outputs: dict[Backend, frozenset[str]] = {}  # each backend's graph's output names
         self.pending = 0  # accepted, not finished (changed on the event loop only)
         self.streamed = 0  # of which live streams' frames (each stream has at most one here)
         self.running_since: float | None = None  # time.monotonic() when the running frame started
@@ -159,6 +163,7 @@ class CapabilitySession:
         for graph in self.served.graphs:
             backend = self._stack.enter_context(self.open_backend(graph))
             self.backends[graph] = backend
+            self._outputs[backend] = frozenset(out["name"] for out in graph.outputs)
             # The smallest frame the bounds allow: the model still runs at its nominal resolution (a
             # keep-aspect graph sizes a square frame to it), while resizing and upsampling stay cheap.
             h, w = self.served.bounds.min_hw
@@ -218,6 +223,7 @@ class CapabilitySession:
         self._jobs.clear()
         self._stack.close()
         self.backends = {}
+        self._outputs = {}
 
     async def run(self, frame: np.ndarray, options: dict, deadline: float) -> Outcome:
         """One frame's outcome, unencoded (tests, and callers that render themselves)."""
@@ -231,19 +237,17 @@ class CapabilitySession:
         ``time.perf_counter()`` on arrival."""
         outcome = await self.result(job)
         options = job.options
-        started = time.perf_counter()
-        if options["output"] == "raw":  # no work to move off the loop: the bytes are the rendered array
-            encoded = self.capability.encode(outcome.rendered, options, self.png_level)
+        if options["output"] == "raw":  # no work to move off the loop: the bytes are the graph's own array
+            rendered, encoded, render_s, encode_s = self._finish(outcome, options)
         else:
-            encoded = await to_thread.run_sync(self.capability.encode, outcome.rendered, options, self.png_level)
-        done = time.perf_counter()
+            rendered, encoded, render_s, encode_s = await to_thread.run_sync(self._finish, outcome, options)
         timings = {
             **before,
             "queue": outcome.queue_s,
             "infer": outcome.infer_s,
-            "render": outcome.render_s,
-            "encode": done - started,
-            "total": done - arrived,
+            "render": render_s,
+            "encode": encode_s,
+            "total": time.perf_counter() - arrived,
         }
         frame_hw = (int(job.frame.shape[0]), int(job.frame.shape[1]))
         meta = {
@@ -251,7 +255,7 @@ class CapabilitySession:
             "batch": outcome.batch,
             "frame": list(frame_hw),
             "output": options["output"],
-            **outcome.rendered.meta,
+            **rendered.meta,
             **encoded.meta,
             "timings_ms": {stage: round(seconds * 1000, 3) for stage, seconds in timings.items()},
         }
@@ -282,6 +286,24 @@ class CapabilitySession:
             self._jobs.append(job)
             self._wake.notify()
         return job
+
+    def _finish(self, outcome: Outcome, options: dict) -> tuple[Rendered, Encoded, float, float]:
+        """Render and encode (one thread hop for both); their seconds."""
+        started = time.perf_counter()
+        rendered = self.render(outcome, options)
+        rendered_at = time.perf_counter()
+        encoded = self.capability.encode(rendered, options, self.png_level)
+        return rendered, encoded, rendered_at - started, time.perf_counter() - rendered_at
+
+    def render(self, outcome: Outcome, options: dict) -> Rendered:
+        """The frame's result as the request asked (any thread); a failure is this request's only (500)."""
+        try:
+            return self.capability.render(outcome.outputs, options, outcome.frame_hw)
+        except Exception:  # our rendering, not the device
+            case = incident()
+            h, w = outcome.frame_hw
+            log.exception("%s: rendering failed on a %dx%d frame (incident %s)", self.name, w, h, case)
+            raise EngineError(f"{self.name}: rendering failed on this frame (incident {case})") from None
 
     async def result(self, job: Job) -> Outcome:
         deadline = job.deadline
@@ -383,26 +405,10 @@ class CapabilitySession:
                 self._running = None
             self.running_since = None
         self.failures = 0
-        inferred = time.perf_counter()
+        infer_s = time.perf_counter() - started
         for i, job in enumerate(batch):
             mine = {name: value[i : i + 1] for name, value in outputs.items()}
-            try:
-                rendered = self.capability.render(mine, job.options, (h, w))
-            except Exception:  # our rendering, not the device: this request only
-                case = incident()
-                log.exception("%s: rendering failed on a %dx%d frame (incident %s)", self.name, w, h, case)
-                job.resolve(error=EngineError(f"{self.name}: rendering failed on this frame (incident {case})"))
-                continue
-            job.resolve(
-                Outcome(
-                    rendered,
-                    graph,
-                    started - job.submitted,
-                    inferred - started,
-                    time.perf_counter() - inferred,
-                    len(batch),
-                )
-            )
+            job.resolve(Outcome(mine, (h, w), graph, started - job.submitted, infer_s, len(batch)))
 
     def _infer(self, backend: Backend, batch: list[Job], stop: StopToken) -> dict[str, np.ndarray]:
         # The graph's per-frame parameters are request options of the same name (pose: person_threshold).
@@ -410,8 +416,8 @@ class CapabilitySession:
             name: np.array([job.options[name] for job in batch], np.float32)
             for name in self.capability.frame_parameters
         }
-        # What render passes on as it is, the backend writes into arrays the requests own (no copy after).
-        owned = {name for job in batch for name in self.capability.keeps(job.options)}
+        # Every output into arrays the requests own: rendering happens after the backend has run the next frame.
+        owned = self._outputs[backend]
         frame = batch[0].frame
         if isinstance(frame, JpegFrame):  # TensorRT only, which cannot stop a frame anyway
             h, w, _ = frame.shape

@@ -42,7 +42,7 @@ import aiohttp
 import av
 import numpy as np
 
-from ..capabilities.base import Capability
+from ..capabilities.base import Capability, Rendered
 from ..errors import DeadlineExceeded, InputError, NodeError, NotReady
 from ..livepeer.trickle import CURRENT, ChannelError, ChannelGone, Publisher, SegmentWriter, Subscriber
 from ..serving.session import CapabilitySession, Job, Outcome
@@ -353,8 +353,6 @@ class Stream:
                 self._encoding.release()
                 continue
             options = self.options.options
-            if options.get("smooth") is not None and self.depth_range is not None:
-                options = {**options, "range": tuple(self.depth_range)}  # what an HTTP client sends back
             waited = time.monotonic() - frame.offered
             try:
                 deadline = time.monotonic() + self.settings.frame_timeout_s
@@ -374,11 +372,21 @@ class Stream:
                 continue
             finally:
                 self._job = None
-            if options.get("smooth") is not None:
-                self.depth_range = outcome.rendered.meta["depth_range"]
             self._maps.put(Map(frame, outcome, options, waited + outcome.queue_s))
 
     # ---------------------------------------------------------------- output
+
+    def _render(self, item: Map) -> Rendered:
+        """The map's result, rendered here (the encode thread: in frame order), where depth's smoothing state
+        lives: each frame's range follows the last one's, as an HTTP client sends it back."""
+        options = item.options
+        smoothing = options.get("smooth") is not None
+        if smoothing and self.depth_range is not None:
+            options = {**options, "range": tuple(self.depth_range)}
+        rendered = self.session.render(item.outcome, options)
+        if smoothing:
+            self.depth_range = rendered.meta["depth_range"]
+        return rendered
 
     def _encode_thread(self) -> None:
         encoder: video.Encoder | None = None
@@ -387,7 +395,7 @@ class Stream:
             while (item := self._maps.get()) is not None:
                 try:
                     started = time.perf_counter()
-                    picture = self.capability.picture(item.outcome.rendered, item.options)
+                    picture = self.capability.picture(self._render(item), item.options)
                     drawn = time.perf_counter()
                     height, width = picture.pixels.shape[:2]
                     if encoder is None or (encoder.height, encoder.width) != (height, width):
@@ -407,6 +415,8 @@ class Stream:
                     item.render_s, item.encode_s = drawn - started, time.perf_counter() - drawn
                     item.encoded = time.monotonic()
                     self._call(self._out.put_nowait, item)
+                except NodeError as err:  # rendering failed (the session logged it with its incident): this map only
+                    self._call(self._failed, f"rendering: {err.detail}")
                 except Exception as err:  # this map only; an encoder that cannot work fails each one, said in events
                     if not isinstance(err, av.FFmpegError | ValueError | OSError):
                         log.exception("stream %s: encoding failed", self.id)
@@ -463,7 +473,7 @@ class Stream:
             "decode": item.frame.decode_s,
             "queue": item.queue_s,
             "infer": outcome.infer_s,
-            "render": outcome.render_s + item.render_s,
+            "render": item.render_s,  # render and picture, on the encode thread
             "encode": item.encode_s,
             "publish": now - item.encoded,
         }
