@@ -15,7 +15,7 @@ one 720p JPEG q90 photograph (scikit-image's astronaut, as ``frame-cost``) and p
 latency p50/p99 from wrk's histogram, non-2xx and socket errors, and the node's CPU time per frame from
 ``/proc/<pid>/task/<tid>/stat`` (utime + stime over the run, divided by the frames the node served, from its own
 ``/metrics`` counters so in-flight requests at the end are counted once), split by thread: the event loop (the
-main thread), the capability workers (``infer-<name>``: the stand-in's wait, render, the hand-back), the AnyIO
+main thread), the capability workers (``infer-<name>``: the stand-in's wait and the hand-back), the AnyIO
 pool (``run_in_threadpool``: JPEG decode, encode), asyncio's default executor, and threads that exited during
 the run. The stand-in names each OS thread after its Python thread so /proc can tell them apart.
 
@@ -42,9 +42,9 @@ split still run and the report says the GIL was not measured.
 
 From these, per case: the best frames/s at each core count and its factor over one core; the ceiling
 ``cores / host CPU per frame`` (the node's CPU time per frame at one core, all threads); the capability
-worker's ceiling ``1 / (infer + render)`` (one worker thread per capability runs both, one frame at a time
-with ``--max-batch 1``), from X-Metadata's p50 of sequential requests; and the GIL's ceiling
-``1 / GIL-held per request``, which no number of cores lifts.
+worker's ceiling ``1 / infer`` (one worker thread per capability runs the network, one frame at a time with
+``--max-batch 1``; render runs with encode in the pool), from X-Metadata's p50 of sequential requests; and the
+GIL's ceiling ``1 / GIL-held per request``, which no number of cores lifts.
 """
 
 from __future__ import annotations
@@ -715,9 +715,9 @@ def _per_frame(r: dict, group: str) -> float:
 
 
 def _worker_ms(r: dict) -> float:
-    """The capability worker's time per frame under load: infer + render means (the node's histograms)."""
-    means = r["stage means ms"]
-    return means.get("infer", math.nan) + means.get("render", math.nan)
+    """The capability worker's time per frame under load: the infer mean (the node's histograms). The worker runs
+    the network only; render runs with encode in the pool."""
+    return r["stage means ms"].get("infer", math.nan)
 
 
 def _row(r: dict) -> dict:
@@ -733,7 +733,7 @@ def _row(r: dict) -> dict:
         "other ms/frame": _per_frame(r, "asyncio executor") + _per_frame(r, "other threads")
         + _per_frame(r, "exited threads"),
         "node CPU %": r["fps"] * cpu / 10 / r["cores"],
-        "worker ms (infer+render)": _worker_ms(r),
+        "worker ms (infer)": _worker_ms(r),
         "worker busy %": r["fps"] * _worker_ms(r) / 10,
         "other work, cores": r["other work cores"],
     }
@@ -749,7 +749,7 @@ def scaling_rows(runs: list[dict], profiles: list[dict]) -> list[dict]:
         one = best.get(1)
         cpu_one = _per_frame(one, "total") if one else math.nan
         stages = mine[0]["stages"]
-        worker = stages.get("infer", math.nan) + stages.get("render", math.nan)
+        worker = stages.get("infer", math.nan)
         host = sum(stages.get(s, 0.0) for s in ("read", "decode", "render", "encode"))
         # The GIL under load: the profile at the fewest cores and the most connections.
         theirs = sorted((p for p in profiles if (p["capability"], p["output"]) == case),
@@ -796,7 +796,7 @@ def _md(rows: list[dict]) -> str:
 def _sections(scaling: list[dict], gil_rows: list[dict], profiles: list[dict], calibration: dict | None) -> str:
     out = ["## Scaling over one core, at each core count's best concurrency", "", _md(scaling),
            "- cores / CPU ms at 1 core: the frames/s the cores would give if the node's CPU time per frame at one "
-           "core (all threads) were all there were; worker ceiling: 1 / (infer + render) p50, the capability "
+           "core (all threads) were all there were; worker ceiling: 1 / infer p50, the capability "
            "worker's serial work (X-Metadata, one request at a time); GIL ceiling: 1 / GIL-held ms per frame "
            "(py-spy, under load: the profile at the fewest cores and the most connections); "
            "X-Metadata host ms: read + decode + render + encode p50", ""]
@@ -832,8 +832,8 @@ def _notes(args, allowed, core_counts, loadavg, source, calibration, runs) -> li
         "the node's threads over the run / frames the node served (its /metrics); loop: the event loop (main "
         "thread), infer: the capability workers, pool: the AnyIO threads (decode, encode), other: asyncio's "
         "executor, other and exited threads; node CPU %: frames/s x CPU per frame, of the node's cores",
-        "worker ms: infer + render means under load (the node's /metrics histograms): one worker thread per "
-        "capability runs both, so with --max-batch 1 worker busy % = frames/s x worker ms near 100 % means the "
+        "worker ms: the infer mean under load (the node's /metrics histograms): one worker thread per "
+        "capability runs the network, so with --max-batch 1 worker busy % = frames/s x worker ms near 100 % means the "
         "worker is the bottleneck, whatever the cores",
         f"load average before the run: {' '.join(loadavg)} (1, 5, 15 min); other work, cores: the machine's busy "
         "CPU time (/proc/stat) less the node's, wrk's, py-spy's and this harness's, over each run",

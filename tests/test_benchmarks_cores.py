@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import cores, standin
-from vision_node import engines
+from vision_node.serving import engines
 
 # What Debian's wrk 4.1 printed with cores.LUA (a 2 s run), its own summary first.
 WRK_STDOUT = """Running 2s test @ http://127.0.0.1:8711/infer/depth
