@@ -17,7 +17,8 @@ from onnx import TensorProto, helper
 from tests.conftest import TINY_BOUNDS, TINY_ROLES
 from tests.test_ops import TIERS
 from vision_node import samples
-from vision_node.builder import argmax, export, graphs, merged_ifs, ort_optimised, pil_resize, selects, weights
+from vision_node.builder import argmax, export, graphs, ort_optimised, pil_resize, weights
+from vision_node.builder.passes import merged_ifs, selects
 from vision_node.builder.specs import OUTPUTS
 from vision_node.sizing import Sizing
 

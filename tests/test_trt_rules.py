@@ -11,8 +11,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from vision_node.builder import export, selects, trt_rules
+from vision_node.builder import export, trt_rules
 from vision_node.builder.errors import BuildError
+from vision_node.builder.passes import selects
 
 FRAMES = helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", "height", "width", 3])
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
 from ..contract import FRAME_PARAMETERS
-from . import gated
 from .errors import BuildError
+from .passes import gated
+from .passes.graph import FLOAT_TYPES, constant_tensors, tensor_elements
 from .specs import FRAME_INPUT
 
 OPSET = 17  # LayerNormalization as one op (TensorRT keeps it in fp32-safe form); 18+ also works
@@ -143,11 +143,9 @@ def io_signature(path: Path) -> dict[str, list[dict]]:
 def float_weights(path: Path) -> dict[str, int]:
     """How many float weights (initializers and constants) the graph stores in each precision."""
     model = onnx.load(str(path), load_external_data=False)
-    tensors = list(model.graph.initializer)
-    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
     counts: dict[str, int] = {}
-    for tensor in tensors:
-        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
-            name = "float16" if tensor.data_type == onnx.TensorProto.FLOAT16 else "float32"
-            counts[name] = counts.get(name, 0) + int(np.prod(tensor.dims, dtype=np.int64))
+    for tensor in constant_tensors(model.graph):
+        if tensor.data_type in FLOAT_TYPES:
+            name = FLOAT_TYPES[tensor.data_type]
+            counts[name] = counts.get(name, 0) + tensor_elements(tensor)
     return counts

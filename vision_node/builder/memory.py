@@ -40,10 +40,11 @@ def costliest_frames(sizing: Sizing, bounds: ShapeBounds) -> list[tuple[int, int
 def weights_bytes(path: Path) -> int:
     """Bytes of the graph's initializers (its weights and constant tables)."""
     import onnx  # build-time dependency
-    from onnx import numpy_helper
+
+    from .passes.graph import tensor_bytes
 
     model = onnx.load(str(path))
-    return int(sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer))
+    return sum(tensor_bytes(t) for t in model.graph.initializer)
 
 
 def measure_proxy(path: Path, outputs: list[dict], bounds: ShapeBounds, frames: list[tuple[int, int]]) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 import onnx
 
 from ..manifest import sha256
-from . import merged_ifs
+from .passes import merged_ifs
 
 SUFFIX = ".ort.onnx"
 LEVEL = "extended"

@@ -31,8 +31,9 @@ from ..runtime.cuda import SharedScratch, gpu_identity, gpu_tag, load_pycuda
 from ..runtime.flavours import TENSORRT, TENSORRT_RTX, Flavour
 from ..runtime.onnxruntime import OnnxRuntimeBackend
 from ..runtime.tensorrt import TensorRTBackend, load_tensorrt
-from . import selects, trt_memory, verify
+from . import trt_memory, verify
 from .errors import BuildError
+from .passes import selects
 
 log = logging.getLogger("build")
 

@@ -19,10 +19,10 @@ import onnx
 from onnx import TensorProto, helper
 
 from .gated import SKIP_NODE
+from .graph import SUBGRAPH_OPS, branch, cast_to, producers, readers
 
 # Operators whose output depends on their input's shape only, not on its values.
 _SHAPE_OPS = {"Shape", "Size", "Constant"}
-_SUBGRAPH_OPS = {"If", "Loop", "Scan"}  # their outputs may read any outer value: taken as data
 # Operators that move elements without computing on them: the same result on uint8 or on float32.
 _MOVES = {"Transpose", "Reshape", "Gather", "Slice", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Expand"}
 
@@ -44,14 +44,11 @@ def for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
 def _cast_first(graph: onnx.GraphProto, name: str) -> None:
     """Cast the uint8 input ``name`` to float32 before each data movement that reads it on its way to a
     Cast to float32 (or a Shape); any other reader keeps the uint8 (TensorRT's parser then names it)."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for value in node.input:
-            readers.setdefault(value, []).append(node)
+    read_by = readers(graph)
     cast = helper.make_node("Cast", [name], [f"{name}/float32"], name=f"cast_first/{name}", to=TensorProto.FLOAT)
     stale: set[str] = set()
-    for first in readers.get(name, []):
-        moved = _moves_to_a_cast(first, name, readers)
+    for first in read_by.get(name, []):
+        moved = _moves_to_a_cast(first, name, read_by)
         if moved:
             first.input[0] = cast.output[0]
             stale.update(out for node in moved for out in node.output)
@@ -62,14 +59,14 @@ def _cast_first(graph: onnx.GraphProto, name: str) -> None:
         graph.node.insert(0, cast)
 
 
-def _moves_to_a_cast(first: onnx.NodeProto, name: str, readers: dict) -> list[onnx.NodeProto]:
+def _moves_to_a_cast(first: onnx.NodeProto, name: str, read_by: dict) -> list[onnx.NodeProto]:
     """``first`` and the data movements after it, if they lead only to Casts to float32 or Shapes; else []."""
     if first.op_type not in _MOVES or first.input[0] != name:
         return []
     moved, stack = [first], list(first.output)
     while stack:
-        for node in readers.get(stack.pop(), []):
-            if node.op_type in ("Shape", "Size") or (node.op_type == "Cast" and _to(node) == TensorProto.FLOAT):
+        for node in read_by.get(stack.pop(), []):
+            if node.op_type in ("Shape", "Size") or cast_to(node) == TensorProto.FLOAT:
                 continue
             if node.op_type not in _MOVES or node.input[0] not in {o for m in moved for o in m.output}:
                 return []  # computes on uint8, or reads it as indices
@@ -78,13 +75,9 @@ def _moves_to_a_cast(first: onnx.NodeProto, name: str, readers: dict) -> list[on
     return moved
 
 
-def _to(node: onnx.NodeProto):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "to"), None)
-
-
 def _shape_only(graph: onnx.GraphProto):
     """A test: does this value follow from shapes and constants alone (no graph input's values)?"""
-    producer = {out: node for node in graph.node for out in node.output}
+    producer = producers(graph)
     constants = {init.name for init in graph.initializer}
     known: dict[str, bool] = {}
 
@@ -104,7 +97,7 @@ def _reaches_no_values(name: str, producer: dict, constants: set, known: dict) -
         if not value or value in constants or value in visited or known.get(value) is True:
             continue
         node = producer.get(value)
-        if known.get(value) is False or node is None or node.op_type in _SUBGRAPH_OPS:  # a graph input's values
+        if known.get(value) is False or node is None or node.op_type in SUBGRAPH_OPS:  # a graph input's values
             return False
         visited.add(value)
         if node.op_type not in _SHAPE_OPS:
@@ -116,8 +109,7 @@ def _reaches_no_values(name: str, producer: dict, constants: set, known: dict) -
 def _inline_as_select(graph: onnx.GraphProto, index: int) -> None:
     """Replace ``graph.node[index]`` (an If) by both of its branches' nodes and a Where per output."""
     node = graph.node[index]
-    branches = {a.name: a.g for a in node.attribute}
-    then, other = branches["then_branch"], branches["else_branch"]
+    then, other = branch(node, "then_branch"), branch(node, "else_branch")
     inlined = [*then.node, *other.node]
     inlined += [
         helper.make_node("Where", [node.input[0], t.name, e.name], [out], name=f"select/{out}")
