@@ -168,7 +168,7 @@ def test_the_fp16_ladder_keeps_the_first_rung_that_verifies_or_ships_fp32_alone(
 
     monkeypatch.setattr(pipeline, "verify_graph", first_fp16_rung_misses)
     caplog.set_level(logging.INFO, logger="build")
-    entry = pipeline.build_capability("segmentation", tiny_plan(tmp_path / "a", verify_sizes=((90, 160),)))
+    entry = pipeline.build_capability("segmentation", tiny_plan(tmp_path / "a", verify_sizes=((90, 160),))).as_dict()
     graph = entry["graphs"][0]
     assert graph["fp16"]["precision"] == "fp16-norms32" and "fp16_missed" not in graph
     assert "the fp16 graph missed verification; trying the next rung" in caplog.text
@@ -177,7 +177,7 @@ def test_the_fp16_ladder_keeps_the_first_rung_that_verifies_or_ships_fp32_alone(
     assert fp16_checks and all(c["ok"] for c in fp16_checks)
 
     monkeypatch.setitem(verify.FP16_TOLERANCES, "segmentation", {"pixel_agreement": 1.01})  # no rung can pass
-    entry = pipeline.build_capability("segmentation", tiny_plan(tmp_path / "b", verify_sizes=((90, 160),)))
+    entry = pipeline.build_capability("segmentation", tiny_plan(tmp_path / "b", verify_sizes=((90, 160),))).as_dict()
     graph = entry["graphs"][0]
     assert "fp16" not in graph and [m.split(":")[0] for m in graph["fp16_missed"]] == ["fp16", "fp16-norms32"]
     shipped = sorted(p.name for p in (tmp_path / "b").iterdir())

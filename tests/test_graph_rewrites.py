@@ -100,7 +100,7 @@ def test_onnx_runtimes_copy_of_the_segmentation_graph_runs_its_dense_fold_as_one
     )
     exported = tmp_path / "segmentation.onnx"
     export.export(graph, OUTPUTS["segmentation"], exported, example_hw=(128, 128))
-    copy = tmp_path / ort_optimised.write(exported)["path"]
+    copy = tmp_path / ort_optimised.write(exported).path
     assert _count(onnx.load(str(exported)), "If") > 2 and _count(onnx.load(str(copy)), "If") == 2  # fold, resize order
     plain = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     optimised = ort.InferenceSession(str(copy), providers=["CPUExecutionProvider"])

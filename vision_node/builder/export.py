@@ -9,6 +9,7 @@ import onnx
 import torch
 
 from ..contract import FRAME_PARAMETERS
+from ..manifest import TensorSpec
 from .errors import BuildError
 from .passes import gated
 from .passes.graph import FLOAT_TYPES, constant_tensors, tensor_elements
@@ -125,19 +126,20 @@ def check_dims(path: Path, dynamic_axes: dict[str, dict[int, str]]) -> None:
         raise BuildError(f"exported graph {path.name} has wrong dimensions: " + "; ".join(problems))
 
 
-def io_signature(path: Path) -> dict[str, list[dict]]:
+def io_signature(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Names, dtypes and dims (ints or names) of the graph's inputs and outputs, for the manifest."""
     model = onnx.load(str(path), load_external_data=False)
 
-    def describe(values):
+    def describe(values) -> list[TensorSpec]:
         out = []
         for v in values:
             t = v.type.tensor_type
             dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-            out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims})
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+            out.append(TensorSpec(name=v.name, dtype=dtype, shape=dims))
         return out
 
-    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+    return describe(model.graph.input), describe(model.graph.output)
 
 
 def float_weights(path: Path) -> dict[str, int]:

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import onnx
 
-from ..manifest import sha256
+from ..manifest import OptimisedCopy
 from .passes import merged_ifs
 
 SUFFIX = ".ort.onnx"
 LEVEL = "extended"
 
 
-def write(graph: Path) -> dict:
-    """Save ``graph`` optimised beside it; its manifest entry (path, sha256, bytes, version, level)."""
+def write(graph: Path) -> OptimisedCopy:
+    """Save ``graph`` optimised beside it; its manifest record (path, sha256, bytes, version, level)."""
     import onnxruntime as ort  # the cpu extra; only the build writes the copy
 
     target = graph.with_name(graph.name.removesuffix(".onnx") + SUFFIX)
@@ -39,10 +39,4 @@ def write(graph: Path) -> dict:
     source = model.SerializeToString() if merged_ifs.merge(model) else str(graph)
     del model
     ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    return {
-        "path": target.name,
-        "sha256": sha256(target),
-        "bytes": target.stat().st_size,
-        "version": metadata.version("onnxruntime"),
-        "level": LEVEL,
-    }
+    return OptimisedCopy.of(target, version=metadata.version("onnxruntime"), level=LEVEL)

@@ -12,16 +12,15 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from .. import samples
+from .. import manifest, samples
 from ..contract import FRAME_PARAMETERS
-from ..manifest import sha256
 from ..sizing import Sizing
 from . import export, memory, ort_optimised, precision, reference, trt_rules, verify, weights
 from .errors import BuildError
@@ -96,19 +95,19 @@ def load_models(capability: str, plan: BuildPlan) -> dict[str, weights.LoadedMod
     return {role: _load(plan, role) for role in roles_for(capability)}
 
 
-def _model_entry(role: str, loaded: weights.LoadedModel) -> dict:
+def _model_entry(role: str, loaded: weights.LoadedModel) -> manifest.ModelRecord:
     spec = loaded.spec
-    return {
-        "role": role,
-        "name": spec.name,
-        "hf_id": spec.hf_id,
-        "revision": loaded.revision,
-        "licence": spec.licence,
-        "weights": loaded.source,
-        "path": loaded.path,
-        "note": spec.note,
-        "parameters": sum(p.numel() for p in loaded.model.parameters()),
-    }
+    return manifest.ModelRecord(
+        role=role,
+        name=spec.name,
+        hf_id=spec.hf_id,
+        revision=loaded.revision,
+        licence=spec.licence,
+        weights=loaded.source,
+        path=loaded.path,
+        note=spec.note,
+        parameters=sum(p.numel() for p in loaded.model.parameters()),
+    )
 
 
 def _sizings(capability: str, plan: BuildPlan, processor) -> list[Sizing]:
@@ -243,13 +242,7 @@ def export_verified(capability: str, stem: str, rung: str, sizing: Sizing, make,
         partial.replace(final)
     finally:
         partial.unlink(missing_ok=True)
-    return {
-        "path": final.name,
-        "sha256": sha256(final),
-        "bytes": final.stat().st_size,
-        "precision": rung,
-        "float_weights": export.float_weights(final),
-    }, checks
+    return manifest.OnnxRecord.of(final, precision=rung, float_weights=export.float_weights(final)), checks
 
 
 def _fp16_graph(capability: str, stem: str, sizing: Sizing, make, loaded, plan: BuildPlan):
@@ -266,36 +259,36 @@ def _fp16_graph(capability: str, stem: str, sizing: Sizing, make, loaded, plan: 
     return None, misses
 
 
-def _export_all(capability: str, plan: BuildPlan, loaded) -> tuple[list[dict], list[verify.Check]]:
+def _export_all(capability: str, plan: BuildPlan, loaded) -> tuple[list[manifest.GraphRecord], list[verify.Check]]:
     """Every graph of ``capability``, each fp32 then its fp16 rung; raises when one misses verification."""
     graphs, all_checks = [], []
     for stem, sizing, make in _graphs(capability, plan, loaded):
-        entry, checks = export_verified(capability, stem, "fp32", sizing, make, loaded, plan)
+        onnx, checks = export_verified(capability, stem, "fp32", sizing, make, loaded, plan)
         all_checks += checks
-        if entry is None:
+        if onnx is None:
             continue  # refuse to ship a graph that disagrees with the reference; judged below
-        signature = export.io_signature(plan.out / entry["path"])
-        entry.update({"resolution": list(sizing.size), "sizing": sizing.as_dict(), **signature})
-        with step(f"{capability}: writing {entry['path']} as ONNX Runtime optimises it"):
-            entry["onnxruntime"] = ort_optimised.write(plan.out / entry["path"])
+        path = plan.out / onnx.path
+        inputs, outputs = export.io_signature(path)
+        with step(f"{capability}: writing {onnx.path} as ONNX Runtime optimises it"):
+            optimised = ort_optimised.write(path)
+        graph = manifest.GraphRecord(**vars(onnx), sizing=sizing, inputs=inputs, outputs=outputs, onnxruntime=optimised)
         if plan.measure_memory:
-            with step(f"{capability}: measuring {entry['path']}'s memory at the costliest admitted frames"):
+            with step(f"{capability}: measuring {onnx.path}'s memory at the costliest admitted frames"):
                 frames = memory.costliest_frames(sizing, plan.bounds)
-                proxy = memory.measure_proxy(plan.out / entry["path"], entry["outputs"], plan.bounds, frames)
-            entry["memory"] = {memory.PROXY: proxy}
+                graph.memory.onnxruntime_cpu = memory.measure_proxy(path, outputs, plan.bounds, frames)
         if plan.fp16:
             fp16, fp16_checks = _fp16_graph(capability, stem, sizing, make, loaded, plan)
             if fp16 is not None:
-                entry["fp16"] = fp16
+                graph.fp16 = fp16
                 all_checks += fp16_checks
             else:
-                entry["fp16_missed"] = fp16_checks
-        graphs.append(entry)
+                graph.fp16_missed = fp16_checks
+        graphs.append(graph)
     verify.judge(all_checks)
     return graphs, all_checks
 
 
-def build_capability(capability: str, plan: BuildPlan) -> dict:
+def build_capability(capability: str, plan: BuildPlan) -> manifest.CapabilityEntry:
     """Export and verify every graph of ``capability`` (fp32, then its fp16 rung); return its manifest entry."""
     roles = roles_for(capability)
     loaded = load_models(capability, plan)
@@ -311,24 +304,24 @@ def build_capability(capability: str, plan: BuildPlan) -> dict:
             "num_classes": loaded["segmentation"].model.config.num_labels,
             "labels": loaded["segmentation"].model.config.id2label,
         }
-    return {
-        "capability": capability,
-        "graphs": graphs,
-        "models": [_model_entry(role, loaded[role]) for role in roles],
-        "demo": any(m.source == "demo" for m in loaded.values()),
-        "opset": export.OPSET,
-        "bounds": asdict(plan.bounds),
-        "options": options,
-        "verification": {
-            "reference": "transformers (model + PIL image processor + post-processing)",
-            "backend": "onnxruntime CPUExecutionProvider (fp32 graph: fp32 tolerances; fp16 graph: fp16 tolerances)",
-            "tolerances": {"fp32": verify.TOLERANCES[capability], "fp16": verify.FP16_TOLERANCES[capability]},
-            "checks": [c.as_dict() for c in all_checks],
-        },
-    }
+    return manifest.CapabilityEntry(
+        capability=capability,
+        graphs=graphs,
+        models=[_model_entry(role, loaded[role]) for role in roles],
+        demo=any(m.source == "demo" for m in loaded.values()),
+        opset=export.OPSET,
+        bounds=plan.bounds,
+        options=options,
+        verification=manifest.Verification(
+            reference="transformers (model + PIL image processor + post-processing)",
+            backend="onnxruntime CPUExecutionProvider (fp32 graph: fp32 tolerances; fp16 graph: fp16 tolerances)",
+            tolerances={"fp32": verify.TOLERANCES[capability], "fp16": verify.FP16_TOLERANCES[capability]},
+            checks=[c.as_dict() for c in all_checks],
+        ),
+    )
 
 
-def build(capabilities: list[str], plan: BuildPlan) -> tuple[dict[str, dict], dict[str, str]]:
+def build(capabilities: list[str], plan: BuildPlan) -> tuple[dict[str, manifest.CapabilityEntry], dict[str, str]]:
     """Build every capability; one that fails does not stop the others.
 
     Returns (manifest entries of those built, {capability: why it failed} for the others).

@@ -126,28 +126,28 @@ def _parameter_shapes(network, shapes: dict) -> dict:
     return {name: (low, opt, high) for name in names if name in FRAME_PARAMETERS}
 
 
-def candidates(directory: Path, graph: dict, precision: str) -> list[tuple[str, Path, str]]:
-    """(rung, ONNX path, its SHA-256) to build from, in order: the fp16 graph first unless fp32 is asked for."""
-    fp16, fp32 = graph.get("fp16"), (graph.get("precision", "fp32"), directory / graph["path"], graph["sha256"])
+def candidates(directory: Path, graph: manifest.GraphRecord, precision: str) -> list[tuple[str, Path, str]]:
+    """(rung, file to build from, its SHA-256), in order: the fp16 graph first unless fp32 is asked for."""
+    fp32 = (graph.precision, directory / graph.engine_source.path, graph.engine_source.sha256)
     if precision == "fp32":
         return [fp32]
-    if fp16 is None:
+    if graph.fp16 is None:
         if precision == "fp16":
-            raise BuildError(f"{graph['path']}: no fp16 graph was exported beside it (built with --no-fp16?)")
-        log.warning("%s: no fp16 graph beside it: the engine will be fp32", graph["path"])
+            raise BuildError(f"{graph.path}: no fp16 graph was exported beside it (built with --no-fp16?)")
+        log.warning("%s: no fp16 graph beside it: the engine will be fp32", graph.path)
         return [fp32]
-    first = (fp16["precision"], directory / fp16["path"], fp16["sha256"])
+    source = graph.fp16.engine_source
+    first = (graph.fp16.precision, directory / source.path, source.sha256)
     return [first] if precision == "fp16" else [first, fp32]
 
 
 def _graphs(directory: Path, capabilities: list[str]):
-    """(capability, its manifest entry, bounds, graph entry) for every graph listed for ``capabilities``."""
-    data = manifest.load(directory)
+    """(capability, its manifest entry, graph record) for every graph listed for ``capabilities``."""
+    data = manifest.read(directory, only=capabilities)
     for capability in capabilities:
-        entry = data["capabilities"][capability]
-        bounds = ShapeBounds.from_dict(entry["bounds"])
-        for graph in entry["graphs"]:
-            yield capability, entry, bounds, graph
+        entry = data.capabilities[capability]
+        for graph in entry.graphs:
+            yield capability, entry, graph
 
 
 def compile_check(
@@ -163,10 +163,10 @@ def compile_check(
     """
     trt = load_tensorrt(flavour)
     rows, failures = [], []
-    for capability, _, bounds, graph in _graphs(directory, capabilities):
-        shapes = engine_cache.profile_shapes(bounds, max_batch)
-        for file in manifest.graph_files(graph):
-            rung, path = file.get("precision", "fp32"), directory / file["path"]
+    for capability, entry, graph in _graphs(directory, capabilities):
+        shapes = engine_cache.profile_shapes(entry.bounds, max_batch)
+        for file in graph.onnx_files:
+            rung, path = file.precision, directory / file.engine_source.path
             started = time.perf_counter()
             try:
                 plan, memory = build_plan(trt, flavour, path, shapes, {"workspace_gib": workspace_gib})
@@ -228,18 +228,18 @@ def build_engines(
         cuda.Context.pop()
 
 
-def _build_all(directory: Path, capabilities: list[str], builder, version: str) -> dict:
+def _build_all(directory: Path, capabilities: list[str], builder, version: str) -> dict[str, manifest.CapabilityEntry]:
     entries, failures = {}, []
-    for capability, entry, bounds, graph in _graphs(directory, capabilities):
+    for capability, entry, graph in _graphs(directory, capabilities):
         try:
-            here = builder.engine_for(capability, graph, bounds)
+            here = builder.engine_for(capability, graph, entry.bounds)
         except BuildError as err:
             log.error("%s", err)
             failures.append(str(err))
             continue
         # Engines of other GPUs, runtimes or versions (a shared cache volume) stay listed.
-        others = [e for e in graph.get("tensorrt", []) if not builder.same_slot(e, version)]
-        graph["tensorrt"] = [here, *others]
+        others = [e for e in graph.tensorrt if not builder.same_slot(e, version)]
+        graph.tensorrt = [here, *others]
         entries[capability] = entry
     if failures:
         raise BuildError("\n".join(failures))
@@ -254,25 +254,27 @@ class _Builder:
     def __init__(self, trt, directory: Path, base: dict, precision: str, gpu: dict | None = None):
         self.trt, self.directory, self.base, self.precision, self.gpu = trt, directory, base, precision, gpu
 
-    def same_slot(self, entry: dict, version: str) -> bool:
-        """Whether ``entry`` is the engine this builder (re)places: same runtime, version and machine or targets."""
-        if engine_cache.runtime_of(entry) != self.flavour.backend or entry.get("tensorrt") != version:
+    def same_slot(self, engine: manifest.EngineRecord, version: str) -> bool:
+        """Whether ``engine`` is the one this builder (re)places: same runtime, version and machine or targets."""
+        if engine.runtime != self.flavour.backend or engine.tensorrt != version:
             return False
         if self.flavour is TENSORRT_RTX:
-            return entry.get("options", {}).get("targets") == self.base["targets"]
+            return engine.targets == self.base["targets"]
         assert self.gpu is not None  # TensorRT builds on (and for) this GPU
-        return entry.get("gpu") == self.gpu["name"]
+        return engine.gpu == self.gpu["name"]
 
-    def _engine(self, rung: str, onnx_path: Path, onnx_sha: str, bounds: ShapeBounds) -> tuple[dict, Path, dict]:
+    def _engine(
+        self, rung: str, onnx_path: Path, onnx_sha: str, bounds: ShapeBounds
+    ) -> tuple[manifest.EngineFacts, Path, dict]:
         """(facts, plan path, what the build said: seconds and device memory), building only when no match."""
         shapes = engine_cache.profile_shapes(bounds, self.base["max_batch"])
         options = {**self.base, "precision": rung, "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}
         facts = engine_cache.wanted(onnx_sha, self.flavour, self.trt.__version__, options, self.gpu)
-        plan = engine_cache.engine_path(self.directory, onnx_path.name.removesuffix(".onnx"), facts)
+        plan = engine_cache.engine_path(self.directory, _stem(onnx_path), facts)
         found = _read_sidecar(plan)
         decision, why = engine_cache.decide(found, facts)
         log.info("%s: %s: %s (%s)", self.flavour.backend, plan.name, decision, why)
-        built = {k: (found or {}).get(k, d) for k, d in (("build_seconds", 0.0), ("device_memory", {}))}
+        built = {"build_seconds": found.build_seconds, "device_memory": found.device_memory} if found else {}
         if decision == "build":
             started = time.perf_counter()
             data, memory = build_plan(self.trt, self.flavour, onnx_path, shapes, options, self.timing_cache)
@@ -289,10 +291,11 @@ class _Builder:
         assert self.gpu is not None  # TensorRT, which keeps a timing cache, builds on this GPU
         return self.directory / f"timing-{gpu_tag(self.gpu['name'], self.gpu['compute_capability'])}.cache"
 
-    def _record(self, facts: dict, plan: Path, built: dict, gate_checks) -> dict:
-        _write_sidecar(plan, {**facts, **built})
-        return {**facts, "plan": plan.name, "sha256": manifest.sha256(plan), "bytes": plan.stat().st_size,
-                **built, "gate": gate_checks}
+    def _record(self, facts: manifest.EngineFacts, plan: Path, built: dict, gate_checks) -> manifest.EngineRecord:
+        record = manifest.EngineRecord(**vars(facts), plan=plan.name, sha256=manifest.sha256(plan),
+                                       bytes=plan.stat().st_size, **built, gate=gate_checks)
+        _write_sidecar(plan, record)
+        return record
 
 
 class _RtxBuilder(_Builder):
@@ -300,7 +303,7 @@ class _RtxBuilder(_Builder):
 
     flavour = TENSORRT_RTX
 
-    def engine_for(self, capability: str, graph: dict, bounds: ShapeBounds) -> dict:
+    def engine_for(self, capability: str, graph: manifest.GraphRecord, bounds: ShapeBounds) -> manifest.EngineRecord:
         rung, onnx_path, onnx_sha = candidates(self.directory, graph, self.precision)[0]
         facts, plan, built = self._engine(rung, onnx_path, onnx_sha, bounds)
         return self._record(facts, plan, built, None)  # gate: the self-test on the RTX card
@@ -315,27 +318,36 @@ class _GatedBuilder(_Builder):
         super().__init__(trt, directory, base, precision, gpu)
         self.cuda, self.cuda_context = cuda, cuda_context
 
-    def engine_for(self, capability: str, graph: dict, bounds: ShapeBounds) -> dict:
-        reference, tried = self.directory / graph["path"], []
+    def engine_for(self, capability: str, graph: manifest.GraphRecord, bounds: ShapeBounds) -> manifest.EngineRecord:
+        reference, tried = self.directory / graph.path, []
         for rung, onnx_path, onnx_sha in candidates(self.directory, graph, self.precision):
             tried.append(rung)
             facts, plan, built = self._engine(rung, onnx_path, onnx_sha, bounds)
-            checks = gate(capability, plan, reference, graph["outputs"], bounds, self.trt, self.cuda, self.cuda_context)
+            outputs = tuple(o.as_dict() for o in graph.outputs)
+            checks = gate(capability, plan, reference, outputs, bounds, self.trt, self.cuda, self.cuda_context)
             log.info("tensorrt: %s (%s) against onnxruntime fp32:\n%s", plan.name, rung, verify.table(checks))
             if all(c.ok for c in checks):
                 return self._record(facts, plan, built, [c.as_dict() for c in checks])
             plan.unlink(missing_ok=True)
             engine_cache.sidecar(plan).unlink(missing_ok=True)
-            log.warning("tensorrt: the %s engine of %s missed the accuracy gate", rung, graph["path"])
-        raise BuildError(f"{graph['path']}: no TensorRT engine agreed with ONNX Runtime (tried: {', '.join(tried)})")
+            log.warning("tensorrt: the %s engine of %s missed the accuracy gate", rung, graph.path)
+        raise BuildError(f"{graph.path}: no TensorRT engine agreed with ONNX Runtime (tried: {', '.join(tried)})")
 
 
-def _read_sidecar(plan: Path) -> dict | None:
+def _stem(onnx_path: Path) -> str:
+    """The name an engine's plan starts with: its graph's, less the file's suffixes for TensorRT and ONNX."""
+    return onnx_path.name.removesuffix(".onnx")
+
+
+def _read_sidecar(plan: Path) -> manifest.EngineRecord | None:
     path = engine_cache.sidecar(plan)
     if not (plan.exists() and path.exists()):
         return None
-    return json.loads(path.read_text())
+    try:
+        return manifest.EngineRecord.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError):  # another version's sidecar: the engine is rebuilt
+        return None
 
 
-def _write_sidecar(plan: Path, facts: dict) -> None:
-    engine_cache.sidecar(plan).write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
+def _write_sidecar(plan: Path, record: manifest.EngineRecord) -> None:
+    engine_cache.sidecar(plan).write_text(json.dumps(record.as_dict(), indent=2, sort_keys=True) + "\n")

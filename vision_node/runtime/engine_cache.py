@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from ..contract import FRAME_INPUT, ShapeBounds
+from ..manifest import EngineFacts, EngineRecord
 from .cuda import gpu_tag
 from .flavours import TENSORRT, TENSORRT_RTX, Flavour
 
@@ -24,57 +25,46 @@ def profile_shapes(bounds: ShapeBounds, max_batch: int) -> dict[str, tuple[tuple
     return {FRAME_INPUT: ((1, min_h, min_w, 3), (1, opt_h, opt_w, 3), (batch, max_h, max_w, 3))}
 
 
-def wanted(onnx_sha256: str, flavour: Flavour, version: str, options: dict, gpu: dict | None = None) -> dict:
+def wanted(onnx_sha256: str, flavour: Flavour, version: str, options: dict, gpu: dict | None = None) -> EngineFacts:
     """The facts an engine must have been built with to be reused.
 
     TensorRT: this GPU model. TensorRT for RTX: the compute capabilities it targets (in ``options``),
     no GPU: it is built ahead of time and specialised on the card at its first run.
     """
-    facts = {"onnx_sha256": onnx_sha256, "runtime": flavour.backend, "tensorrt": version, "options": options}
     if flavour is TENSORRT:
         assert gpu is not None, "a TensorRT engine belongs to a GPU model: pass its gpu"
-        facts.update({"gpu": gpu["name"], "compute_capability": gpu["compute_capability"]})
-    return facts
+        return EngineFacts(onnx_sha256=onnx_sha256, runtime=flavour.backend, tensorrt=version, options=options,
+                           gpu=gpu["name"], compute_capability=gpu["compute_capability"])
+    return EngineFacts(onnx_sha256=onnx_sha256, runtime=flavour.backend, tensorrt=version, options=options)
 
 
-def key(facts: dict) -> str:
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+def key(facts: EngineFacts) -> str:
+    return hashlib.sha256(json.dumps(facts.as_dict(), sort_keys=True).encode()).hexdigest()
 
 
-def engine_path(directory: Path, graph_stem: str, facts: dict) -> Path:
+def engine_path(directory: Path, graph_stem: str, facts: EngineFacts) -> Path:
     """e.g. ``depth-518x518.fp16.NVIDIA-H100-80GB-HBM3.sm90.trt10.13.0.1a2b3c4d5e6f.plan`` (TensorRT) or
     ``depth-518x518.fp16.rtx1.7.1.116.1a2b3c4d5e6f.plan`` (TensorRT for RTX, any RTX card of its targets)."""
-    if runtime_of(facts) == TENSORRT_RTX.backend:
-        return Path(directory) / f"{graph_stem}.{TENSORRT_RTX.tag}{facts['tensorrt']}.{key(facts)[:12]}.plan"
-    gpu = gpu_tag(facts["gpu"], facts["compute_capability"])
-    return Path(directory) / f"{graph_stem}.{gpu}.{TENSORRT.tag}{facts['tensorrt']}.{key(facts)[:12]}.plan"
+    if facts.runtime == TENSORRT_RTX.backend:
+        return Path(directory) / f"{graph_stem}.{TENSORRT_RTX.tag}{facts.tensorrt}.{key(facts)[:12]}.plan"
+    assert facts.gpu is not None and facts.compute_capability is not None  # a TensorRT engine names its GPU
+    gpu = gpu_tag(facts.gpu, facts.compute_capability)
+    return Path(directory) / f"{graph_stem}.{gpu}.{TENSORRT.tag}{facts.tensorrt}.{key(facts)[:12]}.plan"
 
 
 def sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def decide(found: dict | None, want: dict) -> tuple[str, str]:
+def decide(found: EngineFacts | None, want: EngineFacts) -> tuple[str, str]:
     """("reuse" | "build", why). ``found``: the sidecar of an engine on disk, or None."""
     if found is None:
         return "build", "no engine for this graph and machine yet"
-    differ = [name for name in want if found.get(name) != want[name]]
+    differ = want.differences(found)
     if not differ:
         return "reuse", "built for this graph, GPU, TensorRT version and options"
-    why = "; ".join(f"{name}: engine has {found.get(name)!r}, here {want[name]!r}" for name in differ)
+    why = "; ".join(f"{name}: engine has {theirs!r}, here {mine!r}" for name, theirs, mine in differ)
     return "build", f"foreign engine ({why})"
-
-
-def runtime_of(entry: dict) -> str:
-    """The runtime an engine record is for."""
-    return entry.get("runtime", TENSORRT.backend)  # engines recorded before TensorRT for RTX existed here
-
-
-def _describe(entry: dict) -> str:
-    if runtime_of(entry) == TENSORRT_RTX.backend:
-        targets = entry.get("options", {}).get("targets") or ["default"]
-        return f"TensorRT for RTX {entry.get('tensorrt')} (targets {', '.join(targets)})"
-    return f"{entry.get('gpu')} sm{entry.get('compute_capability')} TensorRT {entry.get('tensorrt')}"
 
 
 def pick(
@@ -82,24 +72,26 @@ def pick(
 ) -> tuple[dict | None, str]:
     """The manifest's engine entry for this graph on this machine, or None and what was there instead.
 
-    ``graph_hashes``: the SHA-256 of the graph's ONNX files (fp32 and fp16); an engine of any of them
-    will do, the fp16 one first. TensorRT: same GPU model and version. TensorRT for RTX: the same
-    version first, else the newest other; whether it runs on this card is TensorRT for RTX's own
-    verdict when it is opened (``Runtime.get_engine_validity``).
+    ``entries``: the graph's engine records in the manifest's JSON form (``Graph.tensorrt``), one of which
+    is returned as it is. ``graph_hashes``: the SHA-256 of the files an engine of the graph may be built
+    from (its TensorRT variants, fp16 and fp32); any of them will do, the fp16 one first. TensorRT: same
+    GPU model and version. TensorRT for RTX: the same version first, else the newest other; whether it runs
+    on this card is TensorRT for RTX's own verdict when it is opened (``Runtime.get_engine_validity``).
     """
     hashes = [graph_hashes] if isinstance(graph_hashes, str) else list(graph_hashes)
-    mine = [e for e in entries if runtime_of(e) == flavour.backend and e.get("onnx_sha256") in hashes]
-    mine.sort(key=lambda e: hashes.index(e["onnx_sha256"]))
+    records = [(EngineRecord.from_dict(e), e) for e in entries]
+    mine = [(r, e) for r, e in records if r.runtime == flavour.backend and r.onnx_sha256 in hashes]
+    mine.sort(key=lambda pair: hashes.index(pair[0].onnx_sha256))
     if flavour is TENSORRT:
-        here = {"gpu": gpu["name"], "compute_capability": gpu["compute_capability"], "tensorrt": version}
-        found = [e for e in mine if all(e.get(k) == v for k, v in here.items())]
+        here = (gpu["name"], gpu["compute_capability"], version)
+        found = [(r, e) for r, e in mine if (r.gpu, r.compute_capability, r.tensorrt) == here]
     else:
-        found = sorted(mine, key=lambda e: (e.get("tensorrt") != version, _newest_first(e.get("tensorrt"))))
+        found = sorted(mine, key=lambda pair: (pair[0].tensorrt != version, _newest_first(pair[0].tensorrt)))
     if found:
-        return found[0], ""
+        return found[0][1], ""
     if not entries:
         return None, "no TensorRT engine was built for this graph"
-    seen = "; ".join(_describe(e) for e in entries)
+    seen = "; ".join(r.describe() for r, _ in records)
     return None, f"engines exist only for other machines, runtimes or an older graph ({seen})"
 
 
