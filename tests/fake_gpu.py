@@ -275,7 +275,7 @@ def engines_with_fake_plans(source, target, runtime: str = "tensorrt") -> None:
     for entry in data.capabilities.values():
         for graph in entry.graphs:
             built_from = graph.fp16 or graph  # as the build does: the fp16 graph where there is one
-            source = built_from.engine_source  # the file the build compiles
+            source = built_from.tensorrt_onnx  # the file the build compiles
             options = {"max_batch": 1, "precision": built_from.precision}
             facts = engine_cache.wanted(source.sha256, flavour(runtime), FakeTensorRT.__version__, options, gpu)
             plan = engine_cache.engine_path(Path(target), Path(built_from.path).stem, facts)
@@ -305,7 +305,7 @@ def fp16_reference(engines, capability: str):
     graph = served.graphs[0]
     fp16 = manifest.read(engines).capabilities[capability].graphs[0].fp16
     assert fp16 is not None
-    return OnnxRuntimeBackend(graph.path.parent / fp16.engine_source.path, graph.outputs, served.bounds).__enter__()
+    return OnnxRuntimeBackend(graph.path.parent / fp16.tensorrt_onnx.path, graph.outputs, served.bounds).__enter__()
 
 
 class FakeNvImgCodec:

@@ -34,11 +34,11 @@ def test_sync_keeps_engines_of_unchanged_graphs_and_drops_the_rest(tiny_build, t
     changed = manifest.read(image)
     fp16 = changed.capabilities["depth"].graphs[0].fp16  # a new fp16 graph: its engines are stale
     assert fp16 is not None
-    for file in (fp16, fp16.engine_source):
+    for file in (fp16, fp16.tensorrt_onnx):
         (image / file.path).write_bytes(b"new graph")
         file.sha256 = manifest.sha256(image / file.path)
     manifest.write(image, changed.capabilities)
-    assert sorted(sync(image, cache)) == sorted({fp16.path, fp16.engine_source.path})
+    assert sorted(sync(image, cache)) == sorted({fp16.path, fp16.tensorrt_onnx.path})
     after = manifest.load(cache)["capabilities"]
     assert "tensorrt" not in after["depth"]["graphs"][0] and after["pose"]["graphs"][0]["tensorrt"]
     manifest.write(image, {c: e for c, e in changed.capabilities.items() if c != "pose"}, merge=False)

@@ -382,9 +382,9 @@ def test_engine_build_reuses_falls_back_to_the_fp32_graph_and_refuses(tiny_build
     entries = build_trt.build_engines(engines, ["segmentation"])
     graph = entries["segmentation"].graphs[0]
     record = graph.tensorrt[0]
-    assert built == ["segmentation-64x64.fp16.onnx"]  # the fp16 graph: no builder flag makes fp16 engines now
+    assert built == ["segmentation-64x64.fp16.trt.onnx"]  # the fp16 graph (its TensorRT file): no fp16 builder flag
     assert record.gpu == "FAKE GPU" and record.precision == "fp16" and record.runtime == "tensorrt"
-    assert graph.fp16 is not None and record.onnx_sha256 == graph.fp16.engine_source.sha256
+    assert graph.fp16 is not None and record.onnx_sha256 == graph.fp16.tensorrt_onnx.sha256
     assert record.gate and all(c["ok"] for c in record.gate)
     assert (engines / record.plan).is_file() and (engines / record.plan).with_suffix(".json").is_file()
 
@@ -399,7 +399,7 @@ def test_engine_build_reuses_falls_back_to_the_fp32_graph_and_refuses(tiny_build
     for path in engines.glob("*.plan"):
         path.unlink()
     record = build_trt.build_engines(engines, ["segmentation"])["segmentation"].graphs[0].tensorrt[0]
-    assert built[1:] == ["segmentation-64x64.fp16.onnx", "segmentation-64x64.onnx"]  # fp16 missed: the fp32 graph
+    assert built[1:] == ["segmentation-64x64.fp16.trt.onnx", "segmentation-64x64.trt.onnx"]  # fp16 missed: fp32
     assert record.precision == "fp32" and not list(engines.glob("*.fp16.*.plan"))
 
     miss = [Check("segmentation", "1x64x64", "pixel_agreement", 0.5, 0.98)]

@@ -79,26 +79,18 @@ class OnnxRecord(FileRecord):
 
     precision: str  # the precision rung (builder.precision): fp32, fp16, fp16-norms32
     float_weights: dict[str, int]  # how many float weights it stores per dtype
-    # The same graph as TensorRT is given it (builder.passes.selects), verified like it; engines are built
-    # from this file.
-    tensorrt_onnx: FileRecord | None = None
+    # The same graph as TensorRT is given it (builder.tensorrt_onnx: ``<graph>.trt.onnx``), verified like it;
+    # every TensorRT engine of the graph is built from this file.
+    tensorrt_onnx: FileRecord
 
     @classmethod
     def from_dict(cls, data: dict) -> OnnxRecord:
-        variant = FileRecord.from_dict(data["tensorrt_onnx"]) if data.get("tensorrt_onnx") else None
         return OnnxRecord(**_file_fields(data), precision=data["precision"], float_weights=dict(data["float_weights"]),
-                          tensorrt_onnx=variant)
+                          tensorrt_onnx=FileRecord.from_dict(data["tensorrt_onnx"]))
 
     def as_dict(self) -> dict[str, Any]:
-        record = {**super().as_dict(), "precision": self.precision, "float_weights": self.float_weights}
-        if self.tensorrt_onnx is not None:
-            record["tensorrt_onnx"] = self.tensorrt_onnx.as_dict()
-        return record
-
-    @property
-    def engine_source(self) -> FileRecord:
-        """The file TensorRT engines of this graph are built from."""
-        return self.tensorrt_onnx or self
+        return {**super().as_dict(), "precision": self.precision, "float_weights": self.float_weights,
+                "tensorrt_onnx": self.tensorrt_onnx.as_dict()}
 
 
 @dataclass(kw_only=True)
@@ -295,15 +287,12 @@ class GraphRecord(OnnxRecord):
     @property
     def artefacts(self) -> list[FileRecord]:
         """Every file it lists but engines: each ONNX graph, its TensorRT variant, ONNX Runtime's optimised copy."""
-        files: list[FileRecord] = []
-        for onnx in self.onnx_files:
-            files += [onnx] if onnx.tensorrt_onnx is None else [onnx, onnx.tensorrt_onnx]
-        return [*files, self.onnxruntime]
+        return [f for onnx in self.onnx_files for f in (onnx, onnx.tensorrt_onnx)] + [self.onnxruntime]
 
     @property
     def engine_sources(self) -> tuple[str, ...]:
-        """SHA-256 of the files an engine of this graph may be built from, the fp16 one first."""
-        return tuple(onnx.engine_source.sha256 for onnx in reversed(self.onnx_files))
+        """SHA-256 of the TensorRT variants an engine of this graph may be built from, the fp16 one first."""
+        return tuple(onnx.tensorrt_onnx.sha256 for onnx in reversed(self.onnx_files))
 
 
 # ------------------------------------------------------------------------------------------- capabilities

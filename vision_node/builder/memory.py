@@ -75,7 +75,7 @@ def record_compile_check(directory: Path, rows: list[dict], workspace_gib: float
     for capability, entry in data.capabilities.items():
         for graph in entry.graphs:
             for file in graph.onnx_files:
-                row = found.get((capability, file.engine_source.path))
+                row = found.get((capability, file.tensorrt_onnx.path))
                 if row and row["memory"]:
                     figures = {**row["memory"], "max_hw": list(entry.bounds.max_hw), "max_batch": max_batch,
                                "workspace_gib": workspace_gib, "method": TRT_METHOD}

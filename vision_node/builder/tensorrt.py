@@ -6,12 +6,14 @@ one optimisation profile spanning the frame bounds, a workspace limit, progress 
 ``IProgressMonitor``, and either a timing cache (TensorRT) or compute-capability targets (TensorRT
 for RTX, which compiles ahead of time on any machine).
 
-Which graph: the fp16 one where the export made it (the network body in fp16), else the fp32 one.
-On a GPU with TensorRT the accuracy gate runs each engine against ONNX Runtime (fp32) on the sample
-frames; an fp16 engine that misses gives way to the fp32 graph, the ladder's last rung, and a graph
-with no agreeing engine is refused. TensorRT for RTX engines are specialised on the RTX card at their
-first run, so their gate is the self-test there. ``compile_check`` compiles every graph, keeps
-nothing, and is what CI runs with TensorRT for RTX on a CPU.
+Which graph: the fp16 one where the export made it (the network body in fp16), else the fp32 one, each
+read from its TensorRT variant on disk (``*.trt.onnx``, ``tensorrt_onnx``: verified at build time and
+hashed in the manifest), which TensorRT's parser takes as it is. On a GPU with TensorRT the accuracy
+gate runs each engine against ONNX Runtime (fp32) on the sample frames; an fp16 engine that misses
+gives way to the fp32 graph, the ladder's last rung, and a graph with no agreeing engine is refused.
+TensorRT for RTX engines are specialised on the RTX card at their first run, so their gate is the
+self-test there. ``compile_check`` compiles every graph's TensorRT variants, keeps nothing, and is
+what CI runs with TensorRT for RTX on a CPU.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from .. import manifest
 from ..contract import FRAME_INPUT, FRAME_PARAMETERS, ShapeBounds
 from ..runtime import engine_cache
@@ -31,9 +31,8 @@ from ..runtime.cuda import SharedScratch, gpu_identity, gpu_tag, load_pycuda
 from ..runtime.flavours import TENSORRT, TENSORRT_RTX, Flavour
 from ..runtime.onnxruntime import OnnxRuntimeBackend
 from ..runtime.tensorrt import TensorRTBackend, load_tensorrt
-from . import trt_memory, verify
+from . import tensorrt_onnx, trt_memory, verify
 from .errors import BuildError
-from .passes import selects
 
 log = logging.getLogger("build")
 
@@ -92,9 +91,7 @@ def build_plan(
     builder = trt.Builder(logger)
     network = builder.create_network(flavour.network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    model = onnx.load(str(onnx_path))
-    model = selects.for_tensorrt(model)  # the Ifs TensorRT for RTX cannot build, as selects
-    if not parser.parse(model.SerializeToString(), str(onnx_path)):
+    if not parser.parse_from_file(str(onnx_path)):  # the file as it is: the TensorRT variant (tensorrt_onnx)
         raise BuildError(f"{onnx_path.name}: {flavour.module}'s ONNX parser refused it:\n  {parser_errors(parser)}")
     config = builder.create_builder_config()
     if options.get("workspace_gib"):  # unset: TensorRT's default, the GPU's memory
@@ -128,7 +125,7 @@ def _parameter_shapes(network, shapes: dict) -> dict:
 
 def candidates(directory: Path, graph: manifest.GraphRecord, precision: str) -> list[tuple[str, Path, str]]:
     """(rung, file to build from, its SHA-256), in order: the fp16 graph first unless fp32 is asked for."""
-    fp32 = (graph.precision, directory / graph.engine_source.path, graph.engine_source.sha256)
+    fp32 = (graph.precision, directory / graph.tensorrt_onnx.path, graph.tensorrt_onnx.sha256)
     if precision == "fp32":
         return [fp32]
     if graph.fp16 is None:
@@ -136,7 +133,7 @@ def candidates(directory: Path, graph: manifest.GraphRecord, precision: str) -> 
             raise BuildError(f"{graph.path}: no fp16 graph was exported beside it (built with --no-fp16?)")
         log.warning("%s: no fp16 graph beside it: the engine will be fp32", graph.path)
         return [fp32]
-    source = graph.fp16.engine_source
+    source = graph.fp16.tensorrt_onnx
     first = (graph.fp16.precision, directory / source.path, source.sha256)
     return [first] if precision == "fp16" else [first, fp32]
 
@@ -166,7 +163,7 @@ def compile_check(
     for capability, entry, graph in _graphs(directory, capabilities):
         shapes = engine_cache.profile_shapes(entry.bounds, max_batch)
         for file in graph.onnx_files:
-            rung, path = file.precision, directory / file.engine_source.path
+            rung, path = file.precision, directory / file.tensorrt_onnx.path
             started = time.perf_counter()
             try:
                 plan, memory = build_plan(trt, flavour, path, shapes, {"workspace_gib": workspace_gib})
@@ -335,8 +332,8 @@ class _GatedBuilder(_Builder):
 
 
 def _stem(onnx_path: Path) -> str:
-    """The name an engine's plan starts with: its graph's, less the file's suffixes for TensorRT and ONNX."""
-    return onnx_path.name.removesuffix(".onnx")
+    """The name an engine's plan starts with: its graph's (``depth-518x518-aspect.fp16``), less ``.trt.onnx``."""
+    return onnx_path.name.removesuffix(tensorrt_onnx.SUFFIX).removesuffix(".onnx")
 
 
 def _read_sidecar(plan: Path) -> manifest.EngineRecord | None:

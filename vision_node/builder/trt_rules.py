@@ -10,7 +10,8 @@ the node:
 - no float64, nor any other type TensorRT lacks (uint16/32/64, int16, strings, complex);
 - every operator in the ONNX-TensorRT parser's support matrix for TensorRT 10.x, standard domain.
 
-They are checked on the graph as TensorRT is given it (``selects``). Torch-free: it needs only ``onnx``.
+They are checked on the file TensorRT is given, as it is written: the TensorRT variant (``*.trt.onnx``,
+``tensorrt_onnx``). Torch-free: it needs only ``onnx``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import onnx
 from onnx import TensorProto
 
 from .errors import BuildError
-from .passes import selects
 from .passes.graph import all_nodes, bodies, cast_to, producers
 
 # ONNX-TensorRT parser for TensorRT 10.x (onnx-tensorrt docs/operators.md, the 10.15 matrix:
@@ -179,9 +179,9 @@ def _makes_unsupported(node: onnx.NodeProto, out: str, kind: int) -> Violation:
 
 
 def enforce(path: Path, name: str | None = None) -> None:
-    """Raise ``BuildError`` naming every node of the graph at ``path`` that TensorRT would refuse, as
-    TensorRT is given it (``selects.for_tensorrt``, which ``build_plan`` applies too)."""
-    violations = check(selects.for_tensorrt(onnx.load(str(path), load_external_data=False)))
+    """Raise ``BuildError`` naming every node of the graph at ``path`` that TensorRT would refuse, as the file
+    is (the TensorRT variant, which ``tensorrt.build_plan`` parses as it is)."""
+    violations = check(onnx.load(str(path), load_external_data=False))
     if violations:
         listed = "\n  ".join(str(v) for v in violations[:20])
         more = f"\n  ... and {len(violations) - 20} more" if len(violations) > 20 else ""

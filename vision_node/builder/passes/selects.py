@@ -28,16 +28,35 @@ _MOVES = {"Transpose", "Reshape", "Gather", "Slice", "Squeeze", "Unsqueeze", "Fl
 
 
 def for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with the pose gate and every ``If`` decided by shapes alone turned into selects (in place)."""
+    """``model`` as TensorRT is given it (in place): every pass below, as the pose recipe applies them."""
+    for rewrite in (gate_as_select, shape_decided_ifs_as_selects, cast_frames_first):
+        rewrite(model)
+    return model
+
+
+def gate_as_select(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The pose gate's ``If`` (``gated.SKIP_NODE``) as both branches and a ``Where`` (in place)."""
+    graph = model.graph
+    for index in reversed([i for i, n in enumerate(graph.node) if n.op_type == "If" and n.name == SKIP_NODE]):
+        _inline_as_select(graph, index)
+    return model
+
+
+def shape_decided_ifs_as_selects(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every ``If`` decided by shapes and constants alone (the resize's pass order) as a select (in place)."""
     graph = model.graph
     shape_only = _shape_only(graph)
-    picked = [i for i, n in enumerate(graph.node)
-              if n.op_type == "If" and (n.name == SKIP_NODE or shape_only(n.input[0]))]
+    picked = [i for i, n in enumerate(graph.node) if n.op_type == "If" and shape_only(n.input[0])]
     for index in reversed(picked):  # from the last: inlining moves the nodes after it
         _inline_as_select(graph, index)
-    for value in graph.input:
+    return model
+
+
+def cast_frames_first(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Each uint8 graph input cast to float32 before the data movements that lead it to its Cast (in place)."""
+    for value in model.graph.input:
         if value.type.tensor_type.elem_type == TensorProto.UINT8:
-            _cast_first(graph, value.name)
+            _cast_first(model.graph, value.name)
     return model
 
 
