@@ -266,7 +266,7 @@ def engines_with_fake_plans(source, target, runtime: str = "tensorrt") -> None:
     from pathlib import Path
 
     from vision_node import manifest
-    from vision_node.runtime import engine_cache
+    from vision_node.builder import engine_files
     from vision_node.runtime.flavours import flavour
 
     shutil.copytree(source, target)
@@ -277,8 +277,8 @@ def engines_with_fake_plans(source, target, runtime: str = "tensorrt") -> None:
             built_from = graph.fp16 or graph  # as the build does: the fp16 graph where there is one
             source = built_from.tensorrt_onnx  # the file the build compiles
             options = {"max_batch": 1, "precision": built_from.precision}
-            facts = engine_cache.wanted(source.sha256, flavour(runtime), FakeTensorRT.__version__, options, gpu)
-            plan = engine_cache.engine_path(Path(target), Path(built_from.path).stem, facts)
+            facts = engine_files.wanted(source.sha256, flavour(runtime), FakeTensorRT.__version__, options, gpu)
+            plan = engine_files.engine_path(Path(target), Path(built_from.path).stem, facts)
             shutil.copy(Path(target) / source.path, plan)  # the fake engine runs the ONNX graph
             graph.tensorrt = [manifest.EngineRecord(**vars(facts), plan=plan.name, sha256=manifest.sha256(plan),
                                                     bytes=plan.stat().st_size)]

@@ -167,12 +167,12 @@ def test_without_tensorrt_the_error_says_which_extra_to_install(monkeypatch):
         trt_backend.load_tensorrt()
 
 
-# ---------------------------------------------------------------- engine cache and build decisions (pure)
+# ---------------------------------------------------------------- engine files, build decisions and choice (pure)
 
 
 def test_profile_spans_the_bounds_with_the_serving_batch():
+    from vision_node.builder.engine_files import profile_shapes
     from vision_node.contract import ShapeBounds
-    from vision_node.runtime.engine_cache import profile_shapes
 
     bounds = ShapeBounds(min_hw=(64, 64), opt_hw=(512, 512), max_hw=(2160, 3840), max_batch=4)
     assert profile_shapes(bounds, 1) == {"frames": ((1, 64, 64, 3), (1, 512, 512, 3), (1, 2160, 3840, 3))}
@@ -182,7 +182,7 @@ def test_profile_spans_the_bounds_with_the_serving_batch():
 def test_engine_files_are_keyed_by_graph_gpu_version_and_options(tmp_path):
     from dataclasses import replace
 
-    from vision_node.runtime import engine_cache as ec
+    from vision_node.builder import engine_files as ec
     from vision_node.runtime.flavours import TENSORRT, TENSORRT_RTX
 
     gpu = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -214,7 +214,7 @@ def _engine(**fields) -> dict:
 
 
 def test_pick_finds_this_machines_engine_or_says_what_exists():
-    from vision_node.runtime.engine_cache import pick
+    from vision_node.runtime.engine_choice import pick
     from vision_node.runtime.flavours import TENSORRT_RTX
 
     h100 = _engine(plan="a.plan")

@@ -55,12 +55,11 @@ def test_every_graph_fp32_and_fp16_of_every_capability_compiles_within_1_gib(tin
 
 def test_the_real_segmentation_graph_compiles_at_the_default_bounds_within_1_gib(tmp_path, trt):
     """SegFormer-B0 as served (demo weights, real size): at 4K bounds it needed 4 GiB, at 1080p under 1."""
-    from vision_node.builder import export, tensorrt_onnx, trt_rules, weights
+    from vision_node.builder import engine_files, export, tensorrt_onnx, trt_rules, weights
     from vision_node.builder.graphs import SegmentationGraph
     from vision_node.builder.recipes import recipe_for
     from vision_node.builder.specs import DEFAULT_MODELS, OUTPUTS, spec_for
     from vision_node.contract import ShapeBounds
-    from vision_node.runtime import engine_cache
     from vision_node.sizing import Sizing
 
     loaded = weights.load_demo(spec_for(DEFAULT_MODELS["segmentation"]), seed=0)
@@ -72,7 +71,7 @@ def test_the_real_segmentation_graph_compiles_at_the_default_bounds_within_1_gib
     tensorrt_onnx.write(exported, path, recipe_for("segmentation").tensorrt_passes)  # as the build writes it
     trt_rules.enforce(path, name=path.name)
     plan, figures = build_trt.build_plan(
-        trt, TENSORRT_RTX, path, engine_cache.profile_shapes(bounds, 1), {"workspace_gib": 1}
+        trt, TENSORRT_RTX, path, engine_files.profile_shapes(bounds, 1), {"workspace_gib": 1}
     )
     assert len(plan) > 1_000_000 and 0 < figures["activation_bytes"] < 1 << 30, figures
 

@@ -18,7 +18,6 @@ what CI runs with TensorRT for RTX on a CPU.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -26,12 +25,11 @@ from typing import Any
 
 from .. import manifest
 from ..contract import FRAME_INPUT, FRAME_PARAMETERS, ShapeBounds
-from ..runtime import engine_cache
 from ..runtime.cuda import SharedScratch, gpu_identity, gpu_tag, load_pycuda
 from ..runtime.flavours import TENSORRT, TENSORRT_RTX, Flavour
 from ..runtime.onnxruntime import OnnxRuntimeBackend
 from ..runtime.tensorrt import TensorRTBackend, load_tensorrt
-from . import tensorrt_onnx, trt_memory, verify
+from . import engine_files, tensorrt_onnx, trt_memory, verify
 from .errors import BuildError
 
 log = logging.getLogger("build")
@@ -161,7 +159,7 @@ def compile_check(
     trt = load_tensorrt(flavour)
     rows, failures = [], []
     for capability, entry, graph in _graphs(directory, capabilities):
-        shapes = engine_cache.profile_shapes(entry.bounds, max_batch)
+        shapes = engine_files.profile_shapes(entry.bounds, max_batch)
         for file in graph.onnx_files:
             rung, path = file.precision, directory / file.tensorrt_onnx.path
             started = time.perf_counter()
@@ -264,12 +262,12 @@ class _Builder:
         self, rung: str, onnx_path: Path, onnx_sha: str, bounds: ShapeBounds
     ) -> tuple[manifest.EngineFacts, Path, dict]:
         """(facts, plan path, what the build said: seconds and device memory), building only when no match."""
-        shapes = engine_cache.profile_shapes(bounds, self.base["max_batch"])
+        shapes = engine_files.profile_shapes(bounds, self.base["max_batch"])
         options = {**self.base, "precision": rung, "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}
-        facts = engine_cache.wanted(onnx_sha, self.flavour, self.trt.__version__, options, self.gpu)
-        plan = engine_cache.engine_path(self.directory, _stem(onnx_path), facts)
-        found = _read_sidecar(plan)
-        decision, why = engine_cache.decide(found, facts)
+        facts = engine_files.wanted(onnx_sha, self.flavour, self.trt.__version__, options, self.gpu)
+        plan = engine_files.engine_path(self.directory, _stem(onnx_path), facts)
+        found = engine_files.read_sidecar(plan)
+        decision, why = engine_files.decide(found, facts)
         log.info("%s: %s: %s (%s)", self.flavour.backend, plan.name, decision, why)
         built = {"build_seconds": found.build_seconds, "device_memory": found.device_memory} if found else {}
         if decision == "build":
@@ -291,7 +289,7 @@ class _Builder:
     def _record(self, facts: manifest.EngineFacts, plan: Path, built: dict, gate_checks) -> manifest.EngineRecord:
         record = manifest.EngineRecord(**vars(facts), plan=plan.name, sha256=manifest.sha256(plan),
                                        bytes=plan.stat().st_size, **built, gate=gate_checks)
-        _write_sidecar(plan, record)
+        engine_files.write_sidecar(plan, record)
         return record
 
 
@@ -326,7 +324,7 @@ class _GatedBuilder(_Builder):
             if all(c.ok for c in checks):
                 return self._record(facts, plan, built, [c.as_dict() for c in checks])
             plan.unlink(missing_ok=True)
-            engine_cache.sidecar(plan).unlink(missing_ok=True)
+            engine_files.sidecar(plan).unlink(missing_ok=True)
             log.warning("tensorrt: the %s engine of %s missed the accuracy gate", rung, graph.path)
         raise BuildError(f"{graph.path}: no TensorRT engine agreed with ONNX Runtime (tried: {', '.join(tried)})")
 
@@ -334,17 +332,3 @@ class _GatedBuilder(_Builder):
 def _stem(onnx_path: Path) -> str:
     """The name an engine's plan starts with: its graph's (``depth-518x518-aspect.fp16``), less ``.trt.onnx``."""
     return onnx_path.name.removesuffix(tensorrt_onnx.SUFFIX).removesuffix(".onnx")
-
-
-def _read_sidecar(plan: Path) -> manifest.EngineRecord | None:
-    path = engine_cache.sidecar(plan)
-    if not (plan.exists() and path.exists()):
-        return None
-    try:
-        return manifest.EngineRecord.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError):  # another version's sidecar: the engine is rebuilt
-        return None
-
-
-def _write_sidecar(plan: Path, record: manifest.EngineRecord) -> None:
-    engine_cache.sidecar(plan).write_text(json.dumps(record.as_dict(), indent=2, sort_keys=True) + "\n")

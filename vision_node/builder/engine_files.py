@@ -1,9 +1,9 @@
-"""Which TensorRT engine belongs to which graph and machine, and what to do with one that does not.
+"""Engine files beside the graphs: their names, their sidecars, and whether one on disk can be reused.
 
-An engine is only valid for the ONNX it was built from, the GPU model (compute capability), the
-TensorRT version and the build options. Each engine file has a JSON sidecar with those facts;
-``decide`` compares it with what is wanted here. A foreign engine is rebuilt by the build step
-and refused by the server: engines are executable code, never loaded on trust.
+An engine is only valid for the file it was built from (the graph's TensorRT variant), the GPU model
+(compute capability), the TensorRT version and the build options. Each plan has a JSON sidecar with
+those facts (``manifest.EngineRecord``); ``decide`` compares it with what is wanted here, and a foreign
+engine is rebuilt. Which engine a node runs is the node's own choice (``runtime.engine_choice``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..contract import FRAME_INPUT, ShapeBounds
 from ..manifest import EngineFacts, EngineRecord
-from .cuda import gpu_tag
-from .flavours import TENSORRT, TENSORRT_RTX, Flavour
+from ..runtime.cuda import gpu_tag
+from ..runtime.flavours import TENSORRT, TENSORRT_RTX, Flavour
 
 
 def profile_shapes(bounds: ShapeBounds, max_batch: int) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -67,37 +67,16 @@ def decide(found: EngineFacts | None, want: EngineFacts) -> tuple[str, str]:
     return "build", f"foreign engine ({why})"
 
 
-def pick(
-    entries: list[dict], graph_hashes, gpu: dict, version: str, flavour: Flavour = TENSORRT
-) -> tuple[dict | None, str]:
-    """The manifest's engine entry for this graph on this machine, or None and what was there instead.
-
-    ``entries``: the graph's engine records in the manifest's JSON form (``Graph.tensorrt``), one of which
-    is returned as it is. ``graph_hashes``: the SHA-256 of the files an engine of the graph may be built
-    from (its TensorRT variants, fp16 and fp32); any of them will do, the fp16 one first. TensorRT: same
-    GPU model and version. TensorRT for RTX: the same version first, else the newest other; whether it runs
-    on this card is TensorRT for RTX's own verdict when it is opened (``Runtime.get_engine_validity``).
-    """
-    hashes = [graph_hashes] if isinstance(graph_hashes, str) else list(graph_hashes)
-    records = [(EngineRecord.from_dict(e), e) for e in entries]
-    mine = [(r, e) for r, e in records if r.runtime == flavour.backend and r.onnx_sha256 in hashes]
-    mine.sort(key=lambda pair: hashes.index(pair[0].onnx_sha256))
-    if flavour is TENSORRT:
-        here = (gpu["name"], gpu["compute_capability"], version)
-        found = [(r, e) for r, e in mine if (r.gpu, r.compute_capability, r.tensorrt) == here]
-    else:
-        found = sorted(mine, key=lambda pair: (pair[0].tensorrt != version, _newest_first(pair[0].tensorrt)))
-    if found:
-        return found[0][1], ""
-    if not entries:
-        return None, "no TensorRT engine was built for this graph"
-    seen = "; ".join(r.describe() for r, _ in records)
-    return None, f"engines exist only for other machines, runtimes or an older graph ({seen})"
-
-
-def _newest_first(version) -> tuple:
-    """A sort key that puts later versions ("1.10.0" after "1.9.2") first; an unreadable one last."""
+def read_sidecar(plan: Path) -> EngineRecord | None:
+    """The record beside an engine on disk, or None (no plan, no sidecar, or another version's sidecar)."""
+    path = sidecar(plan)
+    if not (plan.exists() and path.exists()):
+        return None
     try:
-        return tuple(-int(part) for part in str(version).split("."))
-    except ValueError:
-        return (1,)
+        return EngineRecord.from_dict(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError):  # another version's sidecar: the engine is rebuilt
+        return None
+
+
+def write_sidecar(plan: Path, record: EngineRecord) -> None:
+    sidecar(plan).write_text(json.dumps(record.as_dict(), indent=2, sort_keys=True) + "\n")
