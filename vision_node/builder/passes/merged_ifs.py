@@ -7,6 +7,10 @@ fails on a Loop, and one conditional around every chunk cost it 1,031 MiB of act
 ``Identity`` outputs): 19 × two frame-sized copies, ~50 ms of a 1080p frame on this CPU. So the copy
 ONNX Runtime loads (``ort_optimised``) has the chain merged: one ``If`` whose then-branch runs every
 chunk in turn, whose else-branch passes the first pair through once. Same operators, same order.
+
+A workaround, seen on ONNX Runtime 1.32.0 (19 skipped links at 1080p: ~26 ms against ~2 ms merged). Remove
+when a skipped branch passes its inputs through without copying: tests/test_workarounds.py measures it and
+fails then (and when TensorRT for RTX builds a Loop, the chain itself can go: ``argmax``).
 """
 
 from __future__ import annotations

@@ -1,16 +1,19 @@
-"""The graph TensorRT for RTX is given: the conditionals it cannot build, as selects.
+"""The passes that make a graph's TensorRT variant (``tensorrt_onnx``): conditionals as selects, frames cast first.
 
-TensorRT for RTX 1.7 crashes (a segfault in the builder) on a conditional whose branch reshapes by a
-size it does not see as a shape: the pose gate (its keypoint batch is the count of boxes kept) and the
-pass order of Pillow's resize (``pil_resize``: its sizes follow the processor's arithmetic on the
-frame's shape). Each such ``If`` becomes both branches and a ``Where``. That is cheap on a GPU for the
-resize (the other order of one frame), and for the gate costs one keypoint crop on a frame with nobody
-in it (``gated``). Conditionals on data TensorRT does build stay (segmentation's dense argmax fold).
+Workaround (``shape_decided_ifs_as_selects``, ``gate_as_select``): TensorRT for RTX crashes (a segfault in
+its builder) on a conditional whose branch reshapes by a size it does not see as a shape. Seen on TensorRT
+for RTX 1.7.1.116 with the pass order of Pillow's resize (``pil_resize``) at the depth processor's keep-aspect
+sizes; reported of 1.7 for the pose gate too (its keypoint batch is the count of boxes kept), which 1.7.1.116
+builds. Each such ``If`` becomes both branches and a ``Where``: cheap on a GPU for the resize (the other order
+of one frame: 106 of pose's 272 MB of activation at 1080p on the demo build), and for the gate one keypoint
+crop on a frame with nobody in it (``gated``). Remove when TensorRT for RTX builds those Ifs and an RTX card runs
+them: ``tests/test_workarounds.py`` fails for the resize once the builder takes it, and passes for the gate
+today. Conditionals on data TensorRT does build stay (segmentation's dense argmax fold).
 
 TensorRT also takes a uint8 tensor only where the network reads its input (a Cast, or a Shape), while
 the resize lays the frame out for its first pass before its Cast (a quarter of the bytes to move on a
 CPU). So a uint8 input that only data-movement operators read on its way to a Cast is cast first; the
-Cast after them then casts float32 to itself.
+Cast after them then casts float32 to itself. That is TensorRT's rule (every version), not a workaround.
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ def for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def gate_as_select(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The pose gate's ``If`` (``gated.SKIP_NODE``) as both branches and a ``Where`` (in place)."""
+    """The pose gate's ``If`` (``gated.SKIP_NODE``) as both branches and a ``Where`` (in place).
+
+    Workaround for a builder crash reported of TensorRT for RTX 1.7; 1.7.1.116 builds the gate as an If
+    (tests/test_workarounds.py), so it can go once an RTX card runs that engine and TensorRT 10 builds it."""
     graph = model.graph
     for index in reversed([i for i, n in enumerate(graph.node) if n.op_type == "If" and n.name == SKIP_NODE]):
         _inline_as_select(graph, index)
@@ -43,7 +49,10 @@ def gate_as_select(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def shape_decided_ifs_as_selects(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Every ``If`` decided by shapes and constants alone (the resize's pass order) as a select (in place)."""
+    """Every ``If`` decided by shapes and constants alone (the resize's pass order) as a select (in place).
+
+    Workaround: TensorRT for RTX 1.7.1.116's builder segfaults on depth's resize If (tests/test_workarounds.py
+    fails once it builds it; then cast the frame first inside the branches instead and drop this)."""
     graph = model.graph
     shape_only = _shape_only(graph)
     picked = [i for i, n in enumerate(graph.node) if n.op_type == "If" and shape_only(n.input[0])]
