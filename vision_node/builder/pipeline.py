@@ -1,7 +1,10 @@
 """Build one capability: load weights, export its graph(s), verify against transformers, describe it.
 
-The CLI (``build_engines.py``) parses options into a ``BuildPlan``; this module does the work
-and returns the manifest entry. A graph that fails verification is deleted, never shipped.
+The CLI (``cli.py``) parses options into a ``BuildPlan``; this module follows the capability's recipe
+(``recipes``) and returns its manifest entry. Per graph and precision it writes the exported graph, its
+TensorRT variant (``tensorrt_onnx``) and for fp32 ONNX Runtime's optimised copy (``ort_optimised``), and
+verifies each against the same transformers reference. A graph that fails verification is deleted with
+everything made from it, never shipped.
 """
 
 from __future__ import annotations
