@@ -29,7 +29,7 @@ def tiny_plan(out, **overrides):
 
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory):
-    """All three capabilities built once with tiny demo models: (out dir, manifest entries)."""
+    """All three capabilities built once with tiny demo models: (out dir, manifest entries as written in JSON)."""
     from vision_node import manifest
     from vision_node.builder import pipeline
 
@@ -38,7 +38,7 @@ def tiny_build(tmp_path_factory):
     entries, failures = pipeline.build(["depth", "segmentation", "pose"], tiny_plan(out))
     assert not failures, failures
     manifest.write(out, entries)
-    return out, entries
+    return out, {capability: entry.as_dict() for capability, entry in entries.items()}
 
 
 @pytest.fixture(scope="module")

@@ -262,26 +262,27 @@ class _FakeContext:
 
 def engines_with_fake_plans(source, target, runtime: str = "tensorrt") -> None:
     """Copy an engines directory and list, for each graph, a FAKE TensorRT (or TensorRT for RTX) "plan"."""
-    import json
     import shutil
     from pathlib import Path
 
     from vision_node import manifest
-    from vision_node.runtime import engine_cache
+    from vision_node.builder import engine_files
     from vision_node.runtime.flavours import flavour
 
     shutil.copytree(source, target)
-    data = manifest.load(target)
+    data = manifest.read(target)
     gpu = {"name": "FAKE GPU", "compute_capability": "9.0"}
-    for entry in data["capabilities"].values():
-        for graph in entry["graphs"]:
-            built_from = graph.get("fp16") or graph  # as the build does: the fp16 graph where there is one
-            options = {"max_batch": 1, "precision": built_from.get("precision", "fp32")}
-            facts = engine_cache.wanted(built_from["sha256"], flavour(runtime), FakeTensorRT.__version__, options, gpu)
-            plan = engine_cache.engine_path(Path(target), Path(built_from["path"]).stem, facts)
-            shutil.copy(Path(target) / built_from["path"], plan)  # the fake engine runs the ONNX graph
-            graph["tensorrt"] = [{**facts, "plan": plan.name, "sha256": manifest.sha256(plan)}]
-    (Path(target) / "manifest.json").write_text(json.dumps(data))
+    for entry in data.capabilities.values():
+        for graph in entry.graphs:
+            built_from = graph.fp16 or graph  # as the build does: the fp16 graph where there is one
+            source = built_from.tensorrt_onnx  # the file the build compiles
+            options = {"max_batch": 1, "precision": built_from.precision}
+            facts = engine_files.wanted(source.sha256, flavour(runtime), FakeTensorRT.__version__, options, gpu)
+            plan = engine_files.engine_path(Path(target), Path(built_from.path).stem, facts)
+            shutil.copy(Path(target) / source.path, plan)  # the fake engine runs the ONNX graph
+            graph.tensorrt = [manifest.EngineRecord(**vars(facts), plan=plan.name, sha256=manifest.sha256(plan),
+                                                    bytes=plan.stat().st_size)]
+    manifest.write(Path(target), data.capabilities)
 
 
 def patch_in_fake_gpu(monkeypatch) -> tuple[FakeTensorRT, list]:
@@ -295,15 +296,16 @@ def patch_in_fake_gpu(monkeypatch) -> tuple[FakeTensorRT, list]:
 
 
 def fp16_reference(engines, capability: str):
-    """ONNX Runtime on ``capability``'s fp16 graph: what the FAKE engine built from it computes."""
+    """ONNX Runtime on the file ``capability``'s fp16 engine is built from: what the FAKE engine computes."""
     from vision_node import manifest
     from vision_node.runtime.onnxruntime import OnnxRuntimeBackend
     from vision_node.serving.engines import load
 
     served = load(engines, (capability,))[capability]
     graph = served.graphs[0]
-    fp16 = manifest.load(engines)["capabilities"][capability]["graphs"][0]["fp16"]
-    return OnnxRuntimeBackend(graph.path.parent / fp16["path"], graph.outputs, served.bounds).__enter__()
+    fp16 = manifest.read(engines).capabilities[capability].graphs[0].fp16
+    assert fp16 is not None
+    return OnnxRuntimeBackend(graph.path.parent / fp16.tensorrt_onnx.path, graph.outputs, served.bounds).__enter__()
 
 
 class FakeNvImgCodec:

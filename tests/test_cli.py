@@ -123,21 +123,23 @@ def test_tiny_build_needs_demo_weights_and_names_its_models_tiny(tmp_path):
     assert "fp16" not in entry["graphs"][0]
     # The graph, and the copy ONNX Runtime optimised (what a CPU node loads).
     files = sorted(p.name for p in tmp_path.glob("*.onnx*"))
-    assert files == ["segmentation-64x64.onnx", "segmentation-64x64.ort.onnx"]
+    assert files == ["segmentation-64x64.onnx", "segmentation-64x64.ort.onnx", "segmentation-64x64.trt.onnx"]
     assert entry["graphs"][0]["onnxruntime"]["path"] == "segmentation-64x64.ort.onnx"
 
 
 def test_a_graph_that_misses_verification_leaves_no_file(tmp_path, monkeypatch):
     from tests.conftest import tiny_plan
     from vision_node.builder import pipeline, verify
+    from vision_node.builder.recipes import recipe_for
 
     monkeypatch.setitem(verify.TOLERANCES, "depth", {"max_rel_err": 0.0, "mean_rel_err": 0.0})
     plan = tiny_plan(tmp_path, verify_sizes=((90, 160),))
     loaded = pipeline.load_models("depth", plan)
-    stem, resolution, make = next(pipeline._graphs("depth", plan, loaded))
-    entry, checks = pipeline.export_verified("depth", stem, "fp32", resolution, make, loaded, plan)
-    assert entry is None and not all(c.ok for c in checks)
-    assert list(tmp_path.iterdir()) == []  # neither the graph nor its .partial: nothing that looks shippable
+    recipe = recipe_for("depth")
+    stem, sizing, make = next(recipe.graphs(plan, loaded))
+    entry, optimised, checks = pipeline.export_verified(recipe, stem, "fp32", sizing, make, loaded, plan)
+    assert entry is None and optimised is None and not all(c.ok for c in checks)
+    assert list(tmp_path.iterdir()) == []  # no graph, variant, copy nor .partial: nothing that looks shippable
 
 
 def test_revision_pins_a_roles_hub_weights():
@@ -158,8 +160,8 @@ def test_the_fp16_ladder_keeps_the_first_rung_that_verifies_or_ships_fp32_alone(
 
     real_verify, calls = pipeline.verify_graph, []
 
-    def first_fp16_rung_misses(capability, path, resolution, loaded, plan, tolerances=None, name=None):
-        checks = real_verify(capability, path, resolution, loaded, plan, tolerances, name)
+    def first_fp16_rung_misses(recipe, path, sizing, loaded, plan, tolerances=None, name=None, memo=None):
+        checks = real_verify(recipe, path, sizing, loaded, plan, tolerances, name, memo)
         calls.append(name)
         if name.endswith(".fp16.onnx") and calls.count(name) == 1:
             for check in checks:
@@ -168,7 +170,7 @@ def test_the_fp16_ladder_keeps_the_first_rung_that_verifies_or_ships_fp32_alone(
 
     monkeypatch.setattr(pipeline, "verify_graph", first_fp16_rung_misses)
     caplog.set_level(logging.INFO, logger="build")
-    entry = pipeline.build_capability("segmentation", tiny_plan(tmp_path / "a", verify_sizes=((90, 160),)))
+    entry = pipeline.build_capability("segmentation", tiny_plan(tmp_path / "a", verify_sizes=((90, 160),))).as_dict()
     graph = entry["graphs"][0]
     assert graph["fp16"]["precision"] == "fp16-norms32" and "fp16_missed" not in graph
     assert "the fp16 graph missed verification; trying the next rung" in caplog.text
@@ -177,11 +179,12 @@ def test_the_fp16_ladder_keeps_the_first_rung_that_verifies_or_ships_fp32_alone(
     assert fp16_checks and all(c["ok"] for c in fp16_checks)
 
     monkeypatch.setitem(verify.FP16_TOLERANCES, "segmentation", {"pixel_agreement": 1.01})  # no rung can pass
-    entry = pipeline.build_capability("segmentation", tiny_plan(tmp_path / "b", verify_sizes=((90, 160),)))
+    entry = pipeline.build_capability("segmentation", tiny_plan(tmp_path / "b", verify_sizes=((90, 160),))).as_dict()
     graph = entry["graphs"][0]
     assert "fp16" not in graph and [m.split(":")[0] for m in graph["fp16_missed"]] == ["fp16", "fp16-norms32"]
     shipped = sorted(p.name for p in (tmp_path / "b").iterdir())
-    assert shipped == ["segmentation-64x64.onnx", "segmentation-64x64.ort.onnx"]  # the fp32 graph (and ORT's copy)
+    # the fp32 graph, ONNX Runtime's copy and TensorRT's variant
+    assert shipped == ["segmentation-64x64.onnx", "segmentation-64x64.ort.onnx", "segmentation-64x64.trt.onnx"]
     assert "no fp16 graph passed verification" in caplog.text
 
 

@@ -6,7 +6,6 @@ skipped; what runs is the sync of the image's graphs into the cache volume and `
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -23,24 +22,26 @@ def test_sync_keeps_engines_of_unchanged_graphs_and_drops_the_rest(tiny_build, t
     shutil.copytree(tiny_build[0], image)
     assert sorted(sync(image, cache)) == sorted(p.name for p in image.glob("*.onnx"))
     assert {p.name for p in cache.glob("*.fp16.onnx")} == {p.name for p in image.glob("*.fp16.onnx")} != set()
-    data = manifest.load(cache)
-    for entry in data["capabilities"].values():
-        graph = entry["graphs"][0]
-        graph["tensorrt"] = [{"plan": "x.plan", "onnx_sha256": graph["fp16"]["sha256"]}]
-    (cache / "manifest.json").write_text(json.dumps(data))
+    data = manifest.read(cache)
+    for entry in data.capabilities.values():
+        graph = entry.graphs[0]
+        graph.tensorrt = [manifest.EngineRecord(onnx_sha256=graph.engine_sources[0], runtime="tensorrt",
+                                                tensorrt="10", options={}, plan="x.plan", sha256="e", bytes=1)]
+    manifest.write(cache, data.capabilities)
+    listed = manifest.load(cache)["capabilities"]["depth"]["graphs"][0]["tensorrt"]
     assert sync(image, cache) == []  # nothing changed: nothing copied, engines kept
-    kept = manifest.load(cache)["capabilities"]["depth"]["graphs"][0]
-    assert kept["tensorrt"] == [{"plan": "x.plan", "onnx_sha256": kept["fp16"]["sha256"]}]
-    changed = manifest.load(image)
-    graph = changed["capabilities"]["depth"]["graphs"][0]["fp16"]  # a new fp16 graph: its engines are stale
-    (image / graph["path"]).write_bytes(b"new graph")
-    graph["sha256"] = manifest.sha256(image / graph["path"])
-    (image / "manifest.json").write_text(json.dumps(changed))
-    assert sync(image, cache) == [graph["path"]]
+    assert manifest.load(cache)["capabilities"]["depth"]["graphs"][0]["tensorrt"] == listed
+    changed = manifest.read(image)
+    fp16 = changed.capabilities["depth"].graphs[0].fp16  # a new fp16 graph: its engines are stale
+    assert fp16 is not None
+    for file in (fp16, fp16.tensorrt_onnx):
+        (image / file.path).write_bytes(b"new graph")
+        file.sha256 = manifest.sha256(image / file.path)
+    manifest.write(image, changed.capabilities)
+    assert sorted(sync(image, cache)) == sorted({fp16.path, fp16.tensorrt_onnx.path})
     after = manifest.load(cache)["capabilities"]
-    assert after["depth"]["graphs"][0]["tensorrt"] == [] and after["pose"]["graphs"][0]["tensorrt"]
-    del changed["capabilities"]["pose"]
-    (image / "manifest.json").write_text(json.dumps(changed))
+    assert "tensorrt" not in after["depth"]["graphs"][0] and after["pose"]["graphs"][0]["tensorrt"]
+    manifest.write(image, {c: e for c, e in changed.capabilities.items() if c != "pose"}, merge=False)
     sync(image, cache)
     assert set(manifest.load(cache)["capabilities"]) == {"depth", "segmentation"}  # gone from the image: gone
 

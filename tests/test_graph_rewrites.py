@@ -17,7 +17,8 @@ from onnx import TensorProto, helper
 from tests.conftest import TINY_BOUNDS, TINY_ROLES
 from tests.test_ops import TIERS
 from vision_node import samples
-from vision_node.builder import argmax, export, graphs, merged_ifs, ort_optimised, pil_resize, selects, weights
+from vision_node.builder import argmax, export, graphs, ort_optimised, pil_resize, weights
+from vision_node.builder.passes import merged_ifs, selects
 from vision_node.builder.specs import OUTPUTS
 from vision_node.sizing import Sizing
 
@@ -99,7 +100,8 @@ def test_onnx_runtimes_copy_of_the_segmentation_graph_runs_its_dense_fold_as_one
     )
     exported = tmp_path / "segmentation.onnx"
     export.export(graph, OUTPUTS["segmentation"], exported, example_hw=(128, 128))
-    copy = tmp_path / ort_optimised.write(exported)["path"]
+    ort_optimised.write(exported, passes=(merged_ifs.merge,))  # as segmentation's recipe writes it
+    copy = ort_optimised.name_for(exported)
     assert _count(onnx.load(str(exported)), "If") > 2 and _count(onnx.load(str(copy)), "If") == 2  # fold, resize order
     plain = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     optimised = ort.InferenceSession(str(copy), providers=["CPUExecutionProvider"])
@@ -133,3 +135,35 @@ def test_for_tensorrt_the_resize_order_becomes_a_select_with_the_same_results(tm
 def test_for_tensorrt_an_if_on_data_stays(tmp_path):
     model = _chain(2)  # decided by the value of the input flag, not by a shape
     assert _count(selects.for_tensorrt(model), "If") == 2
+
+
+@pytest.mark.parametrize("which", ["ort", "trt"])
+def test_a_runtimes_copy_that_disagrees_with_transformers_fails_the_build_naming_it(which, tmp_path, monkeypatch):
+    """ONNX Runtime's optimised copy (what CPU nodes serve) and the TensorRT variant (what TensorRT builds from) are
+    verified on the same frames, against the same reference and tolerances, as the exported graph: here one of them
+    has its depth scaled by 1.5 after it is written, the graph itself agrees, and the build refuses all three."""
+    from tests.conftest import tiny_plan
+    from vision_node.builder import pipeline, tensorrt_onnx
+    from vision_node.builder.errors import BuildError
+
+    module = ort_optimised if which == "ort" else tensorrt_onnx
+    real_write = module.write
+
+    def write_then_scale(source, target=None, passes=()):
+        real_write(source, target, passes)
+        model = onnx.load(str(target))
+        producer = next(n for n in model.graph.node if "depth" in n.output)
+        producer.output[list(producer.output).index("depth")] = "depth/unscaled"
+        model.graph.initializer.append(helper.make_tensor("depth/scale", TensorProto.FLOAT, [], [1.5]))
+        model.graph.node.append(helper.make_node("Mul", ["depth/unscaled", "depth/scale"], ["depth"]))
+        onnx.save(model, str(target))
+
+    monkeypatch.setattr(module, "write", write_then_scale)
+    plan = tiny_plan(tmp_path, verify_sizes=((90, 160),), fp16=False, measure_memory=False)
+    with pytest.raises(BuildError) as refused:
+        pipeline.build_capability("depth", plan)
+    message = str(refused.value)
+    name = f"depth-98x98-aspect.{which}.onnx"
+    assert f"{name} disagrees with transformers where depth-98x98-aspect.onnx agrees" in message
+    assert f"{name} 1x90x160: max_rel_err" in message
+    assert list(tmp_path.iterdir()) == []  # nothing of the graph is kept

@@ -1,6 +1,9 @@
 """The manifest the build writes: what the server will trust."""
 
+import dataclasses
 import json
+
+import pytest
 
 from vision_node import manifest
 from vision_node.builder.specs import CAPABILITIES
@@ -30,7 +33,8 @@ def test_manifest_lists_every_artefact_with_its_hash_and_provenance(tiny_build):
 def test_writing_one_capability_keeps_the_others(tmp_path, tiny_build):
     out, entries = tiny_build
     (tmp_path / manifest.MANIFEST_NAME).write_text((out / manifest.MANIFEST_NAME).read_text())
-    manifest.write(tmp_path, {"depth": {**entries["depth"], "graphs": []}})
+    depth = manifest.read(out).capabilities["depth"]
+    manifest.write(tmp_path, {"depth": dataclasses.replace(depth, graphs=[])})
     merged = json.loads((tmp_path / manifest.MANIFEST_NAME).read_text())["capabilities"]
     assert merged["depth"]["graphs"] == [] and merged["pose"] == json.loads(json.dumps(entries["pose"]))
 
@@ -45,3 +49,31 @@ def test_every_output_dimension_is_a_frame_dimension_or_fixed(tiny_build):
                     assert isinstance(dim, int) or dim in ("batch", "height", "width"), (capability, out)
     pose = entries["pose"]["graphs"][0]["outputs"]
     assert [o["shape"] for o in pose] == [["batch", 3, 4], ["batch", 3], ["batch", 3, 17, 2], ["batch", 3, 17]]
+
+
+def test_a_manifest_of_another_schema_is_refused_naming_the_file_and_its_version(tiny_build, tmp_path):
+    data = json.loads((tiny_build[0] / manifest.MANIFEST_NAME).read_text())
+    data["format"] = 1
+    (tmp_path / manifest.MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(manifest.ManifestError) as refused:
+        manifest.read(tmp_path)
+    message = str(refused.value)
+    assert str(tmp_path / manifest.MANIFEST_NAME) in message and "schema 1" in message
+    assert f"reads schema {manifest.FORMAT}" in message and "rebuild" in message
+
+
+def test_the_typed_manifest_writes_back_the_json_it_read(tiny_build, tmp_path):
+    """read and write round-trip: every key the build wrote survives (no field of the schema is lost)."""
+    out, _ = tiny_build
+    manifest.write(tmp_path, manifest.read(out).capabilities)
+    written = json.loads((out / manifest.MANIFEST_NAME).read_text())["capabilities"]
+    assert json.loads((tmp_path / manifest.MANIFEST_NAME).read_text())["capabilities"] == written
+
+
+def test_a_malformed_entry_names_the_file_and_the_capability(tiny_build, tmp_path):
+    data = json.loads((tiny_build[0] / manifest.MANIFEST_NAME).read_text())
+    del data["capabilities"]["pose"]["graphs"][0]["sha256"]
+    (tmp_path / manifest.MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(manifest.ManifestError, match=r"manifest\.json: pose: malformed entry .*sha256"):
+        manifest.read(tmp_path)
+    assert set(manifest.read(tmp_path, only=("depth",)).capabilities) == {"depth"}  # the others are not read

@@ -32,9 +32,9 @@ def test_a_segformer_saved_with_do_reduce_labels_builds_and_matches_transformers
     assert json.loads((directory / "preprocessor_config.json").read_text())["do_reduce_labels"] is True
     plan = tiny_plan(tmp_path / "out", local={"segmentation": str(directory)}, verify_sizes=SIZES, fp16=False)
     entry = pipeline.build_capability("segmentation", plan)
-    checks = entry["verification"]["checks"]
+    checks = entry.verification.checks
     assert checks and all(c["ok"] and not c["skipped"] for c in checks)
-    assert entry["models"][0]["weights"] == "local"
+    assert entry.models[0].weights == "local"
 
 
 @pytest.mark.parametrize(
@@ -83,7 +83,10 @@ def test_a_pose_head_without_17_keypoints_is_refused_and_the_others_still_build(
 
 def test_a_capability_built_again_clears_its_recorded_failure(tmp_path):
     manifest.write(tmp_path, {}, failed={"pose": "num_labels=2"})
-    manifest.write(tmp_path, {"pose": {"graphs": []}})
+    nothing = manifest.Verification(reference="", backend="", tolerances={}, checks=[])
+    pose = manifest.CapabilityEntry(capability="pose", graphs=[], models=[], demo=True, opset=17,
+                                    bounds=TINY_BOUNDS, options={}, verification=nothing)
+    manifest.write(tmp_path, {"pose": pose})
     recorded = manifest.load(tmp_path)
     assert "failed" not in recorded and "pose" in recorded["capabilities"]
     manifest.write(tmp_path, {}, failed={"pose": "broken again"})

@@ -109,9 +109,9 @@ def test_a_fixed_depth_resolution_stays_an_option_and_is_reported(tmp_path):
 
     plan = tiny_plan(tmp_path, resolutions={"depth": [(98, 98)]}, verify_sizes=((90, 160), (150, 100)), fp16=False)
     entry = pipeline.build_capability("depth", plan)
-    assert all(c["ok"] and not c["skipped"] for c in entry["verification"]["checks"])
-    assert entry["graphs"][0]["path"] == "depth-98x98.onnx"
-    assert entry["graphs"][0]["sizing"] == {"mode": "fixed", "size": [98, 98], "multiple": 1}
+    assert all(c["ok"] and not c["skipped"] for c in entry.verification.checks)
+    assert entry.graphs[0].path == "depth-98x98.onnx"
+    assert entry.as_dict()["graphs"][0]["sizing"] == {"mode": "fixed", "size": [98, 98], "multiple": 1}
     manifest.write(tmp_path, {"depth": entry})
     served = load(tmp_path)["depth"]
     assert served.graph_for(90, 160).model_size(90, 160) == (98, 98)

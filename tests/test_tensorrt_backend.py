@@ -167,12 +167,12 @@ def test_without_tensorrt_the_error_says_which_extra_to_install(monkeypatch):
         trt_backend.load_tensorrt()
 
 
-# ---------------------------------------------------------------- engine cache and build decisions (pure)
+# ---------------------------------------------------------------- engine files, build decisions and choice (pure)
 
 
 def test_profile_spans_the_bounds_with_the_serving_batch():
+    from vision_node.builder.engine_files import profile_shapes
     from vision_node.contract import ShapeBounds
-    from vision_node.runtime.engine_cache import profile_shapes
 
     bounds = ShapeBounds(min_hw=(64, 64), opt_hw=(512, 512), max_hw=(2160, 3840), max_batch=4)
     assert profile_shapes(bounds, 1) == {"frames": ((1, 64, 64, 3), (1, 512, 512, 3), (1, 2160, 3840, 3))}
@@ -180,7 +180,9 @@ def test_profile_spans_the_bounds_with_the_serving_batch():
 
 
 def test_engine_files_are_keyed_by_graph_gpu_version_and_options(tmp_path):
-    from vision_node.runtime import engine_cache as ec
+    from dataclasses import replace
+
+    from vision_node.builder import engine_files as ec
     from vision_node.runtime.flavours import TENSORRT, TENSORRT_RTX
 
     gpu = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -188,36 +190,46 @@ def test_engine_files_are_keyed_by_graph_gpu_version_and_options(tmp_path):
     path = ec.engine_path(tmp_path, "depth-518x518.fp16", facts)
     assert path.name.startswith("depth-518x518.fp16.NVIDIA-H100-80GB-HBM3.sm90.trt10.13.0.") and path.suffix == ".plan"
     for change in ({"tensorrt": "10.14.1"}, {"gpu": "NVIDIA L40S"}, {"onnx_sha256": "cd" * 32}):
-        assert ec.engine_path(tmp_path, "depth-518x518.fp16", {**facts, **change}) != path
+        assert ec.engine_path(tmp_path, "depth-518x518.fp16", replace(facts, **change)) != path
     assert ec.decide(None, facts)[0] == "build"
-    assert ec.decide(dict(facts), facts) == ("reuse", "built for this graph, GPU, TensorRT version and options")
-    decision, why = ec.decide({**facts, "tensorrt": "10.8.0"}, facts)
+    assert ec.decide(replace(facts), facts) == ("reuse", "built for this graph, GPU, TensorRT version and options")
+    decision, why = ec.decide(replace(facts, tensorrt="10.8.0"), facts)
     assert decision == "build" and "foreign engine" in why and "10.8.0" in why
     # TensorRT for RTX: built ahead of time, bound to its compute-capability targets, not to a GPU model.
     rtx = ec.wanted("ab" * 32, TENSORRT_RTX, "1.7.1.116", {"precision": "fp16", "targets": ["8.6", "8.9"]}, gpu)
-    assert "gpu" not in rtx and rtx["runtime"] == "tensorrt-rtx"
+    assert rtx.gpu is None and "gpu" not in rtx.as_dict() and rtx.runtime == "tensorrt-rtx"
     rtx_path = ec.engine_path(tmp_path, "depth-518x518.fp16", rtx)
     assert rtx_path.name.startswith("depth-518x518.fp16.rtx1.7.1.116.") and "H100" not in rtx_path.name
     other_targets = ec.wanted("ab" * 32, TENSORRT_RTX, "1.7.1.116", {"precision": "fp16", "targets": ["12.0"]})
     assert ec.engine_path(tmp_path, "depth-518x518.fp16", other_targets) != rtx_path
 
 
+def _engine(**fields) -> dict:
+    """An engine record as the manifest lists it (TensorRT on an H100 unless ``fields`` say otherwise)."""
+    from vision_node.manifest import EngineRecord
+
+    record = {"onnx_sha256": "x", "runtime": "tensorrt", "tensorrt": "10.13.0", "options": {}, "gpu": "H100",
+              "compute_capability": "9.0", "sha256": "e", "bytes": 1, **fields}
+    return EngineRecord(**record).as_dict()
+
+
 def test_pick_finds_this_machines_engine_or_says_what_exists():
-    from vision_node.runtime.engine_cache import pick
+    from vision_node.runtime.engine_choice import pick
     from vision_node.runtime.flavours import TENSORRT_RTX
 
-    h100 = {"onnx_sha256": "x", "gpu": "H100", "compute_capability": "9.0", "tensorrt": "10.13.0", "plan": "a.plan"}
-    l40s = {**h100, "gpu": "L40S", "compute_capability": "8.9", "plan": "b.plan"}
+    h100 = _engine(plan="a.plan")
+    l40s = _engine(gpu="L40S", compute_capability="8.9", plan="b.plan")
     gpu = {"name": "H100", "compute_capability": "9.0"}
     assert pick([l40s, h100], ["x"], gpu, "10.13.0") == (h100, "")
     entry, why = pick([l40s], ["x"], gpu, "10.13.0")
     assert entry is None and "L40S sm8.9 TensorRT 10.13.0" in why
     assert pick([h100], ["y"], gpu, "10.13.0")[0] is None  # graph changed
     assert pick([], ["x"], gpu, "10.13.0")[1].startswith("no TensorRT engine")
-    fp16 = {**h100, "onnx_sha256": "x16", "plan": "c.plan"}
+    fp16 = _engine(onnx_sha256="x16", plan="c.plan")
     assert pick([h100, fp16], ["x16", "x"], gpu, "10.13.0")[0] == fp16  # the fp16 graph's engine first
     # TensorRT for RTX: any RTX engine of the graph, this version first; the card's verdict comes at open.
-    rtx_old = {"onnx_sha256": "x16", "runtime": "tensorrt-rtx", "tensorrt": "1.6.0", "options": {}, "plan": "d.plan"}
+    rtx_old = _engine(onnx_sha256="x16", runtime="tensorrt-rtx", tensorrt="1.6.0", gpu=None, compute_capability=None,
+                      plan="d.plan")
     rtx = {**rtx_old, "tensorrt": "1.7.1", "plan": "e.plan"}
     assert pick([h100, rtx_old, rtx], ["x16", "x"], gpu, "1.7.1", TENSORRT_RTX)[0] == rtx
     assert pick([h100, rtx_old], ["x16", "x"], gpu, "1.7.1", TENSORRT_RTX)[0] == rtx_old
@@ -228,15 +240,32 @@ def test_pick_finds_this_machines_engine_or_says_what_exists():
     assert entry is None and "H100 sm9.0 TensorRT 10.13.0" in why  # a TensorRT engine is no RTX engine
 
 
+def _graph(fp16: bool):
+    """A manifest graph record named d.onnx (sha256 "32"), with its fp16 twin d.fp16.onnx ("16") if asked."""
+    from vision_node.manifest import FileRecord, GraphRecord, OnnxRecord, OptimisedCopy
+    from vision_node.sizing import Sizing
+
+    def variant(name):
+        return FileRecord(path=f"{name}.trt.onnx", sha256=f"{name}-trt", bytes=1)
+
+    twin = OnnxRecord(path="d.fp16.onnx", sha256="16", bytes=1, precision="fp16", float_weights={},
+                      tensorrt_onnx=variant("d.fp16")) if fp16 else None
+    return GraphRecord(path="d.onnx", sha256="32", bytes=1, precision="fp32", float_weights={},
+                       tensorrt_onnx=variant("d"), sizing=Sizing.fixed(64, 64), inputs=[], outputs=[],
+                       onnxruntime=OptimisedCopy(path="d.ort.onnx", sha256="o", bytes=1, version="1", level="x"),
+                       fp16=twin)
+
+
 def test_engines_are_built_from_the_fp16_graph_then_the_fp32_one(tmp_path):
+    """Each from its TensorRT variant, the file TensorRT is given."""
     from vision_node.builder.errors import BuildError
     from vision_node.builder.tensorrt import candidates
 
-    graph = {"path": "d.onnx", "sha256": "32", "fp16": {"path": "d.fp16.onnx", "sha256": "16", "precision": "fp16"}}
+    graph = _graph(fp16=True)
     assert [c[0] for c in candidates(tmp_path, graph, "auto")] == ["fp16", "fp32"]
-    assert candidates(tmp_path, graph, "fp16") == [("fp16", tmp_path / "d.fp16.onnx", "16")]
-    assert candidates(tmp_path, graph, "fp32") == [("fp32", tmp_path / "d.onnx", "32")]
-    alone = {"path": "d.onnx", "sha256": "32"}
+    assert candidates(tmp_path, graph, "fp16") == [("fp16", tmp_path / "d.fp16.trt.onnx", "d.fp16-trt")]
+    assert candidates(tmp_path, graph, "fp32") == [("fp32", tmp_path / "d.trt.onnx", "d-trt")]
+    alone = _graph(fp16=False)
     assert [c[0] for c in candidates(tmp_path, alone, "auto")] == ["fp32"]  # with a warning in the log
     with pytest.raises(BuildError, match="no fp16 graph"):
         candidates(tmp_path, alone, "fp16")
@@ -351,12 +380,13 @@ def test_engine_build_reuses_falls_back_to_the_fp32_graph_and_refuses(tiny_build
     shutil.copytree(tiny_build[0], engines)
 
     entries = build_trt.build_engines(engines, ["segmentation"])
-    record = entries["segmentation"]["graphs"][0]["tensorrt"][0]
-    assert built == ["segmentation-64x64.fp16.onnx"]  # the fp16 graph: no builder flag makes fp16 engines now
-    assert record["gpu"] == "FAKE GPU" and record["options"]["precision"] == "fp16" and record["runtime"] == "tensorrt"
-    assert record["onnx_sha256"] == entries["segmentation"]["graphs"][0]["fp16"]["sha256"]
-    assert record["gate"] and all(c["ok"] for c in record["gate"])
-    assert (engines / record["plan"]).is_file() and (engines / record["plan"]).with_suffix(".json").is_file()
+    graph = entries["segmentation"].graphs[0]
+    record = graph.tensorrt[0]
+    assert built == ["segmentation-64x64.fp16.trt.onnx"]  # the fp16 graph (its TensorRT file): no fp16 builder flag
+    assert record.gpu == "FAKE GPU" and record.precision == "fp16" and record.runtime == "tensorrt"
+    assert graph.fp16 is not None and record.onnx_sha256 == graph.fp16.tensorrt_onnx.sha256
+    assert record.gate and all(c["ok"] for c in record.gate)
+    assert (engines / record.plan).is_file() and (engines / record.plan).with_suffix(".json").is_file()
 
     build_trt.build_engines(engines, ["segmentation"])
     assert len(built) == 1  # the engine on disk matches: reused, not rebuilt
@@ -368,9 +398,9 @@ def test_engine_build_reuses_falls_back_to_the_fp32_graph_and_refuses(tiny_build
     monkeypatch.setattr(build_trt, "gate", gate_misses_fp16)
     for path in engines.glob("*.plan"):
         path.unlink()
-    record = build_trt.build_engines(engines, ["segmentation"])["segmentation"]["graphs"][0]["tensorrt"][0]
-    assert built[1:] == ["segmentation-64x64.fp16.onnx", "segmentation-64x64.onnx"]  # fp16 missed: the fp32 graph
-    assert record["options"]["precision"] == "fp32" and not list(engines.glob("*.fp16.*.plan"))
+    record = build_trt.build_engines(engines, ["segmentation"])["segmentation"].graphs[0].tensorrt[0]
+    assert built[1:] == ["segmentation-64x64.fp16.trt.onnx", "segmentation-64x64.trt.onnx"]  # fp16 missed: fp32
+    assert record.precision == "fp32" and not list(engines.glob("*.fp16.*.plan"))
 
     miss = [Check("segmentation", "1x64x64", "pixel_agreement", 0.5, 0.98)]
     monkeypatch.setattr(build_trt, "gate", lambda *args: miss)

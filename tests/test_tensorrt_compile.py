@@ -41,6 +41,8 @@ def test_every_graph_fp32_and_fp16_of_every_capability_compiles_within_1_gib(tin
     rows = build_trt.compile_check(engines, list(tiny_build[1]), workspace_gib=1)
     graphs = {(r["capability"], r["precision"]) for r in rows}
     assert graphs == {(c, p) for c in ("depth", "segmentation", "pose") for p in ("fp32", "fp16")}
+    listed = {f["tensorrt_onnx"]["path"] for e in tiny_build[1].values() for g in e["graphs"] for f in (g, g["fp16"])}
+    assert {r["graph"] for r in rows} == listed  # what was compiled: the TensorRT variants the manifest lists
     assert all(r["bytes"] > 100_000 for r in rows), rows
     # The builder states each engine's device memory at the profile's largest shapes; the manifest keeps it.
     assert all(0 < r["memory"]["weights_bytes"] < r["bytes"] and r["memory"]["activation_bytes"] > 0 for r in rows)
@@ -53,24 +55,55 @@ def test_every_graph_fp32_and_fp16_of_every_capability_compiles_within_1_gib(tin
 
 def test_the_real_segmentation_graph_compiles_at_the_default_bounds_within_1_gib(tmp_path, trt):
     """SegFormer-B0 as served (demo weights, real size): at 4K bounds it needed 4 GiB, at 1080p under 1."""
-    from vision_node.builder import export, trt_rules, weights
+    from vision_node.builder import engine_files, export, tensorrt_onnx, trt_rules, weights
     from vision_node.builder.graphs import SegmentationGraph
+    from vision_node.builder.recipes import recipe_for
     from vision_node.builder.specs import DEFAULT_MODELS, OUTPUTS, spec_for
     from vision_node.contract import ShapeBounds
-    from vision_node.runtime import engine_cache
     from vision_node.sizing import Sizing
 
     loaded = weights.load_demo(spec_for(DEFAULT_MODELS["segmentation"]), seed=0)
     bounds = ShapeBounds()
     assert bounds.max_hw == (1080, 1920)
     graph = SegmentationGraph(loaded.model, loaded.processor, Sizing.of_processor(loaded.processor), bounds, 8)
-    path = tmp_path / "segmentation.onnx"
-    export.export(graph, OUTPUTS["segmentation"], path, example_hw=bounds.opt_hw)
+    exported, path = tmp_path / "segmentation.onnx", tmp_path / "segmentation.trt.onnx"
+    export.export(graph, OUTPUTS["segmentation"], exported, example_hw=bounds.opt_hw)
+    tensorrt_onnx.write(exported, path, recipe_for("segmentation").tensorrt_passes)  # as the build writes it
     trt_rules.enforce(path, name=path.name)
     plan, figures = build_trt.build_plan(
-        trt, TENSORRT_RTX, path, engine_cache.profile_shapes(bounds, 1), {"workspace_gib": 1}
+        trt, TENSORRT_RTX, path, engine_files.profile_shapes(bounds, 1), {"workspace_gib": 1}
     )
     assert len(plan) > 1_000_000 and 0 < figures["activation_bytes"] < 1 << 30, figures
+
+
+def test_the_parser_takes_each_tensorrt_file_as_it_is_on_disk_and_refuses_the_exported_graph(tiny_build, trt):
+    """TensorRT for RTX's parser reads the .trt.onnx files the manifest lists, fp32 and fp16 of every capability,
+    from disk as they are (``parse_from_file``, as ``build_plan`` does: the test above builds each of them); the
+    exported graph, which ONNX Runtime serves and the variant is made from, no TensorRT parser takes as it is."""
+    from vision_node.builder.trt_memory import recording_logger
+
+    out, entries = tiny_build
+    logger = recording_logger(trt)
+
+    kept = []  # the builders and networks outlive their parsers (TensorRT's objects do not keep each other alive)
+
+    def parser_of(path):
+        builder = trt.Builder(logger)
+        network = builder.create_network(TENSORRT_RTX.network_flags(trt))
+        parser = trt.OnnxParser(network, logger)
+        kept.append((builder, network, parser))
+        return parser.parse_from_file(str(path)), parser
+
+    for entry in entries.values():
+        for graph in entry["graphs"]:
+            for onnx_file in (graph, graph["fp16"]):
+                variant = out / onnx_file["tensorrt_onnx"]["path"]
+                assert variant.name.endswith(".trt.onnx")
+                assert manifest.sha256(variant) == onnx_file["tensorrt_onnx"]["sha256"]  # the file the build verified
+                parsed, parser = parser_of(variant)
+                assert parsed, f"{variant.name}:\n  {build_trt.parser_errors(parser)}"
+                parsed, parser = parser_of(out / onnx_file["path"])
+                assert not parsed and "UInt8" in build_trt.parser_errors(parser), onnx_file["path"]
 
 
 def test_a_graph_the_parser_refuses_fails_naming_its_node(tmp_path, trt):
@@ -98,7 +131,7 @@ def test_the_compile_check_of_the_cli_fails_naming_the_node(tiny_build, tmp_path
     engines = tmp_path / "engines"
     shutil.copytree(tiny_build[0], engines)
     data = json.loads((engines / "manifest.json").read_text())
-    broken = engines / data["capabilities"]["depth"]["graphs"][0]["path"]
+    broken = engines / data["capabilities"]["depth"]["graphs"][0]["tensorrt_onnx"]["path"]  # what TensorRT reads
     model = onnx.load(str(broken))
     # an extra output that computes on the uint8 frame before casting it
     model.graph.initializer.append(helper.make_tensor("two", TensorProto.UINT8, [], [2]))
@@ -134,7 +167,8 @@ def test_tensorrt_rtx_engines_are_built_ahead_of_time_from_the_fp16_graph(tiny_b
     graph = manifest.load(engines)["capabilities"]["depth"]["graphs"][0]
     record = graph["tensorrt"][0]
     assert record["runtime"] == "tensorrt-rtx" and record["tensorrt"] == trt.__version__
-    assert record["onnx_sha256"] == graph["fp16"]["sha256"] and record["options"]["precision"] == "fp16"
+    assert record["onnx_sha256"] == graph["fp16"]["tensorrt_onnx"]["sha256"]  # built from the fp16 TensorRT file
+    assert record["options"]["precision"] == "fp16"
     assert record["options"]["targets"] == ["8.6", "8.9"] and record["gate"] is None  # gated on the card
     plan = engines / record["plan"]
     assert plan.name.startswith("depth-98x98-aspect.fp16.rtx") and manifest.sha256(plan) == record["sha256"]

@@ -11,8 +11,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from vision_node.builder import export, selects, trt_rules
+from vision_node.builder import export, tensorrt_onnx, trt_rules
 from vision_node.builder.errors import BuildError
+from vision_node.builder.passes import selects
 
 FRAMES = helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", "height", "width", 3])
 
@@ -30,12 +31,12 @@ def named(violations):
     return {(v.node, v.op) for v in violations}
 
 
-def test_every_exported_graph_fp32_and_fp16_keeps_the_rules_as_tensorrt_is_given_it(tiny_build):
+def test_every_tensorrt_variant_fp32_and_fp16_keeps_the_rules_as_it_is_written(tiny_build):
     out, entries = tiny_build
     for entry in entries.values():
         for graph_ in entry["graphs"]:
-            for path in (graph_["path"], graph_["fp16"]["path"]):
-                assert trt_rules.check(selects.for_tensorrt(onnx.load(str(out / path)))) == [], path
+            for path in (graph_["tensorrt_onnx"]["path"], graph_["fp16"]["tensorrt_onnx"]["path"]):
+                assert path.endswith(".trt.onnx") and trt_rules.check(onnx.load(str(out / path))) == [], path
 
 
 def test_uint8_read_by_anything_but_a_cast_to_float_is_named():
@@ -111,7 +112,9 @@ def test_a_graph_that_moves_the_uint8_frame_before_its_cast_is_cast_first_for_te
     path = tmp_path / "moves.onnx"
     export.export(TransposeFirst(), ("depth", "depth_min", "depth_max"), path, example_hw=(64, 64))
     assert named(trt_rules.check(onnx.load(str(path)))) == {("/Transpose", "Transpose")}  # as exported
-    trt_rules.enforce(path)  # as TensorRT is given it: cast, then transposed
+    variant = tensorrt_onnx.name_for(path)
+    tensorrt_onnx.write(path, variant, (selects.cast_frames_first,))
+    trt_rules.enforce(variant)  # as TensorRT is given it: cast, then transposed
 
 
 def test_a_float64_constant_inside_an_if_branch_is_found():

@@ -109,9 +109,11 @@ def _fold_chunk_if(
 
     Scripted so that each chunk is an ONNX ``If`` that runs only for the frames that need it (ONNX Runtime
     skips the branch; it is the dense cost only where the tiers overflow). One If per chunk, unrolled:
-    TensorRT for RTX 1.7 fails with an internal error on a Loop, inside an If or not, and one If around
-    every chunk cost it 1,031 MiB of activations at 1080p bounds (581 so). ONNX Runtime's copy of the
-    graph has the chain merged into one If (``merged_ifs``): it copied the pair out of every skipped one.
+    a workaround. TensorRT for RTX fails with an internal error on a Loop, inside an If or not (seen on
+    1.7.1.116: makeScopeNodesContiguous), and one If around every chunk cost it 1,031 MiB of activations at
+    1080p bounds (581 so). Remove when its builder builds a Loop (tests/test_workarounds.py fails then) and the
+    Loop costs no more. ONNX Runtime's copy of the graph has the chain merged into one If
+    (``passes.merged_ifs``): it copied the pair out of every skipped one.
     Bilinear taps and weighted sums in torch's own order (no Resize), so that it is torch's argmax bit
     for bit but for ties of a float32 rounding.
     """

@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         from .. import manifest
 
         try:
-            listed = manifest.load(args.out)["capabilities"]
+            listed = manifest.read(args.out, only=()).listed
         except (OSError, ValueError) as err:
             log.error("--tensorrt-only: no manifest to build engines for in %s (%s)", args.out, err)
             return 1

@@ -5,13 +5,14 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
 from ..contract import FRAME_PARAMETERS
-from . import gated
+from ..manifest import TensorSpec
 from .errors import BuildError
+from .passes import gated
+from .passes.graph import FLOAT_TYPES, constant_tensors, tensor_elements
 from .specs import FRAME_INPUT
 
 OPSET = 17  # LayerNormalization as one op (TensorRT keeps it in fp32-safe form); 18+ also works
@@ -125,29 +126,28 @@ def check_dims(path: Path, dynamic_axes: dict[str, dict[int, str]]) -> None:
         raise BuildError(f"exported graph {path.name} has wrong dimensions: " + "; ".join(problems))
 
 
-def io_signature(path: Path) -> dict[str, list[dict]]:
+def io_signature(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Names, dtypes and dims (ints or names) of the graph's inputs and outputs, for the manifest."""
     model = onnx.load(str(path), load_external_data=False)
 
-    def describe(values):
+    def describe(values) -> list[TensorSpec]:
         out = []
         for v in values:
             t = v.type.tensor_type
             dims = [d.dim_param or d.dim_value for d in t.shape.dim]
-            out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims})
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+            out.append(TensorSpec(name=v.name, dtype=dtype, shape=dims))
         return out
 
-    return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+    return describe(model.graph.input), describe(model.graph.output)
 
 
 def float_weights(path: Path) -> dict[str, int]:
     """How many float weights (initializers and constants) the graph stores in each precision."""
     model = onnx.load(str(path), load_external_data=False)
-    tensors = list(model.graph.initializer)
-    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
     counts: dict[str, int] = {}
-    for tensor in tensors:
-        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
-            name = "float16" if tensor.data_type == onnx.TensorProto.FLOAT16 else "float32"
-            counts[name] = counts.get(name, 0) + int(np.prod(tensor.dims, dtype=np.int64))
+    for tensor in constant_tensors(model.graph):
+        if tensor.data_type in FLOAT_TYPES:
+            name = FLOAT_TYPES[tensor.data_type]
+            counts[name] = counts.get(name, 0) + tensor_elements(tensor)
     return counts

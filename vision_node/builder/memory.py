@@ -19,11 +19,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .. import manifest
 from ..contract import ShapeBounds
+from ..manifest import TensorSpec
 from ..sizing import Sizing
 from .errors import BuildError
 
-PROXY = "onnxruntime_cpu"
+PROXY = manifest.ONNXRUNTIME_CPU
 PROXY_METHOD = (
     "peak RSS growth of a fresh process running the costliest admitted frames (batch 1) on ONNX Runtime's CPU "
     "provider, over its RSS with the graph open; a proxy for a GPU's activation scratch"
@@ -40,15 +42,17 @@ def costliest_frames(sizing: Sizing, bounds: ShapeBounds) -> list[tuple[int, int
 def weights_bytes(path: Path) -> int:
     """Bytes of the graph's initializers (its weights and constant tables)."""
     import onnx  # build-time dependency
-    from onnx import numpy_helper
+
+    from .passes.graph import tensor_bytes
 
     model = onnx.load(str(path))
-    return int(sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer))
+    return sum(tensor_bytes(t) for t in model.graph.initializer)
 
 
-def measure_proxy(path: Path, outputs: list[dict], bounds: ShapeBounds, frames: list[tuple[int, int]]) -> dict:
+def measure_proxy(path: Path, outputs: list[TensorSpec], bounds: ShapeBounds, frames: list[tuple[int, int]]) -> dict:
     """``onnxruntime_cpu`` for one graph, measured in a fresh process (``python -m vision_node.builder.memory``)."""
-    request = {"path": str(path), "outputs": outputs, "bounds": bounds.__dict__, "frames": frames}
+    request = {"path": str(path), "outputs": [o.as_dict() for o in outputs], "bounds": bounds.__dict__,
+               "frames": frames}
     done = subprocess.run(
         [sys.executable, "-m", "vision_node.builder.memory"], input=json.dumps(request), capture_output=True, text=True
     )
@@ -65,20 +69,18 @@ def measure_proxy(path: Path, outputs: list[dict], bounds: ShapeBounds, frames: 
 
 
 def record_compile_check(directory: Path, rows: list[dict], workspace_gib: float | None, max_batch: int) -> None:
-    """Put ``compile_check``'s figures in the manifest: ``graph["memory"]["tensorrt_rtx"][precision]``."""
-    from .. import manifest
-
-    data = manifest.load(directory)
+    """Put ``compile_check``'s figures in the manifest: ``graph.memory.tensorrt_rtx[precision]``."""
+    data = manifest.read(directory)
     found = {(r["capability"], r["graph"]): r for r in rows}
-    for capability, entry in data["capabilities"].items():
-        for graph in entry["graphs"]:
-            for file in manifest.graph_files(graph):
-                row = found.get((capability, file["path"]))
+    for capability, entry in data.capabilities.items():
+        for graph in entry.graphs:
+            for file in graph.onnx_files:
+                row = found.get((capability, file.tensorrt_onnx.path))
                 if row and row["memory"]:
-                    figures = {**row["memory"], "max_hw": entry["bounds"]["max_hw"], "max_batch": max_batch,
+                    figures = {**row["memory"], "max_hw": list(entry.bounds.max_hw), "max_batch": max_batch,
                                "workspace_gib": workspace_gib, "method": TRT_METHOD}
-                    graph.setdefault("memory", {}).setdefault("tensorrt_rtx", {})[row["precision"]] = figures
-    manifest.write(directory, data["capabilities"])
+                    graph.memory.tensorrt_rtx[row["precision"]] = figures
+    manifest.write(directory, data.capabilities)
 
 
 def _rss(field: str) -> int:

@@ -8,41 +8,52 @@ CPU's: the node loads it with every optimisation on, which adds only the layout 
 ONNX Runtime version that wrote it (its fused operators are that version's): a node with another
 version loads the exported graph instead, and says so.
 
-Before ONNX Runtime optimises it, chains of ``If``s on one condition are merged into one
-(``merged_ifs``: segmentation's dense argmax fold), which ONNX Runtime does not do itself.
+Before ONNX Runtime optimises it, its recipe's ``onnxruntime_passes`` rewrite it: segmentation's chain of
+``If``s on one condition is merged into one (``passes.merged_ifs``), which ONNX Runtime does not do itself.
+The build verifies the copy against transformers like the exported graph (``pipeline``): a copy that
+disagrees fails the build, naming the file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import onnx
 
-from ..manifest import sha256
-from . import merged_ifs
+from ..manifest import OptimisedCopy
 
 SUFFIX = ".ort.onnx"
 LEVEL = "extended"
 
 
-def write(graph: Path) -> dict:
-    """Save ``graph`` optimised beside it; its manifest entry (path, sha256, bytes, version, level)."""
+def name_for(graph: Path) -> Path:
+    """``depth-518x518-aspect.onnx`` -> ``depth-518x518-aspect.ort.onnx``."""
+    return graph.with_name(graph.name.removesuffix(".onnx") + SUFFIX)
+
+
+def write(graph: Path, target: Path | None = None, passes: Iterable[Callable[[onnx.ModelProto], Any]] = ()) -> None:
+    """Save ``graph`` rewritten by ``passes`` (its recipe's, e.g. ``merged_ifs.merge``), then as ONNX Runtime
+    optimises it, to ``target`` (default: ``name_for(graph)``)."""
     import onnxruntime as ort  # the cpu extra; only the build writes the copy
 
-    target = graph.with_name(graph.name.removesuffix(".onnx") + SUFFIX)
+    target = target or name_for(graph)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(target)
     options.log_severity_level = 3
-    model = onnx.load(str(graph))
-    source = model.SerializeToString() if merged_ifs.merge(model) else str(graph)
-    del model
+    source: str | bytes = str(graph)
+    if passes:
+        model = onnx.load(str(graph))
+        for rewrite in passes:
+            rewrite(model)
+        source = model.SerializeToString()
+        del model
     ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    return {
-        "path": target.name,
-        "sha256": sha256(target),
-        "bytes": target.stat().st_size,
-        "version": metadata.version("onnxruntime"),
-        "level": LEVEL,
-    }
+
+
+def record(target: Path) -> OptimisedCopy:
+    """The manifest's record of the copy at ``target`` (path, sha256, bytes, version, level)."""
+    return OptimisedCopy.of(target, version=metadata.version("onnxruntime"), level=LEVEL)

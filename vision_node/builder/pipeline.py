@@ -1,33 +1,33 @@
 """Build one capability: load weights, export its graph(s), verify against transformers, describe it.
 
-The CLI (``build_engines.py``) parses options into a ``BuildPlan``; this module does the work
-and returns the manifest entry. A graph that fails verification is deleted, never shipped.
+The CLI (``cli.py``) parses options into a ``BuildPlan``; this module follows the capability's recipe
+(``recipes``) and returns its manifest entry. Per graph and precision it writes the exported graph, its
+TensorRT variant (``tensorrt_onnx``) and for fp32 ONNX Runtime's optimised copy (``ort_optimised``), and
+verifies each against the same transformers reference. A graph that fails verification is deleted with
+everything made from it, never shipped.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from torch import nn
 
-from .. import samples
+from .. import manifest, samples
 from ..contract import FRAME_PARAMETERS
-from ..manifest import sha256
 from ..sizing import Sizing
-from . import export, memory, ort_optimised, precision, reference, trt_rules, verify, weights
+from . import export, memory, ort_optimised, precision, tensorrt_onnx, trt_rules, verify, weights
 from .errors import BuildError
-from .graphs import DepthGraph, SegmentationGraph
-from .pose_graph import PoseGraph
-from .specs import DEFAULT_MODELS, FRAME_INPUT, OUTPUTS, ModelSpec, ShapeBounds, roles_for, spec_for
+from .recipes import Recipe, recipe_for
+from .specs import DEFAULT_MODELS, FRAME_INPUT, OUTPUTS, ModelSpec, ShapeBounds, spec_for
 
 log = logging.getLogger("build")
 
@@ -93,242 +93,227 @@ def _load(plan: BuildPlan, role: str) -> weights.LoadedModel:
 
 def load_models(capability: str, plan: BuildPlan) -> dict[str, weights.LoadedModel]:
     """Every model a capability's graph is made of, by role."""
-    return {role: _load(plan, role) for role in roles_for(capability)}
+    return {role: _load(plan, role) for role in recipe_for(capability).roles}
 
 
-def _model_entry(role: str, loaded: weights.LoadedModel) -> dict:
+def _model_entry(role: str, loaded: weights.LoadedModel) -> manifest.ModelRecord:
     spec = loaded.spec
-    return {
-        "role": role,
-        "name": spec.name,
-        "hf_id": spec.hf_id,
-        "revision": loaded.revision,
-        "licence": spec.licence,
-        "weights": loaded.source,
-        "path": loaded.path,
-        "note": spec.note,
-        "parameters": sum(p.numel() for p in loaded.model.parameters()),
-    }
+    return manifest.ModelRecord(
+        role=role,
+        name=spec.name,
+        hf_id=spec.hf_id,
+        revision=loaded.revision,
+        licence=spec.licence,
+        weights=loaded.source,
+        path=loaded.path,
+        note=spec.note,
+        parameters=sum(p.numel() for p in loaded.model.parameters()),
+    )
 
 
-def _sizings(capability: str, plan: BuildPlan, processor) -> list[Sizing]:
-    fixed = plan.resolutions.get(capability)
-    if fixed:
-        return [Sizing.fixed(*hw) for hw in fixed]
-    sizing = Sizing.of_processor(processor)
-    if sizing.keep_aspect_ratio and plan.patch_budget:
-        square = (sizing.height // sizing.multiple) * (sizing.width // sizing.multiple)
-        sizing = dataclasses.replace(sizing, max_patches=int(plan.patch_budget * square))
-    return [sizing]
+class Memo:
+    """transformers' outputs already computed for one graph's verification, keyed by what they were computed from
+    (the frames, and for pose's keypoints the boxes): the fp16 graph and every runtime's copy of a graph are
+    compared with the very same reference, computed once."""
+
+    def __init__(self):
+        self._found: dict[tuple, Any] = {}
+
+    def __call__(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        digest = tuple(_digest(part) for part in key)
+        if digest not in self._found:
+            self._found[digest] = compute()
+        return self._found[digest]
 
 
-def _stem(capability: str, sizing: Sizing) -> str:
-    suffix = "-aspect" if sizing.keep_aspect_ratio else ""
-    return f"{capability}-{sizing.height}x{sizing.width}{suffix}"
+def _digest(part) -> Any:
+    if isinstance(part, np.ndarray):
+        return (part.dtype.str, part.shape, hashlib.sha256(np.ascontiguousarray(part).tobytes()).hexdigest())
+    return part
 
 
-def _graphs(capability: str, plan: BuildPlan, loaded: dict[str, weights.LoadedModel]):
-    """(file stem, sizing, graph maker) for each graph this capability ships; the maker takes a precision rung."""
-    bounds = plan.bounds
-    if capability == "pose":
-        det, pose = loaded["detector"], loaded["pose"]
-        for sizing in _sizings("pose", plan, det.processor):
-            yield (
-                f"{_stem('pose', sizing)}-{plan.max_persons}p",
-                sizing,
-                lambda rung, sizing=sizing: PoseGraph(
-                    det.model, det.processor, pose.model, pose.processor, plan.max_persons, sizing, bounds, rung=rung
-                ),
-            )
-        return
-    main = loaded[capability]
-    for sizing in _sizings(capability, plan, main.processor):
-        make: Callable[..., nn.Module]  # make(rung): the graph at that precision rung
-        if capability == "depth":
-            make = lambda rung, sizing=sizing: DepthGraph(main.model, main.processor, sizing, bounds, rung=rung)  # noqa: E731
-        else:
-            make = lambda rung, sizing=sizing: SegmentationGraph(  # noqa: E731
-                main.model, main.processor, sizing, bounds, plan.class_chunk, rung=rung
-            )
-        yield _stem(capability, sizing), sizing, make
-
-
-def reference_outputs(capability: str, loaded, frames: np.ndarray, sizing: Sizing, got: dict) -> dict[str, np.ndarray]:
+def reference_outputs(
+    capability: str, loaded, frames: np.ndarray, sizing: Sizing, got: dict, memo: Memo | None = None
+) -> dict[str, np.ndarray]:
     """What transformers makes of ``frames`` (``got``: the graph's outputs; pose keypoints use its boxes)."""
-    if capability == "depth":
-        return reference.depth(loaded["depth"].model, loaded["depth"].processor, frames, sizing)
-    if capability == "segmentation":
-        return reference.segmentation(
-            loaded["segmentation"].model, loaded["segmentation"].processor, frames, sizing
-        )
-    det, pose = loaded["detector"], loaded["pose"]
-    persons = reference.person_boxes(det.model, det.processor, frames, len(got["boxes"][0]), sizing)
-    want = {
-        "boxes": np.stack([p["boxes"] for p in persons]),
-        "box_scores": np.stack([p["scores"] for p in persons]),
-        "tied_queries": np.array([p["tied_queries"] for p in persons]),
-    }
-    # Keypoints are judged on the graph's own boxes, as the issue asks ("for the same boxes").
-    want.update(reference.keypoints(pose.model, pose.processor, frames, got["boxes"]))
-    return want
+    return recipe_for(capability).reference(loaded, frames, sizing, got, memo or Memo())
 
 
 def verify_graph(
-    capability: str, path: Path, sizing: Sizing, loaded, plan: BuildPlan, tolerances=None, name: str | None = None
+    recipe: Recipe, path: Path, sizing: Sizing, loaded, plan: BuildPlan, tolerances=None, name: str | None = None,
+    memo: Memo | None = None,
 ) -> list[verify.Check]:
-    """Run the exported graph in ONNX Runtime on sample frames and compare with transformers."""
+    """Run the graph at ``path`` in ONNX Runtime on the verification frames and compare with transformers."""
     import onnxruntime as ort  # heavy; only needed once a graph exists
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = OUTPUTS[capability]
+    names = OUTPUTS[recipe.capability]
     parameters = [i.name for i in session.get_inputs() if i.name != FRAME_INPUT]
+    memo = memo or Memo()
 
     def run(frames: np.ndarray, **given) -> dict[str, np.ndarray]:
         feeds = {n: np.full(len(frames), FRAME_PARAMETERS[n], np.float32) for n in parameters}
         return dict(zip(names, session.run(list(names), {FRAME_INPUT: frames, **feeds, **given})))
 
-    batches = [(1, hw) for hw in plan.verify_sizes] + [(min(2, plan.bounds.max_batch), plan.verify_sizes[0])]
-    batches += [(1, hw) for hw in sizing.budget_examples(plan.bounds.max_hw)]  # the patch budget at work
     checks = []
-    for i, (batch, (h, w)) in enumerate(batches):
+    for i, (batch, (h, w)) in enumerate(_batches(sizing, plan)):
         frames = samples.frames(h, w, batch, seed=plan.seed + i)
         got = run(frames)
-        want = reference_outputs(capability, loaded, frames, sizing, got)
+        want = recipe.reference(loaded, frames, sizing, got, memo)
         label, graph = f"{batch}x{h}x{w}", name or path.name
-        checks += verify.compare(capability, label, got, want, tolerances, graph=graph)
-        if capability == "pose" and (i == 0 or batch > 1):  # the first size and the batch: each costs two more runs
-            checks += _served_persons_checks(run, frames, got["box_scores"], loaded["pose"], label, tolerances, graph)
+        checks += verify.compare(recipe.capability, label, got, want, tolerances, graph=graph)
+        if recipe.more_checks and (i == 0 or batch > 1):  # the first size and the batch: each costs two more runs
+            checks += recipe.more_checks(run, frames, got, loaded, label, tolerances, graph, memo)
     return checks
 
 
-def _served_persons_checks(run, frames, box_scores, pose, label: str, tolerances, graph: str) -> list[verify.Check]:
-    """At a threshold that serves half the slots, and at one that serves none: the keypoint model ran
-    on the first k slots (k: the most any frame keeps) as transformers does for those boxes alone,
-    and every slot after them is zero."""
-    half = np.sort(box_scores, axis=1)[:, ::-1][:, (box_scores.shape[1] - 1) // 2]
-    checks = []
-    for threshold, what in ((half, "half"), (np.full(len(frames), 2.0, np.float32), "none")):
-        got = run(frames, person_threshold=threshold.astype(np.float32))
-        k = int((got["box_scores"] >= threshold[:, None]).sum(axis=1).max())
-        served = {key: got[key][:, :k] for key in ("keypoints", "keypoint_scores")}
-        if k:
-            want = reference.keypoints(pose.model, pose.processor, frames, got["boxes"][:, :k])
-            checks += verify.compare("pose", f"{label} {what} ({k} served)", served, want, tolerances, graph=graph)
-        stray = sum(int(np.count_nonzero(got[key][:, k:])) for key in ("keypoints", "keypoint_scores"))
-        checks.append(verify.Check("pose", f"{label} {what} ({k} served)", "unserved_slot_values", stray, 0,
-                                   "keypoint values in slots past the served ones", graph=graph))
-    return checks
+def _batches(sizing: Sizing, plan: BuildPlan) -> list[tuple[int, tuple[int, int]]]:
+    """(batch, frame size) of every verification batch: each size, a batch of two, the patch budget at work."""
+    batches = [(1, hw) for hw in plan.verify_sizes] + [(min(2, plan.bounds.max_batch), plan.verify_sizes[0])]
+    return batches + [(1, hw) for hw in sizing.budget_examples(plan.bounds.max_hw)]
 
 
-def export_verified(capability: str, stem: str, rung: str, sizing: Sizing, make, loaded, plan: BuildPlan):
-    """Export one graph at one precision rung, check TensorRT's rules, verify it against transformers.
+class Exported(NamedTuple):
+    """One graph at one precision rung, verified with what is made from it."""
 
-    Returns (manifest entry or None when it missed a tolerance, checks). The file is written under
-    a ``.partial`` name and takes its real name only once verified: an interrupted or failed build
-    never leaves a graph that looks shippable.
+    onnx: manifest.OnnxRecord | None  # None: the graph missed a tolerance and nothing was kept
+    optimised: manifest.OptimisedCopy | None  # ONNX Runtime's copy (the fp32 graph's only)
+    checks: list[verify.Check]
+
+
+def export_verified(
+    recipe: Recipe, stem: str, rung: str, sizing: Sizing, make, loaded, plan: BuildPlan, memo: Memo | None = None
+) -> Exported:
+    """Export one graph at one precision rung, write its TensorRT variant (and for fp32 ONNX Runtime's optimised
+    copy), check TensorRT's rules on the variant as it is written, and verify all of them against transformers.
+
+    The exported graph missing a tolerance gives ``onnx=None`` (the fp16 ladder then tries its next rung); a
+    variant or copy that misses where the graph passes fails the build (``VerificationError`` naming the file):
+    a rewrite changed the results. Every file is written under a ``.partial`` name and takes its own only once
+    all of them are verified: an interrupted or failed build never leaves a graph that looks shippable.
     """
-    final = plan.out / f"{stem}.onnx"
-    partial = final.with_name(final.name + ".partial")
+    graph = plan.out / f"{stem}.onnx"
+    variant = tensorrt_onnx.name_for(graph)
+    copy = ort_optimised.name_for(graph) if rung == "fp32" else None
+    files = [graph, variant, *([copy] if copy else [])]
+    partial = {file: file.with_name(file.name + ".partial") for file in files}
     tolerances = verify.TOLERANCES if rung == "fp32" else verify.FP16_TOLERANCES
+    memo = memo or Memo()
     try:
-        with step(f"{capability}: exporting {final.name} ({precision.DESCRIPTIONS[rung]})"):
-            export.export(make(rung), OUTPUTS[capability], partial, example_hw=plan.bounds.opt_hw)
-        trt_rules.enforce(partial, name=final.name)
-        batches = len(plan.verify_sizes) + 1 + len(sizing.budget_examples(plan.bounds.max_hw))
-        with step(f"{capability}: verifying {final.name} against transformers on {batches} batches"):
-            checks = verify_graph(capability, partial, sizing, loaded, plan, tolerances, name=final.name)
-        log.info("%s verification (%s):\n%s", final.name, rung, verify.table(checks))
+        with step(f"{recipe.capability}: exporting {graph.name} ({precision.DESCRIPTIONS[rung]})"):
+            export.export(make(rung), OUTPUTS[recipe.capability], partial[graph], example_hw=plan.bounds.opt_hw)
+        with step(f"{recipe.capability}: writing {variant.name}, the graph as TensorRT is given it"):
+            tensorrt_onnx.write(partial[graph], partial[variant], recipe.tensorrt_passes)
+        trt_rules.enforce(partial[variant], name=variant.name)
+        if copy is not None:
+            with step(f"{recipe.capability}: writing {copy.name} as ONNX Runtime optimises {graph.name}"):
+                ort_optimised.write(partial[graph], partial[copy], recipe.onnxruntime_passes)
+        batches = len(_batches(sizing, plan))
+        with step(f"{recipe.capability}: verifying {graph.name} against transformers on {batches} batches"):
+            checks = verify_graph(recipe, partial[graph], sizing, loaded, plan, tolerances, graph.name, memo)
+        log.info("%s verification (%s):\n%s", graph.name, rung, verify.table(checks))
         if not all(c.ok for c in checks):
-            return None, checks
-        partial.replace(final)
+            return Exported(None, None, checks)
+        derived = []
+        for file, what in ((variant, "its TensorRT variant"), (copy, "ONNX Runtime's optimised copy")):
+            if file is None:
+                continue
+            with step(f"{recipe.capability}: verifying {file.name} ({what}) against the same reference"):
+                found = verify_graph(recipe, partial[file], sizing, loaded, plan, tolerances, file.name, memo)
+            log.info("%s verification (%s):\n%s", file.name, rung, verify.table(found))
+            derived += found
+        failed = [c for c in derived if not c.ok]
+        if failed:
+            names = ", ".join(sorted({c.graph for c in failed}))
+            raise verify.VerificationError(
+                failed, f"{names} disagrees with transformers where {graph.name} agrees (a rewrite changed its "
+                "results; nothing of this graph is kept)")
+        for file in files:
+            partial[file].replace(file)
     finally:
-        partial.unlink(missing_ok=True)
-    return {
-        "path": final.name,
-        "sha256": sha256(final),
-        "bytes": final.stat().st_size,
-        "precision": rung,
-        "float_weights": export.float_weights(final),
-    }, checks
+        for file in files:
+            partial[file].unlink(missing_ok=True)
+    record = manifest.OnnxRecord.of(graph, precision=rung, float_weights=export.float_weights(graph),
+                                    tensorrt_onnx=manifest.FileRecord.of(variant))
+    return Exported(record, ort_optimised.record(copy) if copy else None, checks + derived)
 
 
-def _fp16_graph(capability: str, stem: str, sizing: Sizing, make, loaded, plan: BuildPlan):
+def _fp16_graph(recipe: Recipe, stem: str, sizing: Sizing, make, loaded, plan: BuildPlan, memo: Memo):
     """The first fp16 rung whose graph passes verification, or (None, why)."""
     misses = []
     for rung in precision.FP16_RUNGS:
-        entry, checks = export_verified(capability, f"{stem}.fp16", rung, sizing, make, loaded, plan)
-        if entry is not None:
-            return entry, checks
-        failed = [f"{c.frames} {c.metric} {c.value:.4g} (limit {c.limit:g})" for c in checks if not c.ok]
+        exported = export_verified(recipe, f"{stem}.fp16", rung, sizing, make, loaded, plan, memo)
+        if exported.onnx is not None:
+            return exported.onnx, exported.checks
+        failed = [f"{c.frames} {c.metric} {c.value:.4g} (limit {c.limit:g})" for c in exported.checks if not c.ok]
         misses.append(f"{rung}: " + "; ".join(failed[:3]))
         log.warning("%s: the %s graph missed verification; trying the next rung", stem, rung)
     log.warning("%s: no fp16 graph passed verification; TensorRT engines will be built from the fp32 graph", stem)
     return None, misses
 
 
-def _export_all(capability: str, plan: BuildPlan, loaded) -> tuple[list[dict], list[verify.Check]]:
-    """Every graph of ``capability``, each fp32 then its fp16 rung; raises when one misses verification."""
+def _export_all(recipe: Recipe, plan: BuildPlan, loaded) -> tuple[list[manifest.GraphRecord], list[verify.Check]]:
+    """Every graph of the recipe's capability, each fp32 then its fp16 rung; raises when one misses verification."""
     graphs, all_checks = [], []
-    for stem, sizing, make in _graphs(capability, plan, loaded):
-        entry, checks = export_verified(capability, stem, "fp32", sizing, make, loaded, plan)
-        all_checks += checks
-        if entry is None:
+    for stem, sizing, make in recipe.graphs(plan, loaded):
+        memo = Memo()  # one reference per graph, whatever the precision or the runtime's copy
+        fp32 = export_verified(recipe, stem, "fp32", sizing, make, loaded, plan, memo)
+        all_checks += fp32.checks
+        if fp32.onnx is None or fp32.optimised is None:
             continue  # refuse to ship a graph that disagrees with the reference; judged below
-        signature = export.io_signature(plan.out / entry["path"])
-        entry.update({"resolution": list(sizing.size), "sizing": sizing.as_dict(), **signature})
-        with step(f"{capability}: writing {entry['path']} as ONNX Runtime optimises it"):
-            entry["onnxruntime"] = ort_optimised.write(plan.out / entry["path"])
+        path = plan.out / fp32.onnx.path
+        inputs, outputs = export.io_signature(path)
+        graph = manifest.GraphRecord(**vars(fp32.onnx), sizing=sizing, inputs=inputs, outputs=outputs,
+                                     onnxruntime=fp32.optimised)
         if plan.measure_memory:
-            with step(f"{capability}: measuring {entry['path']}'s memory at the costliest admitted frames"):
+            with step(f"{recipe.capability}: measuring {graph.path}'s memory at the costliest admitted frames"):
                 frames = memory.costliest_frames(sizing, plan.bounds)
-                proxy = memory.measure_proxy(plan.out / entry["path"], entry["outputs"], plan.bounds, frames)
-            entry["memory"] = {memory.PROXY: proxy}
+                graph.memory.onnxruntime_cpu = memory.measure_proxy(path, outputs, plan.bounds, frames)
         if plan.fp16:
-            fp16, fp16_checks = _fp16_graph(capability, stem, sizing, make, loaded, plan)
+            fp16, fp16_checks = _fp16_graph(recipe, stem, sizing, make, loaded, plan, memo)
             if fp16 is not None:
-                entry["fp16"] = fp16
+                graph.fp16 = fp16
                 all_checks += fp16_checks
             else:
-                entry["fp16_missed"] = fp16_checks
-        graphs.append(entry)
+                graph.fp16_missed = fp16_checks
+        graphs.append(graph)
     verify.judge(all_checks)
     return graphs, all_checks
 
 
-def build_capability(capability: str, plan: BuildPlan) -> dict:
+VERIFIED_ON = (
+    "onnxruntime CPUExecutionProvider: the fp32 graph, its TensorRT variant and ONNX Runtime's optimised copy with "
+    "the fp32 tolerances; the fp16 graph and its TensorRT variant with the fp16 tolerances"
+)
+
+
+def build_capability(capability: str, plan: BuildPlan) -> manifest.CapabilityEntry:
     """Export and verify every graph of ``capability`` (fp32, then its fp16 rung); return its manifest entry."""
-    roles = roles_for(capability)
+    recipe = recipe_for(capability)
     loaded = load_models(capability, plan)
     try:
-        graphs, all_checks = _export_all(capability, plan, loaded)
+        graphs, all_checks = _export_all(recipe, plan, loaded)
     except BuildError as err:  # name the models, so that an operator knows which directory to fix
         sources = ", ".join(f"{role}={m.path or m.spec.name} ({m.source})" for role, m in loaded.items())
         raise BuildError(f"{err} [models: {sources}]") from err
-    options: dict[str, Any] = {"max_persons": plan.max_persons} if capability == "pose" else {}
-    if capability == "segmentation":
-        options = {
-            "class_chunk": plan.class_chunk,
-            "num_classes": loaded["segmentation"].model.config.num_labels,
-            "labels": loaded["segmentation"].model.config.id2label,
-        }
-    return {
-        "capability": capability,
-        "graphs": graphs,
-        "models": [_model_entry(role, loaded[role]) for role in roles],
-        "demo": any(m.source == "demo" for m in loaded.values()),
-        "opset": export.OPSET,
-        "bounds": asdict(plan.bounds),
-        "options": options,
-        "verification": {
-            "reference": "transformers (model + PIL image processor + post-processing)",
-            "backend": "onnxruntime CPUExecutionProvider (fp32 graph: fp32 tolerances; fp16 graph: fp16 tolerances)",
-            "tolerances": {"fp32": verify.TOLERANCES[capability], "fp16": verify.FP16_TOLERANCES[capability]},
-            "checks": [c.as_dict() for c in all_checks],
-        },
-    }
+    return manifest.CapabilityEntry(
+        capability=capability,
+        graphs=graphs,
+        models=[_model_entry(role, loaded[role]) for role in recipe.roles],
+        demo=any(m.source == "demo" for m in loaded.values()),
+        opset=export.OPSET,
+        bounds=plan.bounds,
+        options=recipe.options(plan, loaded),
+        verification=manifest.Verification(
+            reference="transformers (model + PIL image processor + post-processing)",
+            backend=VERIFIED_ON,
+            tolerances={"fp32": recipe.tolerances, "fp16": recipe.fp16_tolerances},
+            checks=[c.as_dict() for c in all_checks],
+        ),
+    )
 
 
-def build(capabilities: list[str], plan: BuildPlan) -> tuple[dict[str, dict], dict[str, str]]:
+def build(capabilities: list[str], plan: BuildPlan) -> tuple[dict[str, manifest.CapabilityEntry], dict[str, str]]:
     """Build every capability; one that fails does not stop the others.
 
     Returns (manifest entries of those built, {capability: why it failed} for the others).

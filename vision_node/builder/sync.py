@@ -17,27 +17,26 @@ from .. import manifest
 
 
 def sync(source: Path, target: Path) -> list[str]:
-    """Copy what changed; return the graph files copied."""
+    """Copy what changed; return the files copied."""
     source, target = Path(source), Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    image = manifest.load(source)
+    image = manifest.read(source)
     try:
-        cached = manifest.load(target)["capabilities"]
-    except (OSError, ValueError):
+        cached = manifest.read(target).capabilities
+    except (OSError, ValueError):  # none yet, or another schema's: its engines are not this image's
         cached = {}
-    engines = [e for c in cached.values() for g in c.get("graphs", []) for e in g.get("tensorrt", [])]
+    engines = [e for c in cached.values() for g in c.graphs for e in g.tensorrt]
     copied = []
-    for entry in image["capabilities"].values():
-        for graph in entry["graphs"]:
-            for file in manifest.artefacts(graph):
-                path = target / file["path"]
-                if not path.exists() or manifest.sha256(path) != file["sha256"]:
-                    shutil.copyfile(source / file["path"], path)
-                    copied.append(file["path"])
-            # An engine stays listed while the ONNX it was built from is unchanged.
-            hashes = {file["sha256"] for file in manifest.graph_files(graph)}
-            graph["tensorrt"] = [e for e in engines if e.get("onnx_sha256") in hashes]
-    manifest.write(target, image["capabilities"], merge=False)  # exactly the image's capabilities
+    for entry in image.capabilities.values():
+        for graph in entry.graphs:
+            for file in graph.artefacts:
+                path = target / file.path
+                if not path.exists() or manifest.sha256(path) != file.sha256:
+                    shutil.copyfile(source / file.path, path)
+                    copied.append(file.path)
+            # An engine stays listed while the file it was built from is unchanged.
+            graph.tensorrt = [e for e in engines if e.onnx_sha256 in graph.engine_sources]
+    manifest.write(target, image.capabilities, merge=False)  # exactly the image's capabilities
     return copied
 
 

@@ -6,32 +6,30 @@ one optimisation profile spanning the frame bounds, a workspace limit, progress 
 ``IProgressMonitor``, and either a timing cache (TensorRT) or compute-capability targets (TensorRT
 for RTX, which compiles ahead of time on any machine).
 
-Which graph: the fp16 one where the export made it (the network body in fp16), else the fp32 one.
-On a GPU with TensorRT the accuracy gate runs each engine against ONNX Runtime (fp32) on the sample
-frames; an fp16 engine that misses gives way to the fp32 graph, the ladder's last rung, and a graph
-with no agreeing engine is refused. TensorRT for RTX engines are specialised on the RTX card at their
-first run, so their gate is the self-test there. ``compile_check`` compiles every graph, keeps
-nothing, and is what CI runs with TensorRT for RTX on a CPU.
+Which graph: the fp16 one where the export made it (the network body in fp16), else the fp32 one, each
+read from its TensorRT variant on disk (``*.trt.onnx``, ``tensorrt_onnx``: verified at build time and
+hashed in the manifest), which TensorRT's parser takes as it is. On a GPU with TensorRT the accuracy
+gate runs each engine against ONNX Runtime (fp32) on the sample frames; an fp16 engine that misses
+gives way to the fp32 graph, the ladder's last rung, and a graph with no agreeing engine is refused.
+TensorRT for RTX engines are specialised on the RTX card at their first run, so their gate is the
+self-test there. ``compile_check`` compiles every graph's TensorRT variants, keeps nothing, and is
+what CI runs with TensorRT for RTX on a CPU.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from .. import manifest
 from ..contract import FRAME_INPUT, FRAME_PARAMETERS, ShapeBounds
-from ..runtime import engine_cache
 from ..runtime.cuda import SharedScratch, gpu_identity, gpu_tag, load_pycuda
 from ..runtime.flavours import TENSORRT, TENSORRT_RTX, Flavour
 from ..runtime.onnxruntime import OnnxRuntimeBackend
 from ..runtime.tensorrt import TensorRTBackend, load_tensorrt
-from . import selects, trt_memory, verify
+from . import engine_files, tensorrt_onnx, trt_memory, verify
 from .errors import BuildError
 
 log = logging.getLogger("build")
@@ -91,9 +89,7 @@ def build_plan(
     builder = trt.Builder(logger)
     network = builder.create_network(flavour.network_flags(trt))
     parser = trt.OnnxParser(network, logger)
-    model = onnx.load(str(onnx_path))
-    model = selects.for_tensorrt(model)  # the Ifs TensorRT for RTX cannot build, as selects
-    if not parser.parse(model.SerializeToString(), str(onnx_path)):
+    if not parser.parse_from_file(str(onnx_path)):  # the file as it is: the TensorRT variant (tensorrt_onnx)
         raise BuildError(f"{onnx_path.name}: {flavour.module}'s ONNX parser refused it:\n  {parser_errors(parser)}")
     config = builder.create_builder_config()
     if options.get("workspace_gib"):  # unset: TensorRT's default, the GPU's memory
@@ -125,28 +121,28 @@ def _parameter_shapes(network, shapes: dict) -> dict:
     return {name: (low, opt, high) for name in names if name in FRAME_PARAMETERS}
 
 
-def candidates(directory: Path, graph: dict, precision: str) -> list[tuple[str, Path, str]]:
-    """(rung, ONNX path, its SHA-256) to build from, in order: the fp16 graph first unless fp32 is asked for."""
-    fp16, fp32 = graph.get("fp16"), (graph.get("precision", "fp32"), directory / graph["path"], graph["sha256"])
+def candidates(directory: Path, graph: manifest.GraphRecord, precision: str) -> list[tuple[str, Path, str]]:
+    """(rung, file to build from, its SHA-256), in order: the fp16 graph first unless fp32 is asked for."""
+    fp32 = (graph.precision, directory / graph.tensorrt_onnx.path, graph.tensorrt_onnx.sha256)
     if precision == "fp32":
         return [fp32]
-    if fp16 is None:
+    if graph.fp16 is None:
         if precision == "fp16":
-            raise BuildError(f"{graph['path']}: no fp16 graph was exported beside it (built with --no-fp16?)")
-        log.warning("%s: no fp16 graph beside it: the engine will be fp32", graph["path"])
+            raise BuildError(f"{graph.path}: no fp16 graph was exported beside it (built with --no-fp16?)")
+        log.warning("%s: no fp16 graph beside it: the engine will be fp32", graph.path)
         return [fp32]
-    first = (fp16["precision"], directory / fp16["path"], fp16["sha256"])
+    source = graph.fp16.tensorrt_onnx
+    first = (graph.fp16.precision, directory / source.path, source.sha256)
     return [first] if precision == "fp16" else [first, fp32]
 
 
 def _graphs(directory: Path, capabilities: list[str]):
-    """(capability, its manifest entry, bounds, graph entry) for every graph listed for ``capabilities``."""
-    data = manifest.load(directory)
+    """(capability, its manifest entry, graph record) for every graph listed for ``capabilities``."""
+    data = manifest.read(directory, only=capabilities)
     for capability in capabilities:
-        entry = data["capabilities"][capability]
-        bounds = ShapeBounds.from_dict(entry["bounds"])
-        for graph in entry["graphs"]:
-            yield capability, entry, bounds, graph
+        entry = data.capabilities[capability]
+        for graph in entry.graphs:
+            yield capability, entry, graph
 
 
 def compile_check(
@@ -162,10 +158,10 @@ def compile_check(
     """
     trt = load_tensorrt(flavour)
     rows, failures = [], []
-    for capability, _, bounds, graph in _graphs(directory, capabilities):
-        shapes = engine_cache.profile_shapes(bounds, max_batch)
-        for file in manifest.graph_files(graph):
-            rung, path = file.get("precision", "fp32"), directory / file["path"]
+    for capability, entry, graph in _graphs(directory, capabilities):
+        shapes = engine_files.profile_shapes(entry.bounds, max_batch)
+        for file in graph.onnx_files:
+            rung, path = file.precision, directory / file.tensorrt_onnx.path
             started = time.perf_counter()
             try:
                 plan, memory = build_plan(trt, flavour, path, shapes, {"workspace_gib": workspace_gib})
@@ -227,18 +223,18 @@ def build_engines(
         cuda.Context.pop()
 
 
-def _build_all(directory: Path, capabilities: list[str], builder, version: str) -> dict:
+def _build_all(directory: Path, capabilities: list[str], builder, version: str) -> dict[str, manifest.CapabilityEntry]:
     entries, failures = {}, []
-    for capability, entry, bounds, graph in _graphs(directory, capabilities):
+    for capability, entry, graph in _graphs(directory, capabilities):
         try:
-            here = builder.engine_for(capability, graph, bounds)
+            here = builder.engine_for(capability, graph, entry.bounds)
         except BuildError as err:
             log.error("%s", err)
             failures.append(str(err))
             continue
         # Engines of other GPUs, runtimes or versions (a shared cache volume) stay listed.
-        others = [e for e in graph.get("tensorrt", []) if not builder.same_slot(e, version)]
-        graph["tensorrt"] = [here, *others]
+        others = [e for e in graph.tensorrt if not builder.same_slot(e, version)]
+        graph.tensorrt = [here, *others]
         entries[capability] = entry
     if failures:
         raise BuildError("\n".join(failures))
@@ -253,25 +249,27 @@ class _Builder:
     def __init__(self, trt, directory: Path, base: dict, precision: str, gpu: dict | None = None):
         self.trt, self.directory, self.base, self.precision, self.gpu = trt, directory, base, precision, gpu
 
-    def same_slot(self, entry: dict, version: str) -> bool:
-        """Whether ``entry`` is the engine this builder (re)places: same runtime, version and machine or targets."""
-        if engine_cache.runtime_of(entry) != self.flavour.backend or entry.get("tensorrt") != version:
+    def same_slot(self, engine: manifest.EngineRecord, version: str) -> bool:
+        """Whether ``engine`` is the one this builder (re)places: same runtime, version and machine or targets."""
+        if engine.runtime != self.flavour.backend or engine.tensorrt != version:
             return False
         if self.flavour is TENSORRT_RTX:
-            return entry.get("options", {}).get("targets") == self.base["targets"]
+            return engine.targets == self.base["targets"]
         assert self.gpu is not None  # TensorRT builds on (and for) this GPU
-        return entry.get("gpu") == self.gpu["name"]
+        return engine.gpu == self.gpu["name"]
 
-    def _engine(self, rung: str, onnx_path: Path, onnx_sha: str, bounds: ShapeBounds) -> tuple[dict, Path, dict]:
+    def _engine(
+        self, rung: str, onnx_path: Path, onnx_sha: str, bounds: ShapeBounds
+    ) -> tuple[manifest.EngineFacts, Path, dict]:
         """(facts, plan path, what the build said: seconds and device memory), building only when no match."""
-        shapes = engine_cache.profile_shapes(bounds, self.base["max_batch"])
+        shapes = engine_files.profile_shapes(bounds, self.base["max_batch"])
         options = {**self.base, "precision": rung, "profile": {k: [list(s) for s in v] for k, v in shapes.items()}}
-        facts = engine_cache.wanted(onnx_sha, self.flavour, self.trt.__version__, options, self.gpu)
-        plan = engine_cache.engine_path(self.directory, onnx_path.name.removesuffix(".onnx"), facts)
-        found = _read_sidecar(plan)
-        decision, why = engine_cache.decide(found, facts)
+        facts = engine_files.wanted(onnx_sha, self.flavour, self.trt.__version__, options, self.gpu)
+        plan = engine_files.engine_path(self.directory, _stem(onnx_path), facts)
+        found = engine_files.read_sidecar(plan)
+        decision, why = engine_files.decide(found, facts)
         log.info("%s: %s: %s (%s)", self.flavour.backend, plan.name, decision, why)
-        built = {k: (found or {}).get(k, d) for k, d in (("build_seconds", 0.0), ("device_memory", {}))}
+        built = {"build_seconds": found.build_seconds, "device_memory": found.device_memory} if found else {}
         if decision == "build":
             started = time.perf_counter()
             data, memory = build_plan(self.trt, self.flavour, onnx_path, shapes, options, self.timing_cache)
@@ -288,10 +286,11 @@ class _Builder:
         assert self.gpu is not None  # TensorRT, which keeps a timing cache, builds on this GPU
         return self.directory / f"timing-{gpu_tag(self.gpu['name'], self.gpu['compute_capability'])}.cache"
 
-    def _record(self, facts: dict, plan: Path, built: dict, gate_checks) -> dict:
-        _write_sidecar(plan, {**facts, **built})
-        return {**facts, "plan": plan.name, "sha256": manifest.sha256(plan), "bytes": plan.stat().st_size,
-                **built, "gate": gate_checks}
+    def _record(self, facts: manifest.EngineFacts, plan: Path, built: dict, gate_checks) -> manifest.EngineRecord:
+        record = manifest.EngineRecord(**vars(facts), plan=plan.name, sha256=manifest.sha256(plan),
+                                       bytes=plan.stat().st_size, **built, gate=gate_checks)
+        engine_files.write_sidecar(plan, record)
+        return record
 
 
 class _RtxBuilder(_Builder):
@@ -299,7 +298,7 @@ class _RtxBuilder(_Builder):
 
     flavour = TENSORRT_RTX
 
-    def engine_for(self, capability: str, graph: dict, bounds: ShapeBounds) -> dict:
+    def engine_for(self, capability: str, graph: manifest.GraphRecord, bounds: ShapeBounds) -> manifest.EngineRecord:
         rung, onnx_path, onnx_sha = candidates(self.directory, graph, self.precision)[0]
         facts, plan, built = self._engine(rung, onnx_path, onnx_sha, bounds)
         return self._record(facts, plan, built, None)  # gate: the self-test on the RTX card
@@ -314,27 +313,22 @@ class _GatedBuilder(_Builder):
         super().__init__(trt, directory, base, precision, gpu)
         self.cuda, self.cuda_context = cuda, cuda_context
 
-    def engine_for(self, capability: str, graph: dict, bounds: ShapeBounds) -> dict:
-        reference, tried = self.directory / graph["path"], []
+    def engine_for(self, capability: str, graph: manifest.GraphRecord, bounds: ShapeBounds) -> manifest.EngineRecord:
+        reference, tried = self.directory / graph.path, []
         for rung, onnx_path, onnx_sha in candidates(self.directory, graph, self.precision):
             tried.append(rung)
             facts, plan, built = self._engine(rung, onnx_path, onnx_sha, bounds)
-            checks = gate(capability, plan, reference, graph["outputs"], bounds, self.trt, self.cuda, self.cuda_context)
+            outputs = tuple(o.as_dict() for o in graph.outputs)
+            checks = gate(capability, plan, reference, outputs, bounds, self.trt, self.cuda, self.cuda_context)
             log.info("tensorrt: %s (%s) against onnxruntime fp32:\n%s", plan.name, rung, verify.table(checks))
             if all(c.ok for c in checks):
                 return self._record(facts, plan, built, [c.as_dict() for c in checks])
             plan.unlink(missing_ok=True)
-            engine_cache.sidecar(plan).unlink(missing_ok=True)
-            log.warning("tensorrt: the %s engine of %s missed the accuracy gate", rung, graph["path"])
-        raise BuildError(f"{graph['path']}: no TensorRT engine agreed with ONNX Runtime (tried: {', '.join(tried)})")
+            engine_files.sidecar(plan).unlink(missing_ok=True)
+            log.warning("tensorrt: the %s engine of %s missed the accuracy gate", rung, graph.path)
+        raise BuildError(f"{graph.path}: no TensorRT engine agreed with ONNX Runtime (tried: {', '.join(tried)})")
 
 
-def _read_sidecar(plan: Path) -> dict | None:
-    path = engine_cache.sidecar(plan)
-    if not (plan.exists() and path.exists()):
-        return None
-    return json.loads(path.read_text())
-
-
-def _write_sidecar(plan: Path, facts: dict) -> None:
-    engine_cache.sidecar(plan).write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
+def _stem(onnx_path: Path) -> str:
+    """The name an engine's plan starts with: its graph's (``depth-518x518-aspect.fp16``), less ``.trt.onnx``."""
+    return onnx_path.name.removesuffix(tensorrt_onnx.SUFFIX).removesuffix(".onnx")

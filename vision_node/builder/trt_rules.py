@@ -10,7 +10,8 @@ the node:
 - no float64, nor any other type TensorRT lacks (uint16/32/64, int16, strings, complex);
 - every operator in the ONNX-TensorRT parser's support matrix for TensorRT 10.x, standard domain.
 
-They are checked on the graph as TensorRT is given it (``selects``). Torch-free: it needs only ``onnx``.
+They are checked on the file TensorRT is given, as it is written: the TensorRT variant (``*.trt.onnx``,
+``tensorrt_onnx``). Torch-free: it needs only ``onnx``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from . import selects
 from .errors import BuildError
+from .passes.graph import all_nodes, bodies, cast_to, producers
 
 # ONNX-TensorRT parser for TensorRT 10.x (onnx-tensorrt docs/operators.md, the 10.15 matrix:
 # "Supported" Y), and the ops its "Supported Types" column allows only in float (fp32/fp16/bf16).
@@ -94,7 +95,7 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
     except onnx.shape_inference.InferenceError:  # e.g. an operator of an unknown domain: check what is typed
         graph = model.graph
     types: dict[str, int] = {}
-    for body in _graphs(graph):  # If/Loop/Scan bodies too: a branch's constants reach TensorRT as well
+    for body in bodies(graph):  # If/Loop/Scan bodies too: a branch's constants reach TensorRT as well
         types.update({
             v.name: v.type.tensor_type.elem_type
             for v in (*body.input, *body.output, *body.value_info)
@@ -109,27 +110,12 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
-def _graphs(graph: onnx.GraphProto):
-    """``graph`` and every If/Loop/Scan body in it, nested ones included."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in (attr.g, *attr.graphs) if attr.type in (attr.GRAPH, attr.GRAPHS) else ():
-                yield from _graphs(sub)
-
-
-def _subgraph_ops(graph: onnx.GraphProto):
-    """Every node, nested If/Loop/Scan bodies included."""
-    for body in _graphs(graph):
-        yield from body.node
-
-
 def check(model: onnx.ModelProto) -> list[Violation]:
     """Every violation of TensorRT's rules in ``model``, in graph order."""
     graph = model.graph
     types = _types(model)
     found: list[Violation] = []
-    for node in _subgraph_ops(graph):
+    for node in all_nodes(graph):
         if node.domain not in ("", "ai.onnx"):
             found.append(Violation(node.name, f"{node.domain}.{node.op_type}", "custom operator: no TensorRT plugin"))
         elif node.op_type not in TENSORRT10_OPS:
@@ -142,7 +128,7 @@ def check(model: onnx.ModelProto) -> list[Violation]:
                 found.append(Violation(node.name, op, f"takes {_type_name(taken)}: TensorRT runs it on bools only"))
 
     edges = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
+    producer = producers(graph)
     for name in edges:
         kind = types.get(name)
         if kind in _UNSUPPORTED:
@@ -167,9 +153,8 @@ def check(model: onnx.ModelProto) -> list[Violation]:
         for name in node.input:
             if types.get(name) != TensorProto.UINT8:
                 continue
-            to = next((a.i for a in node.attribute if a.name == "to"), None)
             reads_data = node.op_type != "Shape"
-            if reads_data and not (node.op_type == "Cast" and to in _FLOATS):
+            if reads_data and cast_to(node) not in _FLOATS:
                 where = "a graph input" if name in edges else f"made by '{producer[name].name}'"
                 found.append(Violation(
                     node.name, node.op_type,
@@ -184,7 +169,7 @@ def check(model: onnx.ModelProto) -> list[Violation]:
 
 def _unsupported_in_bodies(graph: onnx.GraphProto, types: dict[str, int]) -> list[Violation]:
     """Inside If/Loop/Scan bodies: the tensors of a type TensorRT lacks (a branch's float64 constant)."""
-    return [_makes_unsupported(node, out, types[out]) for body in list(_graphs(graph))[1:] for node in body.node
+    return [_makes_unsupported(node, out, types[out]) for body in list(bodies(graph))[1:] for node in body.node
             for out in node.output if types.get(out) in _UNSUPPORTED]
 
 
@@ -194,9 +179,9 @@ def _makes_unsupported(node: onnx.NodeProto, out: str, kind: int) -> Violation:
 
 
 def enforce(path: Path, name: str | None = None) -> None:
-    """Raise ``BuildError`` naming every node of the graph at ``path`` that TensorRT would refuse, as
-    TensorRT is given it (``selects.for_tensorrt``, which ``build_plan`` applies too)."""
-    violations = check(selects.for_tensorrt(onnx.load(str(path), load_external_data=False)))
+    """Raise ``BuildError`` naming every node of the graph at ``path`` that TensorRT would refuse, as the file
+    is (the TensorRT variant, which ``tensorrt.build_plan`` parses as it is)."""
+    violations = check(onnx.load(str(path), load_external_data=False))
     if violations:
         listed = "\n  ".join(str(v) for v in violations[:20])
         more = f"\n  ... and {len(violations) - 20} more" if len(violations) > 20 else ""

@@ -69,13 +69,13 @@ class Check:
 
 
 class VerificationError(BuildError):
-    def __init__(self, failed: list[Check]):
+    def __init__(self, failed: list[Check], headline: str = "verification failed"):
         self.failed = failed
         lines = [
             f"{c.graph or c.capability} {c.frames}: {c.metric} = {c.value:.4g} (limit {c.limit:g}) {c.detail}".rstrip()
             for c in failed
         ]
-        super().__init__("verification failed:\n  " + "\n  ".join(lines))
+        super().__init__(f"{headline}:\n  " + "\n  ".join(lines))
 
 
 def _shape_checks(capability, frames, got, want) -> list[Check]:

@@ -28,7 +28,7 @@ import numpy as np
 from .. import manifest
 from ..contract import FRAME_INPUT, ShapeBounds
 from ..errors import StartupError
-from . import engine_cache
+from . import engine_choice as engine_cache  # (its one call below: engine_cache.pick)
 from .base import StopToken, check_frames, frame_parameters, parameter_names
 from .cuda import BufferPair, SharedScratch, checked, gpu_identity, load_pycuda
 from .flavours import TENSORRT, TENSORRT_RTX, Flavour, RuntimeCache

@@ -23,15 +23,20 @@ log = logging.getLogger("vision_node")
 
 @dataclass(frozen=True, eq=False)  # identity hash: a graph keys its backend
 class Graph:
-    """One exported graph: any frame size within the bounds, at the model resolution its sizing picks."""
+    """One exported graph: any frame size within the bounds, at the model resolution its sizing picks.
+
+    Read from the manifest's ``GraphRecord``; the fields other modules read by key (``outputs``,
+    ``tensorrt``, ``memory``) are the manifest's JSON form of them.
+    """
 
     path: Path
     sizing: Sizing  # fixed, or the processor's keep-aspect rule, computed inside the graph
     sha256: str
     outputs: tuple[dict, ...]  # name, dtype, shape (ints or dimension names) from the manifest
     tensorrt: tuple[dict, ...] = ()  # engines built from this graph, one per GPU / TensorRT version
-    fp16_sha256: str | None = None  # the fp16 graph beside it, which TensorRT engines are built from
-    # weights and activation scratch at the bounds, per source (vision_node.builder.memory); {} for older manifests
+    # SHA-256 of the files TensorRT engines of this graph are built from, the fp16 one first
+    engine_sources: tuple[str, ...] = ()
+    # weights and activation scratch at the bounds, per source (vision_node.builder.memory)
     memory: dict = field(default_factory=dict)
     # The copy ONNX Runtime optimised at build time (builder.ort_optimised), checked and loaded instead
     # of ``path`` by the ONNX Runtime backend; None where there is none for this ONNX Runtime.
@@ -44,8 +49,8 @@ class Graph:
 
     @property
     def onnx_hashes(self) -> tuple[str, ...]:
-        """The graph's ONNX files an engine may have been built from, the fp16 one first."""
-        return tuple(h for h in (self.fp16_sha256, self.sha256) if h)
+        """The files an engine of this graph may have been built from, the fp16 one first."""
+        return self.engine_sources
 
     def model_size(self, height: int, width: int) -> tuple[int, int]:
         """The (height, width) the model runs at for a ``height``×``width`` frame."""
@@ -58,6 +63,9 @@ class Graph:
 
 @dataclass(frozen=True)
 class ServedCapability:
+    """A capability as the node serves it. ``models`` and ``verification`` are the manifest's JSON form of its
+    ``ModelRecord``s and ``Verification`` (the session and the benchmarks read models by key)."""
+
     name: str
     graphs: tuple[Graph, ...]
     bounds: ShapeBounds
@@ -76,8 +84,12 @@ class ServedCapability:
         return min(self.graphs, key=distortion)
 
     @property
+    def model_records(self) -> tuple[manifest.ModelRecord, ...]:
+        return tuple(manifest.ModelRecord.from_dict(m) for m in self.models)
+
+    @property
     def weights(self) -> str:
-        sources = sorted({m["weights"] for m in self.models})
+        sources = sorted({m.weights for m in self.model_records})
         return "+".join(sources)
 
 
@@ -90,15 +102,19 @@ def load(directory: Path, wanted: tuple[str, ...] = (), onnxruntime: bool = Fals
     directory = Path(directory)
     path = directory / manifest.MANIFEST_NAME
     if not directory.is_dir():
-        raise StartupError(f"{directory}: engines directory not found (build it: vision-node-build --out {directory})")
+        raise StartupError(
+            f"{directory}: engines directory not found (build it: vision-node-build --out {directory})"
+        )
     if not path.is_file():
         raise StartupError(f"{path}: not found (build it: vision-node-build --out {directory})")
     try:
-        data = manifest.load(directory)
+        data = manifest.read(directory, only=wanted or None)
+    except manifest.ManifestError as err:  # a schema this node does not read, or a malformed entry: names the file
+        raise StartupError(str(err)) from None
     except (ValueError, OSError) as err:  # JSONDecodeError is a ValueError
         raise StartupError(f"{path}: unreadable: {err}") from None
-    listed = {c: e for c, e in data.get("capabilities", {}).items() if c in CAPABILITIES}
-    failed = data.get("failed", {})
+    listed = [c for c in data.listed if c in CAPABILITIES]
+    failed = data.failed
     missing = [c for c in wanted if c not in listed]
     if missing:
         why = "".join(f"; {c} failed to build: {failed[c]}" for c in missing if c in failed)
@@ -114,7 +130,7 @@ def load(directory: Path, wanted: tuple[str, ...] = (), onnxruntime: bool = Fals
     # lets go of the GIL. Results are taken in order, so the first bad capability is the one reported.
     names = wanted or tuple(listed)
     with ThreadPoolExecutor(max_workers=len(names)) as pool:
-        checked = [pool.submit(_capability, directory, name, listed[name], version) for name in names]
+        checked = [pool.submit(_capability, directory, name, data.capabilities[name], version) for name in names]
         return {name: future.result() for name, future in zip(names, checked)}
 
 
@@ -125,71 +141,62 @@ def _onnxruntime_version() -> str | None:
         return None
 
 
-def _capability(directory: Path, name: str, entry: dict, onnxruntime: str | None) -> ServedCapability:
-    try:
-        graphs = tuple(_graph(directory, name, g, onnxruntime) for g in entry["graphs"])
-        served = ServedCapability(
-            name=name,
-            graphs=graphs,
-            bounds=ShapeBounds.from_dict(entry["bounds"]),
-            models=tuple(entry["models"]),
-            demo=bool(entry.get("demo", False)),
-            options=dict(entry.get("options", {})),
-            verification=dict(entry.get("verification", {})),
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise StartupError(f"{directory / manifest.MANIFEST_NAME}: {name}: malformed entry ({err!r})") from None
+def _capability(
+    directory: Path, name: str, entry: manifest.CapabilityEntry, onnxruntime: str | None
+) -> ServedCapability:
+    graphs = tuple(_graph(directory, name, g, onnxruntime) for g in entry.graphs)
+    served = ServedCapability(
+        name=name,
+        graphs=graphs,
+        bounds=entry.bounds,
+        models=tuple(m.as_dict() for m in entry.models),
+        demo=entry.demo,
+        options=dict(entry.options),
+        verification=entry.verification.as_dict(),
+    )
     if not graphs:
         raise StartupError(f"{directory / manifest.MANIFEST_NAME}: {name}: no graph passed verification at build time")
     return served
 
 
-def _graph(directory: Path, capability: str, entry: dict, onnxruntime: str | None) -> Graph:
+def _graph(directory: Path, capability: str, entry: manifest.GraphRecord, onnxruntime: str | None) -> Graph:
     # The copy ONNX Runtime optimised at build time, for this ONNX Runtime only (not for a TensorRT backend).
-    optimised: dict | None = entry.get("onnxruntime") if onnxruntime else None
-    if optimised and optimised.get("version") != onnxruntime:
-        log.info(
-            "%s: optimised by ONNX Runtime %s, this is %s: loading the exported graph (its start re-optimises)",
-            entry["path"],
-            optimised.get("version"),
-            onnxruntime,
-        )
+    optimised: manifest.OptimisedCopy | None = entry.onnxruntime if onnxruntime else None
+    if optimised and optimised.version != onnxruntime:
+        log.info("%s: optimised by ONNX Runtime %s, this is %s: loading the exported graph (its start re-optimises)",
+                 entry.path, optimised.version, onnxruntime)
         optimised = None
-    use_optimised = bool(optimised)
     # Only what will be loaded is hashed: the exported graph, or the optimised copy instead of it.
     path = _checked_file(directory, optimised or entry)
-    outputs = tuple(entry["outputs"])
-    names = tuple(o["name"] for o in outputs)
+    names = tuple(o.name for o in entry.outputs)
     if names != OUTPUTS[capability]:
         raise StartupError(f"{path}: outputs {names}, the node expects {OUTPUTS[capability]} for {capability}")
-    # Manifests from before keep-aspect graphs carry only the fixed "resolution".
-    sizing = Sizing.from_dict(entry["sizing"]) if "sizing" in entry else Sizing.fixed(*entry["resolution"])
     return Graph(
-        path=path if not use_optimised else (directory / entry["path"]).resolve(),
-        sizing=sizing,
-        sha256=entry["sha256"],
-        outputs=outputs,
-        tensorrt=tuple(entry.get("tensorrt", ())),
-        fp16_sha256=(entry.get("fp16") or {}).get("sha256"),
-        onnxruntime_path=path if use_optimised else None,
-        memory=entry.get("memory", {}),
+        path=path if optimised is None else (directory / entry.path).resolve(),
+        sizing=entry.sizing,
+        sha256=entry.sha256,
+        outputs=tuple(o.as_dict() for o in entry.outputs),
+        tensorrt=tuple(e.as_dict() for e in entry.tensorrt),
+        engine_sources=entry.engine_sources,
+        onnxruntime_path=path if optimised is not None else None,
+        memory=entry.memory.as_dict(),
     )
 
 
-def _checked_file(directory: Path, entry: dict) -> Path:
+def _checked_file(directory: Path, entry: manifest.FileRecord) -> Path:
     """The artefact ``entry`` lists, inside the directory, of its size and SHA-256; else StartupError naming it."""
-    path = (directory / entry["path"]).resolve()
+    path = (directory / entry.path).resolve()
     if directory.resolve() not in path.parents:
-        raise StartupError(f"{entry['path']}: outside the engines directory {directory}; refusing to load it")
+        raise StartupError(f"{entry.path}: outside the engines directory {directory}; refusing to load it")
     if not path.is_file():
         raise StartupError(f"{path}: missing (listed in {manifest.MANIFEST_NAME}); rebuild the engines")
     size = path.stat().st_size
-    if size != entry["bytes"]:
-        raise StartupError(f"{path}: {size} bytes, the manifest says {entry['bytes']}: truncated or replaced; rebuild")
+    if size != entry.bytes:
+        raise StartupError(f"{path}: {size} bytes, the manifest says {entry.bytes}: truncated or replaced; rebuild")
     digest = manifest.sha256(path)
-    if digest != entry["sha256"]:
+    if digest != entry.sha256:
         raise StartupError(
-            f"{path}: SHA-256 {digest[:16]}... does not match the manifest's {entry['sha256'][:16]}...: "
+            f"{path}: SHA-256 {digest[:16]}... does not match the manifest's {entry.sha256[:16]}...: "
             "corrupt or replaced; rebuild"
         )
     return path
@@ -198,10 +205,7 @@ def _checked_file(directory: Path, entry: dict) -> Path:
 def describe(served: ServedCapability) -> dict:
     """The public description of a capability, for ``/capabilities`` (no local paths)."""
     return {
-        "models": [
-            {k: m.get(k) for k in ("role", "name", "hf_id", "revision", "licence", "weights", "note", "parameters")}
-            for m in served.models
-        ],
+        "models": [m.public() for m in served.model_records],
         "weights": served.weights,
         "demo": served.demo,
         "graphs": [
@@ -217,16 +221,5 @@ def describe(served: ServedCapability) -> dict:
             for g in served.graphs
         ],
         "frame_bounds": {"min_hw": list(served.bounds.min_hw), "max_hw": list(served.bounds.max_hw)},
-        "verification": _verification_summary(served.verification),
-    }
-
-
-def _verification_summary(verification: dict) -> dict:
-    checks = verification.get("checks", [])
-    return {
-        "reference": verification.get("reference"),
-        "backend": verification.get("backend"),
-        "checks": len(checks),
-        "passed": sum(1 for c in checks if c.get("ok") and not c.get("skipped")),
-        "skipped": sum(1 for c in checks if c.get("skipped")),
+        "verification": manifest.Verification.from_dict(served.verification).summary(),
     }

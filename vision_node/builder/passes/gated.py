@@ -22,7 +22,8 @@ from __future__ import annotations
 import onnx
 from onnx import TensorProto, helper
 
-from .errors import BuildError
+from ..errors import BuildError
+from .graph import copy_node, has_subgraph
 
 TAIL = "tail/"
 SKIP_NODE = "skip_tail"
@@ -71,10 +72,9 @@ def _split(tail: onnx.ModelProto, tail_inputs: list[str], inside) -> tuple[list,
     casts = {n.input[0]: inside(n.output[0]) for n in tail.graph.node if n.op_type == "Cast" and n.input[0] in uint8}
     nodes, hoisted = [], []
     for node in tail.graph.node:
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+        if has_subgraph(node):
             raise BuildError(f"gated export: tail node {node.name} ({node.op_type}) has a subgraph; not supported")
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
+        copy = copy_node(node)
         copy.name = TAIL + node.name
         copy.output[:] = [inside(n) for n in node.output]
         if node.op_type == "Cast" and node.input[0] in tail_inputs:

@@ -7,6 +7,10 @@ fails on a Loop, and one conditional around every chunk cost it 1,031 MiB of act
 ``Identity`` outputs): 19 × two frame-sized copies, ~50 ms of a 1080p frame on this CPU. So the copy
 ONNX Runtime loads (``ort_optimised``) has the chain merged: one ``If`` whose then-branch runs every
 chunk in turn, whose else-branch passes the first pair through once. Same operators, same order.
+
+A workaround, seen on ONNX Runtime 1.32.0 (19 skipped links at 1080p: ~26 ms against ~2 ms merged). Remove
+when a skipped branch passes its inputs through without copying: tests/test_workarounds.py measures it and
+fails then (and when TensorRT for RTX builds a Loop, the chain itself can go: ``argmax``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from collections import Counter
 
 import onnx
 from onnx import TensorProto, helper
+
+from .graph import branch, cast_to, copy_node, deep_readers, has_subgraph, producers, replace_nodes
 
 
 def merge(model: onnx.ModelProto) -> int:
@@ -34,8 +40,8 @@ def merge(model: onnx.ModelProto) -> int:
 
 def _chains(graph: onnx.GraphProto) -> list[list[onnx.NodeProto]]:
     """Runs of Ifs where each next one is on the same condition and passes the previous one's outputs through."""
-    readers = _readers(graph)
-    producer = {out: node for node in graph.node for out in node.output}
+    readers = deep_readers(graph)
+    producer = producers(graph)
     chains: list[list[int]] = []
     current: list[int] = []
     for index, node in enumerate(graph.node):
@@ -56,19 +62,14 @@ def _continues(last, node, index: int, producer, readers) -> bool:
     """Does ``node`` take ``last``'s outputs as its state, on the same condition, and nothing else read them?"""
     if _condition(last, producer) != _condition(node, producer):
         return False
-    passed = _passed_through(_branch(node, "else_branch"))
+    passed = _passed_through(branch(node, "else_branch"))
     if passed is None or not set(passed.values()) <= set(last.output):
         return False
-    if _passed_through(_branch(last, "else_branch")) is None:  # the chain's first
+    if _passed_through(branch(last, "else_branch")) is None:  # the chain's first
         return False
-    if any(_has_subgraph(n) for n in _branch(node, "then_branch").node):
+    if any(has_subgraph(n) for n in branch(node, "then_branch").node):
         return False
     return all(readers.get(out, set()) == {index} for out in last.output)
-
-
-def _branch(node: onnx.NodeProto, name: str) -> onnx.GraphProto:
-    """An If's ``then_branch`` or ``else_branch``."""
-    return next(a.g for a in node.attribute if a.name == name)
 
 
 def _passed_through(branch: onnx.GraphProto) -> dict[str, str] | None:
@@ -82,8 +83,7 @@ def _passed_through(branch: onnx.GraphProto) -> dict[str, str] | None:
 def _condition(node, producer) -> str:
     """The value an If decides on: its condition, or what that is a bool Cast of."""
     cast = producer.get(node.input[0])
-    to = {a.name: helper.get_attribute_value(a) for a in cast.attribute}.get("to") if cast is not None else None
-    if cast is not None and cast.op_type == "Cast" and to == TensorProto.BOOL:
+    if cast is not None and cast_to(cast) == TensorProto.BOOL:
         return cast.input[0]
     return node.input[0]
 
@@ -92,73 +92,43 @@ def _merge_chain(graph: onnx.GraphProto, chain: list[onnx.NodeProto]) -> None:
     first, last = chain[0], chain[-1]
     nodes, state = [], None  # state: each chain link's outputs -> the then-branch values that compute them
     for link in chain:
-        then = _branch(link, "then_branch")
+        then = branch(link, "then_branch")
         for inner in then.node:
-            copy = onnx.NodeProto()
-            copy.CopyFrom(inner)
+            copy = copy_node(inner)
             if state:
                 copy.input[:] = [state.get(name, name) for name in inner.input]
             nodes.append(copy)
         state = {out: value.name for out, value in zip(link.output, then.output)}
     # The else-branch: the first link's inputs, passed through to the outputs the last link still has.
     # Every link's else-branch passes its inputs through: _chains took only such links (_continues).
-    first_else = _branch(first, "else_branch")
+    first_else = branch(first, "else_branch")
     passed = _passed_through(first_else)
     assert passed is not None
     origin = {out: passed[v.name] for out, v in zip(first.output, first_else.output)}
     for link in chain[1:]:
-        other = _branch(link, "else_branch")
+        other = branch(link, "else_branch")
         passed = _passed_through(other)
         assert passed is not None
         origin = {out: origin[passed[v.name]] for out, v in zip(link.output, other.output)}
-    then = _branch(last, "then_branch")
-    values = [
-        helper.make_tensor_value_info(f"merged_else/{out}", v.type.tensor_type.elem_type, None)
-        for out, v in zip(last.output, then.output)
-    ]
+    then = branch(last, "then_branch")
+    values = [helper.make_tensor_value_info(f"merged_else/{out}", v.type.tensor_type.elem_type, None)
+              for out, v in zip(last.output, then.output)]
     identities = [helper.make_node("Identity", [origin[out]], [value.name]) for out, value in zip(last.output, values)]
     merged_then = helper.make_graph(nodes, "merged_then", [], list(then.output))
     other = helper.make_graph(identities, "merged_else", [], values)
-    merged = helper.make_node(
-        "If", [last.input[0]], list(last.output), name=f"merged/{last.name}", then_branch=merged_then, else_branch=other
-    )
+    merged = helper.make_node("If", [last.input[0]], list(last.output), name=f"merged/{last.name}",
+                              then_branch=merged_then, else_branch=other)
     names = {link.name for link in chain}
     kept = [n for n in graph.node if n.op_type != "If" or n.name not in names]
     at = next(i for i, n in enumerate(graph.node) if n.op_type == "If" and n.name == last.name)
     at -= len(graph.node) - len(kept) - 1  # the links before it are gone
     kept.insert(at, merged)
-    del graph.node[:]
-    graph.node.extend(kept)
+    replace_nodes(graph, kept)
 
 
 def _drop_unread_casts(graph: onnx.GraphProto, conditions: set[str]) -> None:
     """The Casts that made ``conditions``, where nothing reads them any more."""
-    readers = _readers(graph)
+    readers = deep_readers(graph)
     outputs = {v.name for v in graph.output}
     dropped = {o for o in conditions if not readers.get(o) and o not in outputs}
-    kept = [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] in dropped)]
-    del graph.node[:]
-    graph.node.extend(kept)
-
-
-def _readers(graph: onnx.GraphProto) -> dict[str, set[int]]:
-    """Value name -> indices of the main graph's nodes that read it, directly or from inside their subgraphs."""
-    readers: dict[str, set[int]] = {}
-    for index, node in enumerate(graph.node):
-        for name in _reads(node):
-            readers.setdefault(name, set()).add(index)
-    return readers
-
-
-def _reads(node: onnx.NodeProto) -> set[str]:
-    names = set(node.input)
-    for attribute in node.attribute:
-        for sub in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
-            for inner in sub.node:
-                names |= _reads(inner)
-            names |= {v.name for v in sub.output}
-    return names
-
-
-def _has_subgraph(node: onnx.NodeProto) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+    replace_nodes(graph, [n for n in graph.node if not (n.op_type == "Cast" and n.output[0] in dropped)])

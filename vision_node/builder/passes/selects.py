@@ -1,16 +1,19 @@
-"""The graph TensorRT for RTX is given: the conditionals it cannot build, as selects.
+"""The passes that make a graph's TensorRT variant (``tensorrt_onnx``): conditionals as selects, frames cast first.
 
-TensorRT for RTX 1.7 crashes (a segfault in the builder) on a conditional whose branch reshapes by a
-size it does not see as a shape: the pose gate (its keypoint batch is the count of boxes kept) and the
-pass order of Pillow's resize (``pil_resize``: its sizes follow the processor's arithmetic on the
-frame's shape). Each such ``If`` becomes both branches and a ``Where``. That is cheap on a GPU for the
-resize (the other order of one frame), and for the gate costs one keypoint crop on a frame with nobody
-in it (``gated``). Conditionals on data TensorRT does build stay (segmentation's dense argmax fold).
+Workaround (``shape_decided_ifs_as_selects``, ``gate_as_select``): TensorRT for RTX crashes (a segfault in
+its builder) on a conditional whose branch reshapes by a size it does not see as a shape. Seen on TensorRT
+for RTX 1.7.1.116 with the pass order of Pillow's resize (``pil_resize``) at the depth processor's keep-aspect
+sizes; reported of 1.7 for the pose gate too (its keypoint batch is the count of boxes kept), which 1.7.1.116
+builds. Each such ``If`` becomes both branches and a ``Where``: cheap on a GPU for the resize (the other order
+of one frame: 106 of pose's 272 MB of activation at 1080p on the demo build), and for the gate one keypoint
+crop on a frame with nobody in it (``gated``). Remove when TensorRT for RTX builds those Ifs and an RTX card runs
+them: ``tests/test_workarounds.py`` fails for the resize once the builder takes it, and passes for the gate
+today. Conditionals on data TensorRT does build stay (segmentation's dense argmax fold).
 
 TensorRT also takes a uint8 tensor only where the network reads its input (a Cast, or a Shape), while
 the resize lays the frame out for its first pass before its Cast (a quarter of the bytes to move on a
 CPU). So a uint8 input that only data-movement operators read on its way to a Cast is cast first; the
-Cast after them then casts float32 to itself.
+Cast after them then casts float32 to itself. That is TensorRT's rule (every version), not a workaround.
 """
 
 from __future__ import annotations
@@ -19,40 +22,61 @@ import onnx
 from onnx import TensorProto, helper
 
 from .gated import SKIP_NODE
+from .graph import SUBGRAPH_OPS, branch, cast_to, producers, readers
 
 # Operators whose output depends on their input's shape only, not on its values.
 _SHAPE_OPS = {"Shape", "Size", "Constant"}
-_SUBGRAPH_OPS = {"If", "Loop", "Scan"}  # their outputs may read any outer value: taken as data
 # Operators that move elements without computing on them: the same result on uint8 or on float32.
 _MOVES = {"Transpose", "Reshape", "Gather", "Slice", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Expand"}
 
 
 def for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with the pose gate and every ``If`` decided by shapes alone turned into selects (in place)."""
+    """``model`` as TensorRT is given it (in place): every pass below, as the pose recipe applies them."""
+    for rewrite in (gate_as_select, shape_decided_ifs_as_selects, cast_frames_first):
+        rewrite(model)
+    return model
+
+
+def gate_as_select(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The pose gate's ``If`` (``gated.SKIP_NODE``) as both branches and a ``Where`` (in place).
+
+    Workaround for a builder crash reported of TensorRT for RTX 1.7; 1.7.1.116 builds the gate as an If
+    (tests/test_workarounds.py), so it can go once an RTX card runs that engine and TensorRT 10 builds it."""
+    graph = model.graph
+    for index in reversed([i for i, n in enumerate(graph.node) if n.op_type == "If" and n.name == SKIP_NODE]):
+        _inline_as_select(graph, index)
+    return model
+
+
+def shape_decided_ifs_as_selects(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every ``If`` decided by shapes and constants alone (the resize's pass order) as a select (in place).
+
+    Workaround: TensorRT for RTX 1.7.1.116's builder segfaults on depth's resize If (tests/test_workarounds.py
+    fails once it builds it; then cast the frame first inside the branches instead and drop this)."""
     graph = model.graph
     shape_only = _shape_only(graph)
-    picked = [
-        i for i, n in enumerate(graph.node) if n.op_type == "If" and (n.name == SKIP_NODE or shape_only(n.input[0]))
-    ]
+    picked = [i for i, n in enumerate(graph.node) if n.op_type == "If" and shape_only(n.input[0])]
     for index in reversed(picked):  # from the last: inlining moves the nodes after it
         _inline_as_select(graph, index)
-    for value in graph.input:
+    return model
+
+
+def cast_frames_first(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Each uint8 graph input cast to float32 before the data movements that lead it to its Cast (in place)."""
+    for value in model.graph.input:
         if value.type.tensor_type.elem_type == TensorProto.UINT8:
-            _cast_first(graph, value.name)
+            _cast_first(model.graph, value.name)
     return model
 
 
 def _cast_first(graph: onnx.GraphProto, name: str) -> None:
     """Cast the uint8 input ``name`` to float32 before each data movement that reads it on its way to a
     Cast to float32 (or a Shape); any other reader keeps the uint8 (TensorRT's parser then names it)."""
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for value in node.input:
-            readers.setdefault(value, []).append(node)
+    read_by = readers(graph)
     cast = helper.make_node("Cast", [name], [f"{name}/float32"], name=f"cast_first/{name}", to=TensorProto.FLOAT)
     stale: set[str] = set()
-    for first in readers.get(name, []):
-        moved = _moves_to_a_cast(first, name, readers)
+    for first in read_by.get(name, []):
+        moved = _moves_to_a_cast(first, name, read_by)
         if moved:
             first.input[0] = cast.output[0]
             stale.update(out for node in moved for out in node.output)
@@ -63,14 +87,14 @@ def _cast_first(graph: onnx.GraphProto, name: str) -> None:
         graph.node.insert(0, cast)
 
 
-def _moves_to_a_cast(first: onnx.NodeProto, name: str, readers: dict) -> list[onnx.NodeProto]:
+def _moves_to_a_cast(first: onnx.NodeProto, name: str, read_by: dict) -> list[onnx.NodeProto]:
     """``first`` and the data movements after it, if they lead only to Casts to float32 or Shapes; else []."""
     if first.op_type not in _MOVES or first.input[0] != name:
         return []
     moved, stack = [first], list(first.output)
     while stack:
-        for node in readers.get(stack.pop(), []):
-            if node.op_type in ("Shape", "Size") or (node.op_type == "Cast" and _to(node) == TensorProto.FLOAT):
+        for node in read_by.get(stack.pop(), []):
+            if node.op_type in ("Shape", "Size") or cast_to(node) == TensorProto.FLOAT:
                 continue
             if node.op_type not in _MOVES or node.input[0] not in {o for m in moved for o in m.output}:
                 return []  # computes on uint8, or reads it as indices
@@ -79,13 +103,9 @@ def _moves_to_a_cast(first: onnx.NodeProto, name: str, readers: dict) -> list[on
     return moved
 
 
-def _to(node: onnx.NodeProto):
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "to"), None)
-
-
 def _shape_only(graph: onnx.GraphProto):
     """A test: does this value follow from shapes and constants alone (no graph input's values)?"""
-    producer = {out: node for node in graph.node for out in node.output}
+    producer = producers(graph)
     constants = {init.name for init in graph.initializer}
     known: dict[str, bool] = {}
 
@@ -105,7 +125,7 @@ def _reaches_no_values(name: str, producer: dict, constants: set, known: dict) -
         if not value or value in constants or value in visited or known.get(value) is True:
             continue
         node = producer.get(value)
-        if known.get(value) is False or node is None or node.op_type in _SUBGRAPH_OPS:  # a graph input's values
+        if known.get(value) is False or node is None or node.op_type in SUBGRAPH_OPS:  # a graph input's values
             return False
         visited.add(value)
         if node.op_type not in _SHAPE_OPS:
@@ -117,8 +137,7 @@ def _reaches_no_values(name: str, producer: dict, constants: set, known: dict) -
 def _inline_as_select(graph: onnx.GraphProto, index: int) -> None:
     """Replace ``graph.node[index]`` (an If) by both of its branches' nodes and a Where per output."""
     node = graph.node[index]
-    branches = {a.name: a.g for a in node.attribute}
-    then, other = branches["then_branch"], branches["else_branch"]
+    then, other = branch(node, "then_branch"), branch(node, "else_branch")
     inlined = [*then.node, *other.node]
     inlined += [
         helper.make_node("Where", [node.input[0], t.name, e.name], [out], name=f"select/{out}")
