@@ -84,20 +84,34 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--capabilities", type=_list(str), default=["depth", "segmentation", "pose"])
     e.add_argument("--sizes", type=_list(_hw), default=[(512, 512)], metavar="HxW,...", help="frame sizes")
     e.add_argument("--batches", type=_list(int), default=[1], metavar="N,...", help="batch sizes (default: 1)")
-    e.add_argument("--photographs", type=_list(str), metavar="NAME,...",
-                   help="scikit-image photographs as the frames, at their own sizes (instead of --sizes), "
-                   "e.g. " + ",".join(photographs.PHOTOGRAPHS))
+    e.add_argument(
+        "--photographs",
+        type=_list(str),
+        metavar="NAME,...",
+        help="scikit-image photographs as the frames, at their own sizes (instead of --sizes), "
+        "e.g. " + ",".join(photographs.PHOTOGRAPHS),
+    )
     e.add_argument("--warmup", type=int, default=3, help="untimed runs first (default: 3)")
     e.add_argument("--iterations", type=int, help="exactly this many timed runs (default: until stable)")
-    e.add_argument("--max-seconds", type=float, default=8.0,
-                   help="time budget per row: give up on stability after this (default: 8)")
+    e.add_argument(
+        "--max-seconds",
+        type=float,
+        default=8.0,
+        help="time budget per row: give up on stability after this (default: 8)",
+    )
     e.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip transformers eager")
-    e.add_argument("--interleaved", action="store_true",
-                   help="call the ONNX Runtime graph and transformers in turn on each frame (needs --iterations): "
-                   "drift on a noisy machine hits both alike")
-    e.add_argument("--rotate-sizes", action="store_true",
-                   help="time every size in turn, round by round, and give each size's p50 over the first's "
-                   "(needs --iterations and --no-baseline; ONNX Runtime)")
+    e.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="call the ONNX Runtime graph and transformers in turn on each frame (needs --iterations): "
+        "drift on a noisy machine hits both alike",
+    )
+    e.add_argument(
+        "--rotate-sizes",
+        action="store_true",
+        help="time every size in turn, round by round, and give each size's p50 over the first's "
+        "(needs --iterations and --no-baseline; ONNX Runtime)",
+    )
     e.add_argument(
         "--backends",
         type=_list(str),
@@ -115,8 +129,12 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--output", help="output format path segment, e.g. raw (default: the capability's default)")
     h.add_argument("--input", default="raw", choices=("raw", "jpeg", "png"), help="frame encoding (default: raw)")
     h.add_argument("--size", type=_hw, default=(512, 512), metavar="HxW", help="frame size (default: 512x512)")
-    h.add_argument("--concurrency", type=_list(int), metavar="N,...",
-                   help="closed-loop client counts (default: 1,2,4,8,16, unless --rate is given)")
+    h.add_argument(
+        "--concurrency",
+        type=_list(int),
+        metavar="N,...",
+        help="closed-loop client counts (default: 1,2,4,8,16, unless --rate is given)",
+    )
     h.add_argument("--rate", type=_list(float), default=[], metavar="R,...", help="open-loop rates, requests/s")
     h.add_argument("--duration", type=float, default=10.0, help="seconds per level (default: 10)")
     h.add_argument("--queue-size", type=int, default=16, help="queue size of a node started here (default: 16)")
@@ -133,14 +151,23 @@ def parser() -> argparse.ArgumentParser:
     fc = commands.add_parser("frame-cost", help="every stage of a frame outside the network, and every encoder tried")
     common(fc)
     fc.add_argument("--capabilities", type=_list(str), default=["depth", "segmentation", "pose"])
-    fc.add_argument("--sizes", type=_list(_hw), default=[(512, 512), (720, 1280), (1080, 1920)], metavar="HxW,...",
-                    help="frame sizes (default: 512x512,720x1280,1080x1920)")
+    fc.add_argument(
+        "--sizes",
+        type=_list(_hw),
+        default=[(512, 512), (720, 1280), (1080, 1920)],
+        metavar="HxW,...",
+        help="frame sizes (default: 512x512,720x1280,1080x1920)",
+    )
     fc.add_argument("--requests", type=int, default=5, help="timed requests per row (default: 5)")
     fc.add_argument("--warmup", type=int, default=1, help="untimed requests first (default: 1)")
     fc.add_argument("--repeats", type=int, default=21, help="runs of each encoder on each map (default: 21)")
     fc.add_argument("--url", help="measure a running node instead (e.g. an older build, side by side)")
-    fc.add_argument("--only", type=_list(str), metavar="OUTPUT,...",
-                    help="only these outputs (e.g. controlnet,palette,json: the defaults)")
+    fc.add_argument(
+        "--only",
+        type=_list(str),
+        metavar="OUTPUT,...",
+        help="only these outputs (e.g. controlnet,palette,json: the defaults)",
+    )
     fc.set_defaults(run=framecost.run)
 
     gc = commands.add_parser("gpu-check", help="on a GPU without TensorRT: buffers, copies, GPU JPEG decode")
@@ -161,13 +188,23 @@ def parser() -> argparse.ArgumentParser:
     common(ov)
     ov.add_argument("--capability", default="segmentation", choices=("depth", "segmentation", "pose"))
     ov.add_argument("--size", type=_hw, default=(256, 256), metavar="HxW", help="frame size (default: 256x256)")
-    ov.add_argument("--multiples", type=_list(float), default=[0.5, 1, 2, 4], metavar="M,...",
-                    help="load as multiples of the measured capacity (default: 0.5,1,2,4)")
+    ov.add_argument(
+        "--multiples",
+        type=_list(float),
+        default=[0.5, 1, 2, 4],
+        metavar="M,...",
+        help="load as multiples of the measured capacity (default: 0.5,1,2,4)",
+    )
     ov.add_argument("--duration", type=float, default=10.0, help="seconds per level (default: 10)")
     ov.add_argument("--capacity-seconds", type=float, default=8.0, help="capacity measurement (default: 8 s)")
     ov.add_argument("--queue-size", type=int, default=4, help="the node's queue size (default: 4, as serve)")
-    ov.add_argument("--max-batch", type=_list(int), default=[1], metavar="N,...",
-                    help="one node per value, side by side (1,4: micro-batching off and on; default: 1)")
+    ov.add_argument(
+        "--max-batch",
+        type=_list(int),
+        default=[1],
+        metavar="N,...",
+        help="one node per value, side by side (1,4: micro-batching off and on; default: 1)",
+    )
     ov.set_defaults(run=overload.run)
 
     sc = commands.add_parser("slow-clients", help="normal latency without and beside trickling sockets")
@@ -180,8 +217,12 @@ def parser() -> argparse.ArgumentParser:
 
     so = commands.add_parser("soak", help="mixed good and malformed requests: statuses and memory growth")
     common(so)
-    so.add_argument("--requests", type=int, default=6000,
-                    help="requests in all (default: 6000, about a minute; the measured soak ran 100000)")
+    so.add_argument(
+        "--requests",
+        type=int,
+        default=6000,
+        help="requests in all (default: 6000, about a minute; the measured soak ran 100000)",
+    )
     so.add_argument("--clients", type=int, default=4, help="concurrent clients (default: 4)")
     so.add_argument("--bad-share", type=float, default=0.5, help="share of malformed requests (default: 0.5)")
     so.add_argument("--samples", type=int, default=20, help="memory samples over the run (default: 20)")
@@ -214,17 +255,30 @@ def parser() -> argparse.ArgumentParser:
     pa = commands.add_parser("parity", help="photographs over HTTP beside transformers (same demo weights)")
     common(pa)
     pa.add_argument("--capabilities", type=_list(str), default=["depth", "segmentation", "pose"])
-    pa.add_argument("--photographs", type=_list(str), default=list(photographs.PHOTOGRAPHS), metavar="NAME,...",
-                    help="scikit-image photographs (default: all six)")
-    pa.add_argument("--sizes", type=_list(_hw), default=[], metavar="HxW,...",
-                    help="also each photograph resized to these frame sizes, e.g. 720x1280,1080x1920")
+    pa.add_argument(
+        "--photographs",
+        type=_list(str),
+        default=list(photographs.PHOTOGRAPHS),
+        metavar="NAME,...",
+        help="scikit-image photographs (default: all six)",
+    )
+    pa.add_argument(
+        "--sizes",
+        type=_list(_hw),
+        default=[],
+        metavar="HxW,...",
+        help="also each photograph resized to these frame sizes, e.g. 720x1280,1080x1920",
+    )
     pa.set_defaults(run=parity.run)
     st = commands.add_parser("stream", help="live streams: fps out, latency over a relay's floor, stages, CPU per map")
     common(st)
     stream.add_arguments(st)
     st.set_defaults(run=stream.run)
-    co = commands.add_parser("cores", help="the host path against CPU cores (stand-in engine, wrk): frames/s, "
-                             "scaling, GIL-held time per request (py-spy)")
+    co = commands.add_parser(
+        "cores",
+        help="the host path against CPU cores (stand-in engine, wrk): frames/s, "
+        "scaling, GIL-held time per request (py-spy)",
+    )
     cores.add_arguments(co)
     co.set_defaults(run=cores.run)
     pl = commands.add_parser("plot", help="draw committed reports again from their Markdown (a PNG beside each)")

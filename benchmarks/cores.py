@@ -77,8 +77,10 @@ COMMITTED_MANIFEST = Path(__file__).with_name("standin_manifest.json")
 # Each capability's default output and its JPEG one (segmentation has none: palette and classes are PNG).
 DEFAULT_CASES = ("depth/controlnet", "depth/jpeg", "segmentation/palette", "pose/json", "pose/jpeg")
 PROFILED_CASES = ("depth/controlnet", "depth/jpeg", "segmentation/palette")
-INSTALL_WRK = ("wrk is not installed: Debian/Ubuntu `sudo apt-get install -y wrk` (as root: `apt-get install -y "
-               "wrk`), macOS `brew install wrk`; or pass --wrk PATH")
+INSTALL_WRK = (
+    "wrk is not installed: Debian/Ubuntu `sudo apt-get install -y wrk` (as root: `apt-get install -y "
+    "wrk`), macOS `brew install wrk`; or pass --wrk PATH"
+)
 INSTALL_PYSPY = "py-spy is not installed: `pip install py-spy` (or pass --py-spy PATH)"
 GROUPS = ("event loop", "infer workers", "AnyIO pool", "asyncio executor", "other threads", "exited threads")
 MARK = "CORES-JSON "
@@ -108,7 +110,7 @@ def parse_wrk(stdout: str) -> dict:
     line = next((ln for ln in stdout.splitlines() if ln.startswith(MARK)), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary line:\n{stdout[-2000:]}")
-    raw = json.loads(line[len(MARK):])
+    raw = json.loads(line[len(MARK) :])
     seconds = raw["duration_us"] / 1e6
     return {
         "requests": raw["requests"],
@@ -120,7 +122,7 @@ def parse_wrk(stdout: str) -> dict:
     }
 
 
-_METRIC = re.compile(r'^(?P<name>[a-z_]+)\{(?P<labels>.*)\}\s+(?P<value>\S+)$')
+_METRIC = re.compile(r"^(?P<name>[a-z_]+)\{(?P<labels>.*)\}\s+(?P<value>\S+)$")
 
 
 def parse_metrics(text: str) -> dict:
@@ -237,9 +239,21 @@ def parse_pyspy_raw(text: str) -> list[Stack]:
 _THREAD = re.compile(r"thread \((?P<tid>\w+)\)(?::\s*(?P<name>.*))?")
 _LINE = re.compile(r":\d+\)$")
 # Frames every stack of a thread kind shares: no information about what costs.
-ROOTS = ("Thread._bootstrap ", "Thread._bootstrap_inner ", "Thread.run ", "_run_module_as_main ", "_run_code ",
-         "<module> ", "main (benchmarks/standin", "serve (vision_node/cli", "Server.run ", "asyncio_run ",
-         "Runner.run ", "WorkerThread.run ", "_worker (concurrent")
+ROOTS = (
+    "Thread._bootstrap ",
+    "Thread._bootstrap_inner ",
+    "Thread.run ",
+    "_run_module_as_main ",
+    "_run_code ",
+    "<module> ",
+    "main (benchmarks/standin",
+    "serve (vision_node/cli",
+    "Server.run ",
+    "asyncio_run ",
+    "Runner.run ",
+    "WorkerThread.run ",
+    "_worker (concurrent",
+)
 
 
 def _function(frame: str) -> str:
@@ -253,8 +267,9 @@ def gil_breakdown(stacks: list[Stack], rate: float, frames: int, pid: int, top: 
     per = 1000 / rate / frames if frames else math.nan
 
     def ranked(counter: Counter) -> list[dict]:
-        return [{"function": k, "ms per frame": v * per, "share %": 100 * v / samples} for k, v in
-                counter.most_common(top)]
+        return [
+            {"function": k, "ms per frame": v * per, "share %": 100 * v / samples} for k, v in counter.most_common(top)
+        ]
 
     groups, own, inclusive, lines = Counter(), Counter(), Counter(), {}
     for s in stacks:
@@ -338,12 +353,16 @@ def standin_engines(source: Path, folder: Path) -> Path:
         (folder / entry["path"]).write_bytes(data)
         entry["bytes"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
 
+    def every_file(record: dict) -> None:  # the graph, its fp16 twin, their TensorRT variants, the optimised copy
+        if "path" in record and "sha256" in record:
+            placeholder(record)
+        for value in record.values():
+            if isinstance(value, dict):
+                every_file(value)
+
     for entry in manifest["capabilities"].values():
         for graph in entry["graphs"]:
-            placeholder(graph)
-            for extra in ("onnxruntime", "fp16"):
-                if isinstance(graph.get(extra), dict) and "path" in graph[extra]:
-                    placeholder(graph[extra])
+            every_file(graph)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return folder
 
@@ -367,10 +386,16 @@ class Node:
 
     def __init__(self, args, engines: Path, cpus: list[int], capabilities: list[str], log: Path):
         self.port = nodeproc.free_port()
-        env = {**os.environ, "VISION_NODE_ENGINES": str(engines), "VISION_NODE_PORT": str(self.port),
-               "VISION_NODE_QUEUE_SIZE": str(args.queue_size or max(args.concurrency)),
-               "VISION_NODE_MAX_BATCH": str(args.max_batch), "VISION_NODE_CAPABILITIES": ",".join(capabilities),
-               "VISION_NODE_LOG_LEVEL": "warning", "VISION_NODE_STREAM_CAPACITY": "0"}
+        env = {
+            **os.environ,
+            "VISION_NODE_ENGINES": str(engines),
+            "VISION_NODE_PORT": str(self.port),
+            "VISION_NODE_QUEUE_SIZE": str(args.queue_size or max(args.concurrency)),
+            "VISION_NODE_MAX_BATCH": str(args.max_batch),
+            "VISION_NODE_CAPABILITIES": ",".join(capabilities),
+            "VISION_NODE_LOG_LEVEL": "warning",
+            "VISION_NODE_STREAM_CAPACITY": "0",
+        }
         command = [*_taskset(cpus), sys.executable, "-m", "benchmarks.standin", "--standin-ms", str(args.standin_ms)]
         with open(log, "w") as out:
             self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=out, cwd=ROOT)
@@ -415,16 +440,30 @@ class Load:
 
     def run(self, url: str, connections: int, seconds: int) -> dict:
         threads = max(1, min(connections, len(self.cpus) or 2, 4))
-        command = [*_taskset(self.cpus), *self.wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
-                   "--timeout", "30s", "-s", str(self.script), url]
+        command = [
+            *_taskset(self.cpus),
+            *self.wrk,
+            "-t",
+            str(threads),
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(self.script),
+            url,
+        ]
         done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=seconds + 60)
         if done.returncode != 0:
             raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr[-1000:]}")
         return parse_wrk(done.stdout)
 
 
-def measured_run(node: Node, load: Load, url: str, capability: str, connections: int, seconds: int,
-                 during=None) -> dict:
+def measured_run(
+    node: Node, load: Load, url: str, capability: str, connections: int, seconds: int, during=None
+) -> dict:
     """One closed-loop run: wrk's figures, the frames the node served, its CPU split and stage means; ``during``:
     a context manager around the run (py-spy), entered after the first snapshot and left before the second."""
     metrics_before = node.metrics()
@@ -454,8 +493,23 @@ class PySpy:
     """py-spy recording the GIL holder's stacks while the ``with`` block runs (stopped with SIGINT)."""
 
     def __init__(self, pyspy: str, pid: int, rate: int, out: Path, cpus: list[int]):
-        self.command = [*_taskset(cpus), pyspy, "record", "--gil", "--idle", "--nonblocking", "--threads",
-                        "-r", str(rate), "--format", "raw", "-o", str(out), "-p", str(pid)]
+        self.command = [
+            *_taskset(cpus),
+            pyspy,
+            "record",
+            "--gil",
+            "--idle",
+            "--nonblocking",
+            "--threads",
+            "-r",
+            str(rate),
+            "--format",
+            "raw",
+            "-o",
+            str(out),
+            "-p",
+            str(pid),
+        ]
         self.out, self.log = out, ""
 
     def __enter__(self):
@@ -508,8 +562,9 @@ for _ in sys.stdin:
 
 def calibrate(pyspy: str, rate: int, seconds: float, cpus: list[int], pyspy_cpus: list[int], scratch: Path) -> dict:
     """py-spy's GIL-held estimate against a thread that knows how long it held the GIL."""
-    proc = subprocess.Popen([*_taskset(cpus), sys.executable, "-c", CALIBRATION], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*_taskset(cpus), sys.executable, "-c", CALIBRATION], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
 
     def held() -> float:
         proc.stdin.write("\n")
@@ -527,8 +582,13 @@ def calibrate(pyspy: str, rate: int, seconds: float, cpus: list[int], pyspy_cpus
     finally:
         proc.kill()
         proc.wait()
-    return {"held s": true, "py-spy s": estimate, "ratio": estimate / true if true else math.nan,
-            "errors": spy.errors(), "behind": spy.behind()}
+    return {
+        "held s": true,
+        "py-spy s": estimate,
+        "ratio": estimate / true if true else math.nan,
+        "errors": spy.errors(),
+        "behind": spy.behind(),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -536,42 +596,85 @@ def calibrate(pyspy: str, rate: int, seconds: float, cpus: list[int], pyspy_cpus
 
 def add_arguments(p) -> None:
     lst = lambda kind: lambda text: [kind(v) for v in text.split(",") if v]  # noqa: E731
-    p.add_argument("--engines", type=Path, default=Path("engines/real"),
-                   help="engines directory whose manifest names the capabilities, graphs and bounds (its graphs are "
-                   "not read; default: engines/real, else the copy in benchmarks/standin_manifest.json)")
+    p.add_argument(
+        "--engines",
+        type=Path,
+        default=Path("engines/real"),
+        help="engines directory whose manifest names the capabilities, graphs and bounds (its graphs are "
+        "not read; default: engines/real, else the copy in benchmarks/standin_manifest.json)",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     p.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown (and a PNG beside it)")
-    p.add_argument("--standin-ms", type=float, default=2.0,
-                   help="the stand-in network's time, GIL released (default: 2)")
-    p.add_argument("--cases", type=lst(str), default=list(DEFAULT_CASES), metavar="CAP/OUTPUT,...",
-                   help="capability/output pairs (default: each capability's default output and jpeg; segmentation "
-                   "has no jpeg)")
-    p.add_argument("--cores", type=lst(int), default=[1, 2], metavar="K,...",
-                   help="the node pinned to the first K CPUs, one node per K (default: 1,2; a 16-core machine: "
-                   "1,2,4,8,16)")
-    p.add_argument("--concurrency", type=lst(int), default=[1, 2, 4, 8, 16, 32], metavar="N,...",
-                   help="closed-loop connections (default: 1,2,4,8,16,32)")
+    p.add_argument(
+        "--standin-ms", type=float, default=2.0, help="the stand-in network's time, GIL released (default: 2)"
+    )
+    p.add_argument(
+        "--cases",
+        type=lst(str),
+        default=list(DEFAULT_CASES),
+        metavar="CAP/OUTPUT,...",
+        help="capability/output pairs (default: each capability's default output and jpeg; segmentation has no jpeg)",
+    )
+    p.add_argument(
+        "--cores",
+        type=lst(int),
+        default=[1, 2],
+        metavar="K,...",
+        help="the node pinned to the first K CPUs, one node per K (default: 1,2; a 16-core machine: 1,2,4,8,16)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=lst(int),
+        default=[1, 2, 4, 8, 16, 32],
+        metavar="N,...",
+        help="closed-loop connections (default: 1,2,4,8,16,32)",
+    )
     p.add_argument("--duration", type=int, default=3, help="seconds per level, whole (default: 3)")
     p.add_argument("--warmup", type=int, default=1, help="seconds of untimed load per case and node (default: 1)")
     p.add_argument("--size", default="720x1280", metavar="HxW", help="the JPEG frame's size (default: 720x1280)")
-    p.add_argument("--queue-size", type=int, default=0,
-                   help="the node's queue size (default: the largest concurrency, so that nothing is refused)")
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=0,
+        help="the node's queue size (default: the largest concurrency, so that nothing is refused)",
+    )
     p.add_argument("--max-batch", type=int, default=1, help="the node's --max-batch (default: 1, as serve)")
-    p.add_argument("--probe-requests", type=int, default=15,
-                   help="sequential requests per case for X-Metadata's stages (default: 15)")
-    p.add_argument("--profile-cases", type=lst(str), default=list(PROFILED_CASES), metavar="CAP/OUTPUT,...",
-                   help="cases whose GIL-held time py-spy measures (default: depth/controlnet,depth/jpeg,"
-                   "segmentation/palette)")
-    p.add_argument("--profile-cores", type=lst(int), default=[1], metavar="K,...",
-                   help="core counts of the GIL profile (default: 1)")
-    p.add_argument("--profile-concurrency", type=lst(int), default=[1, 8], metavar="N,...",
-                   help="connections of the GIL profile (default: 1,8)")
+    p.add_argument(
+        "--probe-requests",
+        type=int,
+        default=15,
+        help="sequential requests per case for X-Metadata's stages (default: 15)",
+    )
+    p.add_argument(
+        "--profile-cases",
+        type=lst(str),
+        default=list(PROFILED_CASES),
+        metavar="CAP/OUTPUT,...",
+        help="cases whose GIL-held time py-spy measures (default: depth/controlnet,depth/jpeg,segmentation/palette)",
+    )
+    p.add_argument(
+        "--profile-cores",
+        type=lst(int),
+        default=[1],
+        metavar="K,...",
+        help="core counts of the GIL profile (default: 1)",
+    )
+    p.add_argument(
+        "--profile-concurrency",
+        type=lst(int),
+        default=[1, 8],
+        metavar="N,...",
+        help="connections of the GIL profile (default: 1,8)",
+    )
     p.add_argument("--profile-seconds", type=int, default=4, help="seconds per profiled run (default: 4)")
     p.add_argument("--rate", type=int, default=1000, help="py-spy's samples per second (default: 1000)")
     p.add_argument("--no-profile", action="store_true", help="no py-spy: the sweep and the CPU split only")
     p.add_argument("--wrk", help="the wrk binary (default: wrk on PATH)")
-    p.add_argument("--wrk-debs", type=Path,
-                   help="where wrk is not installed: a folder with Debian's wrk and libluajit .deb files to unpack")
+    p.add_argument(
+        "--wrk-debs",
+        type=Path,
+        help="where wrk is not installed: a folder with Debian's wrk and libluajit .deb files to unpack",
+    )
     p.add_argument("--py-spy", dest="pyspy", help="the py-spy binary (default: py-spy on PATH or beside the Python)")
 
 
@@ -632,8 +735,9 @@ def run(args) -> int:
                     stages = node.probe(path, body, args.probe_requests)
                     for c in args.concurrency:
                         r = measured_run(node, load, url, capability, c, args.duration)
-                        r.update(capability=capability, output=output, cores=k, concurrency=c, stages=stages,
-                                 shared=not rest)
+                        r.update(
+                            capability=capability, output=output, cores=k, concurrency=c, stages=stages, shared=not rest
+                        )
                         runs.append(r)
                         progress(_line(r))
             finally:
@@ -645,12 +749,26 @@ def run(args) -> int:
                 progress(f"cores: py-spy calibration: {calibration}")
             except (RuntimeError, OSError) as err:
                 progress(f"cores: py-spy cannot sample here ({err}); the GIL is not measured")
-                notes.append(f"GIL NOT MEASURED: py-spy could not attach ({str(err)[:200]}): it needs ptrace (root, "
-                             "CAP_SYS_PTRACE or kernel.yama.ptrace_scope 0)")
+                notes.append(
+                    f"GIL NOT MEASURED: py-spy could not attach ({str(err)[:200]}): it needs ptrace (root, "
+                    "CAP_SYS_PTRACE or kernel.yama.ptrace_scope 0)"
+                )
                 profile_cores = []
         try:
-            profile(args, pyspy, profile_cores, profiled, capabilities, allowed, engines, wrk, wrk_env, script,
-                    scratch, profiles)
+            profile(
+                args,
+                pyspy,
+                profile_cores,
+                profiled,
+                capabilities,
+                allowed,
+                engines,
+                wrk,
+                wrk_env,
+                script,
+                scratch,
+                profiles,
+            )
         except (RuntimeError, OSError, subprocess.SubprocessError) as err:  # the sweep's figures still stand
             progress(f"cores: the GIL profile failed: {err}")
             notes.append(f"GIL PROFILE FAILED: {str(err)[:300]}")
@@ -658,12 +776,26 @@ def run(args) -> int:
     scaling = scaling_rows(runs, profiles)
     gil_rows = [_gil_row(p) for p in profiles]
     notes += _notes(args, allowed, core_counts, loadavg, source, calibration, runs)
-    prov = report.provenance({"standin_ms": args.standin_ms, "frame": f"{h}x{w}", "jpeg_bytes": len(body),
-                              "manifest": str(source), "loadavg_before": " ".join(loadavg),
-                              "node_cpus": {k: allowed[:k] for k in core_counts}})
+    prov = report.provenance(
+        {
+            "standin_ms": args.standin_ms,
+            "frame": f"{h}x{w}",
+            "jpeg_bytes": len(body),
+            "manifest": str(source),
+            "loadavg_before": " ".join(loadavg),
+            "node_cpus": {k: allowed[:k] for k in core_counts},
+        }
+    )
     title = f"Host path against CPU cores (stand-in engine {args.standin_ms:g} ms, {h}x{w} JPEG in)"
-    data = {"provenance": prov, "runs": runs, "rows": rows, "scaling": scaling, "gil": gil_rows,
-            "profiles": profiles, "calibration": calibration}
+    data = {
+        "provenance": prov,
+        "runs": runs,
+        "rows": rows,
+        "scaling": scaling,
+        "gil": gil_rows,
+        "profiles": profiles,
+        "calibration": calibration,
+    }
     report.write(data, title, rows, notes, args.json, None)
     sections = _sections(scaling, gil_rows, profiles, calibration)
     print("\n" + sections)
@@ -677,8 +809,20 @@ def run(args) -> int:
     return 0
 
 
-def profile(args, pyspy, profile_cores, profiled, capabilities, allowed, engines, wrk, wrk_env, script, scratch,
-            profiles: list[dict]) -> None:
+def profile(
+    args,
+    pyspy,
+    profile_cores,
+    profiled,
+    capabilities,
+    allowed,
+    engines,
+    wrk,
+    wrk_env,
+    script,
+    scratch,
+    profiles: list[dict],
+) -> None:
     """py-spy on the node during closed-loop runs of the profiled cases; each run appended to ``profiles``."""
     for k in profile_cores:
         node_cpus, rest = allowed[:k], allowed[k:]
@@ -690,14 +834,21 @@ def profile(args, pyspy, profile_cores, profiled, capabilities, allowed, engines
                 url = f"http://127.0.0.1:{node.port}{path}"
                 load.run(url, max(args.profile_concurrency), args.warmup)
                 for c in args.profile_concurrency:
-                    spy = PySpy(pyspy, node.pid, args.rate, scratch / f"gil-{capability}-{output}-{k}-{c}.txt",
-                                rest)
+                    spy = PySpy(pyspy, node.pid, args.rate, scratch / f"gil-{capability}-{output}-{k}-{c}.txt", rest)
                     r = measured_run(node, load, url, capability, c, args.profile_seconds, during=spy)
                     stacks = parse_pyspy_raw(spy.out.read_text())
-                    r.update(capability=capability, output=output, cores=k, concurrency=c, shared=not rest,
-                             window_s=spy.seconds, rate=args.rate, pyspy_errors=spy.errors(),
-                             pyspy_behind=spy.behind(),
-                             gil=gil_breakdown(stacks, args.rate, r["served"], node.pid))
+                    r.update(
+                        capability=capability,
+                        output=output,
+                        cores=k,
+                        concurrency=c,
+                        shared=not rest,
+                        window_s=spy.seconds,
+                        rate=args.rate,
+                        pyspy_errors=spy.errors(),
+                        pyspy_behind=spy.behind(),
+                        gil=gil_breakdown(stacks, args.rate, r["served"], node.pid),
+                    )
                     profiles.append(r)
                     progress(f"{_line(r)}  GIL {r['gil']['ms per frame']:.2f} ms/frame")
         finally:
@@ -705,9 +856,11 @@ def profile(args, pyspy, profile_cores, profiled, capabilities, allowed, engines
 
 
 def _line(r: dict) -> str:
-    return (f"{r['capability']}/{r['output']} {r['cores']} core(s) x{r['concurrency']}: {r['fps']:.0f} fps, "
-            f"p50 {r['p50 ms']:.1f} ms, p99 {r['p99 ms']:.1f} ms, non-2xx {r['non2xx']}, "
-            f"CPU {1000 * r['cpu s']['total'] / max(r['served'], 1):.2f} ms/frame")
+    return (
+        f"{r['capability']}/{r['output']} {r['cores']} core(s) x{r['concurrency']}: {r['fps']:.0f} fps, "
+        f"p50 {r['p50 ms']:.1f} ms, p99 {r['p99 ms']:.1f} ms, non-2xx {r['non2xx']}, "
+        f"CPU {1000 * r['cpu s']['total'] / max(r['served'], 1):.2f} ms/frame"
+    )
 
 
 def _per_frame(r: dict, group: str) -> float:
@@ -723,14 +876,21 @@ def _worker_ms(r: dict) -> float:
 def _row(r: dict) -> dict:
     cpu = _per_frame(r, "total")
     return {
-        "capability": r["capability"], "output": r["output"], "cores": r["cores"], "concurrency": r["concurrency"],
-        "frames/s": r["fps"], "p50 ms": r["p50 ms"], "p99 ms": r["p99 ms"], "non-2xx": r["non2xx"],
+        "capability": r["capability"],
+        "output": r["output"],
+        "cores": r["cores"],
+        "concurrency": r["concurrency"],
+        "frames/s": r["fps"],
+        "p50 ms": r["p50 ms"],
+        "p99 ms": r["p99 ms"],
+        "non-2xx": r["non2xx"],
         "socket errors": r["socket errors"],
         "node CPU ms/frame": cpu,
         "loop ms/frame": _per_frame(r, "event loop"),
         "infer ms/frame": _per_frame(r, "infer workers"),
         "pool ms/frame": _per_frame(r, "AnyIO pool"),
-        "other ms/frame": _per_frame(r, "asyncio executor") + _per_frame(r, "other threads")
+        "other ms/frame": _per_frame(r, "asyncio executor")
+        + _per_frame(r, "other threads")
         + _per_frame(r, "exited threads"),
         "node CPU %": r["fps"] * cpu / 10 / r["cores"],
         "worker ms (infer)": _worker_ms(r),
@@ -744,39 +904,58 @@ def scaling_rows(runs: list[dict], profiles: list[dict]) -> list[dict]:
     rows = []
     for case in dict.fromkeys((r["capability"], r["output"]) for r in runs):
         mine = [r for r in runs if (r["capability"], r["output"]) == case]
-        best = {k: max((r for r in mine if r["cores"] == k), key=lambda r: r["fps"])
-                for k in sorted({r["cores"] for r in mine})}
+        best = {
+            k: max((r for r in mine if r["cores"] == k), key=lambda r: r["fps"])
+            for k in sorted({r["cores"] for r in mine})
+        }
         one = best.get(1)
         cpu_one = _per_frame(one, "total") if one else math.nan
         stages = mine[0]["stages"]
         worker = stages.get("infer", math.nan)
         host = sum(stages.get(s, 0.0) for s in ("read", "decode", "render", "encode"))
         # The GIL under load: the profile at the fewest cores and the most connections.
-        theirs = sorted((p for p in profiles if (p["capability"], p["output"]) == case),
-                        key=lambda p: (p["cores"], -p["concurrency"]))
+        theirs = sorted(
+            (p for p in profiles if (p["capability"], p["output"]) == case),
+            key=lambda p: (p["cores"], -p["concurrency"]),
+        )
         gil = [theirs[0]["gil"]["ms per frame"]] if theirs else []
         for k, r in best.items():
-            rows.append({
-                "capability": case[0], "output": case[1], "cores": k, "best concurrency": r["concurrency"],
-                "frames/s": r["fps"], "p99 ms": r["p99 ms"],
-                "x over 1 core": r["fps"] / one["fps"] if one else math.nan,
-                "worker busy %": r["fps"] * _worker_ms(r) / 10,
-                "node CPU ms/frame": _per_frame(r, "total"),
-                "cores / CPU ms at 1 core, fps": k * 1000 / cpu_one,
-                "measured / that %": 100 * r["fps"] / (k * 1000 / cpu_one),
-                "X-Metadata host ms": host,
-                "worker ceiling fps": 1000 / worker,
-                "GIL ceiling fps": 1000 / gil[0] if gil else math.nan,
-            })
+            rows.append(
+                {
+                    "capability": case[0],
+                    "output": case[1],
+                    "cores": k,
+                    "best concurrency": r["concurrency"],
+                    "frames/s": r["fps"],
+                    "p99 ms": r["p99 ms"],
+                    "x over 1 core": r["fps"] / one["fps"] if one else math.nan,
+                    "worker busy %": r["fps"] * _worker_ms(r) / 10,
+                    "node CPU ms/frame": _per_frame(r, "total"),
+                    "cores / CPU ms at 1 core, fps": k * 1000 / cpu_one,
+                    "measured / that %": 100 * r["fps"] / (k * 1000 / cpu_one),
+                    "X-Metadata host ms": host,
+                    "worker ceiling fps": 1000 / worker,
+                    "GIL ceiling fps": 1000 / gil[0] if gil else math.nan,
+                }
+            )
     return rows
 
 
 def _gil_row(p: dict) -> dict:
     g = p["gil"]
-    row = {"capability": p["capability"], "output": p["output"], "cores": p["cores"], "concurrency": p["concurrency"],
-           "frames": p["served"], "frames/s": p["fps"], "GIL ms/frame (mean)": g["ms per frame"],
-           "±": g["error ms per frame"], "GIL busy %": 100 * g["samples"] / p["rate"] / p["window_s"],
-           "node CPU ms/frame": _per_frame(p, "total"), "py-spy errors": p["pyspy_errors"]}
+    row = {
+        "capability": p["capability"],
+        "output": p["output"],
+        "cores": p["cores"],
+        "concurrency": p["concurrency"],
+        "frames": p["served"],
+        "frames/s": p["fps"],
+        "GIL ms/frame (mean)": g["ms per frame"],
+        "±": g["error ms per frame"],
+        "GIL busy %": 100 * g["samples"] / p["rate"] / p["window_s"],
+        "node CPU ms/frame": _per_frame(p, "total"),
+        "py-spy errors": p["pyspy_errors"],
+    }
     named = ("event loop", "infer workers", "AnyIO pool")
     for group in named:
         row[f"GIL {group}"] = g["groups ms per frame"].get(group, 0.0)
@@ -789,34 +968,56 @@ def _md(rows: list[dict]) -> str:
         return "(none)\n"
     cols = list(rows[0])
     cell = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
-    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|",
-                      *("| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows)]) + "\n"
+    return (
+        "\n".join(
+            [
+                "| " + " | ".join(cols) + " |",
+                "|" + "|".join(" --- " for _ in cols) + "|",
+                *("| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows),
+            ]
+        )
+        + "\n"
+    )
 
 
 def _sections(scaling: list[dict], gil_rows: list[dict], profiles: list[dict], calibration: dict | None) -> str:
-    out = ["## Scaling over one core, at each core count's best concurrency", "", _md(scaling),
-           "- cores / CPU ms at 1 core: the frames/s the cores would give if the node's CPU time per frame at one "
-           "core (all threads) were all there were; worker ceiling: 1 / infer p50, the capability "
-           "worker's serial work (X-Metadata, one request at a time); GIL ceiling: 1 / GIL-held ms per frame "
-           "(py-spy, under load: the profile at the fewest cores and the most connections); "
-           "X-Metadata host ms: read + decode + render + encode p50", ""]
+    out = [
+        "## Scaling over one core, at each core count's best concurrency",
+        "",
+        _md(scaling),
+        "- cores / CPU ms at 1 core: the frames/s the cores would give if the node's CPU time per frame at one "
+        "core (all threads) were all there were; worker ceiling: 1 / infer p50, the capability "
+        "worker's serial work (X-Metadata, one request at a time); GIL ceiling: 1 / GIL-held ms per frame "
+        "(py-spy, under load: the profile at the fewest cores and the most connections); "
+        "X-Metadata host ms: read + decode + render + encode p50",
+        "",
+    ]
     out += ["## GIL-held time per request (py-spy --gil, mean per frame served)", "", _md(gil_rows)]
     if calibration:
-        out += [f"- py-spy calibration: a thread that held the GIL {calibration['held s']:.3f} s was sampled as "
-                f"{calibration['py-spy s']:.3f} s (x{calibration['ratio']:.2f}; {calibration['errors']} errors"
-                f"{', BEHIND' if calibration['behind'] else ''})",
-                "- ±: the sampling error, sqrt(samples) / rate / frames; GIL busy %: the share of the window some "
-                "thread held the GIL (near 100 %: the GIL is the bottleneck); py-spy errors: samples whose stack "
-                "could not be read (non-blocking reads race the threads), not counted: the GIL-held time is at most "
-                "that many samples more", ""]
+        out += [
+            f"- py-spy calibration: a thread that held the GIL {calibration['held s']:.3f} s was sampled as "
+            f"{calibration['py-spy s']:.3f} s (x{calibration['ratio']:.2f}; {calibration['errors']} errors"
+            f"{', BEHIND' if calibration['behind'] else ''})",
+            "- ±: the sampling error, sqrt(samples) / rate / frames; GIL busy %: the share of the window some "
+            "thread held the GIL (near 100 %: the GIL is the bottleneck); py-spy errors: samples whose stack "
+            "could not be read (non-blocking reads race the threads), not counted: the GIL-held time is at most "
+            "that many samples more",
+            "",
+        ]
     for p in profiles:
         g = p["gil"]
-        out += [f"### Where it goes: {p['capability']}/{p['output']}, {p['cores']} core(s), {p['concurrency']} "
-                f"connection(s): {g['ms per frame']:.2f} ms/frame, {g['samples']} samples, "
-                f"{p['pyspy_errors']} py-spy errors", "",
-                "Innermost Python frame (a C call counts where Python made it; top line: the line most samples "
-                "sit on):", "", _md(g["self"]), "The node's functions on the stack (inclusive):", "",
-                _md(g["inclusive"])]
+        out += [
+            f"### Where it goes: {p['capability']}/{p['output']}, {p['cores']} core(s), {p['concurrency']} "
+            f"connection(s): {g['ms per frame']:.2f} ms/frame, {g['samples']} samples, "
+            f"{p['pyspy_errors']} py-spy errors",
+            "",
+            "Innermost Python frame (a C call counts where Python made it; top line: the line most samples sit on):",
+            "",
+            _md(g["self"]),
+            "The node's functions on the stack (inclusive):",
+            "",
+            _md(g["inclusive"]),
+        ]
     return "\n".join(out)
 
 
@@ -841,16 +1042,22 @@ def _notes(args, allowed, core_counts, loadavg, source, calibration, runs) -> li
     busy = [r for r in runs if r["other work cores"] > 0.1]
     if busy:
         worst = max(r["other work cores"] for r in busy)
-        notes.append(f"BUSY MACHINE: other processes used more than 0.1 of a core during {len(busy)} of {len(runs)} "
-                     f"rows (up to {worst:.2f} cores: the 'other work, cores' column): those rows are not for "
-                     "comparison")
+        notes.append(
+            f"BUSY MACHINE: other processes used more than 0.1 of a core during {len(busy)} of {len(runs)} "
+            f"rows (up to {worst:.2f} cores: the 'other work, cores' column): those rows are not for "
+            "comparison"
+        )
     if float(loadavg[0]) > 0.35 * (os.cpu_count() or 1):
-        notes.append(f"BUSY MACHINE: the 1-minute load average was {loadavg[0]} on {os.cpu_count()} CPUs before the "
-                     "run: other work shared the CPUs, so these figures are not for comparison")
+        notes.append(
+            f"BUSY MACHINE: the 1-minute load average was {loadavg[0]} on {os.cpu_count()} CPUs before the "
+            "run: other work shared the CPUs, so these figures are not for comparison"
+        )
     if any(r["shared"] for r in runs):
         shared = sorted({r["cores"] for r in runs if r["shared"]})
-        notes.append(f"at {', '.join(map(str, shared))} core(s) the node had every CPU: wrk shared them with it, "
-                     "and its CPU is in those rows' latency and throughput")
+        notes.append(
+            f"at {', '.join(map(str, shared))} core(s) the node had every CPU: wrk shared them with it, "
+            "and its CPU is in those rows' latency and throughput"
+        )
     if not core_counts:
         notes.append("NO CORE COUNT FITTED this machine")
     return notes
@@ -875,13 +1082,19 @@ def plot(runs: list[dict], png: Path, title: str) -> bool:
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, case in enumerate(cases):
         for j, k in enumerate(counts):
-            line = sorted((r for r in runs if (r["capability"], r["output"]) == case and r["cores"] == k),
-                          key=lambda r: r["concurrency"])
+            line = sorted(
+                (r for r in runs if (r["capability"], r["output"]) == case and r["cores"] == k),
+                key=lambda r: r["concurrency"],
+            )
             if not line:
                 continue
             x = [r["concurrency"] for r in line]
-            kw = {"color": colours[i % len(colours)], "linestyle": styles[j % len(styles)], "marker": "o",
-                  "markersize": 3}
+            kw = {
+                "color": colours[i % len(colours)],
+                "linestyle": styles[j % len(styles)],
+                "marker": "o",
+                "markersize": 3,
+            }
             rate.plot(x, [r["fps"] for r in line], label=f"{case[0]}/{case[1]}, {k} core(s)", **kw)
             tail.plot(x, [r["p99 ms"] for r in line], **kw)
     rate.set(xlabel="connections (closed loop)", ylabel="frames/s (2xx)", xscale="log", ylim=(0, None))
@@ -900,8 +1113,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.cores``: the same without importing every other benchmark (pose-persons needs onnx)."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.cores", description=__doc__.splitlines()[0],
-                                allow_abbrev=False)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.cores", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     add_arguments(p)
     return run(p.parse_args(argv))
 

@@ -41,14 +41,38 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the GPU machine may lack, for CPython 3.12 on x86-64 Linux (the lent machine's).
-WHEELS = ("pytools", "platformdirs", "mako", "markupsafe", "siphash24", "simplejpeg", "isal",
-          "nvidia-nvimgcodec-cu13", "nvidia-nvjpeg", "py-spy")
+WHEELS = (
+    "pytools",
+    "platformdirs",
+    "mako",
+    "markupsafe",
+    "siphash24",
+    "simplejpeg",
+    "isal",
+    "nvidia-nvimgcodec-cu13",
+    "nvidia-nvjpeg",
+    "py-spy",
+)
 WRK_DEBS = ("wrk", "libluajit-5.1-2", "libluajit-5.1-common")  # Debian's wrk, for benchmarks.cores
 # The cores run on the GPU machine (16 cores): about 4 minutes.
-CORES_ARGS = ("--cores", "1,2,4,8,16", "--concurrency", "1,4,16,32", "--duration", "2",
-              "--cases", "depth/controlnet,depth/jpeg,segmentation/palette",
-              "--profile-cases", "depth/controlnet,depth/jpeg,segmentation/palette",
-              "--profile-cores", "1,8", "--profile-concurrency", "1,16", "--profile-seconds", "3")
+CORES_ARGS = (
+    "--cores",
+    "1,2,4,8,16",
+    "--concurrency",
+    "1,4,16,32",
+    "--duration",
+    "2",
+    "--cases",
+    "depth/controlnet,depth/jpeg,segmentation/palette",
+    "--profile-cases",
+    "depth/controlnet,depth/jpeg,segmentation/palette",
+    "--profile-cores",
+    "1,8",
+    "--profile-concurrency",
+    "1,16",
+    "--profile-seconds",
+    "3",
+)
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 SIZES = ((720, 1280), (1080, 1920))
 TOLERANCE = {"max": 8, "mean": 0.5}  # nvJPEG's IDCT is not libjpeg-turbo's: a few levels on few pixels
@@ -76,8 +100,10 @@ def download(folder: Path) -> int:
     pip = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(folder)]
     subprocess.run([*pip, "--no-binary=pycuda", "pycuda==2026.1"], check=True)
     platforms = [a for p in PLATFORMS for a in ("--platform", p)]
-    subprocess.run([*pip, "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", *platforms,
-                    *WHEELS], check=True)
+    subprocess.run(
+        [*pip, "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", *platforms, *WHEELS],
+        check=True,
+    )
     if shutil.which("apt-get"):  # wrk for the cores run, where the GPU machine has none
         done = subprocess.run(["apt-get", "download", *WRK_DEBS], cwd=folder, capture_output=True, text=True)
         if done.returncode != 0:
@@ -98,8 +124,22 @@ def install(folder: Path | None, target: Path) -> None:
         raise SystemExit(f"gpu-check: {', '.join(missing)} missing and no --wheels folder: run --download first")
     files = sorted(str(f) for f in folder.iterdir() if f.suffix in (".whl", ".gz"))
     progress(f"installing {len(files)} carried files into {target} (pycuda builds from source: about a minute)")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), *files], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            *files,
+        ],
+        check=True,
+    )
     sys.path.insert(0, str(target))
     os.environ["PYTHONPATH"] = os.pathsep.join([str(target), str(ROOT), os.environ.get("PYTHONPATH", "")])
 
@@ -114,8 +154,12 @@ def _importable(module: str) -> bool:
 
 def device_tests() -> dict:
     progress("tests/test_cuda_device.py (real CUDA, STAND-IN engine)")
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                           "tests/test_cuda_device.py"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_cuda_device.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
     return {"exit": done.returncode, "summary": tail, "output": done.stdout[-4000:]}
 
@@ -177,8 +221,10 @@ def _compare(backend, decoder, data, h, w, frames, np, simplejpeg, frame_input) 
             samples_ms.append((time.perf_counter() - start) * 1000)
         timed[name] = {"p50 ms": float(np.percentile(samples_ms, 50)), "p99 ms": float(np.percentile(samples_ms, 99))}
     return {
-        "frame": f"{h}x{w}", "jpeg KiB": len(data) / 1024,
-        "max abs diff": int(diff.max()), "mean abs diff": float(diff.mean()),
+        "frame": f"{h}x{w}",
+        "jpeg KiB": len(data) / 1024,
+        "max abs diff": int(diff.max()),
+        "mean abs diff": float(diff.mean()),
         "pixels equal %": float((diff == 0).mean() * 100),
         "within tolerance": bool(diff.max() <= TOLERANCE["max"] and diff.mean() <= TOLERANCE["mean"]),
         **{f"{name} {k}": v for name, t in timed.items() for k, v in t.items()},
@@ -187,8 +233,12 @@ def _compare(backend, decoder, data, h, w, frames, np, simplejpeg, frame_input) 
 
 def copies() -> str:
     progress("benchmarks.cuda_copies at 720p and 1080p")
-    done = subprocess.run([sys.executable, "-m", "benchmarks.cuda_copies", "--frames", "200", "--sizes",
-                           *(f"{h}x{w}" for h, w in SIZES)], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cuda_copies", "--frames", "200", "--sizes", *(f"{h}x{w}" for h, w in SIZES)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     return done.stdout if done.returncode == 0 else f"failed ({done.returncode}):\n{done.stderr[-2000:]}"
 
 
@@ -200,8 +250,21 @@ def pyspy(folder: Path | None, target: Path) -> str | None:
     wheels = sorted(folder.glob("py_spy-*.whl")) if folder and folder.is_dir() else []
     if not wheels:
         return None
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--target",
-                    str(target / "py-spy"), str(wheels[-1])], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--target",
+            str(target / "py-spy"),
+            str(wheels[-1]),
+        ],
+        check=True,
+    )
     found = target / "py-spy" / "bin" / "py-spy"
     return str(found) if found.is_file() else None
 
@@ -209,8 +272,18 @@ def pyspy(folder: Path | None, target: Path) -> str | None:
 def cores_check(args, out: Path, site: Path) -> dict:
     """benchmarks.cores on this machine's cores: its report beside gpu-check's."""
     progress(f"benchmarks.cores {' '.join(CORES_ARGS)} (about 4 minutes)")
-    command = [sys.executable, "-m", "benchmarks.cores", *CORES_ARGS, "--engines", str(args.cores_engines),
-               "--json", str(out / "cores.json"), "--markdown", str(out / "cores.md")]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.cores",
+        *CORES_ARGS,
+        "--engines",
+        str(args.cores_engines),
+        "--json",
+        str(out / "cores.json"),
+        "--markdown",
+        str(out / "cores.md"),
+    ]
     if args.wheels and args.wheels.is_dir():
         command += ["--wrk-debs", str(args.wheels)]
     spy = pyspy(args.wheels, site)
@@ -259,11 +332,20 @@ def run(args) -> int:
 
 
 def _markdown(report: dict) -> str:
-    lines = ["# GPU check (no TensorRT: a STAND-IN kernel in place of the engine)", "",
-             "Command: `python -m benchmarks.gpucheck --wheels .whl --out OUT`", "",
-             f"## tests/test_cuda_device.py: {report['tests']['summary']}", "",
-             "## Copies (benchmarks.cuda_copies)", "", report["copies"], "",
-             "## nvImageCodec into the input buffer", ""]
+    lines = [
+        "# GPU check (no TensorRT: a STAND-IN kernel in place of the engine)",
+        "",
+        "Command: `python -m benchmarks.gpucheck --wheels .whl --out OUT`",
+        "",
+        f"## tests/test_cuda_device.py: {report['tests']['summary']}",
+        "",
+        "## Copies (benchmarks.cuda_copies)",
+        "",
+        report["copies"],
+        "",
+        "## nvImageCodec into the input buffer",
+        "",
+    ]
     decode = report["decode"]
     if "error" in decode:
         lines.append(f"failed: {decode['error']}")
@@ -271,26 +353,36 @@ def _markdown(report: dict) -> str:
         lines.append(f"GPU: {decode['gpu']['name']}; tolerance: max {TOLERANCE['max']}, mean {TOLERANCE['mean']}")
         rows = decode["rows"]
         lines += ["", "| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
-        lines += ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |"
-                  for r in rows]
+        lines += [
+            "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in rows
+        ]
     if "cores" in report:
         cores = report["cores"]
         failed = f"failed ({cores['exit']}):\n\n```\n{cores['output']}\n```"
-        lines += ["", "## Cores (benchmarks.cores, stand-in engine)", "",
-                  "See cores.md." if cores["exit"] == 0 else failed]
+        lines += [
+            "",
+            "## Cores (benchmarks.cores, stand-in engine)",
+            "",
+            "See cores.md." if cores["exit"] == 0 else failed,
+        ]
     return "\n".join(lines) + "\n"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--wheels", type=Path, default=Path(".whl"),
-                   help="the carried wheels and the pycuda sdist (default: .whl)")
+    p.add_argument(
+        "--wheels", type=Path, default=Path(".whl"), help="the carried wheels and the pycuda sdist (default: .whl)"
+    )
     p.add_argument("--download", type=Path, metavar="DIR", help="only download the wheels to carry into DIR")
     p.add_argument("--out", default="gpu-check", help="folder for gpu-check.md and .json (default: gpu-check)")
     p.add_argument("--frames", type=int, default=100, help="timed frames per path and size (default: 100)")
     p.add_argument("--no-cores", action="store_true", help="skip the cores run (benchmarks.cores)")
     p.add_argument("--only-cores", action="store_true", help="only the cores run (no GPU needed)")
-    p.add_argument("--cores-engines", type=Path, default=ROOT / "benchmarks" / "standin_manifest.json",
-                   help="the manifest the cores run's stand-in serves (default: benchmarks/standin_manifest.json)")
+    p.add_argument(
+        "--cores-engines",
+        type=Path,
+        default=ROOT / "benchmarks" / "standin_manifest.json",
+        help="the manifest the cores run's stand-in serves (default: benchmarks/standin_manifest.json)",
+    )
     return p
 
 

@@ -280,8 +280,11 @@ def engines_with_fake_plans(source, target, runtime: str = "tensorrt") -> None:
             facts = engine_files.wanted(source.sha256, flavour(runtime), FakeTensorRT.__version__, options, gpu)
             plan = engine_files.engine_path(Path(target), Path(built_from.path).stem, facts)
             shutil.copy(Path(target) / source.path, plan)  # the fake engine runs the ONNX graph
-            graph.tensorrt = [manifest.EngineRecord(**vars(facts), plan=plan.name, sha256=manifest.sha256(plan),
-                                                    bytes=plan.stat().st_size)]
+            graph.tensorrt = [
+                manifest.EngineRecord(
+                    **vars(facts), plan=plan.name, sha256=manifest.sha256(plan), bytes=plan.stat().st_size
+                )
+            ]
     manifest.write(Path(target), data.capabilities)
 
 

@@ -46,9 +46,12 @@ vision_node_stage_seconds_sum{capability="depth",stage="infer"} 0.2
 vision_node_responses_total{route="/infer/{capability}/{output}",status="200"} 100.0
 vision_node_responses_total{route="/metrics",status="200"} 3.0
 """
-METRICS_AFTER = METRICS_BEFORE.replace(
-    'stage="total"} 100.0', 'stage="total"} 150.0').replace('stage="total"} 1.0', 'stage="total"} 1.5').replace(
-    'stage="infer"} 100.0', 'stage="infer"} 150.0').replace('stage="infer"} 0.2', 'stage="infer"} 0.35')
+METRICS_AFTER = (
+    METRICS_BEFORE.replace('stage="total"} 100.0', 'stage="total"} 150.0')
+    .replace('stage="total"} 1.0', 'stage="total"} 1.5')
+    .replace('stage="infer"} 100.0', 'stage="infer"} 150.0')
+    .replace('stage="infer"} 0.2', 'stage="infer"} 0.35')
+)
 
 
 def test_frames_served_and_stage_means_come_from_the_nodes_counters():
@@ -62,10 +65,24 @@ def test_frames_served_and_stage_means_come_from_the_nodes_counters():
 
 def test_cpu_split_by_thread_group_and_what_exited_threads_took():
     pid = 100
-    before = {"process": 1000, "threads": {100: ("python", 500), 101: ("infer-depth", 100),
-                                           102: ("AnyIO worker th", 300), 103: ("uvloop_0", 0)}}
-    after = {"process": 1600, "threads": {100: ("python", 600), 101: ("infer-depth", 150),
-                                          102: ("AnyIO worker th", 500), 104: ("AnyIO worker th", 100)}}
+    before = {
+        "process": 1000,
+        "threads": {
+            100: ("python", 500),
+            101: ("infer-depth", 100),
+            102: ("AnyIO worker th", 300),
+            103: ("uvloop_0", 0),
+        },
+    }
+    after = {
+        "process": 1600,
+        "threads": {
+            100: ("python", 600),
+            101: ("infer-depth", 150),
+            102: ("AnyIO worker th", 500),
+            104: ("AnyIO worker th", 100),
+        },
+    }
     tick = cores.os.sysconf("SC_CLK_TCK")
     split = cores.cpu_split(before, after, pid)
     assert split["event loop"] == pytest.approx(100 / tick)

@@ -145,8 +145,9 @@ def test_a_graph_that_misses_verification_leaves_no_file(tmp_path, monkeypatch):
 def test_revision_pins_a_roles_hub_weights():
     from vision_node.builder.cli import parser, plan_from_args
 
-    args = parser().parse_args(["--revision", "depth=0123abc", "--variant", "segmentation=segformer-b2-ade",
-                                "--revision", "segmentation=v1.0"])
+    args = parser().parse_args(
+        ["--revision", "depth=0123abc", "--variant", "segmentation=segformer-b2-ade", "--revision", "segmentation=v1.0"]
+    )
     plan = plan_from_args(args)
     assert plan.specs["depth"].revision == "0123abc" and plan.specs["depth"].name == "depth-anything-v2-small"
     assert plan.specs["segmentation"].revision == "v1.0" and plan.specs["segmentation"].name == "segformer-b2-ade"

@@ -25,8 +25,17 @@ def test_sync_keeps_engines_of_unchanged_graphs_and_drops_the_rest(tiny_build, t
     data = manifest.read(cache)
     for entry in data.capabilities.values():
         graph = entry.graphs[0]
-        graph.tensorrt = [manifest.EngineRecord(onnx_sha256=graph.engine_sources[0], runtime="tensorrt",
-                                                tensorrt="10", options={}, plan="x.plan", sha256="e", bytes=1)]
+        graph.tensorrt = [
+            manifest.EngineRecord(
+                onnx_sha256=graph.engine_sources[0],
+                runtime="tensorrt",
+                tensorrt="10",
+                options={},
+                plan="x.plan",
+                sha256="e",
+                bytes=1,
+            )
+        ]
     manifest.write(cache, data.capabilities)
     listed = manifest.load(cache)["capabilities"]["depth"]["graphs"][0]["tensorrt"]
     assert sync(image, cache) == []  # nothing changed: nothing copied, engines kept
@@ -99,8 +108,11 @@ def test_the_runtime_image_installs_every_package_its_engine_build_imports():
     by_module = metadata.packages_distributions()
     needed = {dist.lower() for m in modules for dist in by_module.get(m, []) if dist.lower() != "vision-node"}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    run = next(line for line in (ROOT / "Dockerfile.trt").read_text().splitlines() if "pip install" in line and
-               "pycuda" in line)
+    run = next(
+        line
+        for line in (ROOT / "Dockerfile.trt").read_text().splitlines()
+        if "pip install" in line and "pycuda" in line
+    )
     extras = re.search(r'"\.\[([\w,-]+)\]"', run).group(1).split(",")
     specs = [*project["dependencies"], *(s for e in extras for s in project["optional-dependencies"][e])]
     specs += re.findall(r'"([\w.-]+)==', run)  # pinned beside the extras (pycuda)

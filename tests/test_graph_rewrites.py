@@ -38,18 +38,30 @@ def _chain(links: int) -> onnx.ModelProto:
     for i in range(links):
         step = helper.make_tensor(f"step{i}", TensorProto.FLOAT, [], [float(i + 1)])
         then = helper.make_graph(
-            [helper.make_node("Constant", [], [f"c{i}"], value=step),
-             helper.make_node("Mul", [state, "two"], [f"m{i}"]),
-             helper.make_node("Add", [f"m{i}", f"c{i}"], [f"t{i}"])],
-            f"then{i}", [], [helper.make_tensor_value_info(f"t{i}", TensorProto.FLOAT, None)])
-        other = helper.make_graph([helper.make_node("Identity", [state], [f"e{i}"])], f"else{i}", [],
-                                  [helper.make_tensor_value_info(f"e{i}", TensorProto.FLOAT, None)])
+            [
+                helper.make_node("Constant", [], [f"c{i}"], value=step),
+                helper.make_node("Mul", [state, "two"], [f"m{i}"]),
+                helper.make_node("Add", [f"m{i}", f"c{i}"], [f"t{i}"]),
+            ],
+            f"then{i}",
+            [],
+            [helper.make_tensor_value_info(f"t{i}", TensorProto.FLOAT, None)],
+        )
+        other = helper.make_graph(
+            [helper.make_node("Identity", [state], [f"e{i}"])],
+            f"else{i}",
+            [],
+            [helper.make_tensor_value_info(f"e{i}", TensorProto.FLOAT, None)],
+        )
         nodes.append(helper.make_node("If", ["taken"], [f"s{i}"], name=f"link{i}", then_branch=then, else_branch=other))
         state = f"s{i}"
     graph = helper.make_graph(
-        nodes, "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3]),
-         helper.make_tensor_value_info("flag", TensorProto.FLOAT, [])],
+        nodes,
+        "chain",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [3]),
+            helper.make_tensor_value_info("flag", TensorProto.FLOAT, []),
+        ],
         [helper.make_tensor_value_info(state, TensorProto.FLOAT, None)],
         [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])],
     )
@@ -117,8 +129,16 @@ def _resize_graph(tmp_path) -> onnx.ModelProto:
 
     path = tmp_path / "resize.onnx"
     axes = {"frames": {0: "batch", 1: "height", 2: "width"}}
-    torch.onnx.export(Resize(), (torch.zeros((1, 120, 160, 3), dtype=torch.uint8),), str(path), dynamo=False,
-                      opset_version=17, input_names=["frames"], output_names=["x"], dynamic_axes=axes)
+    torch.onnx.export(
+        Resize(),
+        (torch.zeros((1, 120, 160, 3), dtype=torch.uint8),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["frames"],
+        output_names=["x"],
+        dynamic_axes=axes,
+    )
     return onnx.load(str(path))
 
 

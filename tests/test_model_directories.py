@@ -84,8 +84,16 @@ def test_a_pose_head_without_17_keypoints_is_refused_and_the_others_still_build(
 def test_a_capability_built_again_clears_its_recorded_failure(tmp_path):
     manifest.write(tmp_path, {}, failed={"pose": "num_labels=2"})
     nothing = manifest.Verification(reference="", backend="", tolerances={}, checks=[])
-    pose = manifest.CapabilityEntry(capability="pose", graphs=[], models=[], demo=True, opset=17,
-                                    bounds=TINY_BOUNDS, options={}, verification=nothing)
+    pose = manifest.CapabilityEntry(
+        capability="pose",
+        graphs=[],
+        models=[],
+        demo=True,
+        opset=17,
+        bounds=TINY_BOUNDS,
+        options={},
+        verification=nothing,
+    )
     manifest.write(tmp_path, {"pose": pose})
     recorded = manifest.load(tmp_path)
     assert "failed" not in recorded and "pose" in recorded["capabilities"]

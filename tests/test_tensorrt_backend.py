@@ -83,8 +83,15 @@ def test_per_frame_sequence_copies_valid_regions_and_allocates_nothing(tiny_buil
     assert [c[0] for c in cuda.calls] == same_shape
     cuda.calls.clear()
     backend.infer({FRAME_INPUT: frames(200, 100)})
-    assert [c[0] for c in cuda.calls] == ["push", "htod", "set_input_shape", "execute_async_v3", "dtoh", "synchronize",
-                                          "pop"]
+    assert [c[0] for c in cuda.calls] == [
+        "push",
+        "htod",
+        "set_input_shape",
+        "execute_async_v3",
+        "dtoh",
+        "synchronize",
+        "pop",
+    ]
 
 
 def test_outputs_the_caller_owns_are_copied_out_of_the_pinned_buffers(tiny_build, fakes):
@@ -208,8 +215,17 @@ def _engine(**fields) -> dict:
     """An engine record as the manifest lists it (TensorRT on an H100 unless ``fields`` say otherwise)."""
     from vision_node.manifest import EngineRecord
 
-    record = {"onnx_sha256": "x", "runtime": "tensorrt", "tensorrt": "10.13.0", "options": {}, "gpu": "H100",
-              "compute_capability": "9.0", "sha256": "e", "bytes": 1, **fields}
+    record = {
+        "onnx_sha256": "x",
+        "runtime": "tensorrt",
+        "tensorrt": "10.13.0",
+        "options": {},
+        "gpu": "H100",
+        "compute_capability": "9.0",
+        "sha256": "e",
+        "bytes": 1,
+        **fields,
+    }
     return EngineRecord(**record).as_dict()
 
 
@@ -228,8 +244,9 @@ def test_pick_finds_this_machines_engine_or_says_what_exists():
     fp16 = _engine(onnx_sha256="x16", plan="c.plan")
     assert pick([h100, fp16], ["x16", "x"], gpu, "10.13.0")[0] == fp16  # the fp16 graph's engine first
     # TensorRT for RTX: any RTX engine of the graph, this version first; the card's verdict comes at open.
-    rtx_old = _engine(onnx_sha256="x16", runtime="tensorrt-rtx", tensorrt="1.6.0", gpu=None, compute_capability=None,
-                      plan="d.plan")
+    rtx_old = _engine(
+        onnx_sha256="x16", runtime="tensorrt-rtx", tensorrt="1.6.0", gpu=None, compute_capability=None, plan="d.plan"
+    )
     rtx = {**rtx_old, "tensorrt": "1.7.1", "plan": "e.plan"}
     assert pick([h100, rtx_old, rtx], ["x16", "x"], gpu, "1.7.1", TENSORRT_RTX)[0] == rtx
     assert pick([h100, rtx_old], ["x16", "x"], gpu, "1.7.1", TENSORRT_RTX)[0] == rtx_old
@@ -248,12 +265,31 @@ def _graph(fp16: bool):
     def variant(name):
         return FileRecord(path=f"{name}.trt.onnx", sha256=f"{name}-trt", bytes=1)
 
-    twin = OnnxRecord(path="d.fp16.onnx", sha256="16", bytes=1, precision="fp16", float_weights={},
-                      tensorrt_onnx=variant("d.fp16")) if fp16 else None
-    return GraphRecord(path="d.onnx", sha256="32", bytes=1, precision="fp32", float_weights={},
-                       tensorrt_onnx=variant("d"), sizing=Sizing.fixed(64, 64), inputs=[], outputs=[],
-                       onnxruntime=OptimisedCopy(path="d.ort.onnx", sha256="o", bytes=1, version="1", level="x"),
-                       fp16=twin)
+    twin = (
+        OnnxRecord(
+            path="d.fp16.onnx",
+            sha256="16",
+            bytes=1,
+            precision="fp16",
+            float_weights={},
+            tensorrt_onnx=variant("d.fp16"),
+        )
+        if fp16
+        else None
+    )
+    return GraphRecord(
+        path="d.onnx",
+        sha256="32",
+        bytes=1,
+        precision="fp32",
+        float_weights={},
+        tensorrt_onnx=variant("d"),
+        sizing=Sizing.fixed(64, 64),
+        inputs=[],
+        outputs=[],
+        onnxruntime=OptimisedCopy(path="d.ort.onnx", sha256="o", bytes=1, version="1", level="x"),
+        fp16=twin,
+    )
 
 
 def test_engines_are_built_from_the_fp16_graph_then_the_fp32_one(tmp_path):
@@ -333,8 +369,12 @@ def test_preflight_opens_the_gpu_once_for_the_node_and_names_a_missing_engine(fa
     with TestClient(create_app(config, served=served, gpu=gpu)) as client:
         wait_ready(client)
     assert len(loaded) == 1  # the node went on with preflight's runtime: TensorRT and the GPU opened once
-    plan = engines / json.loads((engines / "manifest.json").read_text())["capabilities"]["pose"]["graphs"][0][
-        "tensorrt"][0]["plan"]
+    plan = (
+        engines
+        / json.loads((engines / "manifest.json").read_text())["capabilities"]["pose"]["graphs"][0]["tensorrt"][0][
+            "plan"
+        ]
+    )
     plan.unlink()
     with pytest.raises(StartupError, match=rf"{plan.name}: missing \(listed in the manifest\); rebuild it"):
         preflight.check(config)

@@ -126,11 +126,17 @@ def test_a_float64_constant_inside_an_if_branch_is_found():
     )
     double = helper.make_tensor("d", TensorProto.DOUBLE, [], [1.0])
     branch = helper.make_graph(
-        [helper.make_node("Constant", [], ["one64"], name="one64", value=double),
-         helper.make_node("Cast", ["one64"], ["one"], name="to_float", to=TensorProto.FLOAT)],
-        "branch", [], [float_output("one")])
-    other = helper.make_graph([helper.make_node("Identity", ["m"], ["same"], name="same")], "other", [],
-                              [float_output("same")])
+        [
+            helper.make_node("Constant", [], ["one64"], name="one64", value=double),
+            helper.make_node("Cast", ["one64"], ["one"], name="to_float", to=TensorProto.FLOAT),
+        ],
+        "branch",
+        [],
+        [float_output("one")],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["m"], ["same"], name="same")], "other", [], [float_output("same")]
+    )
     choose = helper.make_node("If", ["c"], ["out"], name="choose", then_branch=branch, else_branch=other)
     violations = trt_rules.check(graph([cast, flag, zero, positive, choose], [float_output()]))
     assert named(violations) == {("one64", "Constant")}

@@ -47,8 +47,13 @@ except BuildError as err:
 
 def _build_with_tensorrt_rtx(path: Path, frames=None) -> dict:
     """What TensorRT for RTX's builder makes of the file: built (and its figures) or not (and why); a crash too."""
-    done = subprocess.run([sys.executable, "-c", _BUILD, str(path), json.dumps(frames)], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parent.parent, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", _BUILD, str(path), json.dumps(frames)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=600,
+    )
     if done.returncode != 0:
         return {"built": False, "crashed": done.returncode, "error": done.stderr[-2000:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -76,13 +81,17 @@ def _loop_fold(chunks: int = 4, chunk: int = 8) -> onnx.ModelProto:
             helper.make_node("Identity", ["go_in"], ["go_out"]),
         ],
         "fold",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, [1]),
-         helper.make_tensor_value_info("go_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("best_in", f, ["n", "h", "w"]),
-         helper.make_tensor_value_info("class_in", f, ["n", "h", "w"])],
-        [helper.make_tensor_value_info("go_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("best_out", f, ["n", "h", "w"]),
-         helper.make_tensor_value_info("class_out", f, ["n", "h", "w"])],
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("go_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("best_in", f, ["n", "h", "w"]),
+            helper.make_tensor_value_info("class_in", f, ["n", "h", "w"]),
+        ],
+        [
+            helper.make_tensor_value_info("go_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("best_out", f, ["n", "h", "w"]),
+            helper.make_tensor_value_info("class_out", f, ["n", "h", "w"]),
+        ],
     )
     nodes = [
         helper.make_node("ReduceMin", ["frames"], ["lowest"], keepdims=0, axes=[1]),
@@ -99,8 +108,9 @@ def _loop_fold(chunks: int = 4, chunk: int = 8) -> onnx.ModelProto:
         helper.make_tensor("zero", f, [], [0.0]),
     ]
     scores = helper.make_tensor_value_info("frames", f, ["n", chunks * chunk, "h", "w"])
-    graph = helper.make_graph(nodes, "loop_fold", [scores], [helper.make_tensor_value_info("classes", f, None)],
-                              constants)
+    graph = helper.make_graph(
+        nodes, "loop_fold", [scores], [helper.make_tensor_value_info("classes", f, None)], constants
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -134,22 +144,32 @@ def _chain(links: int, height: int, width: int) -> onnx.ModelProto:
     for i in range(links):
         then = helper.make_graph(
             [helper.make_node("Add", [a, "one"], [f"ta{i}"]), helper.make_node("Add", [b, "one"], [f"tb{i}"])],
-            f"then{i}", [], [helper.make_tensor_value_info(f"ta{i}", f, None),
-                             helper.make_tensor_value_info(f"tb{i}", f, None)])
+            f"then{i}",
+            [],
+            [helper.make_tensor_value_info(f"ta{i}", f, None), helper.make_tensor_value_info(f"tb{i}", f, None)],
+        )
         other = helper.make_graph(
             [helper.make_node("Identity", [a], [f"ea{i}"]), helper.make_node("Identity", [b], [f"eb{i}"])],
-            f"else{i}", [], [helper.make_tensor_value_info(f"ea{i}", f, None),
-                             helper.make_tensor_value_info(f"eb{i}", f, None)])
-        nodes.append(helper.make_node("If", ["taken"], [f"a{i}", f"b{i}"], name=f"link{i}", then_branch=then,
-                                      else_branch=other))
+            f"else{i}",
+            [],
+            [helper.make_tensor_value_info(f"ea{i}", f, None), helper.make_tensor_value_info(f"eb{i}", f, None)],
+        )
+        nodes.append(
+            helper.make_node("If", ["taken"], [f"a{i}", f"b{i}"], name=f"link{i}", then_branch=then, else_branch=other)
+        )
         a, b = f"a{i}", f"b{i}"
     nodes.append(helper.make_node("Add", [a, b], ["out"]))
     graph = helper.make_graph(
-        nodes, "chain",
-        [helper.make_tensor_value_info("score", f, [height, width]),
-         helper.make_tensor_value_info("classes", f, [height, width]),
-         helper.make_tensor_value_info("flag", f, [])],
-        [helper.make_tensor_value_info("out", f, [height, width])], [helper.make_tensor("one", f, [], [1.0])])
+        nodes,
+        "chain",
+        [
+            helper.make_tensor_value_info("score", f, [height, width]),
+            helper.make_tensor_value_info("classes", f, [height, width]),
+            helper.make_tensor_value_info("flag", f, []),
+        ],
+        [helper.make_tensor_value_info("out", f, [height, width])],
+        [helper.make_tensor("one", f, [], [1.0])],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -170,8 +190,11 @@ def test_onnx_runtime_still_copies_what_a_skipped_branch_passes_through():
     """merged_ifs.py merges the dense fold's 19 Ifs into one for ONNX Runtime's copy because ONNX Runtime 1.32
     copies the pair out of every skipped branch (its Identity outputs). Measured here: the chain skipped at 1080p
     against the same chain merged (about 26 ms against 2 ms on a 2-core CPU; the fastest of 15 runs, < 1 s)."""
-    feeds = {"score": np.ones((1080, 1920), np.float32), "classes": np.zeros((1080, 1920), np.float32),
-             "flag": np.array(0.0, np.float32)}  # not taken: every link passes the pair through
+    feeds = {
+        "score": np.ones((1080, 1920), np.float32),
+        "classes": np.zeros((1080, 1920), np.float32),
+        "flag": np.array(0.0, np.float32),
+    }  # not taken: every link passes the pair through
     chained, merged = _chain(19, 1080, 1920), _chain(19, 1080, 1920)
     assert merged_ifs.merge(merged) == 18
     chain_s, merged_s = _fastest_run_s(chained, feeds), _fastest_run_s(merged, feeds)
@@ -226,17 +249,25 @@ def test_tensorrt_for_rtx_still_crashes_building_the_keep_aspect_resize_as_an_if
     processor = weights.load_demo(TINY_ROLES["depth"]).processor
     preprocess = graphs._Preprocess(processor, Sizing.of_processor(processor), ShapeBounds()).eval()
     exported = tmp_path / "resize.onnx"
-    torch.onnx.export(preprocess, (torch.zeros((1, 512, 512, 3), dtype=torch.uint8),), str(exported), dynamo=False,
-                      opset_version=17, input_names=["frames"], output_names=["pixels"],
-                      dynamic_axes={"frames": {0: "batch", 1: "height", 2: "width"}})
+    torch.onnx.export(
+        preprocess,
+        (torch.zeros((1, 512, 512, 3), dtype=torch.uint8),),
+        str(exported),
+        dynamo=False,
+        opset_version=17,
+        input_names=["frames"],
+        output_names=["pixels"],
+        dynamic_axes={"frames": {0: "batch", 1: "height", 2: "width"}},
+    )
     model = _cast_frames_first_inside_branches(onnx.load(str(exported)))
     assert [n.op_type for n in model.graph.node].count("If") == 1  # the pass order
     kept = tmp_path / "resize.if.onnx"
     onnx.save(model, str(kept))
     frames = np.zeros((1, 300, 451, 3), np.uint8)
     plain = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"]).run(None, {"frames": frames})
-    assert np.array_equal(ort.InferenceSession(str(kept), providers=["CPUExecutionProvider"]).run(
-        None, {"frames": frames})[0], plain[0])  # the same graph for ONNX Runtime
+    assert np.array_equal(
+        ort.InferenceSession(str(kept), providers=["CPUExecutionProvider"]).run(None, {"frames": frames})[0], plain[0]
+    )  # the same graph for ONNX Runtime
     outcome = _build_with_tensorrt_rtx(kept, [[1, 64, 64, 3], [1, 512, 512, 3], [1, 1080, 1920, 3]])
     assert not outcome["built"], (
         f"TensorRT for RTX {outcome['version']} builds the resize's pass order as an If: "

@@ -85,12 +85,20 @@ class OnnxRecord(FileRecord):
 
     @classmethod
     def from_dict(cls, data: dict) -> OnnxRecord:
-        return OnnxRecord(**_file_fields(data), precision=data["precision"], float_weights=dict(data["float_weights"]),
-                          tensorrt_onnx=FileRecord.from_dict(data["tensorrt_onnx"]))
+        return OnnxRecord(
+            **_file_fields(data),
+            precision=data["precision"],
+            float_weights=dict(data["float_weights"]),
+            tensorrt_onnx=FileRecord.from_dict(data["tensorrt_onnx"]),
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {**super().as_dict(), "precision": self.precision, "float_weights": self.float_weights,
-                "tensorrt_onnx": self.tensorrt_onnx.as_dict()}
+        return {
+            **super().as_dict(),
+            "precision": self.precision,
+            "float_weights": self.float_weights,
+            "tensorrt_onnx": self.tensorrt_onnx.as_dict(),
+        }
 
 
 @dataclass(kw_only=True)
@@ -134,8 +142,12 @@ class EngineFacts:
         return EngineFacts(**_facts_fields(data))
 
     def as_dict(self) -> dict[str, Any]:
-        facts: dict[str, Any] = {"onnx_sha256": self.onnx_sha256, "runtime": self.runtime,
-                                 "tensorrt": self.tensorrt, "options": self.options}
+        facts: dict[str, Any] = {
+            "onnx_sha256": self.onnx_sha256,
+            "runtime": self.runtime,
+            "tensorrt": self.tensorrt,
+            "options": self.options,
+        }
         if self.gpu is not None:
             facts.update({"gpu": self.gpu, "compute_capability": self.compute_capability})
         return facts
@@ -160,9 +172,14 @@ class EngineFacts:
 
 
 def _facts_fields(data: dict) -> dict[str, Any]:
-    return {"onnx_sha256": data["onnx_sha256"], "runtime": data["runtime"], "tensorrt": data["tensorrt"],
-            "options": dict(data["options"]), "gpu": data.get("gpu"),
-            "compute_capability": data.get("compute_capability")}
+    return {
+        "onnx_sha256": data["onnx_sha256"],
+        "runtime": data["runtime"],
+        "tensorrt": data["tensorrt"],
+        "options": dict(data["options"]),
+        "gpu": data.get("gpu"),
+        "compute_capability": data.get("compute_capability"),
+    }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,13 +195,26 @@ class EngineRecord(EngineFacts):
 
     @classmethod
     def from_dict(cls, data: dict) -> EngineRecord:
-        return EngineRecord(**_facts_fields(data), plan=data["plan"], sha256=data["sha256"], bytes=data["bytes"],
-                            build_seconds=data["build_seconds"], device_memory=dict(data["device_memory"]),
-                            gate=data["gate"])
+        return EngineRecord(
+            **_facts_fields(data),
+            plan=data["plan"],
+            sha256=data["sha256"],
+            bytes=data["bytes"],
+            build_seconds=data["build_seconds"],
+            device_memory=dict(data["device_memory"]),
+            gate=data["gate"],
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {**super().as_dict(), "plan": self.plan, "sha256": self.sha256, "bytes": self.bytes,
-                "build_seconds": self.build_seconds, "device_memory": self.device_memory, "gate": self.gate}
+        return {
+            **super().as_dict(),
+            "plan": self.plan,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "build_seconds": self.build_seconds,
+            "device_memory": self.device_memory,
+            "gate": self.gate,
+        }
 
     def describe(self) -> str:
         """Which machine or targets it is for, in words."""
@@ -249,8 +279,10 @@ class GraphRecord(OnnxRecord):
     def from_dict(cls, data: dict) -> GraphRecord:
         fp32 = OnnxRecord.from_dict(data)
         return GraphRecord(
-            **{name: getattr(fp32, name) for name in ("path", "sha256", "bytes", "precision", "float_weights",
-                                                      "tensorrt_onnx")},
+            **{
+                name: getattr(fp32, name)
+                for name in ("path", "sha256", "bytes", "precision", "float_weights", "tensorrt_onnx")
+            },
             sizing=Sizing.from_dict(data["sizing"]),
             inputs=[TensorSpec.from_dict(v) for v in data["inputs"]],
             outputs=[TensorSpec.from_dict(v) for v in data["outputs"]],
@@ -338,8 +370,12 @@ class Verification:
 
     @classmethod
     def from_dict(cls, data: dict) -> Verification:
-        return Verification(reference=data["reference"], backend=data["backend"], tolerances=data["tolerances"],
-                            checks=list(data["checks"]))
+        return Verification(
+            reference=data["reference"],
+            backend=data["backend"],
+            tolerances=data["tolerances"],
+            checks=list(data["checks"]),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -450,8 +486,7 @@ def read(directory: Path, only: Collection[str] | None = None) -> Manifest:
             capabilities[name] = CapabilityEntry.from_dict(entries[name])
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ManifestError(f"{path}: {name}: malformed entry ({err!r})") from None
-    return Manifest(path=path, **head, capabilities=capabilities, listed=tuple(entries),
-                    failed=failed)
+    return Manifest(path=path, **head, capabilities=capabilities, listed=tuple(entries), failed=failed)
 
 
 def write(

@@ -332,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     if failures:
         log.error(
             "build failed for %s (recorded in %s; the others are built):\n%s",
-            ", ".join(failures), path, "\n".join(f"  {c}: {why}" for c, why in failures.items()),
+            ", ".join(failures),
+            path,
+            "\n".join(f"  {c}: {why}" for c, why in failures.items()),
         )
         return 1
     return status
@@ -365,8 +367,13 @@ def _engines(args, capabilities: list[str], log, start: float) -> int:
                 targets=args.rtx_targets,
             )
             path = manifest.write(args.out, entries)
-            log.info("wrote %s with %s engines (%s) in %.1f s", path, flavour.module, ", ".join(entries),
-                     time.perf_counter() - start)
+            log.info(
+                "wrote %s with %s engines (%s) in %.1f s",
+                path,
+                flavour.module,
+                ", ".join(entries),
+                time.perf_counter() - start,
+            )
     except (BuildError, StartupError, EngineError, FileNotFoundError) as err:
         log.error("TensorRT: %s", err)
         return 1
@@ -378,8 +385,10 @@ def _compile_table(rows: list[dict]) -> str:
     lines = [f"{head} {'weights MB':>11} {'activation MB':>14}"]
     for r in rows:
         weights, scratch = (r["memory"].get(k, 0) / 1e6 for k in ("weights_bytes", "activation_bytes"))
-        lines.append(f"  {r['graph']:<34} {r['precision']:<13} {r['seconds']:>8.1f} {r['bytes'] / 1e6:>10.1f} "
-                     f"{weights:>11.1f} {scratch:>14.1f}")
+        lines.append(
+            f"  {r['graph']:<34} {r['precision']:<13} {r['seconds']:>8.1f} {r['bytes'] / 1e6:>10.1f} "
+            f"{weights:>11.1f} {scratch:>14.1f}"
+        )
     return "\n".join(lines)
 
 

@@ -33,8 +33,14 @@ def wanted(onnx_sha256: str, flavour: Flavour, version: str, options: dict, gpu:
     """
     if flavour is TENSORRT:
         assert gpu is not None, "a TensorRT engine belongs to a GPU model: pass its gpu"
-        return EngineFacts(onnx_sha256=onnx_sha256, runtime=flavour.backend, tensorrt=version, options=options,
-                           gpu=gpu["name"], compute_capability=gpu["compute_capability"])
+        return EngineFacts(
+            onnx_sha256=onnx_sha256,
+            runtime=flavour.backend,
+            tensorrt=version,
+            options=options,
+            gpu=gpu["name"],
+            compute_capability=gpu["compute_capability"],
+        )
     return EngineFacts(onnx_sha256=onnx_sha256, runtime=flavour.backend, tensorrt=version, options=options)
 
 

@@ -40,8 +40,10 @@ def export(graph: torch.nn.Module, output_names: tuple[str, ...], path: Path, ex
     """
     graph.eval()  # the legacy exporter restores the wrapper's own mode: it must be eval
     parameters = tuple(getattr(graph, "PARAMETERS", ()))  # per-frame float32 [N] inputs after the frames
-    example = (torch.zeros((1, *example_hw, 3), dtype=torch.uint8),
-               *(torch.full((1,), FRAME_PARAMETERS[name]) for name in parameters))
+    example = (
+        torch.zeros((1, *example_hw, 3), dtype=torch.uint8),
+        *(torch.full((1,), FRAME_PARAMETERS[name]) for name in parameters),
+    )
     inputs = (FRAME_INPUT, *parameters)
     dynamic_axes = {FRAME_INPUT: {0: "batch", 1: "height", 2: "width"}}
     dynamic_axes.update({name: {0: "batch"} for name in parameters})

@@ -51,8 +51,12 @@ def weights_bytes(path: Path) -> int:
 
 def measure_proxy(path: Path, outputs: list[TensorSpec], bounds: ShapeBounds, frames: list[tuple[int, int]]) -> dict:
     """``onnxruntime_cpu`` for one graph, measured in a fresh process (``python -m vision_node.builder.memory``)."""
-    request = {"path": str(path), "outputs": [o.as_dict() for o in outputs], "bounds": bounds.__dict__,
-               "frames": frames}
+    request = {
+        "path": str(path),
+        "outputs": [o.as_dict() for o in outputs],
+        "bounds": bounds.__dict__,
+        "frames": frames,
+    }
     done = subprocess.run(
         [sys.executable, "-m", "vision_node.builder.memory"], input=json.dumps(request), capture_output=True, text=True
     )
@@ -77,8 +81,13 @@ def record_compile_check(directory: Path, rows: list[dict], workspace_gib: float
             for file in graph.onnx_files:
                 row = found.get((capability, file.tensorrt_onnx.path))
                 if row and row["memory"]:
-                    figures = {**row["memory"], "max_hw": list(entry.bounds.max_hw), "max_batch": max_batch,
-                               "workspace_gib": workspace_gib, "method": TRT_METHOD}
+                    figures = {
+                        **row["memory"],
+                        "max_hw": list(entry.bounds.max_hw),
+                        "max_batch": max_batch,
+                        "workspace_gib": workspace_gib,
+                        "method": TRT_METHOD,
+                    }
                     graph.memory.tensorrt_rtx[row["precision"]] = figures
     manifest.write(directory, data.capabilities)
 

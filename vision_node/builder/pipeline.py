@@ -140,7 +140,13 @@ def reference_outputs(
 
 
 def verify_graph(
-    recipe: Recipe, path: Path, sizing: Sizing, loaded, plan: BuildPlan, tolerances=None, name: str | None = None,
+    recipe: Recipe,
+    path: Path,
+    sizing: Sizing,
+    loaded,
+    plan: BuildPlan,
+    tolerances=None,
+    name: str | None = None,
     memo: Memo | None = None,
 ) -> list[verify.Check]:
     """Run the graph at ``path`` in ONNX Runtime on the verification frames and compare with transformers."""
@@ -226,15 +232,18 @@ def export_verified(
         if failed:
             names = ", ".join(sorted({c.graph for c in failed}))
             raise verify.VerificationError(
-                failed, f"{names} disagrees with transformers where {graph.name} agrees (a rewrite changed its "
-                "results; nothing of this graph is kept)")
+                failed,
+                f"{names} disagrees with transformers where {graph.name} agrees (a rewrite changed its "
+                "results; nothing of this graph is kept)",
+            )
         for file in files:
             partial[file].replace(file)
     finally:
         for file in files:
             partial[file].unlink(missing_ok=True)
-    record = manifest.OnnxRecord.of(graph, precision=rung, float_weights=export.float_weights(graph),
-                                    tensorrt_onnx=manifest.FileRecord.of(variant))
+    record = manifest.OnnxRecord.of(
+        graph, precision=rung, float_weights=export.float_weights(graph), tensorrt_onnx=manifest.FileRecord.of(variant)
+    )
     return Exported(record, ort_optimised.record(copy) if copy else None, checks + derived)
 
 
@@ -263,8 +272,9 @@ def _export_all(recipe: Recipe, plan: BuildPlan, loaded) -> tuple[list[manifest.
             continue  # refuse to ship a graph that disagrees with the reference; judged below
         path = plan.out / fp32.onnx.path
         inputs, outputs = export.io_signature(path)
-        graph = manifest.GraphRecord(**vars(fp32.onnx), sizing=sizing, inputs=inputs, outputs=outputs,
-                                     onnxruntime=fp32.optimised)
+        graph = manifest.GraphRecord(
+            **vars(fp32.onnx), sizing=sizing, inputs=inputs, outputs=outputs, onnxruntime=fp32.optimised
+        )
         if plan.measure_memory:
             with step(f"{recipe.capability}: measuring {graph.path}'s memory at the costliest admitted frames"):
                 frames = memory.costliest_frames(sizing, plan.bounds)

@@ -132,8 +132,10 @@ def _keypoints(loaded: Loaded, frames, boxes, memo) -> dict[str, np.ndarray]:
 def _pose_reference(loaded: Loaded, frames, sizing: Sizing, got, memo) -> dict[str, np.ndarray]:
     det = loaded["detector"]
     slots = len(got["boxes"][0])
-    persons = memo(("persons", frames, np.array(slots)),
-                   lambda: reference.person_boxes(det.model, det.processor, frames, slots, sizing))
+    persons = memo(
+        ("persons", frames, np.array(slots)),
+        lambda: reference.person_boxes(det.model, det.processor, frames, slots, sizing),
+    )
     want = {
         "boxes": np.stack([p["boxes"] for p in persons]),
         "box_scores": np.stack([p["scores"] for p in persons]),
@@ -159,8 +161,17 @@ def _served_persons_checks(run, frames, got, loaded: Loaded, label: str, toleran
             want = _keypoints(loaded, frames, served_run["boxes"][:, :k], memo)
             checks += verify.compare("pose", f"{label} {what} ({k} served)", served, want, tolerances, graph=graph)
         stray = sum(int(np.count_nonzero(served_run[key][:, k:])) for key in ("keypoints", "keypoint_scores"))
-        checks.append(verify.Check("pose", f"{label} {what} ({k} served)", "unserved_slot_values", stray, 0,
-                                   "keypoint values in slots past the served ones", graph=graph))
+        checks.append(
+            verify.Check(
+                "pose",
+                f"{label} {what} ({k} served)",
+                "unserved_slot_values",
+                stray,
+                0,
+                "keypoint values in slots past the served ones",
+                graph=graph,
+            )
+        )
     return checks
 
 

@@ -170,8 +170,16 @@ def compile_check(
                 log.error("%s", err)
                 continue
             took = time.perf_counter() - started
-            rows.append({"capability": capability, "graph": path.name, "precision": rung, "seconds": took,
-                         "bytes": len(plan), "memory": memory})
+            rows.append(
+                {
+                    "capability": capability,
+                    "graph": path.name,
+                    "precision": rung,
+                    "seconds": took,
+                    "bytes": len(plan),
+                    "memory": memory,
+                }
+            )
             log.info("%s: %s compiled it in %.1f s (%.1f MB)", path.name, flavour.module, took, len(plan) / 1e6)
     if failures:
         raise BuildError("\n".join(failures))
@@ -287,8 +295,14 @@ class _Builder:
         return self.directory / f"timing-{gpu_tag(self.gpu['name'], self.gpu['compute_capability'])}.cache"
 
     def _record(self, facts: manifest.EngineFacts, plan: Path, built: dict, gate_checks) -> manifest.EngineRecord:
-        record = manifest.EngineRecord(**vars(facts), plan=plan.name, sha256=manifest.sha256(plan),
-                                       bytes=plan.stat().st_size, **built, gate=gate_checks)
+        record = manifest.EngineRecord(
+            **vars(facts),
+            plan=plan.name,
+            sha256=manifest.sha256(plan),
+            bytes=plan.stat().st_size,
+            **built,
+            gate=gate_checks,
+        )
         engine_files.write_sidecar(plan, record)
         return record
 

@@ -96,11 +96,13 @@ def _types(model: onnx.ModelProto) -> dict[str, int]:
         graph = model.graph
     types: dict[str, int] = {}
     for body in bodies(graph):  # If/Loop/Scan bodies too: a branch's constants reach TensorRT as well
-        types.update({
-            v.name: v.type.tensor_type.elem_type
-            for v in (*body.input, *body.output, *body.value_info)
-            if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type
-        })
+        types.update(
+            {
+                v.name: v.type.tensor_type.elem_type
+                for v in (*body.input, *body.output, *body.value_info)
+                if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type
+            }
+        )
         types.update({t.name: t.data_type for t in body.initializer})
         for node in body.node:
             if node.op_type == "Constant":
@@ -146,20 +148,27 @@ def check(model: onnx.ModelProto) -> list[Violation]:
             elif kind == TensorProto.UINT8:
                 source = types.get(node.input[0]) if node.input else None
                 if node.op_type != "Cast" or source not in _FLOATS:
-                    found.append(Violation(
-                        node.name, node.op_type,
-                        f"makes uint8 tensor '{out}': TensorRT makes uint8 only by a Cast from float32/float16",
-                    ))
+                    found.append(
+                        Violation(
+                            node.name,
+                            node.op_type,
+                            f"makes uint8 tensor '{out}': TensorRT makes uint8 only by a Cast from float32/float16",
+                        )
+                    )
         for name in node.input:
             if types.get(name) != TensorProto.UINT8:
                 continue
             reads_data = node.op_type != "Shape"
             if reads_data and cast_to(node) not in _FLOATS:
                 where = "a graph input" if name in edges else f"made by '{producer[name].name}'"
-                found.append(Violation(
-                    node.name, node.op_type,
-                    f"reads uint8 tensor '{name}' ({where}): TensorRT takes uint8 only into a Cast to float32/float16",
-                ))
+                found.append(
+                    Violation(
+                        node.name,
+                        node.op_type,
+                        f"reads uint8 tensor '{name}' ({where}): "
+                        "TensorRT takes uint8 only into a Cast to float32/float16",
+                    )
+                )
     found += _unsupported_in_bodies(graph, types)
     for value in graph.output:
         if types.get(value.name) == TensorProto.UINT8 and value.name in edges:
@@ -169,8 +178,13 @@ def check(model: onnx.ModelProto) -> list[Violation]:
 
 def _unsupported_in_bodies(graph: onnx.GraphProto, types: dict[str, int]) -> list[Violation]:
     """Inside If/Loop/Scan bodies: the tensors of a type TensorRT lacks (a branch's float64 constant)."""
-    return [_makes_unsupported(node, out, types[out]) for body in list(bodies(graph))[1:] for node in body.node
-            for out in node.output if types.get(out) in _UNSUPPORTED]
+    return [
+        _makes_unsupported(node, out, types[out])
+        for body in list(bodies(graph))[1:]
+        for node in body.node
+        for out in node.output
+        if types.get(out) in _UNSUPPORTED
+    ]
 
 
 def _makes_unsupported(node: onnx.NodeProto, out: str, kind: int) -> Violation:

@@ -102,9 +102,7 @@ def load(directory: Path, wanted: tuple[str, ...] = (), onnxruntime: bool = Fals
     directory = Path(directory)
     path = directory / manifest.MANIFEST_NAME
     if not directory.is_dir():
-        raise StartupError(
-            f"{directory}: engines directory not found (build it: vision-node-build --out {directory})"
-        )
+        raise StartupError(f"{directory}: engines directory not found (build it: vision-node-build --out {directory})")
     if not path.is_file():
         raise StartupError(f"{path}: not found (build it: vision-node-build --out {directory})")
     try:
@@ -163,8 +161,12 @@ def _graph(directory: Path, capability: str, entry: manifest.GraphRecord, onnxru
     # The copy ONNX Runtime optimised at build time, for this ONNX Runtime only (not for a TensorRT backend).
     optimised: manifest.OptimisedCopy | None = entry.onnxruntime if onnxruntime else None
     if optimised and optimised.version != onnxruntime:
-        log.info("%s: optimised by ONNX Runtime %s, this is %s: loading the exported graph (its start re-optimises)",
-                 entry.path, optimised.version, onnxruntime)
+        log.info(
+            "%s: optimised by ONNX Runtime %s, this is %s: loading the exported graph (its start re-optimises)",
+            entry.path,
+            optimised.version,
+            onnxruntime,
+        )
         optimised = None
     # Only what will be loaded is hashed: the exported graph, or the optimised copy instead of it.
     path = _checked_file(directory, optimised or entry)

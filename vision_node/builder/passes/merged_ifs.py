@@ -111,13 +111,16 @@ def _merge_chain(graph: onnx.GraphProto, chain: list[onnx.NodeProto]) -> None:
         assert passed is not None
         origin = {out: origin[passed[v.name]] for out, v in zip(link.output, other.output)}
     then = branch(last, "then_branch")
-    values = [helper.make_tensor_value_info(f"merged_else/{out}", v.type.tensor_type.elem_type, None)
-              for out, v in zip(last.output, then.output)]
+    values = [
+        helper.make_tensor_value_info(f"merged_else/{out}", v.type.tensor_type.elem_type, None)
+        for out, v in zip(last.output, then.output)
+    ]
     identities = [helper.make_node("Identity", [origin[out]], [value.name]) for out, value in zip(last.output, values)]
     merged_then = helper.make_graph(nodes, "merged_then", [], list(then.output))
     other = helper.make_graph(identities, "merged_else", [], values)
-    merged = helper.make_node("If", [last.input[0]], list(last.output), name=f"merged/{last.name}",
-                              then_branch=merged_then, else_branch=other)
+    merged = helper.make_node(
+        "If", [last.input[0]], list(last.output), name=f"merged/{last.name}", then_branch=merged_then, else_branch=other
+    )
     names = {link.name for link in chain}
     kept = [n for n in graph.node if n.op_type != "If" or n.name not in names]
     at = next(i for i, n in enumerate(graph.node) if n.op_type == "If" and n.name == last.name)
