@@ -7,6 +7,8 @@ import pytest
 
 from vision_node import manifest
 from vision_node.builder.specs import CAPABILITIES
+from vision_node.errors import StartupError
+from vision_node.serving.engines import load
 
 
 def test_manifest_lists_every_artefact_with_its_hash_and_provenance(tiny_build):
@@ -23,6 +25,13 @@ def test_manifest_lists_every_artefact_with_its_hash_and_provenance(tiny_build):
             path = out / graph["path"]
             assert path.is_file() and manifest.sha256(path) == graph["sha256"]
             assert graph["bytes"] == path.stat().st_size
+            # and every file made from it: its TensorRT variants (fp32, fp16), its fp16 twin, ONNX Runtime's copy
+            made = [graph["tensorrt_onnx"], graph["fp16"], graph["fp16"]["tensorrt_onnx"], graph["onnxruntime"]]
+            assert [f["path"] for f in made] == [graph["path"].replace(".onnx", suffix) for suffix in
+                                                 (".trt.onnx", ".fp16.onnx", ".fp16.trt.onnx", ".ort.onnx")]
+            for file in made:
+                assert manifest.sha256(out / file["path"]) == file["sha256"]
+                assert file["bytes"] == (out / file["path"]).stat().st_size
         for model in entry["models"]:
             assert model["weights"] == "demo" and model["licence"] and model["hf_id"] and model["parameters"] > 0
     pose_roles = [m["role"] for m in written["capabilities"]["pose"]["models"]]
@@ -60,6 +69,9 @@ def test_a_manifest_of_another_schema_is_refused_naming_the_file_and_its_version
     message = str(refused.value)
     assert str(tmp_path / manifest.MANIFEST_NAME) in message and "schema 1" in message
     assert f"reads schema {manifest.FORMAT}" in message and "rebuild" in message
+    with pytest.raises(StartupError) as stopped:  # the node stops at start with the same words
+        load(tmp_path)
+    assert str(stopped.value) == message
 
 
 def test_the_typed_manifest_writes_back_the_json_it_read(tiny_build, tmp_path):
