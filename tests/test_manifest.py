@@ -27,8 +27,10 @@ def test_manifest_lists_every_artefact_with_its_hash_and_provenance(tiny_build):
             assert graph["bytes"] == path.stat().st_size
             # and every file made from it: its TensorRT variants (fp32, fp16), its fp16 twin, ONNX Runtime's copy
             made = [graph["tensorrt_onnx"], graph["fp16"], graph["fp16"]["tensorrt_onnx"], graph["onnxruntime"]]
-            assert [f["path"] for f in made] == [graph["path"].replace(".onnx", suffix) for suffix in
-                                                 (".trt.onnx", ".fp16.onnx", ".fp16.trt.onnx", ".ort.onnx")]
+            assert [f["path"] for f in made] == [
+                graph["path"].replace(".onnx", suffix)
+                for suffix in (".trt.onnx", ".fp16.onnx", ".fp16.trt.onnx", ".ort.onnx")
+            ]
             for file in made:
                 assert manifest.sha256(out / file["path"]) == file["sha256"]
                 assert file["bytes"] == (out / file["path"]).stat().st_size
