@@ -107,7 +107,7 @@ def print_live_runners(config: Config) -> int:
     capabilities = list(config.capabilities)
     if not capabilities:
         try:
-            listed = manifest.load(config.engines)["capabilities"]
+            listed = manifest.read(config.engines, only=()).listed
         except (OSError, ValueError) as err:
             print(
                 f"vision-node live-runners: no --capabilities and no manifest to read them from ({err})",

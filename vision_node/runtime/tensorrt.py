@@ -28,7 +28,7 @@ import numpy as np
 from .. import manifest
 from ..contract import FRAME_INPUT, ShapeBounds
 from ..errors import StartupError
-from . import engine_choice as engine_cache  # (its one call below: engine_cache.pick)
+from . import engine_choice
 from .base import StopToken, check_frames, frame_parameters, parameter_names
 from .cuda import BufferPair, SharedScratch, checked, gpu_identity, load_pycuda
 from .flavours import TENSORRT, TENSORRT_RTX, Flavour, RuntimeCache
@@ -101,7 +101,7 @@ class TensorRTBackend:
     @staticmethod
     def engine_for(graph, rt: GpuRuntime) -> tuple[dict, Path]:
         """The manifest's engine for ``graph`` on this GPU and runtime, and its plan file (not yet hashed)."""
-        entry, why = engine_cache.pick(list(graph.tensorrt), graph.onnx_hashes, rt.gpu, rt.trt.__version__, rt.flavour)
+        entry, why = engine_choice.pick(list(graph.tensorrt), graph.onnx_hashes, rt.gpu, rt.trt.__version__, rt.flavour)
         if entry is None:
             rtx = " --tensorrt-rtx" if rt.flavour is TENSORRT_RTX else ""
             raise StartupError(
