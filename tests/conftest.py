@@ -41,6 +41,22 @@ def tiny_build(tmp_path_factory):
     return out, {capability: entry.as_dict() for capability, entry in entries.items()}
 
 
+@pytest.fixture(scope="session")
+def compiled_build(tiny_build, tmp_path_factory):
+    """A copy of the tiny build whose every graph, fp32 and fp16, TensorRT for RTX's builder compiled (no GPU):
+    (directory, compile_check's rows), its figures recorded in the manifest as ``--compile-check`` does."""
+    import shutil
+
+    from vision_node.builder import memory
+    from vision_node.builder import tensorrt as build_trt
+
+    engines = tmp_path_factory.mktemp("compiled") / "engines"
+    shutil.copytree(tiny_build[0], engines)
+    rows = build_trt.compile_check(engines, list(tiny_build[1]), workspace_gib=1)
+    memory.record_compile_check(engines, rows, workspace_gib=1, max_batch=1)
+    return engines, rows
+
+
 @pytest.fixture(scope="module")
 def client(tiny_build):
     """A node on the tiny build behind Starlette's TestClient (real ONNX Runtime), one per test module."""

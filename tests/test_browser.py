@@ -76,6 +76,8 @@ def test_the_page_shows_what_is_served_and_a_sample_frame_through_every_capabili
         rows = browser.find_element(By.ID, "capabilities").text
         assert all(name in rows for name in IMAGES) and "vitpose-base-simple-tiny" in rows
         assert browser.find_element(By.ID, "demo").is_displayed()  # demo weights are said
+        # no --compile-check on this build: no GPU memory figure is claimed, and the page says where one comes from
+        assert "no TensorRT figures" in browser.find_element(By.ID, "gpu-memory").text
         wait.until(lambda b: b.find_element(By.ID, "ready").text == "ready")
         browser.find_element(By.ID, "sample").click()
         WebDriverWait(browser, 60).until(lambda b: all(loaded(b, f"out-{name}") for name in IMAGES))

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from vision_node import manifest
-from vision_node.builder import cli, memory
+from vision_node.builder import cli
 from vision_node.builder import tensorrt as build_trt
 from vision_node.builder.errors import BuildError
 from vision_node.runtime.flavours import TENSORRT_RTX
@@ -35,10 +35,8 @@ def trt():
     return tensorrt_rtx
 
 
-def test_every_graph_fp32_and_fp16_of_every_capability_compiles_within_1_gib(tiny_build, tmp_path, trt):
-    engines = tmp_path / "engines"
-    shutil.copytree(tiny_build[0], engines)
-    rows = build_trt.compile_check(engines, list(tiny_build[1]), workspace_gib=1)
+def test_every_graph_fp32_and_fp16_of_every_capability_compiles_within_1_gib(tiny_build, compiled_build, trt):
+    engines, rows = compiled_build  # compile_check, then memory.record_compile_check (conftest)
     graphs = {(r["capability"], r["precision"]) for r in rows}
     assert graphs == {(c, p) for c in ("depth", "segmentation", "pose") for p in ("fp32", "fp16")}
     listed = {f["tensorrt_onnx"]["path"] for e in tiny_build[1].values() for g in e["graphs"] for f in (g, g["fp16"])}
@@ -46,7 +44,6 @@ def test_every_graph_fp32_and_fp16_of_every_capability_compiles_within_1_gib(tin
     assert all(r["bytes"] > 100_000 for r in rows), rows
     # The builder states each engine's device memory at the profile's largest shapes; the manifest keeps it.
     assert all(0 < r["memory"]["weights_bytes"] < r["bytes"] and r["memory"]["activation_bytes"] > 0 for r in rows)
-    memory.record_compile_check(engines, rows, workspace_gib=1, max_batch=1)
     for entry in manifest.load(engines)["capabilities"].values():
         figures = entry["graphs"][0]["memory"]["tensorrt_rtx"]
         assert set(figures) == {"fp32", "fp16"} and figures["fp16"]["max_hw"] == entry["bounds"]["max_hw"]

@@ -94,7 +94,7 @@ def print_live_runners(config: Config) -> int:
     """``vision-node live-runners``: runners.json on stdout, or a one-line reason on stderr (exit 2)."""
     import json
 
-    from . import manifest
+    from . import device_memory, manifest
     from .contract import CAPABILITIES
     from .livepeer.live_runner import static_runners
 
@@ -115,7 +115,12 @@ def print_live_runners(config: Config) -> int:
             )
             return EXIT_CONFIG
         capabilities = [c for c in CAPABILITIES if c in listed]
-    print(json.dumps(static_runners(config, [*capabilities, *config.combinations]), indent=2))
+    try:  # what the engines need on a GPU, where the manifest has the builder's figures
+        built = manifest.read(config.engines, only=capabilities).capabilities
+        memory = device_memory.of({c: [g.memory.as_dict() for g in e.graphs] for c, e in built.items()}).told()
+    except (OSError, ValueError):
+        memory = ""
+    print(json.dumps(static_runners(config, [*capabilities, *config.combinations], memory), indent=2))
     return 0
 
 

@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import device_memory
 from .contract import ShapeBounds
 from .sizing import Sizing
 
@@ -524,6 +525,11 @@ def write(
     still_failed = {c: why for c, why in {**previous_failed, **failed}.items() if c not in capabilities}
     if still_failed:
         manifest["failed"] = still_failed
+    # Derived, for whoever reads the file (never read back): what a GPU node needs, from the builder's figures.
+    served = manifest["capabilities"]
+    manifest["device_memory"] = device_memory.of(
+        {c: [g["memory"] for g in entry["graphs"]] for c, entry in served.items()}
+    ).as_dict()
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, path)

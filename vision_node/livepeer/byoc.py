@@ -22,8 +22,9 @@ log = logging.getLogger("vision_node.livepeer.byoc")
 LIVE_SUFFIX = "-live"  # a capability's streaming registration: depth-live, with its own URL and capacity
 
 
-def registration(config: Config, capability: str) -> dict:
-    """The JSON body go-livepeer's ``/capability/register`` reads.
+def registration(config: Config, capability: str, memory: str = "") -> dict:
+    """The JSON body go-livepeer's ``/capability/register`` reads; ``memory``: the node's GPU memory in words
+    (``device_memory.DeviceMemory.summary``), told in the description.
 
     ``depth`` takes frames at ``{node}/infer/depth`` (capacity: requests); ``depth-live`` takes streams, whose
     calls go-livepeer makes at ``{url}/stream/start`` ..., so its URL is ``{node}/live/depth`` (capacity: streams).
@@ -38,7 +39,7 @@ def registration(config: Config, capability: str) -> dict:
         url, capacity = base, config.advertised_capacity
     body = {
         "name": name,
-        "description": f"vision node: {what}",
+        "description": f"vision node: {what}" + (f"; {memory}" if memory else ""),
         "url": url,
         "capacity": capacity,
         "price_per_unit": config.price_per_unit,
@@ -53,9 +54,10 @@ def registration(config: Config, capability: str) -> dict:
 class Registrar:
     """Keeps every served capability registered while the node runs (``depth``; ``depth-live`` for its streams)."""
 
-    def __init__(self, config: Config, capabilities: list[str]):
+    def __init__(self, config: Config, capabilities: list[str], memory: str = ""):
         self.config = config
         self.capabilities = capabilities
+        self.memory = memory
         self.base = config.orchestrator_url.rstrip("/")
         self.calls = Calls()
         self._task: asyncio.Task | None = None
@@ -84,7 +86,7 @@ class Registrar:
                 await asyncio.sleep(backoff.next())
 
     def _register(self, capability: str) -> bool:
-        body = registration(self.config, capability)
+        body = registration(self.config, capability, self.memory)
         url = f"{self.base}/capability/register"
         try:
             status, text = post(url, self.config.orchestrator_secret, json.dumps(body).encode())

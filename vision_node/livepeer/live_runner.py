@@ -36,6 +36,7 @@ from .orchestrator import Backoff, Calls, post, spread
 log = logging.getLogger("vision_node.livepeer.live_runner")
 
 DEFAULT_INTERVAL_S, DEFAULT_TTL_S = 5.0, 20.0  # go-livepeer's defaults, when the answer names none
+METADATA_LIMIT = 1024  # bytes of public metadata go-livepeer takes
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")  # longest unit first
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
 
@@ -52,8 +53,9 @@ def go_duration(text, default: float) -> float:
     return sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
-def runner_entry(config: Config, capability: str, gpu: dict | None = None) -> dict:
-    """What a runner says of itself: the heartbeat body's static part, and a runners.json entry's."""
+def runner_entry(config: Config, capability: str, gpu: dict | None = None, memory: str = "") -> dict:
+    """What a runner says of itself: the heartbeat body's static part, and a runners.json entry's.
+    ``memory``: the node's GPU memory in words, the metadata where the operator gave none (public, ≤ 1 KiB)."""
     entry = {
         "app": config.runner_app(capability),
         "runner_url": config.node_url.rstrip("/"),
@@ -61,8 +63,9 @@ def runner_entry(config: Config, capability: str, gpu: dict | None = None) -> di
         "capacity": config.runner_capacity,
         "version": config.runner_version or __version__,
     }
-    if config.runner_metadata:
-        entry["metadata"] = config.runner_metadata
+    metadata = config.runner_metadata or memory[:METADATA_LIMIT]
+    if metadata:
+        entry["metadata"] = metadata
     if config.runner_price:
         entry["price_info"] = {"price": config.runner_price, "currency": "usd", "unit": config.runner_price_unit}
     gpu = gpu or {}
@@ -72,7 +75,7 @@ def runner_entry(config: Config, capability: str, gpu: dict | None = None) -> di
     return entry
 
 
-def static_runners(config: Config, capabilities: list[str]) -> dict:
+def static_runners(config: Config, capabilities: list[str], memory: str = "") -> dict:
     """``runners.json`` for go-livepeer's ``-liveRunnerConfig`` or ``POST /registerLiveRunners``.
 
     The orchestrator polls ``health_url`` every 5 s and wants exactly 200: ``/ready`` answers 200
@@ -80,7 +83,7 @@ def static_runners(config: Config, capabilities: list[str]) -> dict:
     """
     runners = []
     for capability in capabilities:
-        entry = runner_entry(config, capability)
+        entry = runner_entry(config, capability, memory=memory)
         label = entry["app"].replace("/", "-")  # unique, and valid with routing "label" too
         runners.append({"label": label, **entry, "health_url": "/ready", "healthy_status_code": 200})
     return {"runners": runners}
@@ -102,8 +105,16 @@ class Runner:
 class LiveRunners:
     """Registers every served capability as a live runner and heartbeats until shutdown."""
 
-    def __init__(self, config: Config, capabilities: list[str], status: Callable[[], str], gpu: Callable[[], dict]):
+    def __init__(
+        self,
+        config: Config,
+        capabilities: list[str],
+        status: Callable[[], str],
+        gpu: Callable[[], dict],
+        memory: str = "",
+    ):
         self.config = config
+        self.memory = memory
         self.base = config.orchestrator_url.rstrip("/")
         self.runners = [Runner(c, config.runner_app(c), base=self.base) for c in capabilities]
         self.status, self.gpu = status, gpu
@@ -137,7 +148,7 @@ class LiveRunners:
                 await asyncio.sleep(backoff.next())
 
     def _body(self, runner: Runner) -> dict:
-        body = {**runner_entry(self.config, runner.capability, self.gpu()), "status": self.status()}
+        body = {**runner_entry(self.config, runner.capability, self.gpu(), self.memory), "status": self.status()}
         if runner.runner_id:
             body["runner_id"] = runner.runner_id
         return body

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
-from .. import __version__, media
+from .. import __version__, device_memory, media
 from ..capabilities import CAPABILITY_CLASSES
 from ..capabilities.base import Capability
 from ..config import Config
@@ -57,6 +57,7 @@ class Node:
         self.live_runners: LiveRunners | None = None
         self.openapi: dict | None = None  # vision_node.http.openapi.document, made on first request
         self.streams = Streams(config, self.metrics)
+        self.device_memory = device_memory.of({})  # what the served capabilities need on a GPU (the builder's figures)
 
     @property
     def ready(self) -> bool:
@@ -128,6 +129,8 @@ class Node:
                 raise
         for warning in self.config.registration_warnings():
             log.warning("%s", warning)
+        self.device_memory = device_memory.of({name: [g.memory for g in e.graphs] for name, e in served.items()})
+        log.info("%s", self.device_memory.summary())
         for name, entry in served.items():
             capability = CAPABILITY_CLASSES[name](entry.options)
             session = CapabilitySession(
@@ -213,10 +216,12 @@ class Node:
         offered = [*self.sessions, *self.config.combinations]  # a combination is a capability of its own
         if self.config.registers_byoc:
             live = [name + LIVE_SUFFIX for name in self.sessions] if self.config.stream_capacity else []
-            self.registrar = Registrar(self.config, offered + live)
+            self.registrar = Registrar(self.config, offered + live, self.device_memory.told())
             self.registrar.start()
         if self.config.registers_live_runners:
-            self.live_runners = LiveRunners(self.config, offered, lambda: self.runner_status, self.backends.gpu_facts)
+            self.live_runners = LiveRunners(
+                self.config, offered, lambda: self.runner_status, self.backends.gpu_facts, self.device_memory.told()
+            )
             self.live_runners.start()
 
     def _close(self) -> None:
@@ -248,6 +253,7 @@ class Node:
                     "precision": backends[0].precision if backends else None,
                     "memory_bytes": session.memory(),
                 },
+                "device_memory": need.as_dict() if (need := self.device_memory.capabilities.get(name)) else None,
                 "route": f"/infer/{name}",
                 "outputs": list(cap.outputs),
                 "options": dict(cap.defaults),
@@ -264,6 +270,7 @@ class Node:
                 "status": self.status,
                 "backend": config.backend,
                 "shared_scratch_bytes": self.backends.shared_scratch_bytes,
+                "device_memory": self.device_memory.as_dict(),
                 "token_required": bool(config.token),  # /infer needs Authorization: Bearer <token>
             },
             "limits": {

@@ -35,9 +35,10 @@ function describe(name, capability) {
     .map((m) => `${m.name} (${m.licence}, ${m.weights})`)
     .join("<br>");
   const backend = capability.backend;
-  const memory = Object.entries(backend.memory_bytes || {})
-    .map(([kind, bytes]) => `${kind} ${megabytes(bytes)}`)
-    .join("<br>");
+  const held = Object.entries(backend.memory_bytes || {}).map(([kind, bytes]) => `${kind} ${megabytes(bytes)}`);
+  const need = capability.device_memory; // the TensorRT builder's figures, from the manifest
+  const gpu = need ? [`GPU alone ${megabytes(need.total_bytes)} (${need.precision})`] : [];
+  const memory = [...held, ...gpu].join("<br>");
   const bounds = capability.frame_bounds;
   const frames = `${bounds.min_hw.join("×")} … ${bounds.max_hw.join("×")}`;
   return `<tr id="row-${name}"><td><b>${name}</b></td><td>${models}</td>
@@ -55,6 +56,12 @@ async function refreshCapabilities() {
     .map((name) => describe(name, body.capabilities[name]))
     .join("");
   $("demo").hidden = !served.some((name) => body.capabilities[name].demo);
+  const total = body.node.device_memory.total_bytes;
+  $("gpu-memory").textContent =
+    total === null
+      ? "GPU memory: no TensorRT figures in the manifest (vision-node-build --compile-check records them)."
+      : `GPU memory with every capability: ${megabytes(total)} (all weights and one shared activation scratch of ` +
+        `${megabytes(body.node.device_memory.shared_activation_bytes)}; TensorRT for RTX's build figures).`;
 }
 
 async function refreshHealth() {
