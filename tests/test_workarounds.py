@@ -59,6 +59,30 @@ def _build_with_tensorrt_rtx(path: Path, frames=None) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# ------------------------------------------------ segmentation's activation: every If output has a buffer of its own
+
+
+@needs_rtx
+def test_tensorrt_for_rtx_still_gives_every_if_output_a_buffer_of_its_own(tmp_path):
+    """Why the dense fold's chain of Ifs costs ~16.6 MB per link at 1080p (argmax.py, docs/measurements.md): seen
+    on 1.7.1.116, five Ifs in a row each passing a 1080p float map on cost 58.1 MB against 17.4 for one, while ten
+    layers inside one If cost no more than one. When this fails, a chain's outputs share memory: measure the dense
+    fold again (python -m benchmarks.trt_conditionals argmax --chunks 2,4,8), it may fit in far less."""
+    from benchmarks.trt_conditionals import MAX_FRAME, chain_of_ifs
+
+    frames = [[1, 64, 64, 3], [1, 720, 1280, 3], [1, *MAX_FRAME, 3]]
+    figures = {}
+    for count, depth in ((1, 1), (5, 1), (1, 10)):
+        path = tmp_path / f"chain-{count}-{depth}.onnx"
+        onnx.save(chain_of_ifs(count, depth), str(path))
+        built = _build_with_tensorrt_rtx(path, frames)
+        assert built["built"], built
+        figures[count, depth] = built["memory"]["activation_bytes"]
+    frame_map = MAX_FRAME[0] * MAX_FRAME[1] * 4  # one float map of the largest frame
+    assert figures[5, 1] - figures[1, 1] >= 3.5 * frame_map, (built["version"], figures)  # ~4 more maps: 4 more Ifs
+    assert figures[1, 10] <= figures[1, 1] + frame_map, (built["version"], figures)  # inside one If, layers share
+
+
 # ---------------------------------------------------------------- argmax.py: one If per chunk, not a Loop
 
 

@@ -212,7 +212,15 @@ def _every_class(score_blocks, rows: int, num_classes: int, chunk: int) -> torch
 
 
 def upsampled_argmax(logits: torch.Tensor, size, chunk: int = 8) -> torch.Tensor:
-    """``argmax(interpolate(logits, size, bilinear, align_corners=False), dim=1)``, working only where it can change.
+    """``argmax(interpolate(logits, size, bilinear, align_corners=False), dim=1)``, working only where it can change:
+    ``tiered_argmax``, or where its tiers overflow, the dense fold."""
+    classes, overflow = tiered_argmax(logits, size, chunk)
+    return _dense_fallback(overflow, classes, logits, chunk)
+
+
+def tiered_argmax(logits: torch.Tensor, size, chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class of every pixel (float, [N, H, W]) where the tiers hold every cell that needs one, and whether
+    any frame had more such cells than they hold (then its classes are not all right: ``upsampled_argmax``).
 
     Every output pixel lies in one cell between four neighbouring logit samples, and its scores
     are convex combinations of theirs. So within a cell a class ``c`` can never win (nor tie) where
@@ -283,4 +291,4 @@ def upsampled_argmax(logits: torch.Tensor, size, chunk: int = 8) -> torch.Tensor
                 lambda ids, wy=wy, wx=wx: _score_blocks(corners_of(ids), wy, wx), first.shape[0], num_classes, chunk
             )
         flat = flat.scatter(0, target, values.reshape(-1))
-    return _dense_fallback(overflow, flat[:-1].reshape(n, out_h, out_w), logits, chunk)
+    return flat[:-1].reshape(n, out_h, out_w), overflow

@@ -1,0 +1,165 @@
+"""What TensorRT for RTX's builder charges for ONNX conditionals: the activation memory behind segmentation's 608 MB.
+
+Two probes, each compiled ahead of time on this CPU (no GPU), figures from the builder's log
+(``vision_node.builder.trt_memory``) at frames up to 1080x1920, batch 1:
+
+- ``ifs``: a chain of N ``If``s on one data-dependent condition, each branch DEPTH copies of a frame-sized
+  float map (Mul, then a reversing Gather). Shows how an If's output and its branch's layers are allocated.
+- ``argmax``: segmentation's upsampled argmax alone (``vision_node.builder.argmax``) on 150 x 128 x 128 logits:
+  as shipped (the dense fallback as one If per chunk of classes), with another chunk, with the chain merged
+  into one If (what ONNX Runtime's copy gets), or without the fallback (the sparse tiers only).
+
+    python -m benchmarks.trt_conditionals ifs 1,1 5,1 10,1 1,10
+    python -m benchmarks.trt_conditionals argmax --chunks 8,16 [--merged] [--no-fallback]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MAX_FRAME = (1080, 1920)
+SHAPES = {"frames": ((1, 64, 64, 3), (1, 720, 1280, 3), (1, *MAX_FRAME, 3))}
+
+
+def _constant(name: str, value, dtype=np.float32):
+    return numpy_helper.from_array(np.array(value, dtype), name)
+
+
+def _copies(tag: str, source: str, depth: int) -> onnx.GraphProto:
+    """A branch: ``depth`` times (x * 2, then x reversed along its width by a Gather: a real copy)."""
+    nodes, inits, current = [], [_constant(f"{tag}two", 2.0)], source
+    for name, value in (("two_i", 2), ("zero_i", 0), ("one_i", 1)):
+        inits.append(_constant(f"{tag}{name}", value, np.int64))
+    for i in range(depth):
+        doubled, shape, width, ramp, back, index, out = (f"{tag}{k}{i}" for k in "dswrbio")
+        nodes += [
+            helper.make_node("Mul", [current, f"{tag}two"], [doubled]),
+            helper.make_node("Shape", [doubled], [shape]),
+            helper.make_node("Gather", [shape, f"{tag}two_i"], [width]),
+            helper.make_node("Range", [f"{tag}zero_i", width, f"{tag}one_i"], [ramp]),
+            helper.make_node("Sub", [width, ramp], [back]),
+            helper.make_node("Sub", [back, f"{tag}one_i"], [index]),
+            helper.make_node("Gather", [doubled, index], [out], axis=2),
+        ]
+        current = out
+    nodes.append(helper.make_node("Identity", [current], [f"{tag}out"]))
+    outputs = [helper.make_tensor_value_info(f"{tag}out", TensorProto.FLOAT, None)]
+    return helper.make_graph(nodes, tag, [], outputs, inits)
+
+
+def chain_of_ifs(count: int, depth: int) -> onnx.ModelProto:
+    """frames -> a frame-sized float map -> ``count`` Ifs in a row (condition: a pixel above 1000, never true
+    but unknown to the builder), each taken branch ``depth`` copies, each skipped one passing the map through."""
+    nodes = [
+        helper.make_node("Cast", ["frames"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["pixels", "channel"], ["x0"], keepdims=0),
+        helper.make_node("ReduceMax", ["x0"], ["brightest"], keepdims=0),
+        helper.make_node("Greater", ["brightest", "threshold"], ["condition"]),
+    ]
+    for k in range(count):
+        skipped = helper.make_graph(
+            [helper.make_node("Identity", [f"x{k}"], [f"e{k}"])],
+            f"else{k}",
+            [],
+            [helper.make_tensor_value_info(f"e{k}", TensorProto.FLOAT, None)],
+        )
+        taken = _copies(f"t{k}_", f"x{k}", depth)
+        nodes.append(helper.make_node("If", ["condition"], [f"x{k + 1}"], then_branch=taken, else_branch=skipped))
+    nodes.append(helper.make_node("Identity", [f"x{count}"], ["y"]))
+    graph = helper.make_graph(
+        nodes,
+        "chain_of_ifs",
+        [helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", "height", "width", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [_constant("channel", [3], np.int64), _constant("threshold", 1000.0)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def argmax_graph(path: Path, chunk: int, fallback: bool = True) -> None:
+    """Segmentation's upsampled argmax alone, exported as the build exports it (frames give the output size)."""
+    import torch
+
+    from vision_node.builder import argmax
+    from vision_node.builder.passes import selects
+
+    class Argmax(torch.nn.Module):
+        def forward(self, frames, logits):
+            size = frames.shape[1:3]
+            if fallback:
+                classes = argmax.upsampled_argmax(logits, size, chunk)
+            else:  # the tiers only: what the fallback adds is the difference
+                classes = argmax.tiered_argmax(logits, size, chunk)[0]
+            return (classes.float().to(torch.uint8),)
+
+    example = (torch.zeros(1, 480, 640, 3, dtype=torch.uint8), torch.randn(1, 150, 128, 128))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Argmax(),
+            example,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["frames", "logits"],
+            output_names=["classes"],
+            dynamic_axes={"frames": {0: "batch", 1: "height", 2: "width"}, "classes": {0: "batch", 1: "h", 2: "w"}},
+        )
+    model = onnx.load(str(path))
+    selects.shape_decided_ifs_as_selects(model)  # as segmentation's TensorRT variant is written
+    onnx.save(model, str(path))
+
+
+def activation_mb(path: Path, shapes: dict) -> float:
+    from vision_node.builder import tensorrt as build_trt
+    from vision_node.runtime.flavours import TENSORRT_RTX
+
+    trt = build_trt.load_tensorrt(TENSORRT_RTX)
+    _, figures = build_trt.build_plan(trt, TENSORRT_RTX, path, shapes, {"workspace_gib": 4})
+    return figures["activation_bytes"] / 1e6
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.trt_conditionals", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="probe", required=True)
+    ifs = sub.add_parser("ifs", help="a chain of Ifs over a frame-sized map")
+    ifs.add_argument("chains", nargs="+", help="COUNT,DEPTH: Ifs in the chain, copies in each branch")
+    am = sub.add_parser("argmax", help="segmentation's upsampled argmax alone")
+    am.add_argument("--chunks", default="8", help="classes per chunk of the dense fallback, comma-separated")
+    am.add_argument("--merged", action="store_true", help="the fallback as one If (passes.merged_ifs)")
+    am.add_argument("--no-fallback", action="store_true", help="the sparse tiers only")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "probe.onnx"
+        if args.probe == "ifs":
+            print(f"{'Ifs':>4} {'copies':>7} {'activation MB':>14}  (frames up to {MAX_FRAME[0]}x{MAX_FRAME[1]})")
+            for chain in args.chains:
+                count, depth = (int(v) for v in chain.split(","))
+                onnx.save(chain_of_ifs(count, depth), str(path))
+                print(f"{count:>4} {depth:>7} {activation_mb(path, SHAPES):>14.1f}", flush=True)
+            return 0
+        from vision_node.builder.passes import merged_ifs
+
+        shapes = {**SHAPES, "logits": ((1, 150, 128, 128),) * 3}
+        print(f"{'chunk':>5} {'form':>12} {'activation MB':>14}  (argmax alone, frames up to 1080x1920)")
+        for chunk in (int(c) for c in args.chunks.split(",")):
+            argmax_graph(path, chunk, fallback=not args.no_fallback)
+            form = "no fallback" if args.no_fallback else "chain of Ifs"
+            if args.merged and not args.no_fallback:
+                model = onnx.load(str(path))
+                merged_ifs.merge(model)
+                onnx.save(model, str(path))
+                form = "one If"
+            print(f"{chunk:>5} {form:>12} {activation_mb(path, shapes):>14.1f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
