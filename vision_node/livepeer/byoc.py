@@ -24,7 +24,7 @@ LIVE_SUFFIX = "-live"  # a capability's streaming registration: depth-live, with
 
 def registration(config: Config, capability: str, memory: str = "") -> dict:
     """The JSON body go-livepeer's ``/capability/register`` reads; ``memory``: the node's GPU memory in words
-    (``device_memory.DeviceMemory.summary``), told in the description.
+    (``device_memory.DeviceMemory.told``), told in the description.
 
     ``depth`` takes frames at ``{node}/infer/depth`` (capacity: requests); ``depth-live`` takes streams, whose
     calls go-livepeer makes at ``{url}/stream/start`` ..., so its URL is ``{node}/live/depth`` (capacity: streams).
