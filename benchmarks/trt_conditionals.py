@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -83,6 +84,69 @@ def chain_of_ifs(count: int, depth: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def blocks_of_ifs(count: int, cells: int) -> onnx.ModelProto:
+    """The shape of a fallback whose Ifs return small tensors: ``count`` Ifs on one condition, each taking a
+    block of ``cells`` rows of 144 values (a cell's pixels at 1080p from 128x128 logits) out of the frame map
+    and scoring 150 classes there (a broadcast Mul, a ReduceMax: the every-class work of one block of cells),
+    else zeros of the same shape; then one If that, taken, concatenates the blocks into a frame-sized map."""
+    nodes = [
+        helper.make_node("Cast", ["frames"], ["pixels"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["pixels", "channel"], ["x0"], keepdims=0),
+        helper.make_node("ReduceMax", ["x0"], ["brightest"], keepdims=0),
+        helper.make_node("Greater", ["brightest", "threshold"], ["condition"]),
+        helper.make_node("Reshape", ["x0", "as_rows"], ["rows"]),  # [pixels / 144, 144]
+    ]
+    inits = [
+        _constant("channel", [3], np.int64),
+        _constant("threshold", 1000.0),
+        _constant("as_rows", [-1, 144], np.int64),
+        _constant("classes", np.linspace(0.5, 1.5, 150, dtype=np.float32).reshape(1, 150, 1)),
+        _constant("block_shape", [cells, 144], np.int64),
+        _constant("class_axis", [1], np.int64),
+    ]
+    for k in range(count):
+        inits.append(_constant(f"take{k}", np.arange(k * cells, (k + 1) * cells), np.int64))
+        taken = helper.make_graph(
+            [
+                helper.make_node("Gather", ["rows", f"take{k}"], [f"block{k}"], axis=0),  # [cells, 144]
+                helper.make_node("Unsqueeze", [f"block{k}", "class_axis"], [f"wide{k}"]),  # [cells, 1, 144]
+                helper.make_node("Mul", [f"wide{k}", "classes"], [f"scores{k}"]),  # [cells, 150, 144]
+                helper.make_node("ReduceMax", [f"scores{k}", "class_axis"], [f"best{k}"], keepdims=0),
+            ],
+            f"then{k}",
+            [],
+            [helper.make_tensor_value_info(f"best{k}", TensorProto.FLOAT, None)],
+        )
+        skipped = helper.make_graph(
+            [helper.make_node("ConstantOfShape", ["block_shape"], [f"zeros{k}"])],
+            f"else{k}",
+            [],
+            [helper.make_tensor_value_info(f"zeros{k}", TensorProto.FLOAT, None)],
+        )
+        nodes.append(helper.make_node("If", ["condition"], [f"values{k}"], then_branch=taken, else_branch=skipped))
+    assemble = helper.make_graph(
+        [helper.make_node("Concat", [f"values{k}" for k in range(count)], ["assembled"], axis=0)],
+        "assemble",
+        [],
+        [helper.make_tensor_value_info("assembled", TensorProto.FLOAT, None)],
+    )
+    keep = helper.make_graph(
+        [helper.make_node("Identity", ["rows"], ["kept"])],
+        "keep",
+        [],
+        [helper.make_tensor_value_info("kept", TensorProto.FLOAT, None)],
+    )
+    nodes.append(helper.make_node("If", ["condition"], ["y"], then_branch=assemble, else_branch=keep))
+    graph = helper.make_graph(
+        nodes,
+        "blocks_of_ifs",
+        [helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", "height", "width", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def argmax_graph(path: Path, chunk: int, fallback: bool = True) -> None:
     """Segmentation's upsampled argmax alone, exported as the build exports it (frames give the output size)."""
     import torch
@@ -131,6 +195,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="probe", required=True)
     ifs = sub.add_parser("ifs", help="a chain of Ifs over a frame-sized map")
     ifs.add_argument("chains", nargs="+", help="COUNT,DEPTH: Ifs in the chain, copies in each branch")
+    bl = sub.add_parser("blocks", help="Ifs that return small blocks, assembled by one last If")
+    bl.add_argument("shapes", nargs="+", help="COUNT,CELLS: Ifs, and cells (rows of 144 values) each")
     am = sub.add_parser("argmax", help="segmentation's upsampled argmax alone")
     am.add_argument("--chunks", default="8", help="classes per chunk of the dense fallback, comma-separated")
     am.add_argument("--merged", action="store_true", help="the fallback as one If (passes.merged_ifs)")
@@ -144,6 +210,15 @@ def main(argv=None) -> int:
                 count, depth = (int(v) for v in chain.split(","))
                 onnx.save(chain_of_ifs(count, depth), str(path))
                 print(f"{count:>4} {depth:>7} {activation_mb(path, SHAPES):>14.1f}", flush=True)
+            return 0
+        if args.probe == "blocks":
+            print(f"{'Ifs':>4} {'cells':>6} {'activation MB':>14} {'build s':>8}  (frames up to 1080x1920)")
+            for shape in args.shapes:
+                count, cells = (int(v) for v in shape.split(","))
+                onnx.save(blocks_of_ifs(count, cells), str(path))
+                started = time.perf_counter()
+                mb = activation_mb(path, SHAPES)
+                print(f"{count:>4} {cells:>6} {mb:>14.1f} {time.perf_counter() - started:>8.1f}", flush=True)
             return 0
         from vision_node.builder.passes import merged_ifs
 
