@@ -88,7 +88,8 @@ def blocks_of_ifs(count: int, cells: int) -> onnx.ModelProto:
     """The shape of a fallback whose Ifs return small tensors: ``count`` Ifs on one condition, each taking a
     block of ``cells`` rows of 144 values (a cell's pixels at 1080p from 128x128 logits) out of the frame map
     and scoring 150 classes there (a broadcast Mul, a ReduceMax: the every-class work of one block of cells),
-    else zeros of the same shape; then one If that, taken, concatenates the blocks into a frame-sized map."""
+    else zeros of the same shape; then one If that, taken, concatenates the blocks into a frame-sized map.
+    Compiled, never run: its blocks are taken at the largest frame's rows."""
     nodes = [
         helper.make_node("Cast", ["frames"], ["pixels"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["pixels", "channel"], ["x0"], keepdims=0),

@@ -97,26 +97,27 @@ class DeviceMemory:
         return f"{head} ({alone} MB alone; TensorRT for RTX's figures, {precisions}, frames up to {batch}x{h}x{w})"
 
 
+def _default_figures(memory: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+    """A graph's (rung, figures) for its default engine, or None where ``--compile-check`` recorded none."""
+    figures = memory.get(SOURCE) or {}
+    rung = default_rung(figures)
+    return (rung, figures[rung]) if rung is not None and "activation_bytes" in figures[rung] else None
+
+
 def of(graph_memory: Mapping[str, Sequence[Mapping[str, Any]]]) -> DeviceMemory:
     """The device memory of capabilities, from each one's graphs' ``memory`` (the manifest's JSON form)."""
     needs, missing = {}, []
     for capability, memories in graph_memory.items():
-        chosen = []
-        for memory in memories:
-            figures = memory.get(SOURCE) or {}
-            rung = default_rung(figures)
-            if rung is None or "activation_bytes" not in figures[rung]:
-                break
-            chosen.append((rung, figures[rung]))
-        else:
-            if chosen:
-                needs[capability] = Need(
-                    weights_bytes=sum(int(f["weights_bytes"]) for _, f in chosen),
-                    activation_bytes=max(int(f["activation_bytes"]) for _, f in chosen),
-                    precision="/".join(sorted({rung for rung, _ in chosen})),
-                    max_hw=max((int(f["max_hw"][0]), int(f["max_hw"][1])) for _, f in chosen),
-                    max_batch=max(int(f["max_batch"]) for _, f in chosen),
-                )
-                continue
-        missing.append(capability)
+        found = [_default_figures(memory) for memory in memories]
+        chosen = [f for f in found if f is not None]
+        if not chosen or len(chosen) < len(found):
+            missing.append(capability)
+            continue
+        needs[capability] = Need(
+            weights_bytes=sum(int(f["weights_bytes"]) for _, f in chosen),
+            activation_bytes=max(int(f["activation_bytes"]) for _, f in chosen),
+            precision="/".join(sorted({rung for rung, _ in chosen})),
+            max_hw=max((int(f["max_hw"][0]), int(f["max_hw"][1])) for _, f in chosen),
+            max_batch=max(int(f["max_batch"]) for _, f in chosen),
+        )
     return DeviceMemory(capabilities=needs, missing=tuple(missing))
