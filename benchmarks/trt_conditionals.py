@@ -182,13 +182,18 @@ def argmax_graph(path: Path, chunk: int, fallback: bool = True) -> None:
     onnx.save(model, str(path))
 
 
-def activation_mb(path: Path, shapes: dict) -> float:
+def compiled(path: Path, shapes: dict) -> tuple[float, float]:
+    """(activation MB, engine MB) of ``path`` as TensorRT for RTX's builder compiles it."""
     from vision_node.builder import tensorrt as build_trt
     from vision_node.runtime.flavours import TENSORRT_RTX
 
     trt = build_trt.load_tensorrt(TENSORRT_RTX)
-    _, figures = build_trt.build_plan(trt, TENSORRT_RTX, path, shapes, {"workspace_gib": 4})
-    return figures["activation_bytes"] / 1e6
+    plan, figures = build_trt.build_plan(trt, TENSORRT_RTX, path, shapes, {"workspace_gib": 4})
+    return figures["activation_bytes"] / 1e6, len(plan) / 1e6
+
+
+def activation_mb(path: Path, shapes: dict) -> float:
+    return compiled(path, shapes)[0]
 
 
 def main(argv=None) -> int:
@@ -199,8 +204,10 @@ def main(argv=None) -> int:
     bl = sub.add_parser("blocks", help="Ifs that return small blocks, assembled by one last If")
     bl.add_argument("shapes", nargs="+", help="COUNT,CELLS: Ifs, and cells (rows of 144 values) each")
     am = sub.add_parser("argmax", help="segmentation's upsampled argmax alone")
-    am.add_argument("--chunks", default="8", help="classes per chunk of the dense fallback, comma-separated")
-    am.add_argument("--merged", action="store_true", help="the fallback as one If (passes.merged_ifs)")
+    am.add_argument("--chunks", default="8", help="classes per chunk in the every-class tier, comma-separated")
+    am.add_argument(
+        "--fallback-cells", default="256", help="cells per If of the fallback, comma-separated (shipped: 256)"
+    )
     am.add_argument("--no-fallback", action="store_true", help="the sparse tiers only")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,19 +228,20 @@ def main(argv=None) -> int:
                 mb = activation_mb(path, SHAPES)
                 print(f"{count:>4} {cells:>6} {mb:>14.1f} {time.perf_counter() - started:>8.1f}", flush=True)
             return 0
-        from vision_node.builder.passes import merged_ifs
-
         shapes = {**SHAPES, "logits": ((1, 150, 128, 128),) * 3}
-        print(f"{'chunk':>5} {'form':>12} {'activation MB':>14}  (argmax alone, frames up to 1080x1920)")
+        from vision_node.builder import argmax
+
+        head = f"{'chunk':>5} {'fallback':>14} {'activation MB':>14} {'engine MB':>10} {'build s':>8}"
+        print(head + "  (argmax alone, frames up to 1080x1920)")
         for chunk in (int(c) for c in args.chunks.split(",")):
-            argmax_graph(path, chunk, fallback=not args.no_fallback)
-            form = "no fallback" if args.no_fallback else "chain of Ifs"
-            if args.merged and not args.no_fallback:
-                model = onnx.load(str(path))
-                merged_ifs.merge(model)
-                onnx.save(model, str(path))
-                form = "one If"
-            print(f"{chunk:>5} {form:>12} {activation_mb(path, shapes):>14.1f}", flush=True)
+            for cells in (int(c) for c in args.fallback_cells.split(",")):
+                argmax.FALLBACK_CELLS = cells
+                argmax_graph(path, chunk, fallback=not args.no_fallback)
+                form = "none" if args.no_fallback else f"{cells} cells/If"
+                started = time.perf_counter()
+                mb, plan_mb = compiled(path, shapes)
+                took = time.perf_counter() - started
+                print(f"{chunk:>5} {form:>14} {mb:>14.1f} {plan_mb:>10.1f} {took:>8.1f}", flush=True)
     return 0
 
 

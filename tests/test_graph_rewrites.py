@@ -1,4 +1,4 @@
-"""The rewrites of exported graphs for one runtime: merged Ifs (ONNX Runtime's copy), selects (TensorRT's).
+"""The rewrites of exported graphs for one runtime: ONNX Runtime's optimised copy, selects (TensorRT's).
 
 Each rewritten graph must give the same outputs as the exported one, in ONNX Runtime, down to the bit,
 on both sides of every condition it touches.
@@ -18,7 +18,7 @@ from tests.conftest import TINY_BOUNDS, TINY_ROLES
 from tests.test_ops import TIERS
 from vision_node import samples
 from vision_node.builder import argmax, export, graphs, ort_optimised, pil_resize, weights
-from vision_node.builder.passes import merged_ifs, selects
+from vision_node.builder.passes import selects
 from vision_node.builder.specs import OUTPUTS
 from vision_node.sizing import Sizing
 
@@ -32,7 +32,7 @@ def _count(model: onnx.ModelProto, op: str) -> int:
 
 
 def _chain(links: int) -> onnx.ModelProto:
-    """x, flag -> each link, where flag: state = state * 2 + link; else the state passes through."""
+    """Ifs on data: x, flag -> each link, where flag: state = state * 2 + link; else the state passes through."""
     nodes = [helper.make_node("Cast", ["flag"], ["taken"], to=TensorProto.BOOL)]
     state = "x"
     for i in range(links):
@@ -68,43 +68,32 @@ def _chain(links: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def test_a_chain_of_ifs_on_one_condition_becomes_one_if_with_the_same_results():
-    original = _chain(5)
-    merged = _chain(5)
-    assert merged_ifs.merge(merged) == 4
-    assert _count(merged, "If") == 1 and _count(merged, "Cast") == 1
-    x = np.array([1.0, -2.0, 0.5], np.float32)
-    for flag in (1.0, 0.0):  # every link taken (x·32 + 57), and none (x itself)
-        feeds = {"x": x, "flag": np.array(flag, np.float32)}
-        want = _session(original).run(None, feeds)[0]
-        assert np.array_equal(_session(merged).run(None, feeds)[0], want)
-    assert np.array_equal(_session(merged).run(None, {"x": x, "flag": np.array(1, np.float32)})[0], x * 32 + 57)
-
-
-def test_ifs_on_different_conditions_are_left_alone():
-    model = _chain(3)
-    model.graph.node.insert(1, helper.make_node("Not", ["taken"], ["other"]))
-    model.graph.node[-1].input[0] = "other"  # the last link decides on something else
-    assert merged_ifs.merge(model) == 1
-    assert _count(model, "If") == 2
-
-
-def _dense_fold_ran(copy: Path, frames: np.ndarray) -> bool:
-    """Did ONNX Runtime run any node of the merged fold's then-branch on ``frames``? (its profile says)"""
-    merged = next(n for n in onnx.load(str(copy)).graph.node if n.name.startswith("merged/"))
-    then = {node.name for node in next(a.g for a in merged.attribute if a.name == "then_branch").node}
+def _fallback_blocks_ran(copy: Path, frames: np.ndarray) -> int:
+    """How many of the argmax fallback's Ifs (each scoring every class over a block of cells: its then-branch has
+    the ArgMax) ran their then-branch in ONNX Runtime on ``frames`` (its profile says)."""
+    model = onnx.load(str(copy))
+    blocks = [n for n in model.graph.node if n.op_type == "If" and any(m.op_type == "ArgMax" for m in _then(n).node)]
+    assert blocks, "no fallback blocks in the graph"
+    then = {m.name: b.name for b in blocks for m in _then(b).node}
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.profile_file_prefix = str(copy.parent / "profile")
     session = ort.InferenceSession(str(copy), options, providers=["CPUExecutionProvider"])
     session.run(None, {"frames": frames})
     events = json.loads(Path(session.end_profiling()).read_text())
-    return any(e.get("cat") == "Node" and e["name"].removesuffix("_kernel_time") in then for e in events)
+    ran = {then.get(e["name"].removesuffix("_kernel_time")) for e in events if e.get("cat") == "Node"}
+    return len(ran - {None})
+
+
+def _then(node: onnx.NodeProto) -> onnx.GraphProto:
+    return next(a.g for a in node.attribute if a.name == "then_branch")
 
 
 @pytest.mark.parametrize("tiers", ["shipped", "overflowing"])
-def test_onnx_runtimes_copy_of_the_segmentation_graph_runs_its_dense_fold_as_one_if(tiers, tmp_path, monkeypatch):
-    # Shipped tiers: these frames fit them (the fold is skipped); tiers of a few cells: it runs.
+def test_onnx_runtimes_copy_of_the_segmentation_graph_runs_fallback_blocks_only_where_the_tiers_overflow(
+    tiers, tmp_path, monkeypatch
+):
+    # Shipped tiers: these frames fit them (no block runs); tiers of a few cells: blocks run.
     monkeypatch.setattr(argmax, "ARGMAX_TIERS", TIERS[tiers])
     loaded = weights.load_demo(TINY_ROLES["segmentation"])
     graph = graphs.SegmentationGraph(
@@ -112,14 +101,15 @@ def test_onnx_runtimes_copy_of_the_segmentation_graph_runs_its_dense_fold_as_one
     )
     exported = tmp_path / "segmentation.onnx"
     export.export(graph, OUTPUTS["segmentation"], exported, example_hw=(128, 128))
-    ort_optimised.write(exported, passes=(merged_ifs.merge,))  # as segmentation's recipe writes it
+    ort_optimised.write(exported)  # as segmentation's recipe writes it
     copy = ort_optimised.name_for(exported)
-    assert _count(onnx.load(str(exported)), "If") > 2 and _count(onnx.load(str(copy)), "If") == 2  # fold, resize order
     plain = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     optimised = ort.InferenceSession(str(copy), providers=["CPUExecutionProvider"])
     frames = samples.frames(300, 500, batch=2)
     assert np.array_equal(optimised.run(None, {"frames": frames})[0], plain.run(None, {"frames": frames})[0])
-    assert _dense_fold_ran(copy, frames) == (tiers == "overflowing")
+    blocks = sum(n.op_type == "If" for n in onnx.load(str(copy)).graph.node) - 1  # the resize's pass order
+    ran = _fallback_blocks_ran(copy, frames)
+    assert blocks >= 2 and ((ran == 0) if tiers == "shipped" else (0 < ran <= blocks)), (ran, blocks)
 
 
 def _resize_graph(tmp_path) -> onnx.ModelProto:

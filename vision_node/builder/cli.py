@@ -160,9 +160,9 @@ def parser() -> argparse.ArgumentParser:
         "--class-chunk",
         type=int,
         default=8,
-        help="segmentation classes upsampled at a time where a frame takes the dense fallback (more boundary cells "
-        "than the graph lists: random scores, not photographs) and in the cells with more than 8 candidates; "
-        "peak memory there is CHUNK×H×W floats (default: %(default)s)",
+        help="segmentation classes upsampled at a time in the boundary cells with more than 8 candidate classes "
+        "(up to 128 such cells a frame; more take the fallback, which scores all classes a block of cells at a "
+        "time); peak memory there is 128×CHUNK×(a cell's pixels) floats (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed for demo weights and sample frames")
     p.add_argument(

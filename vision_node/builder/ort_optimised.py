@@ -8,8 +8,8 @@ CPU's: the node loads it with every optimisation on, which adds only the layout 
 ONNX Runtime version that wrote it (its fused operators are that version's): a node with another
 version loads the exported graph instead, and says so.
 
-Before ONNX Runtime optimises it, its recipe's ``onnxruntime_passes`` rewrite it: segmentation's chain of
-``If``s on one condition is merged into one (``passes.merged_ifs``), which ONNX Runtime does not do itself.
+Before ONNX Runtime optimises it, its recipe's ``onnxruntime_passes`` rewrite it (none does today: segmentation's
+chain of ``If``s, which ONNX Runtime copied through when skipped, is gone with its dense fold of whole frames).
 The build verifies the copy against transformers like the exported graph (``pipeline``): a copy that
 disagrees fails the build, naming the file.
 """
@@ -35,7 +35,7 @@ def name_for(graph: Path) -> Path:
 
 
 def write(graph: Path, target: Path | None = None, passes: Iterable[Callable[[onnx.ModelProto], Any]] = ()) -> None:
-    """Save ``graph`` rewritten by ``passes`` (its recipe's, e.g. ``merged_ifs.merge``), then as ONNX Runtime
+    """Save ``graph`` rewritten by ``passes`` (its recipe's), then as ONNX Runtime
     optimises it, to ``target`` (default: ``name_for(graph)``)."""
     import onnxruntime as ort  # the cpu extra; only the build writes the copy
 

@@ -16,7 +16,7 @@ from torch import nn
 from ..sizing import Sizing
 from . import reference, verify
 from .graphs import DepthGraph, SegmentationGraph
-from .passes import merged_ifs, selects
+from .passes import selects
 from .pose_graph import PoseGraph
 from .specs import CAPABILITIES, roles_for
 from .weights import LoadedModel
@@ -196,9 +196,8 @@ RECIPES: dict[str, Recipe] = {
             sized_by="segmentation",
             reference=_segmentation_reference,
             options=_segmentation_options,
-            # the dense argmax fold's Ifs stay (TensorRT for RTX builds them; a Loop it does not, argmax.py)
+            # the argmax fallback's Ifs stay (TensorRT for RTX builds them; a Loop it does not, argmax.py)
             tensorrt_passes=(selects.shape_decided_ifs_as_selects, selects.cast_frames_first),
-            onnxruntime_passes=(merged_ifs.merge,),  # the dense fold's chain of Ifs as one
         ),
         Recipe(
             capability="pose",

@@ -3,7 +3,6 @@
 - ``gated``: joins a gated graph's head and tail under an ``If`` (pose), at export: every artefact.
 - ``selects``: the TensorRT variant (``*.trt.onnx``): shape-decided ``If``s and the pose gate as selects,
   the uint8 frame cast first.
-- ``merged_ifs``: ONNX Runtime's optimised copy (``*.ort.onnx``): chains of ``If``s on one condition as one.
 
 ``graph`` is what they share: producer and reader maps, subgraph walks, attributes, stored tensors.
 """

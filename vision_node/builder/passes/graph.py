@@ -1,6 +1,6 @@
 """What every pass and check reads off an ONNX graph: who makes a value, who reads it, subgraphs, attributes.
 
-Plain functions over onnx's own protobufs, shared by ``selects``, ``merged_ifs``, ``gated`` and
+Plain functions over onnx's own protobufs, shared by ``selects``, ``gated`` and
 ``trt_rules`` (each once had its own copy). Kept hand-written rather than onnx-ir or
 onnx-graphsurgeon: the passes need only these few maps over the protos they load and save, and a
 second graph model would be one more dependency and one more conversion on each side.
