@@ -306,7 +306,7 @@ def _tiered_cells(logits: torch.Tensor, size, chunk: int) -> _Cells:
 
     # Tiers in increasing order of candidates: a cell a tier lists as filler with more candidates than its
     # slots is rewritten by its own tier later; with fewer, its empty slots never win, so it comes out right.
-    left_out = torch.zeros_like(first_class)
+    left_out = torch.zeros_like(first_class, dtype=torch.float32)  # the tiers' keys are float32
     for low, high, width, per_pass, passes in ARGMAX_TIERS:
         if low > num_classes:
             break
