@@ -106,7 +106,8 @@ CLASS_DTYPE = torch.float16
 
 # Bands of rows of cells the candidate test runs in, one after the other: its class-wide tensors (cells x
 # classes, 10 MB each at 128x128 logits, several of them) are then a band's, not the frame's (TensorRT for RTX,
-# 1080p bounds, the test alone: 59.9 MB in one band, 41.3 in 4, 32.6 in 8, 23.9 in 16).
+# 1080p bounds, the test and the first candidates laid out as the frame: 59.9 MB in one band, 41.3 in 4, 32.6 in 8,
+# 23.9 in 16).
 CANDIDATE_BANDS = 16
 
 
