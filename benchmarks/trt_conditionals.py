@@ -156,7 +156,7 @@ def argmax_graph(path: Path, chunk: int, fallback: bool = True) -> None:
     import torch
 
     from vision_node.builder import argmax
-    from vision_node.builder.passes import selects
+    from vision_node.builder.recipes import recipe_for
 
     class Argmax(torch.nn.Module):
         def forward(self, frames, logits):
@@ -181,7 +181,8 @@ def argmax_graph(path: Path, chunk: int, fallback: bool = True) -> None:
             dynamic_axes={"frames": {0: "batch", 1: "height", 2: "width"}, "classes": {0: "batch", 1: "h", 2: "w"}},
         )
     model = onnx.load(str(path))
-    selects.shape_decided_ifs_as_selects(model)  # as segmentation's TensorRT variant is written
+    for rewrite in recipe_for("segmentation").tensorrt_passes:  # as segmentation's TensorRT variant is written
+        rewrite(model)
     onnx.save(model, str(path))
 
 

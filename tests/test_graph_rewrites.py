@@ -142,6 +142,30 @@ def test_for_tensorrt_the_resize_order_becomes_a_select_with_the_same_results(tm
         assert np.array_equal(_session(selected).run(None, feeds)[0], _session(exported).run(None, feeds)[0])
 
 
+def test_for_segmentation_and_pose_the_resize_order_stays_an_if_reading_the_float_frame_with_the_same_results(
+    tmp_path,
+):
+    exported = _resize_graph(tmp_path)
+    kept = selects.cast_frames_first_in_branches(_resize_graph(tmp_path))  # their recipes' TensorRT passes
+    assert _count(kept, "If") == 1 and _count(kept, "Where") == _count(exported, "Where")
+    uint8_readers = [  # TensorRT takes the uint8 frame only into a Cast or a Shape, in a branch too
+        n.op_type for n in graph_walk(kept.graph) if "frames" in n.input and n.op_type not in ("Cast", "Shape")
+    ]
+    assert uint8_readers == []
+    for h, w in [(120, 160), (400, 110), (50, 70)]:  # horizontal first, vertical first (portrait), upscaling
+        feeds = {"frames": samples.frames(h, w)}
+        assert np.array_equal(_session(kept).run(None, feeds)[0], _session(exported).run(None, feeds)[0])
+
+
+def graph_walk(graph: onnx.GraphProto):
+    """Every node of ``graph`` and of its subgraphs."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from graph_walk(attribute.g)
+
+
 def test_for_tensorrt_an_if_on_data_stays(tmp_path):
     model = _chain(2)  # decided by the value of the input flag, not by a shape
     assert _count(selects.for_tensorrt(model), "If") == 2

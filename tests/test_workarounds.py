@@ -156,33 +156,7 @@ def test_tensorrt_for_rtx_still_cannot_build_the_dense_fold_as_a_loop(tmp_path):
     )
 
 
-# ------------------------------------- selects.py: the resize's and the pose gate's Ifs as selects, for TensorRT
-
-
-def _cast_frames_first_inside_branches(model: onnx.ModelProto) -> onnx.ModelProto:
-    """What keeping the resize's If needs besides ``selects.cast_frames_first``: its branches read the uint8 frame
-    too (a Reshape), which TensorRT takes only into a Cast; here they read the float copy (the same values)."""
-    selects.cast_frames_first(model)
-    cast = next((n for n in model.graph.node if n.name == "cast_first/frames"), None)
-    if cast is None:
-        cast = helper.make_node("Cast", ["frames"], ["frames/float32"], name="cast_first/frames", to=TensorProto.FLOAT)
-        model.graph.node.insert(0, cast)
-
-    def rewire(graph: onnx.GraphProto) -> None:
-        kept = [v for v in graph.value_info if v.type.tensor_type.elem_type != TensorProto.UINT8]
-        del graph.value_info[:]
-        graph.value_info.extend(kept)
-        for node in graph.node:
-            node.input[:] = [cast.output[0] if n == "frames" and node.op_type != "Shape" else n for n in node.input]
-            for attribute in node.attribute:
-                if attribute.type == onnx.AttributeProto.GRAPH:
-                    rewire(attribute.g)
-
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                rewire(attribute.g)
-    return model
+# ------------------------------ selects.py: depth's resize and the pose gate as selects, for TensorRT
 
 
 @needs_rtx
@@ -211,7 +185,7 @@ def test_tensorrt_for_rtx_still_crashes_building_the_keep_aspect_resize_as_an_if
         output_names=["pixels"],
         dynamic_axes={"frames": {0: "batch", 1: "height", 2: "width"}},
     )
-    model = _cast_frames_first_inside_branches(onnx.load(str(exported)))
+    model = selects.cast_frames_first_in_branches(onnx.load(str(exported)))
     assert [n.op_type for n in model.graph.node].count("If") == 1  # the pass order
     kept = tmp_path / "resize.if.onnx"
     onnx.save(model, str(kept))
@@ -223,8 +197,8 @@ def test_tensorrt_for_rtx_still_crashes_building_the_keep_aspect_resize_as_an_if
     outcome = _build_with_tensorrt_rtx(kept, [[1, 64, 64, 3], [1, 512, 512, 3], [1, 1080, 1920, 3]])
     assert not outcome["built"], (
         f"TensorRT for RTX {outcome['version']} builds the resize's pass order as an If: "
-        "selects.shape_decided_ifs_as_selects can go (cast the frame first inside the branches instead, as this test "
-        "does); on the demo build that cut pose's activation at 1080p from 272 to 166 MB"
+        "selects.shape_decided_ifs_as_selects can go (depth's recipe can take selects.cast_frames_first_in_branches "
+        "as segmentation's and pose's do)"
     )
 
 
@@ -238,9 +212,8 @@ def test_tensorrt_for_rtx_builds_the_pose_gate_as_an_if(tiny_build, tmp_path):
     crashes on the gate again: the select is then needed whatever a card says."""
     out, entries = tiny_build
     pose = onnx.load(str(out / entries["pose"]["graphs"][0]["path"]))
-    for rewrite in (selects.shape_decided_ifs_as_selects, selects.cast_frames_first):  # all but gate_as_select
-        rewrite(pose)
-    assert [n.name for n in pose.graph.node if n.op_type == "If"] == [SKIP_NODE]
+    selects.cast_frames_first_in_branches(pose)  # the recipe's passes but gate_as_select
+    assert SKIP_NODE in [n.name for n in pose.graph.node if n.op_type == "If"]
     kept = tmp_path / "pose.gate-if.onnx"
     onnx.save(pose, str(kept))
     outcome = _build_with_tensorrt_rtx(kept)

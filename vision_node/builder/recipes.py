@@ -196,8 +196,8 @@ RECIPES: dict[str, Recipe] = {
             sized_by="segmentation",
             reference=_segmentation_reference,
             options=_segmentation_options,
-            # the argmax fallback's Ifs stay (TensorRT for RTX builds them; a Loop it does not, argmax.py)
-            tensorrt_passes=(selects.shape_decided_ifs_as_selects, selects.cast_frames_first),
+            # every If stays: the resize's pass order and the argmax fallback's blocks (TensorRT for RTX builds them)
+            tensorrt_passes=(selects.cast_frames_first_in_branches,),
         ),
         Recipe(
             capability="pose",
@@ -208,7 +208,8 @@ RECIPES: dict[str, Recipe] = {
             stem_suffix=lambda plan: f"-{plan.max_persons}p",
             options=lambda plan, loaded: {"max_persons": plan.max_persons},
             more_checks=_served_persons_checks,
-            tensorrt_passes=(selects.gate_as_select, selects.shape_decided_ifs_as_selects, selects.cast_frames_first),
+            # the gate as a select until a card runs it (builder/README.md); the resize's pass order stays an If
+            tensorrt_passes=(selects.gate_as_select, selects.cast_frames_first_in_branches),
         ),
     )
 }

@@ -8,7 +8,9 @@ builds. Each such ``If`` becomes both branches and a ``Where``: cheap on a GPU f
 of one frame: 106 of pose's 272 MB of activation at 1080p on the demo build), and for the gate one keypoint
 crop on a frame with nobody in it (``gated``). Remove when TensorRT for RTX builds those Ifs and an RTX card runs
 them: ``tests/test_workarounds.py`` fails for the resize once the builder takes it, and passes for the gate
-today. Conditionals on data TensorRT does build stay (segmentation's dense argmax fold).
+today. Only depth's recipe still needs the resize as a select: segmentation's and pose's fixed-size resizes
+build as Ifs (``cast_frames_first_in_branches``). Conditionals on data TensorRT does build stay (segmentation's
+argmax fallback).
 
 TensorRT also takes a uint8 tensor only where the network reads its input (a Cast, or a Shape), while
 the resize lays the frame out for its first pass before its Cast (a quarter of the bytes to move on a
@@ -31,7 +33,8 @@ _MOVES = {"Transpose", "Reshape", "Gather", "Slice", "Squeeze", "Unsqueeze", "Fl
 
 
 def for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` as TensorRT is given it (in place): every pass below, as the pose recipe applies them."""
+    """``model`` with every conditional TensorRT for RTX might refuse as a select and the frames cast first (in place):
+    depth's recipe, plus the pose gate."""
     for rewrite in (gate_as_select, shape_decided_ifs_as_selects, cast_frames_first):
         rewrite(model)
     return model
@@ -67,6 +70,45 @@ def cast_frames_first(model: onnx.ModelProto) -> onnx.ModelProto:
         if value.type.tensor_type.elem_type == TensorProto.UINT8:
             _cast_first(model.graph, value.name)
     return model
+
+
+def cast_frames_first_in_branches(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``cast_frames_first``, and every conditional's branches read the float32 copy of a uint8 input too (in place;
+    a Shape keeps the uint8): what keeping the resize's pass order as an ``If`` needs (segmentation, pose), since
+    its branches lay the uint8 frame out before their Cast.
+
+    Not for depth: TensorRT for RTX 1.7.1.116's builder segfaults on its keep-aspect resize as an If (see above).
+    Segmentation's and pose's fixed-size resizes build as Ifs, and then hold one pass order's intermediates,
+    not both (docs/measurements.md, "Segmentation's activation on TensorRT for RTX")."""
+    cast_frames_first(model)
+    graph = model.graph
+    for value in graph.input:
+        if value.type.tensor_type.elem_type != TensorProto.UINT8:
+            continue
+        name = value.name
+        cast = next((n for n in graph.node if n.name == f"cast_first/{name}"), None)
+        if cast is None:
+            float32 = TensorProto.FLOAT
+            cast = helper.make_node("Cast", [name], [f"{name}/float32"], name=f"cast_first/{name}", to=float32)
+            graph.node.insert(0, cast)
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    _read_float_copy(attribute.g, name, cast.output[0])
+    return model
+
+
+def _read_float_copy(graph: onnx.GraphProto, name: str, copy: str) -> None:
+    """In ``graph`` (a branch) and its own subgraphs, every reader of ``name`` but a Shape reads ``copy``."""
+    kept = [v for v in graph.value_info if v.type.tensor_type.elem_type != TensorProto.UINT8]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    for node in graph.node:
+        if node.op_type != "Shape":
+            node.input[:] = [copy if n == name else n for n in node.input]
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _read_float_copy(attribute.g, name, copy)
 
 
 def _cast_first(graph: onnx.GraphProto, name: str) -> None:
