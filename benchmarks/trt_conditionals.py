@@ -6,8 +6,9 @@ Two probes, each compiled ahead of time on this CPU (no GPU), figures from the b
 - ``ifs``: a chain of N ``If``s on one data-dependent condition, each branch DEPTH copies of a frame-sized
   float map (Mul, then a reversing Gather). Shows how an If's output and its branch's layers are allocated.
 - ``segmentation``: the real segmentation graph (SegFormer-B0, demo weights) and its parts: the pre-processing
-  alone (Pillow's resize of the frame to 512x512, both pass orders as TensorRT is given them), the network alone
-  (on a 512x512 crop, no resize, argmax at the logits' size), and the whole graph as the build writes it.
+  alone (Pillow's resize of the frame to 512x512, as TensorRT is given it), the network alone (on a 512x512 crop,
+  no resize, argmax at the logits' size), both (``pre+network``), the graph with the argmax's tiers only
+  (``tiers``: no fallback), and the whole graph as the build writes it.
 - ``argmax``: segmentation's upsampled argmax alone (``vision_node.builder.argmax``) on 150 x 128 x 128 logits:
   as shipped (the dense fallback as one If per chunk of classes), with another chunk, with the chain merged
   into one If (what ONNX Runtime's copy gets), or without the fallback (the sparse tiers only).
@@ -201,7 +202,7 @@ def segmentation_part(path: Path, part: str, rung: str) -> None:
     TensorRT variant is (``recipes``), saved at ``path``."""
     import torch
 
-    from vision_node.builder import export, graphs, weights
+    from vision_node.builder import argmax, export, graphs, weights
     from vision_node.builder.recipes import recipe_for
     from vision_node.builder.specs import OUTPUTS, ShapeBounds, spec_for
     from vision_node.sizing import Sizing
@@ -219,9 +220,14 @@ def segmentation_part(path: Path, part: str, rung: str) -> None:
         def forward(self, frames):
             if part == "pre":  # the resize and normalisation, one channel out as uint8
                 return (self.graph.pre(frames)[:, 0].to(torch.uint8),)
-            # SegFormer on the frame's top-left 512x512, argmax at the logits' size
-            pixels = frames[:, :512, :512].permute(0, 3, 1, 2).float() / 255.0
-            return (self.graph.model(pixel_values=pixels).logits.argmax(1).float().to(torch.uint8),)
+            if part == "network":  # SegFormer on the frame's top-left 512x512, argmax at the logits' size
+                pixels = frames[:, :512, :512].permute(0, 3, 1, 2).float() / 255.0
+            else:  # both, then the argmax at the logits' size ("pre+network") or the tiers only ("tiers")
+                pixels = self.graph.pre(frames)
+            logits = self.graph.model(pixel_values=pixels).logits
+            if part == "tiers":
+                return (argmax.tiered_argmax(logits, frames.shape[1:3], 8)[0].float().to(torch.uint8),)
+            return (logits.argmax(1).float().to(torch.uint8),)
 
     module = graph if part == "graph" else Part()
     with warnings.catch_warnings(), torch.no_grad():
@@ -245,7 +251,7 @@ def main(argv=None) -> int:
     bl = sub.add_parser("blocks", help="Ifs that return small blocks, assembled by one last If")
     bl.add_argument("shapes", nargs="+", help="COUNT,CELLS: Ifs, and cells (rows of 144 values) each")
     sg = sub.add_parser("segmentation", help="the real segmentation graph (demo weights) and its parts")
-    sg.add_argument("parts", nargs="+", choices=("pre", "network", "graph"))
+    sg.add_argument("parts", nargs="+", choices=("pre", "network", "pre+network", "tiers", "graph"))
     sg.add_argument("--rung", default="fp16", choices=("fp32", "fp16"), help="the network's precision (default: fp16)")
     am = sub.add_parser("argmax", help="segmentation's upsampled argmax alone")
     am.add_argument("--chunks", default="8", help="classes per chunk in the every-class tier, comma-separated")
@@ -273,11 +279,11 @@ def main(argv=None) -> int:
                 print(f"{count:>4} {cells:>6} {mb:>14.1f} {time.perf_counter() - started:>8.1f}", flush=True)
             return 0
         if args.probe == "segmentation":
-            print(f"{'part':>8} {'rung':>5} {'activation MB':>14} {'engine MB':>10}  (frames up to 1080x1920)")
+            print(f"{'part':>11} {'rung':>5} {'activation MB':>14} {'engine MB':>10}  (frames up to 1080x1920)")
             for part in args.parts:
                 segmentation_part(path, part, args.rung)
                 mb, plan_mb = compiled(path, SHAPES)
-                print(f"{part:>8} {args.rung:>5} {mb:>14.1f} {plan_mb:>10.1f}", flush=True)
+                print(f"{part:>11} {args.rung:>5} {mb:>14.1f} {plan_mb:>10.1f}", flush=True)
             return 0
         shapes = {**SHAPES, "logits": ((1, 150, 128, 128),) * 3}
         from vision_node.builder import argmax
