@@ -69,12 +69,11 @@ def cell_span(in_size: int, out_size):
     return torch.div(torch.as_tensor(out_size), in_size, rounding_mode="floor") + 1
 
 
-def _blocks(cells: torch.Tensor, starts: torch.Tensor, weight: torch.Tensor, span, out_size):
-    """For listed cells ``[M]``: their output indices ``[M, span]`` (clamped), which are inside, and weights."""
-    index = starts[cells][:, None] + torch.arange(span)[None, :]
-    inside = index < starts[cells + 1][:, None]
-    index = torch.minimum(index, torch.as_tensor(out_size) - 1)
-    return index, inside, weight[index]
+def _cell_weights(starts: torch.Tensor, weight: torch.Tensor, span, out_size) -> torch.Tensor:
+    """Every cell's second-tap weights ``[cells, span]`` along one axis, its pixels in order (past the cell's own
+    size they are other pixels' weights, whose values the table holds but ``_frame`` never reads)."""
+    index = starts[:-1, None] + torch.arange(span)[None, :]
+    return weight[torch.minimum(index, torch.as_tensor(out_size) - 1)]
 
 
 def _score_blocks(corners: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
@@ -297,8 +296,8 @@ def _tiered_cells(logits: torch.Tensor, size, chunk: int) -> _Cells:
     row_cell, wy_all, row_starts = _bilinear_axis(h, out_h)
     col_cell, wx_all, col_starts = _bilinear_axis(w, out_w)
     span_h, span_w = cell_span(h, out_h), cell_span(w, out_w)
-    _, _, wy_rows = _blocks(torch.arange(h + 1), row_starts, wy_all, span_h, out_h)
-    _, _, wx_cols = _blocks(torch.arange(w + 1), col_starts, wx_all, span_w, out_w)
+    wy_rows = _cell_weights(row_starts, wy_all, span_h, out_h)
+    wx_cols = _cell_weights(col_starts, wx_all, span_w, out_w)
     # Every cell first takes its first candidate: the answer wherever there is only one.
     first_class = slots[:, :, 0].to(CLASS_DTYPE)
     table = first_class[:, :, None, None].expand(-1, -1, wy_rows.shape[1], wx_cols.shape[1])
