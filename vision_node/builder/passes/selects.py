@@ -24,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .gated import SKIP_NODE
-from .graph import SUBGRAPH_OPS, branch, cast_to, producers, readers
+from .graph import SUBGRAPH_OPS, bodies, branch, cast_to, producers, readers, subgraphs
 
 # Operators whose output depends on their input's shape only, not on its values.
 _SHAPE_OPS = {"Shape", "Size", "Constant"}
@@ -91,24 +91,19 @@ def cast_frames_first_in_branches(model: onnx.ModelProto) -> onnx.ModelProto:
             float32 = TensorProto.FLOAT
             cast = helper.make_node("Cast", [name], [f"{name}/float32"], name=f"cast_first/{name}", to=float32)
             graph.node.insert(0, cast)
-        for node in graph.node:
-            for attribute in node.attribute:
-                if attribute.type == onnx.AttributeProto.GRAPH:
-                    _read_float_copy(attribute.g, name, cast.output[0])
+        for body in (b for node in graph.node for sub in subgraphs(node) for b in bodies(sub)):
+            _read_float_copy(body, name, cast.output[0])
     return model
 
 
-def _read_float_copy(graph: onnx.GraphProto, name: str, copy: str) -> None:
-    """In ``graph`` (a branch) and its own subgraphs, every reader of ``name`` but a Shape reads ``copy``."""
-    kept = [v for v in graph.value_info if v.type.tensor_type.elem_type != TensorProto.UINT8]
-    del graph.value_info[:]
-    graph.value_info.extend(kept)
-    for node in graph.node:
+def _read_float_copy(body: onnx.GraphProto, name: str, copy: str) -> None:
+    """In one branch, every reader of ``name`` but a Shape reads ``copy`` (and no value info says uint8)."""
+    kept = [v for v in body.value_info if v.type.tensor_type.elem_type != TensorProto.UINT8]
+    del body.value_info[:]
+    body.value_info.extend(kept)
+    for node in body.node:
         if node.op_type != "Shape":
             node.input[:] = [copy if n == name else n for n in node.input]
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                _read_float_copy(attribute.g, name, copy)
 
 
 def _cast_first(graph: onnx.GraphProto, name: str) -> None:
