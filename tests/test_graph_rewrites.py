@@ -19,6 +19,7 @@ from tests.test_ops import TIERS
 from vision_node import samples
 from vision_node.builder import argmax, export, graphs, ort_optimised, pil_resize, weights
 from vision_node.builder.passes import selects
+from vision_node.builder.passes.graph import all_nodes, branch
 from vision_node.builder.specs import OUTPUTS
 from vision_node.sizing import Sizing
 
@@ -72,9 +73,10 @@ def _fallback_blocks_ran(copy: Path, frames: np.ndarray) -> int:
     """How many of the argmax fallback's Ifs (each scoring every class over a block of cells: its then-branch has
     the ArgMax) ran their then-branch in ONNX Runtime on ``frames`` (its profile says)."""
     model = onnx.load(str(copy))
-    blocks = [n for n in model.graph.node if n.op_type == "If" and any(m.op_type == "ArgMax" for m in _then(n).node)]
+    ifs = [n for n in model.graph.node if n.op_type == "If"]
+    blocks = [n for n in ifs if any(m.op_type == "ArgMax" for m in branch(n, "then_branch").node)]
     assert blocks, "no fallback blocks in the graph"
-    then = {m.name: b.name for b in blocks for m in _then(b).node}
+    then = {m.name: b.name for b in blocks for m in branch(b, "then_branch").node}
     options = ort.SessionOptions()
     options.enable_profiling = True
     options.profile_file_prefix = str(copy.parent / "profile")
@@ -83,10 +85,6 @@ def _fallback_blocks_ran(copy: Path, frames: np.ndarray) -> int:
     events = json.loads(Path(session.end_profiling()).read_text())
     ran = {then.get(e["name"].removesuffix("_kernel_time")) for e in events if e.get("cat") == "Node"}
     return len(ran - {None})
-
-
-def _then(node: onnx.NodeProto) -> onnx.GraphProto:
-    return next(a.g for a in node.attribute if a.name == "then_branch")
 
 
 @pytest.mark.parametrize("tiers", ["shipped", "overflowing"])
@@ -149,21 +147,12 @@ def test_for_segmentation_and_pose_the_resize_order_stays_an_if_reading_the_floa
     kept = selects.cast_frames_first_in_branches(_resize_graph(tmp_path))  # their recipes' TensorRT passes
     assert _count(kept, "If") == 1 and _count(kept, "Where") == _count(exported, "Where")
     uint8_readers = [  # TensorRT takes the uint8 frame only into a Cast or a Shape, in a branch too
-        n.op_type for n in graph_walk(kept.graph) if "frames" in n.input and n.op_type not in ("Cast", "Shape")
+        n.op_type for n in all_nodes(kept.graph) if "frames" in n.input and n.op_type not in ("Cast", "Shape")
     ]
     assert uint8_readers == []
     for h, w in [(120, 160), (400, 110), (50, 70)]:  # horizontal first, vertical first (portrait), upscaling
         feeds = {"frames": samples.frames(h, w)}
         assert np.array_equal(_session(kept).run(None, feeds)[0], _session(exported).run(None, feeds)[0])
-
-
-def graph_walk(graph: onnx.GraphProto):
-    """Every node of ``graph`` and of its subgraphs."""
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from graph_walk(attribute.g)
 
 
 def test_for_tensorrt_an_if_on_data_stays(tmp_path):
