@@ -18,8 +18,8 @@ from tests.conftest import TINY_BOUNDS, TINY_ROLES
 from tests.test_ops import TIERS
 from vision_node import samples
 from vision_node.builder import argmax, export, graphs, ort_optimised, pil_resize, weights
-from vision_node.builder.passes import selects
 from vision_node.builder.passes.graph import all_nodes, branch
+from vision_node.builder.recipes import recipe_for
 from vision_node.builder.specs import OUTPUTS
 from vision_node.sizing import Sizing
 
@@ -130,9 +130,16 @@ def _resize_graph(tmp_path) -> onnx.ModelProto:
     return onnx.load(str(path))
 
 
-def test_for_tensorrt_the_resize_order_becomes_a_select_with_the_same_results(tmp_path):
+def _as_tensorrt_is_given_it(model: onnx.ModelProto, capability: str) -> onnx.ModelProto:
+    """``model`` rewritten by ``capability``'s recipe's TensorRT passes, as its ``.trt.onnx`` is written."""
+    for rewrite in recipe_for(capability).tensorrt_passes:
+        rewrite(model)
+    return model
+
+
+def test_for_depth_on_tensorrt_the_resize_order_becomes_a_select_with_the_same_results(tmp_path):
     exported = _resize_graph(tmp_path)
-    selected = selects.for_tensorrt(_resize_graph(tmp_path))
+    selected = _as_tensorrt_is_given_it(_resize_graph(tmp_path), "depth")
     assert _count(exported, "If") == 1 and _count(selected, "If") == 0
     assert [n.op_type for n in selected.graph.node if n.name.startswith("select/")] == ["Where"]
     for h, w in [(120, 160), (400, 110), (50, 70)]:  # horizontal first, vertical first (portrait), upscaling
@@ -140,11 +147,12 @@ def test_for_tensorrt_the_resize_order_becomes_a_select_with_the_same_results(tm
         assert np.array_equal(_session(selected).run(None, feeds)[0], _session(exported).run(None, feeds)[0])
 
 
+@pytest.mark.parametrize("capability", ["segmentation", "pose"])
 def test_for_segmentation_and_pose_the_resize_order_stays_an_if_reading_the_float_frame_with_the_same_results(
-    tmp_path,
+    capability, tmp_path
 ):
     exported = _resize_graph(tmp_path)
-    kept = selects.cast_frames_first_in_branches(_resize_graph(tmp_path))  # their recipes' TensorRT passes
+    kept = _as_tensorrt_is_given_it(_resize_graph(tmp_path), capability)
     assert _count(kept, "If") == 1 and _count(kept, "Where") == _count(exported, "Where")
     uint8_readers = [  # TensorRT takes the uint8 frame only into a Cast or a Shape, in a branch too
         n.op_type for n in all_nodes(kept.graph) if "frames" in n.input and n.op_type not in ("Cast", "Shape")
@@ -155,9 +163,10 @@ def test_for_segmentation_and_pose_the_resize_order_stays_an_if_reading_the_floa
         assert np.array_equal(_session(kept).run(None, feeds)[0], _session(exported).run(None, feeds)[0])
 
 
-def test_for_tensorrt_an_if_on_data_stays(tmp_path):
+@pytest.mark.parametrize("capability", ["depth", "segmentation", "pose"])
+def test_for_tensorrt_an_if_on_data_stays(capability):
     model = _chain(2)  # decided by the value of the input flag, not by a shape
-    assert _count(selects.for_tensorrt(model), "If") == 2
+    assert _count(_as_tensorrt_is_given_it(model, capability), "If") == 2
 
 
 @pytest.mark.parametrize("which", ["ort", "trt"])

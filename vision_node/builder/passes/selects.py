@@ -32,14 +32,6 @@ _SHAPE_OPS = {"Shape", "Size", "Constant"}
 _MOVES = {"Transpose", "Reshape", "Gather", "Slice", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Expand"}
 
 
-def for_tensorrt(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with every conditional TensorRT for RTX might refuse as a select and the frames cast first (in place):
-    depth's recipe, plus the pose gate."""
-    for rewrite in (gate_as_select, shape_decided_ifs_as_selects, cast_frames_first):
-        rewrite(model)
-    return model
-
-
 def gate_as_select(model: onnx.ModelProto) -> onnx.ModelProto:
     """The pose gate's ``If`` (``gated.SKIP_NODE``) as both branches and a ``Where`` (in place).
 
