@@ -213,7 +213,8 @@ def test_tensorrt_for_rtx_builds_the_pose_gate_as_an_if(tiny_build, tmp_path):
     out, entries = tiny_build
     pose = onnx.load(str(out / entries["pose"]["graphs"][0]["path"]))
     selects.cast_frames_first_in_branches(pose)  # the recipe's passes but gate_as_select
-    assert SKIP_NODE in [n.name for n in pose.graph.node if n.op_type == "If"]
+    ifs = [n.name for n in pose.graph.node if n.op_type == "If"]
+    assert SKIP_NODE in ifs and len(ifs) == 2, ifs  # the gate, and the detector resize's pass order
     kept = tmp_path / "pose.gate-if.onnx"
     onnx.save(pose, str(kept))
     outcome = _build_with_tensorrt_rtx(kept)
